@@ -1,0 +1,107 @@
+//! Frontend lookup and backend selection, shared by the socket and TC paths.
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use proxy_common::lb::{
+    Lb4AffMatchKey, Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4Service,
+    MASTER_SLOT, SVC_FLAG_AFFINITY,
+};
+
+use crate::maps::{SY_LB4_AFF, SY_LB4_AFFM, SY_LB4_BE, SY_LB4_SVC};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// A frontend found by address, port and protocol.
+pub struct Frontend {
+    pub key: Lb4Key,
+    pub master: Lb4Service,
+}
+
+/// Who is asking, for `sessionAffinity: ClientIP`.
+#[derive(Clone, Copy)]
+pub struct Client {
+    pub id: u64,
+    pub flags: u32,
+}
+
+#[inline(always)]
+pub fn lookup_frontend(addr_be: u32, port_be: u16, proto: u8) -> Option<Frontend> {
+    let key = Lb4Key {
+        addr_be,
+        port_be,
+        backend_slot: MASTER_SLOT,
+        proto,
+        scope: 0,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is copied out at once; a concurrent update can only
+    // make us see the old or the new master entry, both consistent.
+    let master = unsafe { *SY_LB4_SVC.get(&key)? };
+    Some(Frontend { key, master })
+}
+
+#[inline(always)]
+pub fn backend(backend_id: u32) -> Option<Lb4Backend> {
+    // SAFETY: copied out at once.
+    unsafe { SY_LB4_BE.get(&backend_id).copied() }
+}
+
+/// True while `backend_id` is still a backend of frontend `rev_nat_id`.
+#[inline(always)]
+pub fn is_member(backend_id: u32, rev_nat_id: u32) -> bool {
+    let key = Lb4AffMatchKey {
+        backend_id,
+        rev_nat_id,
+    };
+    SY_LB4_AFFM.get_ptr(&key).is_some()
+}
+
+/// Picks a backend of `fe` for `client`: the affine one while it is valid
+/// and fresh, otherwise a uniformly random slot. Callers have checked that
+/// `fe.master.count > 0`.
+#[inline(always)]
+pub fn select_backend(fe: &Frontend, client: Client) -> Option<(u32, Lb4Backend)> {
+    let affinity = fe.master.flags & SVC_FLAG_AFFINITY != 0;
+    let aff_key = Lb4AffinityKey {
+        client_id: client.id,
+        rev_nat_id: fe.master.rev_nat_id,
+        flags: client.flags,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if affinity {
+        if let Some(found) = affine_backend(&aff_key, fe, now) {
+            return Some(found);
+        }
+    }
+    let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(fe.master.count)) as u16 + 1;
+    let slot_key = Lb4Key {
+        backend_slot: slot,
+        ..fe.key
+    };
+    // SAFETY: copied out at once.
+    let backend_id = unsafe { SY_LB4_SVC.get(&slot_key)?.backend_id };
+    let be = backend(backend_id)?;
+    if affinity {
+        let value = Lb4AffinityValue {
+            backend_id,
+            _pad: 0,
+            last_used_ns: now,
+        };
+        // A full LRU evicts its oldest entry; an error here only costs affinity.
+        let _ = SY_LB4_AFF.insert(&aff_key, &value, 0);
+    }
+    Some((backend_id, be))
+}
+
+#[inline(always)]
+fn affine_backend(key: &Lb4AffinityKey, fe: &Frontend, now: u64) -> Option<(u32, Lb4Backend)> {
+    let entry = SY_LB4_AFF.get_ptr_mut(key)?;
+    // SAFETY: the pointer is valid for this program run; racing writers can
+    // at worst move `last_used_ns` a little.
+    let (backend_id, last_used) = unsafe { ((*entry).backend_id, (*entry).last_used_ns) };
+    let timeout = u64::from(fe.master.affinity_timeout_s) * NS_PER_SEC;
+    if now.saturating_sub(last_used) > timeout || !is_member(backend_id, fe.master.rev_nat_id) {
+        return None;
+    }
+    let be = backend(backend_id)?;
+    unsafe { (*entry).last_used_ns = now };
+    Some((backend_id, be))
+}

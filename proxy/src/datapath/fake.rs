@@ -1,0 +1,203 @@
+//! In-memory [`LbMaps`] for tests, and a wrapper that injects failures.
+use std::collections::{BTreeMap, BTreeSet};
+
+use proxy_common::{
+    lb::{Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service, MASTER_SLOT},
+    map_names as names,
+};
+
+use super::{Capacity, LbMaps, MapError, MapSizes, Result};
+
+/// Maps held in memory, with the kernel's capacity checks.
+#[derive(Clone, Debug, Default)]
+pub struct FakeLbMaps {
+    pub services: BTreeMap<Lb4Key, Lb4Service>,
+    pub backends: BTreeMap<u32, Lb4Backend>,
+    pub aff_match: BTreeSet<Lb4AffMatchKey>,
+    pub sizes: MapSizes,
+}
+
+/// A state the datapath could observe that would misroute traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inconsistency(pub String);
+
+impl FakeLbMaps {
+    pub fn new(sizes: MapSizes) -> Self {
+        Self {
+            sizes,
+            ..Self::default()
+        }
+    }
+
+    /// Checks what the eBPF programs rely on: every visible frontend (a
+    /// master entry) has slots `1..=count`, each naming an existing backend
+    /// with an affinity-match entry. Anything else is a half-written frontend.
+    pub fn check_consistent(&self) -> Result<(), Inconsistency> {
+        for (key, master) in self.services.iter().filter(|(k, _)| k.backend_slot == MASTER_SLOT) {
+            for slot in 1..=master.count {
+                let slot_key = Lb4Key { backend_slot: slot, ..*key };
+                let Some(s) = self.services.get(&slot_key) else {
+                    return Err(Inconsistency(format!("{key:?} count {} but slot {slot} missing", master.count)));
+                };
+                if !self.backends.contains_key(&s.backend_id) {
+                    return Err(Inconsistency(format!("{key:?} slot {slot} names missing backend {}", s.backend_id)));
+                }
+                let m = Lb4AffMatchKey { backend_id: s.backend_id, rev_nat_id: master.rev_nat_id };
+                if !self.aff_match.contains(&m) {
+                    return Err(Inconsistency(format!("{key:?} slot {slot} has no affinity-match entry")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn full(map: &'static str, key: String) -> MapError {
+        MapError::Write {
+            op: "update",
+            map,
+            key,
+            source: std::io::Error::from_raw_os_error(libc::E2BIG),
+        }
+    }
+}
+
+impl LbMaps for FakeLbMaps {
+    fn update_backend(&mut self, id: u32, backend: &Lb4Backend) -> Result<()> {
+        if !self.backends.contains_key(&id) && self.backends.len() >= self.sizes.backends as usize {
+            return Err(Self::full(names::LB4_BACKENDS, id.to_string()));
+        }
+        self.backends.insert(id, *backend);
+        Ok(())
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<()> {
+        self.backends.remove(&id);
+        Ok(())
+    }
+
+    fn update_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<()> {
+        let cap = self.sizes.capacity().services as usize;
+        if !self.services.contains_key(key) && self.services.len() >= cap {
+            return Err(Self::full(names::LB4_SERVICES, format!("{key:?}")));
+        }
+        self.services.insert(*key, *value);
+        Ok(())
+    }
+
+    fn delete_service(&mut self, key: &Lb4Key) -> Result<()> {
+        self.services.remove(key);
+        Ok(())
+    }
+
+    fn update_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
+        self.aff_match.insert(*key);
+        Ok(())
+    }
+
+    fn delete_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
+        self.aff_match.remove(key);
+        Ok(())
+    }
+
+    fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn dump_aff_match(&self) -> Result<Vec<Lb4AffMatchKey>> {
+        Ok(self.aff_match.iter().copied().collect())
+    }
+
+    fn capacity(&self) -> Capacity {
+        self.sizes.capacity()
+    }
+}
+
+/// Wraps [`FakeLbMaps`], failing chosen writes and checking after every
+/// successful write that no half-written frontend is visible.
+pub struct FaultyLbMaps {
+    pub inner: FakeLbMaps,
+    /// Decides, for the n-th write (0-based), whether it fails.
+    fail: Box<dyn FnMut(u64) -> bool + Send>,
+    writes: u64,
+    pub failures: u64,
+    /// The first inconsistency seen after any write, if one was.
+    pub violation: Option<Inconsistency>,
+}
+
+impl std::fmt::Debug for FaultyLbMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyLbMaps")
+            .field("writes", &self.writes)
+            .field("failures", &self.failures)
+            .field("violation", &self.violation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaultyLbMaps {
+    pub fn new(inner: FakeLbMaps, fail: impl FnMut(u64) -> bool + Send + 'static) -> Self {
+        Self {
+            inner,
+            fail: Box::new(fail),
+            writes: 0,
+            failures: 0,
+            violation: None,
+        }
+    }
+
+    fn write(&mut self, map: &'static str, op: &'static str, f: impl FnOnce(&mut FakeLbMaps) -> Result<()>) -> Result<()> {
+        let n = self.writes;
+        self.writes += 1;
+        if (self.fail)(n) {
+            self.failures += 1;
+            return Err(MapError::Write {
+                op,
+                map,
+                key: format!("(injected failure of write {n})"),
+                source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+            });
+        }
+        f(&mut self.inner)?;
+        if self.violation.is_none() {
+            self.violation = self.inner.check_consistent().err();
+        }
+        Ok(())
+    }
+}
+
+impl LbMaps for FaultyLbMaps {
+    fn update_backend(&mut self, id: u32, b: &Lb4Backend) -> Result<()> {
+        self.write(names::LB4_BACKENDS, "update", |m| m.update_backend(id, b))
+    }
+    fn delete_backend(&mut self, id: u32) -> Result<()> {
+        self.write(names::LB4_BACKENDS, "delete", |m| m.delete_backend(id))
+    }
+    fn update_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<()> {
+        self.write(names::LB4_SERVICES, "update", |m| m.update_service(k, v))
+    }
+    fn delete_service(&mut self, k: &Lb4Key) -> Result<()> {
+        self.write(names::LB4_SERVICES, "delete", |m| m.delete_service(k))
+    }
+    fn update_aff_match(&mut self, k: &Lb4AffMatchKey) -> Result<()> {
+        self.write(names::LB4_AFF_MATCH, "update", |m| m.update_aff_match(k))
+    }
+    fn delete_aff_match(&mut self, k: &Lb4AffMatchKey) -> Result<()> {
+        self.write(names::LB4_AFF_MATCH, "delete", |m| m.delete_aff_match(k))
+    }
+    fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
+        self.inner.dump_services()
+    }
+    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
+        self.inner.dump_backends()
+    }
+    fn dump_aff_match(&self) -> Result<Vec<Lb4AffMatchKey>> {
+        self.inner.dump_aff_match()
+    }
+    fn capacity(&self) -> Capacity {
+        self.inner.capacity()
+    }
+}

@@ -1,0 +1,283 @@
+//! Loading, attaching and pinning the eBPF object.
+//!
+//! Pin layout under a bpffs directory (`/sys/fs/bpf/switchyard` by default):
+//!
+//! ```text
+//! <pin-root>/maps/SY_*              every map; a new process adopts them
+//! <pin-root>/links/cgroup-<hook>    sock_addr links of the node cgroup
+//! <pin-root>/links/tc-ingress-<if>  tcx links of pod-facing interfaces
+//! ```
+//!
+//! Pinned links keep the programs attached after the process exits, so
+//! neither `switchyard attach` nor a daemon restart interrupts traffic. A
+//! re-attach is make-before-break: the new link is attached before the old
+//! pin is removed.
+use std::{
+    fs,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+    },
+};
+use proxy_common::{map_names, program_names as progs};
+
+use super::{AyaLbMaps, MapError, MapSizes};
+
+/// Where the daemon pins its state unless told otherwise.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switchyard";
+
+/// `statfs` magic of bpffs (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("`{path}` is not on a bpf filesystem; mount one with `mount -t bpf bpf {path}`")]
+    NotBpffs { path: String },
+    #[error("cannot create or read pin directory `{path}`")]
+    PinDir {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to load the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("program `{name}` is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("failed to load program `{name}` into the kernel")]
+    LoadProgram {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("failed to attach `{name}` to {target}")]
+    Attach {
+        name: &'static str,
+        target: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot open cgroup `{path}`")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to pin link at `{path}`")]
+    PinLink {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Maps(#[from] MapError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The sock_addr programs and the hook each attaches to.
+const SOCK_PROGRAMS: [(&str, &str); 4] = [
+    (progs::CONNECT4, "connect4"),
+    (progs::SENDMSG4, "sendmsg4"),
+    (progs::RECVMSG4, "recvmsg4"),
+    (progs::GETPEERNAME4, "getpeername4"),
+];
+
+/// A loaded eBPF object, its maps pinned under `pin_root` if one is set.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_root: Option<PathBuf>,
+}
+
+impl Dataplane {
+    /// Loads the object and its programs. With a `pin_root`, maps already
+    /// pinned there are adopted (their contents and sizes kept) and new ones
+    /// are pinned; without, everything lives as long as this value.
+    pub fn load(pin_root: Option<&Path>, sizes: &MapSizes) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in sizes.max_entries() {
+            loader.map_max_entries(name, entries);
+        }
+        let map_paths: Vec<(&str, PathBuf)> = match pin_root {
+            Some(root) => {
+                let dir = root.join("maps");
+                ensure_pin_dir(&dir)?;
+                map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(Error::Load)?;
+        for (name, _) in SOCK_PROGRAMS {
+            program::<CgroupSockAddr>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::LoadProgram { name, source })?;
+        }
+        let tc = progs::TC_INGRESS;
+        program::<SchedClassifier>(&mut ebpf, tc)?
+            .load()
+            .map_err(|source| Error::LoadProgram { name: tc, source })?;
+        Ok(Self {
+            ebpf,
+            pin_root: pin_root.map(Path::to_path_buf),
+        })
+    }
+
+    /// Attaches the four sock_addr programs to the cgroup v2 directory
+    /// `cgroup`. Never give it the machine's root cgroup unless every
+    /// connect on the machine should be load-balanced.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let fd = fs::File::open(cgroup).map_err(|source| Error::Cgroup {
+            path: cgroup.display().to_string(),
+            source,
+        })?;
+        for (name, hook) in SOCK_PROGRAMS {
+            let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
+            let target = format!("cgroup `{}`", cgroup.display());
+            let id = prog
+                .attach(&fd, CgroupAttachMode::AllowMultiple)
+                .map_err(|source| Error::Attach { name, target, source })?;
+            if let Some(root) = &self.pin_root {
+                let link = prog.take_link(id).map_err(|source| Error::Attach {
+                    name,
+                    target: "link".into(),
+                    source,
+                })?;
+                let link = FdLink::try_from(link).map_err(|e| Error::PinLink {
+                    path: format!("cgroup-{hook}"),
+                    source: Box::new(e),
+                })?;
+                pin_replacing(link, &root.join("links").join(format!("cgroup-{hook}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the TC program to the ingress of `iface` (in the calling
+    /// thread's network namespace), with tcx where the kernel has it.
+    pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
+        let name = progs::TC_INGRESS;
+        let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
+        let target = format!("ingress of `{iface}`");
+        // Kernels before 6.6 need the clsact qdisc; it may already exist.
+        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        let id = prog
+            .attach(iface, TcAttachType::Ingress)
+            .map_err(|source| Error::Attach { name, target, source })?;
+        if let Some(root) = &self.pin_root {
+            let link = prog.take_link(id).map_err(|source| Error::Attach {
+                name,
+                target: "link".into(),
+                source,
+            })?;
+            // Only tcx links are file-descriptor links that can be pinned.
+            if let Ok(link) = FdLink::try_from(link) {
+                pin_replacing(link, &root.join("links").join(format!("tc-ingress-{iface}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The load-balancing maps, for the reconciler.
+    pub fn lb_maps(&mut self) -> Result<AyaLbMaps> {
+        match &self.pin_root {
+            Some(root) => Ok(AyaLbMaps::from_pins(&root.join("maps"))?),
+            None => Ok(AyaLbMaps::from_ebpf(&mut self.ebpf)?),
+        }
+    }
+
+    /// The loaded object, e.g. to take the conntrack map or run programs.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(Error::MissingProgram { name })
+}
+
+/// Pins `link` at `path`; a link pinned there before is detached only after
+/// the new one is in place.
+fn pin_replacing(link: FdLink, path: &Path) -> Result<()> {
+    let dir = path.parent().expect("link paths have a parent");
+    ensure_pin_dir(dir)?;
+    let old = PinnedLink::from_pin(path).ok();
+    if let Some(old) = old {
+        // Unpinning drops the last reference: the old program detaches.
+        let _ = old.unpin();
+    }
+    link.pin(path).map_err(|e| Error::PinLink {
+        path: path.display().to_string(),
+        source: Box::new(e),
+    })?;
+    Ok(())
+}
+
+fn ensure_pin_dir(dir: &Path) -> Result<()> {
+    let err = |source| Error::PinDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(err)?;
+    let st = nix::sys::statfs::statfs(dir).map_err(|e| err(io::Error::from(e)))?;
+    if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        return Err(Error::NotBpffs {
+            path: dir.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// What [`cleanup`] removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Detaches every pinned link and removes every pinned map under
+/// `pin_root`, then the directory itself. Missing pins are not an error.
+pub fn cleanup(pin_root: &Path) -> Result<Removed> {
+    let mut removed = Removed::default();
+    let dir_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::PinDir { path, source }
+    };
+    let links = pin_root.join("links");
+    if links.is_dir() {
+        for entry in fs::read_dir(&links).map_err(dir_err(&links))? {
+            let path = entry.map_err(dir_err(&links))?.path();
+            match PinnedLink::from_pin(&path) {
+                Ok(link) => drop(link.unpin()),
+                Err(_) => fs::remove_file(&path).map_err(dir_err(&path))?,
+            }
+            removed.links += 1;
+        }
+        fs::remove_dir(&links).map_err(dir_err(&links))?;
+    }
+    let maps = pin_root.join("maps");
+    if maps.is_dir() {
+        for entry in fs::read_dir(&maps).map_err(dir_err(&maps))? {
+            let path = entry.map_err(dir_err(&maps))?.path();
+            fs::remove_file(&path).map_err(dir_err(&path))?;
+            removed.maps += 1;
+        }
+        fs::remove_dir(&maps).map_err(dir_err(&maps))?;
+    }
+    if pin_root.is_dir() {
+        fs::remove_dir(pin_root).map_err(dir_err(pin_root))?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,207 @@
+//! The `switchyard` command line.
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::{
+    datapath::{
+        AyaLbMaps, MapSizes,
+        loader::{self, DEFAULT_PIN_ROOT, Dataplane},
+    },
+    inspect,
+    reconcile::Reconciler,
+    table_file,
+};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Kubernetes Service load balancing in eBPF")]
+struct Cli {
+    /// bpffs directory holding Switchyard's pinned maps and links.
+    #[arg(long, global = true, default_value = DEFAULT_PIN_ROOT)]
+    pin_root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the programs (adopting pinned maps) and attach them; links are
+    /// pinned, so they stay attached after this command exits.
+    Attach(AttachArgs),
+    /// Make the maps hold exactly the frontends of a table file.
+    ApplyFile {
+        /// YAML table (see docs/development.md).
+        file: PathBuf,
+    },
+    /// Print what the pinned maps hold.
+    Inspect {
+        what: Inspect,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach every program and remove every pin Switchyard made.
+    Cleanup,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Inspect {
+    Services,
+    Backends,
+    Conntrack,
+    Affinity,
+}
+
+#[derive(clap::Args)]
+struct AttachArgs {
+    /// cgroup v2 directory whose processes get socket-level load balancing.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Pod-facing interface whose ingress gets the per-packet path (repeatable).
+    #[arg(long = "tc-iface")]
+    tc_ifaces: Vec<String>,
+    /// Network namespace (a /run/netns name or a path) the interfaces live in.
+    #[arg(long)]
+    netns: Option<String>,
+    #[arg(long, default_value_t = MapSizes::default().frontends)]
+    max_frontends: u32,
+    #[arg(long, default_value_t = MapSizes::default().backends)]
+    max_backends: u32,
+    #[arg(long, default_value_t = MapSizes::default().backend_slots)]
+    max_backend_slots: u32,
+    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    max_conntrack: u32,
+    #[arg(long, default_value_t = MapSizes::default().affinity)]
+    max_affinity: u32,
+    #[arg(long, default_value_t = MapSizes::default().sockets)]
+    max_sockets: u32,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Attach(args) => attach(&cli.pin_root, &args),
+        Command::ApplyFile { file } => apply_file(&cli.pin_root, &file),
+        Command::Inspect { what, json } => print_inspect(&cli.pin_root, what, json),
+        Command::Cleanup => {
+            let removed = loader::cleanup(&cli.pin_root)?;
+            info!(links = removed.links, maps = removed.maps, pin_root = %cli.pin_root.display(), "cleaned up");
+            Ok(())
+        }
+    }
+}
+
+fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
+    if args.cgroup.is_none() && args.tc_ifaces.is_empty() {
+        bail!("nothing to attach: give --cgroup and/or --tc-iface");
+    }
+    if let Some(ns) = &args.netns {
+        enter_netns(ns)?;
+    }
+    let sizes = MapSizes {
+        frontends: args.max_frontends,
+        backends: args.max_backends,
+        backend_slots: args.max_backend_slots,
+        conntrack: args.max_conntrack,
+        affinity: args.max_affinity,
+        sockets: args.max_sockets,
+    };
+    let mut dp = Dataplane::load(Some(pin_root), &sizes)?;
+    if let Some(cg) = &args.cgroup {
+        dp.attach_cgroup(cg)?;
+        info!(cgroup = %cg.display(), "socket hooks attached");
+    }
+    for iface in &args.tc_ifaces {
+        dp.attach_tc(iface)?;
+        info!(iface, "tc ingress attached");
+    }
+    Ok(())
+}
+
+fn enter_netns(ns: &str) -> Result<()> {
+    let path = if ns.contains('/') { PathBuf::from(ns) } else { Path::new("/run/netns").join(ns) };
+    let f = std::fs::File::open(&path).with_context(|| format!("cannot open network namespace `{}`", path.display()))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("cannot enter network namespace `{}`", path.display()))
+}
+
+fn apply_file(pin_root: &Path, file: &Path) -> Result<()> {
+    // Validate everything before touching a map: a bad file applies nothing.
+    let desired = table_file::load(file)?;
+    let maps = AyaLbMaps::from_pins(&pin_root.join("maps"))
+        .with_context(|| format!("no Switchyard maps under `{}`: run `switchyard attach` first", pin_root.display()))?;
+    let mut reconciler = Reconciler::restore(maps)?;
+    let report = reconciler.apply_with_retry(&desired, 5, Duration::from_millis(50))?;
+    info!(
+        frontends = desired.frontends.len(),
+        writes = report.writes,
+        deletes = report.deletes,
+        "table applied"
+    );
+    Ok(())
+}
+
+fn print_inspect(pin_root: &Path, what: Inspect, json: bool) -> Result<()> {
+    let dir = pin_root.join("maps");
+    let mut out = std::io::stdout().lock();
+    macro_rules! emit {
+        ($rows:expr, $header:expr, $fmt:expr) => {{
+            let rows = $rows;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", $header)?;
+                for r in &rows {
+                    writeln!(out, "{}", $fmt(r))?;
+                }
+            }
+        }};
+    }
+    match what {
+        Inspect::Services => emit!(
+            inspect::services(&dir)?,
+            format!("{:<24} {:>6} {:>10}  BACKENDS", "FRONTEND", "ID", "AFFINITY"),
+            |r: &inspect::ServiceRow| format!(
+                "{:<24} {:>6} {:>10}  {}",
+                r.frontend,
+                r.id,
+                r.affinity_timeout_s.map_or_else(|| "-".into(), |t| format!("{t}s")),
+                if r.backends.is_empty() { "(none: reject)".into() } else { r.backends.join(", ") }
+            )
+        ),
+        Inspect::Backends => emit!(
+            inspect::backends(&dir)?,
+            format!("{:>6}  BACKEND", "ID"),
+            |r: &inspect::BackendRow| format!("{:>6}  {}", r.id, r.backend)
+        ),
+        Inspect::Conntrack => emit!(
+            inspect::conntrack(&dir)?,
+            format!("{:<5} {:<22} {:<22} {:<22} {:>8}", "PROTO", "CLIENT", "FRONTEND", "BACKEND", "AGE"),
+            |r: &inspect::ConntrackRow| format!(
+                "{:<5} {:<22} {:<22} {:<22} {:>7}s",
+                r.protocol, r.client, r.frontend, r.backend, r.age_ms / 1000
+            )
+        ),
+        Inspect::Affinity => emit!(
+            inspect::affinity(&dir)?,
+            format!("{:<28} {:>11} {:>10} {:>8}", "CLIENT", "FRONTEND-ID", "BACKEND-ID", "IDLE"),
+            |r: &inspect::AffinityRow| format!(
+                "{:<28} {:>11} {:>10} {:>7}s",
+                r.client, r.frontend_id, r.backend_id, r.idle_ms / 1000
+            )
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything Switchyard needs on a fresh machine. Idempotent: each
+# step is skipped when its result is already there. See docs/development.md.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- Debian packages -------------------------------------------------------
+DEB_PKGS=(iptables nftables conntrack iperf3 bpftool iproute2 socat tcpdump iputils-ping)
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+# --- nightly rust-src (the eBPF crate builds core with -Z build-std) --------
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to the nightly toolchain"
+  rustup component add rust-src --toolchain nightly
+else
+  log "nightly rust-src present"
+fi
+
+# --- bpf-linker built against the nightly toolchain's own libLLVM ----------
+BPF_LINKER_VERSION=0.13.0
+sysroot=$(rustc +nightly --print sysroot)
+llvm_major=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+llvm_prefix="${SWITCHYARD_LLVM_PREFIX:-$HOME/.local/share/switchyard/llvm-$llvm_major}"
+if command -v bpf-linker >/dev/null 2>&1 && bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  log "bpf-linker $BPF_LINKER_VERSION present"
+else
+  # The versioned libLLVM.so.* is the real library; libLLVM-NN-rust-*.so is a linker script.
+  lib=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
+  [ -n "$lib" ] || { log "no libLLVM.so.* in $sysroot/lib"; exit 1; }
+  mkdir -p "$llvm_prefix/lib"
+  ln -sf "$lib" "$llvm_prefix/lib/libLLVM.so"
+  log "building bpf-linker $BPF_LINKER_VERSION against $lib (llvm-$llvm_major)"
+  LLVM_PREFIX="$llvm_prefix" cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+    --no-default-features --features "llvm-$llvm_major"
+fi
+log "done"

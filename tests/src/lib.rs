@@ -1,1 +1,24 @@
+//! Switchyard's test bed: real network namespaces, veth pairs, a cgroup v2
+//! subtree and a private bpffs, each behind a guard that cleans up on drop —
+//! including when a test panics. Nothing is created in the root network
+//! namespace: veth pairs are created directly inside the namespaces.
+//!
+//! Used by the integration tests, the demo and the benchmarks.
+pub mod cmd;
+pub mod fs;
+pub mod lab;
+pub mod netns;
+pub mod packet;
+pub mod privileges;
+pub mod probe;
+pub mod proc;
+pub mod topology;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A name prefix unique to this process and call, short enough for
+/// namespace names: `sy<pid><n>`.
+pub fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("sy{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,113 @@
+//! A ClusterIP lab: a [`NodeTopology`] with a server in every backend pod,
+//! Switchyard's programs attached (socket hooks on the node's cgroup, TC on
+//! every pod-facing interface) and a reconciler to program it.
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use switchyard::{
+    datapath::{AyaLbMaps, MapSizes, loader::Dataplane},
+    reconcile::Reconciler,
+    table_file,
+};
+
+use crate::{
+    fs::Cgroup,
+    netns::InNetns,
+    probe::Outcome,
+    proc::{Proc, sibling_binary},
+    topology::NodeTopology,
+    unique_prefix,
+};
+
+/// Port every backend server listens on.
+pub const BACKEND_PORT: u16 = 8080;
+
+/// Which datapaths carry the client's traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooks {
+    /// Socket hooks on the node cgroup, TC as fallback: production setup.
+    SocketAndTc,
+    /// TC alone: the socket hooks are not attached.
+    TcOnly,
+}
+
+pub struct Lab {
+    // Field order is drop order: processes, then programs, then cgroup, then namespaces.
+    _servers: Vec<Proc>,
+    reconciler: Reconciler<AyaLbMaps>,
+    dataplane: Dataplane,
+    cgroup: Cgroup,
+    pub topo: NodeTopology,
+    pub hooks: Hooks,
+    netprobe: PathBuf,
+}
+
+impl Lab {
+    pub fn new(hooks: Hooks, backends: u8) -> Result<Self> {
+        let prefix = unique_prefix();
+        let topo = NodeTopology::build(&prefix, backends)?;
+        let cgroup = Cgroup::new(&prefix)?;
+        let netprobe = netprobe()?;
+        let mut servers = Vec::new();
+        for pod in &topo.backends {
+            let mut p = Proc::spawn_in(
+                pod.netns.name(),
+                None,
+                &netprobe,
+                &["serve", "--name", &pod.name, "--port", &BACKEND_PORT.to_string()],
+            )?;
+            let ready = p.read_line()?;
+            if ready != "ready" {
+                bail!("server in {} said `{ready}`", pod.name);
+            }
+            servers.push(p);
+        }
+        let mut dataplane = Dataplane::load(None, &MapSizes::small())?;
+        {
+            let _in_node = InNetns::enter(&topo.node)?;
+            for iface in topo.host_ifs() {
+                dataplane.attach_tc(iface)?;
+            }
+        }
+        if hooks == Hooks::SocketAndTc {
+            dataplane.attach_cgroup(cgroup.path())?;
+        }
+        let reconciler = Reconciler::restore(dataplane.lb_maps()?)?;
+        Ok(Self { _servers: servers, reconciler, dataplane, cgroup, topo, hooks, netprobe })
+    }
+
+    /// `ip:port` of backend `b{i}` (1-based).
+    pub fn backend(&self, i: usize) -> String {
+        format!("{}:{BACKEND_PORT}", self.topo.backends[i - 1].ip)
+    }
+
+    /// Applies a table file's text.
+    pub fn apply(&mut self, yaml: &str) -> Result<()> {
+        let table = table_file::parse(yaml)?;
+        self.reconciler.apply(&table)?;
+        Ok(())
+    }
+
+    /// Starts `netprobe args…` in the client pod, inside the node cgroup.
+    pub fn spawn_client(&self, args: &[&str]) -> Result<Proc> {
+        Proc::spawn_in(self.topo.client.netns.name(), Some(&self.cgroup.procs_file()), &self.netprobe, args)
+    }
+
+    /// Runs a `netprobe` client to completion and returns what it saw.
+    pub fn client(&self, args: &[&str]) -> Result<Outcome> {
+        let out = self.spawn_client(args)?.finish()?;
+        serde_json::from_str(out.trim()).with_context(|| format!("netprobe printed `{out}`"))
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+}
+
+/// The `netprobe` binary of this build.
+pub fn netprobe() -> Result<PathBuf> {
+    match option_env!("CARGO_BIN_EXE_netprobe") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => sibling_binary("netprobe"),
+    }
+}

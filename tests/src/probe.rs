@@ -1,0 +1,54 @@
+//! What a `netprobe` client saw, as JSON between the probe and the tests.
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct Outcome {
+    /// Who answered each successful attempt, in order.
+    pub answers: Vec<String>,
+    /// Failed attempts by kind (`refused`, `timeout`, `unreachable`, …).
+    pub errors: BTreeMap<String, usize>,
+    /// Attempts where `getpeername`/`recvfrom` showed another address than
+    /// the one the client asked for (the frontend).
+    pub peer_mismatch: usize,
+    /// Slowest failure, in milliseconds: a refusal must be immediate.
+    pub slowest_error_ms: u64,
+    /// Slowest successful connect/exchange, in milliseconds.
+    pub slowest_ok_ms: u64,
+}
+
+impl Outcome {
+    pub fn answer(&mut self, name: &str) {
+        self.answers.push(name.to_owned());
+    }
+
+    pub fn note_latency(&mut self, d: Duration) {
+        self.slowest_ok_ms = self.slowest_ok_ms.max(d.as_millis() as u64);
+    }
+
+    pub fn error(&mut self, e: &std::io::Error, took: Duration) {
+        let kind = match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => "refused".to_owned(),
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => "unreachable".to_owned(),
+            Some(libc::EPERM) => "eperm".to_owned(),
+            _ if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => "timeout".to_owned(),
+            _ => format!("other: {e}"),
+        };
+        *self.errors.entry(kind).or_default() += 1;
+        self.slowest_error_ms = self.slowest_error_ms.max(took.as_millis() as u64);
+    }
+
+    /// Answers per responder.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for a in &self.answers {
+            *m.entry(a.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.errors.values().sum()
+    }
+}

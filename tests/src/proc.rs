@@ -1,0 +1,93 @@
+//! Child processes a test started, ended by PID on drop.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// A process this test bed started; killed (by its PID) and reaped on drop.
+pub struct Proc {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    stdin: Option<ChildStdin>,
+    what: String,
+}
+
+impl Proc {
+    /// Starts `program args…` inside network namespace `netns`, first moving
+    /// it into the cgroup whose `cgroup.procs` is given, if any. The process
+    /// joins the cgroup before it runs anything of its own.
+    pub fn spawn_in(netns: &str, cgroup_procs: Option<&Path>, program: &Path, args: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new("sh");
+        let mut script = String::new();
+        if let Some(procs) = cgroup_procs {
+            script.push_str(&format!("echo $$ > '{}' && ", procs.display()));
+        }
+        script.push_str("exec ip netns exec \"$@\"");
+        cmd.arg("-c").arg(script).arg("sh").arg(netns).arg(program).args(args);
+        let what = format!("{} {} (in {netns})", program.display(), args.join(" "));
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let stdin = child.stdin.take();
+        Ok(Self { child, stdout, stdin, what })
+    }
+
+    /// Reads one line of output; fails if the process ended instead.
+    pub fn read_line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            let status = self.child.wait()?;
+            bail!("{} ended ({status}) before printing a line", self.what);
+        }
+        Ok(line.trim_end().to_owned())
+    }
+
+    pub fn write_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for the process to end on its own and returns all it printed.
+    pub fn finish(mut self) -> Result<String> {
+        drop(self.stdin.take());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest)?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("{} failed ({status})", self.what);
+        }
+        Ok(rest)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Path of a binary built alongside the running one (`netprobe`,
+/// `switchyard`): next to it, or one directory up from `deps/`.
+pub fn sibling_binary(name: &str) -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?;
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("`{name}` is not built next to {}; build the workspace first", exe.display())
+}

@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+use proxy_common::{
+    ct::{Ct4Key, Ct4Value},
+    map_names,
+};
 use switchyard::{
     datapath::{AyaLbMaps, MapSizes, loader::Dataplane},
     reconcile::Reconciler,
@@ -101,6 +105,13 @@ impl Lab {
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
         &mut self.dataplane
+    }
+
+    /// Flows the TC path has tracked (forward and reply entries).
+    pub fn conntrack_entries(&mut self) -> Result<usize> {
+        let map = self.dataplane.ebpf_mut().map(map_names::CT4).context("conntrack map")?;
+        let ct: aya::maps::HashMap<_, Ct4Key, Ct4Value> = aya::maps::HashMap::try_from(map)?;
+        Ok(ct.keys().count())
     }
 }
 

@@ -1,6 +1,8 @@
 //! One node of the cluster in a box: a node namespace with pods behind veth
-//! pairs, routed the way Calico routes (a /32 per pod, proxy ARP on the
-//! host side, pods' default route via 169.254.1.1).
+//! pairs, routed the way Calico routes: a /32 route per pod on the node, and
+//! each pod's default route via 169.254.1.1. The node holds 169.254.1.1 on
+//! its loopback, so it answers ARP for it on every pod-facing veth (Calico
+//! uses proxy ARP, which needs a default route the node must not have here).
 //!
 //! ```text
 //!   client pod ─eth0══h0─┐
@@ -46,6 +48,7 @@ impl NodeTopology {
         sysctl_in(&nn, "net.ipv4.conf.all.rp_filter", "0")?;
         sysctl_in(&nn, "net.ipv4.conf.default.rp_filter", "0")?;
         ip_in(&nn, &["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
+        ip_in(&nn, &["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
         let client = Self::pod(&node, prefix, "client", 0, Ipv4Addr::new(10, 244, 1, 10))?;
         let backends = (1..=n)
             .map(|i| Self::pod(&node, prefix, &format!("b{i}"), i, Ipv4Addr::new(10, 244, 1, 10 + i)))
@@ -65,8 +68,6 @@ impl NodeTopology {
         ip_in(pn, &["route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
         ip_in(nn, &["link", "set", &host_if, "up"])?;
         ip_in(nn, &["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
-        sysctl_in(nn, &format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
-        sysctl_in(nn, &format!("net.ipv4.neigh.{host_if}.proxy_delay"), "0")?;
         Ok(Pod { name: name.to_owned(), ip, host_if, netns })
     }
 

@@ -141,8 +141,10 @@ impl Dataplane {
         for (name, hook) in SOCK_PROGRAMS {
             let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
             let target = format!("cgroup `{}`", cgroup.display());
+            // bpf_link attachments (5.7+) always coexist with other programs
+            // on the cgroup; the kernel refuses an explicit ALLOW_MULTI flag.
             let id = prog
-                .attach(&fd, CgroupAttachMode::AllowMultiple)
+                .attach(&fd, CgroupAttachMode::Single)
                 .map_err(|source| Error::Attach { name, target, source })?;
             if let Some(root) = &self.pin_root {
                 let link = prog.take_link(id).map_err(|source| Error::Attach {

@@ -1,6 +1,10 @@
-//! A ClusterIP lab: a [`NodeTopology`] with a server in every backend pod,
-//! Switchyard's programs attached (socket hooks on the node's cgroup, TC on
-//! every pod-facing interface) and a reconciler to program it.
+//! Labs built on a [`NodeTopology`]:
+//! - [`Testbed`]: the topology, a server in every backend pod, and the
+//!   node's cgroup; the programs are attached by whoever uses it (the CLI
+//!   tests and the demo run `switchyard attach`).
+//! - [`Lab`]: a testbed with Switchyard's programs loaded in-process (socket
+//!   hooks on the node cgroup, TC on every pod-facing interface) and a
+//!   reconciler to program them.
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
@@ -35,54 +39,89 @@ pub enum Hooks {
     TcOnly,
 }
 
-pub struct Lab {
-    // Field order is drop order: processes, then programs, then cgroup, then namespaces.
+/// Where a client process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientPlacement {
+    /// In the node's cgroup: the socket hooks see it.
+    InNodeCgroup,
+    /// Outside it: only the TC path can translate its traffic.
+    OutsideCgroup,
+}
+
+pub struct Testbed {
+    // Field order is drop order: servers, then cgroup, then namespaces.
     _servers: Vec<Proc>,
-    reconciler: Reconciler<AyaLbMaps>,
-    dataplane: Dataplane,
-    cgroup: Cgroup,
+    pub cgroup: Cgroup,
     pub topo: NodeTopology,
-    pub hooks: Hooks,
+    pub prefix: String,
     netprobe: PathBuf,
 }
 
-impl Lab {
-    pub fn new(hooks: Hooks, backends: u8) -> Result<Self> {
+impl Testbed {
+    pub fn new(backends: u8) -> Result<Self> {
         let prefix = unique_prefix();
         let topo = NodeTopology::build(&prefix, backends)?;
         let cgroup = Cgroup::new(&prefix)?;
         let netprobe = netprobe()?;
         let mut servers = Vec::new();
         for pod in &topo.backends {
-            let mut p = Proc::spawn_in(
-                pod.netns.name(),
-                None,
-                &netprobe,
-                &["serve", "--name", &pod.name, "--port", &BACKEND_PORT.to_string()],
-            )?;
+            let port = BACKEND_PORT.to_string();
+            let mut p = Proc::spawn_in(pod.netns.name(), None, &netprobe, &["serve", "--name", &pod.name, "--port", &port])?;
             let ready = p.read_line()?;
             if ready != "ready" {
                 bail!("server in {} said `{ready}`", pod.name);
             }
             servers.push(p);
         }
-        let mut dataplane = Dataplane::load(None, &MapSizes::small())?;
-        {
-            let _in_node = InNetns::enter(&topo.node)?;
-            for iface in topo.host_ifs() {
-                dataplane.attach_tc(iface)?;
-            }
-        }
-        if hooks == Hooks::SocketAndTc {
-            dataplane.attach_cgroup(cgroup.path())?;
-        }
-        let reconciler = Reconciler::restore(dataplane.lb_maps()?)?;
-        Ok(Self { _servers: servers, reconciler, dataplane, cgroup, topo, hooks, netprobe })
+        Ok(Self { _servers: servers, cgroup, topo, prefix, netprobe })
     }
 
     /// `ip:port` of backend `b{i}` (1-based).
     pub fn backend(&self, i: usize) -> String {
         format!("{}:{BACKEND_PORT}", self.topo.backends[i - 1].ip)
+    }
+
+    /// Starts `netprobe args…` in the client pod.
+    pub fn spawn_client(&self, placement: ClientPlacement, args: &[&str]) -> Result<Proc> {
+        let procs = self.cgroup.procs_file();
+        let cgroup = (placement == ClientPlacement::InNodeCgroup).then_some(procs.as_path());
+        Proc::spawn_in(self.topo.client.netns.name(), cgroup, &self.netprobe, args)
+    }
+
+    /// Runs a `netprobe` client to completion and returns what it saw.
+    pub fn client(&self, placement: ClientPlacement, args: &[&str]) -> Result<Outcome> {
+        let out = self.spawn_client(placement, args)?.finish()?;
+        serde_json::from_str(out.trim()).with_context(|| format!("netprobe printed `{out}`"))
+    }
+}
+
+pub struct Lab {
+    // Field order is drop order: maps and programs before the testbed.
+    reconciler: Reconciler<AyaLbMaps>,
+    dataplane: Dataplane,
+    pub bed: Testbed,
+    pub hooks: Hooks,
+}
+
+impl Lab {
+    pub fn new(hooks: Hooks, backends: u8) -> Result<Self> {
+        let bed = Testbed::new(backends)?;
+        let mut dataplane = Dataplane::load(None, &MapSizes::small())?;
+        {
+            let _in_node = InNetns::enter(&bed.topo.node)?;
+            for iface in bed.topo.host_ifs() {
+                dataplane.attach_tc(iface)?;
+            }
+        }
+        if hooks == Hooks::SocketAndTc {
+            dataplane.attach_cgroup(bed.cgroup.path())?;
+        }
+        let reconciler = Reconciler::restore(dataplane.lb_maps()?)?;
+        Ok(Self { reconciler, dataplane, bed, hooks })
+    }
+
+    pub fn backend(&self, i: usize) -> String {
+        self.bed.backend(i)
     }
 
     /// Applies a table file's text.
@@ -92,19 +131,14 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts `netprobe args…` in the client pod, inside the node cgroup.
+    /// Starts a client in the client pod, inside the node cgroup.
     pub fn spawn_client(&self, args: &[&str]) -> Result<Proc> {
-        Proc::spawn_in(self.topo.client.netns.name(), Some(&self.cgroup.procs_file()), &self.netprobe, args)
+        self.bed.spawn_client(ClientPlacement::InNodeCgroup, args)
     }
 
-    /// Runs a `netprobe` client to completion and returns what it saw.
+    /// Runs a client in the client pod, inside the node cgroup.
     pub fn client(&self, args: &[&str]) -> Result<Outcome> {
-        let out = self.spawn_client(args)?.finish()?;
-        serde_json::from_str(out.trim()).with_context(|| format!("netprobe printed `{out}`"))
-    }
-
-    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
-        &mut self.dataplane
+        self.bed.client(ClientPlacement::InNodeCgroup, args)
     }
 
     /// Flows the TC path has tracked (forward and reply entries).

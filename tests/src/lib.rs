@@ -14,11 +14,19 @@ pub mod probe;
 pub mod proc;
 pub mod topology;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+pub mod sweep;
+
+use std::sync::{
+    Once,
+    atomic::{AtomicU32, Ordering},
+};
 
 /// A name prefix unique to this process and call, short enough for
-/// namespace names: `sy<pid><n>`.
+/// namespace names: `sy<pid>x<n>`. The first call also removes what test
+/// processes that were killed (and so could not clean up) left behind.
 pub fn unique_prefix() -> String {
+    static SWEEP: Once = Once::new();
     static N: AtomicU32 = AtomicU32::new(0);
+    SWEEP.call_once(sweep::stale);
     format!("sy{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }

@@ -1,0 +1,159 @@
+//! The `switchyard` command line against pinned state on a bpffs: attach,
+//! apply-file (good and bad files), a second start that adopts the pinned
+//! maps while connections stay up, inspect, and cleanup.
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+use testbed::{
+    fs::PrivateBpffs,
+    lab::{ClientPlacement, Testbed},
+    privileges,
+    probe::Outcome,
+    proc::sibling_binary,
+};
+
+struct Cli {
+    bin: PathBuf,
+    pin_root: PathBuf,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bin)
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .args(args)
+            .output()
+            .expect("run switchyard")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "switchyard {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn attach(&self, bed: &Testbed) {
+        let mut args = vec!["attach", "--cgroup", bed.cgroup.path().to_str().unwrap(), "--netns", bed.topo.node.name()];
+        for iface in bed.topo.host_ifs() {
+            args.extend(["--tc-iface", iface]);
+        }
+        // Small maps: tests run side by side.
+        args.extend(["--max-conntrack", "16384", "--max-sockets", "4096", "--max-affinity", "4096"]);
+        self.ok(&args);
+    }
+
+    fn services(&self) -> Value {
+        serde_json::from_str(&self.ok(&["inspect", "services", "--json"])).unwrap()
+    }
+}
+
+fn write_table(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn attach_apply_restart_inspect_cleanup() {
+    privileges::require();
+    let bed = Testbed::new(3).unwrap();
+    let bpffs = PrivateBpffs::new(&bed.prefix).unwrap();
+    let cli = Cli { bin: sibling_binary("switchyard").unwrap(), pin_root: bpffs.path().join("switchyard") };
+    let dir = tempdir(&bed.prefix);
+
+    cli.attach(&bed);
+    let good = write_table(
+        &dir,
+        "good.yaml",
+        &format!(
+            "frontends:\n  - name: default/web:http\n    address: 10.96.0.10\n    port: 80\n    backends: [{}, {}, {}]\n",
+            bed.backend(1),
+            bed.backend(2),
+            bed.backend(3)
+        ),
+    );
+    cli.ok(&["apply-file", good.to_str().unwrap()]);
+    let out = bed.client(ClientPlacement::InNodeCgroup, &["tcp", "--target", "10.96.0.10:80", "--count", "60"]).unwrap();
+    assert_eq!((out.error_count(), out.counts().len()), (0, 3), "{out:?}");
+
+    // A bad file names every bad entry and field, and changes nothing.
+    let before = cli.services();
+    let bad = write_table(
+        &dir,
+        "bad.yaml",
+        "frontends:\n  - {name: ok, address: 10.96.0.20, port: 80, backends: [10.244.1.11:8080]}\n  - {name: web, address: 10.96.0.300, port: 80}\n  - {name: zero, address: 10.96.0.21, port: 0}\n  - {name: proto, address: 10.96.0.22, port: 80, protocol: GRE}\n  - {name: again, address: 10.96.0.20, port: 80}\n",
+    );
+    let out = cli.run(&["apply-file", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "frontends[1] (web).address: `10.96.0.300` is not an IPv4 address",
+        "frontends[2] (zero).port: port 0 is not a valid port",
+        "frontends[3] (proto).protocol: unknown protocol `GRE`",
+        "frontends[4] (again).address: duplicate frontend 10.96.0.20:80/TCP",
+        "nothing was applied",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    assert_eq!(cli.services(), before, "a rejected file must not change the maps");
+
+    // Connections through both datapaths stay up while a second process
+    // attaches again (an upgrade): it adopts the pinned maps, including the
+    // TC path's conntrack, which the outside-cgroup flows need for replies.
+    let mut sock_held = bed.spawn_client(ClientPlacement::InNodeCgroup, &["hold", "--target", "10.96.0.10:80", "--count", "10"]).unwrap();
+    let mut tc_held = bed.spawn_client(ClientPlacement::OutsideCgroup, &["hold", "--target", "10.96.0.10:80", "--count", "10"]).unwrap();
+    let sock_before: Outcome = serde_json::from_str(&sock_held.read_line().unwrap()).unwrap();
+    let tc_before: Outcome = serde_json::from_str(&tc_held.read_line().unwrap()).unwrap();
+    assert_eq!(sock_before.error_count() + tc_before.error_count(), 0);
+    let tracked: Vec<Value> = serde_json::from_str(&cli.ok(&["inspect", "conntrack", "--json"])).unwrap();
+    assert_eq!(tracked.len(), 10, "the TC path tracks the outside-cgroup flows: {tracked:?}");
+
+    cli.attach(&bed);
+    assert_eq!(cli.services(), before, "the second start kept the programmed frontends");
+    for (held, before) in [(&mut sock_held, &sock_before), (&mut tc_held, &tc_before)] {
+        held.write_line("check").unwrap();
+        let check: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
+        assert_eq!(check.error_count(), 0, "a connection broke across the restart: {check:?}");
+        assert_eq!(check.answers, before.answers);
+    }
+    let links = std::fs::read_dir(cli.pin_root.join("links")).unwrap().count();
+    assert_eq!(links, 4 + 4, "four socket hooks and four interfaces, each pinned once");
+    let out = bed.client(ClientPlacement::OutsideCgroup, &["tcp", "--target", "10.96.0.10:80", "--count", "30"]).unwrap();
+    assert_eq!(out.error_count(), 0, "{out:?}");
+
+    let services = cli.services();
+    assert_eq!(services[0]["frontend"], "10.96.0.10:80/TCP");
+    assert_eq!(services[0]["backends"].as_array().unwrap().len(), 3);
+    let table = cli.ok(&["inspect", "backends"]);
+    assert!(table.contains("10.244.1.12:8080/TCP"), "{table}");
+    drop((sock_held, tc_held));
+
+    // Cleanup detaches everything: the frontend is no longer translated.
+    cli.ok(&["cleanup"]);
+    assert!(!cli.pin_root.exists());
+    let out = bed.client(ClientPlacement::InNodeCgroup, &["tcp", "--target", "10.96.0.10:80", "--count", "1"]).unwrap();
+    assert_eq!(out.answers.len(), 0, "still translated after cleanup: {out:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn apply_file_without_attach_says_what_to_do() {
+    privileges::require();
+    let prefix = testbed::unique_prefix();
+    let bpffs = PrivateBpffs::new(&prefix).unwrap();
+    let cli = Cli { bin: sibling_binary("switchyard").unwrap(), pin_root: bpffs.path().join("switchyard") };
+    let dir = tempdir(&prefix);
+    let f = write_table(&dir, "t.yaml", "frontends:\n  - {address: 10.96.0.10, port: 80}\n");
+    let out = cli.run(&["apply-file", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run `switchyard attach` first"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempdir(prefix: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{prefix}-files"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

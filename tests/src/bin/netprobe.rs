@@ -57,6 +57,14 @@ enum Cmd {
         #[arg(long)]
         count: usize,
     },
+    /// Times `count` connect() calls (each then closed); prints the
+    /// latencies in nanoseconds as a JSON array.
+    ConnectLatency {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
 }
 
 fn main() {
@@ -79,6 +87,22 @@ fn main() {
             print(&out);
         }
         Cmd::Hold { target, count } => hold(target, count),
+        Cmd::ConnectLatency { target, count } => {
+            let mut ns = Vec::with_capacity(count);
+            for _ in 0..count {
+                let started = Instant::now();
+                let s = TcpStream::connect_timeout(&target, TIMEOUT).expect("connect");
+                ns.push(started.elapsed().as_nanos() as u64);
+                // Wait for the greeting: paces us to the server's accept loop,
+                // so no SYN is dropped on a full accept queue (a 1 s retry).
+                s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+                let _ = (&s).read(&mut [0u8; 64]);
+                // RST instead of FIN: no TIME_WAIT pile-up across thousands of connects.
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger);
+            }
+            println!("{}", serde_json::to_string(&ns).expect("serializes"));
+        }
     }
 }
 

@@ -11,12 +11,16 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("proxy has no parent directory"))?
         .join("proxy-ebpf");
     // aya-build watches proxy-ebpf; the shared ABI crate must trigger a rebuild too.
-    println!("cargo:rerun-if-changed={}", root.with_file_name("proxy-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.with_file_name("proxy-common").display()
+    );
     let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
-    let skip = std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip = std::env::var_os("AYA_BUILD_SKIP")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         let out = std::env::var("OUT_DIR")?;
-        for name in ["switchyard", "baseline"] {
+        for name in ["dataplane", "baseline"] {
             std::fs::write(std::path::Path::new(&out).join(name), [])?;
         }
     }

@@ -33,16 +33,19 @@ BPF_LINKER_VERSION=0.13.0
 sysroot=$(rustc +nightly --print sysroot)
 llvm_major=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 llvm_prefix="${SWITCHYARD_LLVM_PREFIX:-$HOME/.local/share/switchyard/llvm-$llvm_major}"
+# The versioned libLLVM.so.* is the real library; libLLVM-NN-rust-*.so is a linker script.
+lib=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
+[ -n "$lib" ] || { log "no libLLVM.so.* in $sysroot/lib"; exit 1; }
+# bpf-linker's rpath points here: libLLVM.so to link against, and the soname
+# it loads at run time (outside `rustup run`, nothing else finds it).
+mkdir -p "$llvm_prefix/lib"
+ln -sf "$lib" "$llvm_prefix/lib/libLLVM.so"
+ln -sf "$lib" "$llvm_prefix/lib/$(basename "$lib")"
 if command -v bpf-linker >/dev/null 2>&1 && bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   log "bpf-linker $BPF_LINKER_VERSION present"
 else
-  # The versioned libLLVM.so.* is the real library; libLLVM-NN-rust-*.so is a linker script.
-  lib=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
-  [ -n "$lib" ] || { log "no libLLVM.so.* in $sysroot/lib"; exit 1; }
-  mkdir -p "$llvm_prefix/lib"
-  ln -sf "$lib" "$llvm_prefix/lib/libLLVM.so"
   log "building bpf-linker $BPF_LINKER_VERSION against $lib (llvm-$llvm_major)"
-  LLVM_PREFIX="$llvm_prefix" cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+  LLVM_PREFIX="$llvm_prefix" cargo install --locked --force bpf-linker --version "$BPF_LINKER_VERSION" \
     --no-default-features --features "llvm-$llvm_major"
 fi
 log "done"

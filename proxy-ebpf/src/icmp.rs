@@ -1,7 +1,10 @@
 //! ICMP errors about translated flows, e.g. a backend's port-unreachable for
 //! a UDP datagram it got through a frontend: the client must see an error
 //! about the frontend it talked to, or its socket never learns of it.
-use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use proxy_common::{
     ct::{CT_DIR_REPLY, Ct4Key},
     proto,
@@ -20,8 +23,8 @@ const ICMP_HLEN: usize = 8;
 /// translated flow. Anything else passes unchanged.
 pub fn translate_error(ctx: &TcContext, ip: &Ipv4) -> i32 {
     match try_translate(ctx, ip) {
-        Ok(()) => TC_ACT_OK as i32,
-        Err(()) => TC_ACT_SHOT as i32,
+        Ok(()) => TC_ACT_OK,
+        Err(()) => TC_ACT_SHOT,
     }
 }
 
@@ -59,7 +62,7 @@ fn try_translate(ctx: &TcContext, ip: &Ipv4) -> Result<(), ()> {
         dir: CT_DIR_REPLY,
         _pad: [0; 2],
     };
-    let Some(ct) = (unsafe { SY_CT4.get(&key).copied() }) else {
+    let Some(ct) = (unsafe { SY_CT4.get(key).copied() }) else {
         return Ok(());
     };
     let (vip, vport) = (ct.nat_addr_be, ct.nat_port_be);
@@ -67,17 +70,27 @@ fn try_translate(ctx: &TcContext, ip: &Ipv4) -> Result<(), ()> {
     // The quoted header's own checksum is updated with it, so its sum, and
     // thus the ICMP checksum, changes only by the port.
     let (old_a, new_a) = (u64::from(inner_daddr), u64::from(vip));
-    ctx.skb.l3_csum_replace(inner_off + IP_CSUM_OFF, old_a, new_a, 4).map_err(|_| ())?;
-    ctx.skb.store(inner_off + IP_DADDR_OFF, &vip, 0).map_err(|_| ())?;
+    ctx.skb
+        .l3_csum_replace(inner_off + IP_CSUM_OFF, old_a, new_a, 4)
+        .map_err(|_| ())?;
+    ctx.skb
+        .store(inner_off + IP_DADDR_OFF, &vip, 0)
+        .map_err(|_| ())?;
     ctx.skb
         .l4_csum_replace(icmp_csum, u64::from(inner_dport), u64::from(vport), 2)
         .map_err(|_| ())?;
-    ctx.skb.store(inner_off + 20 + 2, &vport, 0).map_err(|_| ())?;
+    ctx.skb
+        .store(inner_off + 20 + 2, &vport, 0)
+        .map_err(|_| ())?;
     // An error sent by the backend itself comes from the frontend, as the
     // client knows it; one from a router on the way keeps its source.
     if ip.saddr_be == inner_daddr {
-        ctx.skb.l3_csum_replace(ip.l3_off + IP_CSUM_OFF, old_a, new_a, 4).map_err(|_| ())?;
-        ctx.skb.store(ip.l3_off + IP_SADDR_OFF, &vip, 0).map_err(|_| ())?;
+        ctx.skb
+            .l3_csum_replace(ip.l3_off + IP_CSUM_OFF, old_a, new_a, 4)
+            .map_err(|_| ())?;
+        ctx.skb
+            .store(ip.l3_off + IP_SADDR_OFF, &vip, 0)
+            .map_err(|_| ())?;
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Frontend lookup and backend selection, shared by the socket and TC paths.
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use proxy_common::lb::{
-    Lb4AffMatchKey, Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4Service,
-    MASTER_SLOT, SVC_FLAG_AFFINITY,
+    Lb4AffMatchKey, Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4Service, MASTER_SLOT,
+    SVC_FLAG_AFFINITY,
 };
 
 use crate::maps::{SY_LB4_AFF, SY_LB4_AFFM, SY_LB4_BE, SY_LB4_SVC};
@@ -34,14 +34,14 @@ pub fn lookup_frontend(addr_be: u32, port_be: u16, proto: u8) -> Option<Frontend
     };
     // SAFETY: the value is copied out at once; a concurrent update can only
     // make us see the old or the new master entry, both consistent.
-    let master = unsafe { *SY_LB4_SVC.get(&key)? };
+    let master = unsafe { *SY_LB4_SVC.get(key)? };
     Some(Frontend { key, master })
 }
 
 #[inline(always)]
 pub fn backend(backend_id: u32) -> Option<Lb4Backend> {
     // SAFETY: copied out at once.
-    unsafe { SY_LB4_BE.get(&backend_id).copied() }
+    unsafe { SY_LB4_BE.get(backend_id).copied() }
 }
 
 /// True while `backend_id` is still a backend of frontend `rev_nat_id`.
@@ -51,7 +51,7 @@ pub fn is_member(backend_id: u32, rev_nat_id: u32) -> bool {
         backend_id,
         rev_nat_id,
     };
-    SY_LB4_AFFM.get_ptr(&key).is_some()
+    SY_LB4_AFFM.get_ptr(key).is_some()
 }
 
 /// Picks a backend of `fe` for `client`: the affine one while it is valid
@@ -66,10 +66,8 @@ pub fn select_backend(fe: &Frontend, client: Client) -> Option<(u32, Lb4Backend)
         flags: client.flags,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    if affinity {
-        if let Some(found) = affine_backend(&aff_key, fe, now) {
-            return Some(found);
-        }
+    if affinity && let Some(found) = affine_backend(&aff_key, fe, now) {
+        return Some(found);
     }
     let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(fe.master.count)) as u16 + 1;
     let slot_key = Lb4Key {
@@ -77,7 +75,7 @@ pub fn select_backend(fe: &Frontend, client: Client) -> Option<(u32, Lb4Backend)
         ..fe.key
     };
     // SAFETY: copied out at once.
-    let backend_id = unsafe { SY_LB4_SVC.get(&slot_key)?.backend_id };
+    let backend_id = unsafe { SY_LB4_SVC.get(slot_key)?.backend_id };
     let be = backend(backend_id)?;
     if affinity {
         let value = Lb4AffinityValue {
@@ -86,7 +84,7 @@ pub fn select_backend(fe: &Frontend, client: Client) -> Option<(u32, Lb4Backend)
             last_used_ns: now,
         };
         // A full LRU evicts its oldest entry; an error here only costs affinity.
-        let _ = SY_LB4_AFF.insert(&aff_key, &value, 0);
+        let _ = SY_LB4_AFF.insert(aff_key, value, 0);
     }
     Some((backend_id, be))
 }

@@ -26,7 +26,7 @@ pub fn port_unreachable(ctx: &TcContext, ip: &Ipv4) -> i32 {
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
-        Err(()) => TC_ACT_SHOT as i32,
+        Err(()) => TC_ACT_SHOT,
     }
 }
 
@@ -69,6 +69,8 @@ fn build(ctx: &TcContext, ip: &Ipv4) -> Result<(), ()> {
     }
     ctx.skb.store(0, &mac, 0).map_err(|_| ())?;
     ctx.skb.store(ETH_HLEN, &iph.0, 0).map_err(|_| ())?;
-    ctx.skb.store(ETH_HLEN + IPV4_HLEN, &icmp.0, 0).map_err(|_| ())?;
+    ctx.skb
+        .store(ETH_HLEN + IPV4_HLEN, &icmp.0, 0)
+        .map_err(|_| ())?;
     Ok(())
 }

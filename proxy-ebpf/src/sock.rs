@@ -96,15 +96,14 @@ fn sticky_backend(
         proto,
         _pad: 0,
     };
-    if let Some(id) = unsafe { SY_SK4_FWD.get(&key).copied() } {
-        if lb::is_member(id, fe.master.rev_nat_id) {
-            if let Some(be) = lb::backend(id) {
-                return Some((id, be));
-            }
-        }
+    if let Some(id) = unsafe { SY_SK4_FWD.get(key).copied() }
+        && lb::is_member(id, fe.master.rev_nat_id)
+        && let Some(be) = lb::backend(id)
+    {
+        return Some((id, be));
     }
     let (id, be) = choose(fe, ctx)?;
-    let _ = SY_SK4_FWD.insert(&key, &id, 0);
+    let _ = SY_SK4_FWD.insert(key, id, 0);
     Some((id, be))
 }
 
@@ -123,7 +122,7 @@ fn remember_frontend(cookie: u64, be: &Lb4Backend, fe: &Frontend) {
         rev_nat_id: fe.master.rev_nat_id,
     };
     // LRU: a full map evicts the oldest socket; only its reverse view is lost.
-    let _ = SY_SK4_RNAT.insert(&key, &value, 0);
+    let _ = SY_SK4_RNAT.insert(key, value, 0);
 }
 
 /// `recvmsg`/`getpeername`: a backend address this socket reached through a
@@ -137,7 +136,7 @@ pub fn reverse4(ctx: &SockAddrContext) -> i32 {
         port_be: sa.user_port as u16,
         _pad: 0,
     };
-    if let Some(fe) = unsafe { SY_SK4_RNAT.get(&key) } {
+    if let Some(fe) = unsafe { SY_SK4_RNAT.get(key) } {
         sa.user_ip4 = fe.addr_be;
         sa.user_port = u32::from(fe.port_be);
     }

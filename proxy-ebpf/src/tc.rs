@@ -24,8 +24,8 @@ use crate::{
     reject,
 };
 
-const PASS: i32 = TC_ACT_OK as i32;
-const DROP: i32 = TC_ACT_SHOT as i32;
+const PASS: i32 = TC_ACT_OK;
+const DROP: i32 = TC_ACT_SHOT;
 
 pub fn ingress(ctx: &TcContext) -> i32 {
     match try_ingress(ctx) {
@@ -56,16 +56,16 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
     };
     // A new SYN on a reused tuple picks a backend afresh, so a stale entry
     // cannot pin a new connection to a backend that has gone.
-    if !ports.tcp_syn_only {
-        if let Some(ct) = unsafe { SY_CT4.get(&forward).copied() } {
-            return translate(ctx, &ip, &ports, Side::Destination, &ct);
-        }
+    if !ports.tcp_syn_only
+        && let Some(ct) = unsafe { SY_CT4.get(forward).copied() }
+    {
+        return translate(ctx, &ip, &ports, Side::Destination, &ct);
     }
     let reply = Ct4Key {
         dir: CT_DIR_REPLY,
         ..forward
     };
-    if let Some(ct) = unsafe { SY_CT4.get(&reply).copied() } {
+    if let Some(ct) = unsafe { SY_CT4.get(reply).copied() } {
         return translate(ctx, &ip, &ports, Side::Source, &ct);
     }
     new_flow(ctx, &ip, &ports, &forward)
@@ -109,13 +109,19 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, ports: &Ports, forward: &Ct4Key) -> Resu
         ..reply_val
     };
     // Reply entry first: a reply can only exist once the forward packet left.
-    SY_CT4.insert(&reply_key, &reply_val, 0).map_err(|_| DROP)?;
-    SY_CT4.insert(forward, &forward_val, 0).map_err(|_| DROP)?;
+    SY_CT4.insert(reply_key, reply_val, 0).map_err(|_| DROP)?;
+    SY_CT4.insert(forward, forward_val, 0).map_err(|_| DROP)?;
     translate(ctx, ip, ports, Side::Destination, &forward_val)
 }
 
 #[inline(always)]
-fn translate(ctx: &TcContext, ip: &Ipv4, ports: &Ports, side: Side, ct: &Ct4Value) -> Result<i32, i32> {
+fn translate(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    ports: &Ports,
+    side: Side,
+    ct: &Ct4Value,
+) -> Result<i32, i32> {
     let (old_addr_be, old_port_be) = match side {
         Side::Source => (ip.saddr_be, ports.sport_be),
         Side::Destination => (ip.daddr_be, ports.dport_be),

@@ -20,8 +20,9 @@ pub mod reconcile;
 pub mod table_file;
 
 /// The compiled eBPF object with every Switchyard program and map.
-pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchyard"));
+pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
 /// A TC program that returns `TC_ACT_OK` at once: the baseline benchmarks
 /// compare the load balancer against.
-pub const BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
+pub const BASELINE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));

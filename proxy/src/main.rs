@@ -19,7 +19,11 @@ use switchyard::{
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Kubernetes Service load balancing in eBPF")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Kubernetes Service load balancing in eBPF"
+)]
 struct Cli {
     /// bpffs directory holding Switchyard's pinned maps and links.
     #[arg(long, global = true, default_value = DEFAULT_PIN_ROOT)]
@@ -130,8 +134,13 @@ fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
 }
 
 fn enter_netns(ns: &str) -> Result<()> {
-    let path = if ns.contains('/') { PathBuf::from(ns) } else { Path::new("/run/netns").join(ns) };
-    let f = std::fs::File::open(&path).with_context(|| format!("cannot open network namespace `{}`", path.display()))?;
+    let path = if ns.contains('/') {
+        PathBuf::from(ns)
+    } else {
+        Path::new("/run/netns").join(ns)
+    };
+    let f = std::fs::File::open(&path)
+        .with_context(|| format!("cannot open network namespace `{}`", path.display()))?;
     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("cannot enter network namespace `{}`", path.display()))
 }
@@ -139,8 +148,12 @@ fn enter_netns(ns: &str) -> Result<()> {
 fn apply_file(pin_root: &Path, file: &Path) -> Result<()> {
     // Validate everything before touching a map: a bad file applies nothing.
     let desired = table_file::load(file)?;
-    let maps = AyaLbMaps::from_pins(&pin_root.join("maps"))
-        .with_context(|| format!("no Switchyard maps under `{}`: run `switchyard attach` first", pin_root.display()))?;
+    let maps = AyaLbMaps::from_pins(&pin_root.join("maps")).with_context(|| {
+        format!(
+            "no Switchyard maps under `{}`: run `switchyard attach` first",
+            pin_root.display()
+        )
+    })?;
     let mut reconciler = Reconciler::restore(maps)?;
     let report = reconciler.apply_with_retry(&desired, 5, Duration::from_millis(50))?;
     info!(
@@ -172,13 +185,21 @@ fn print_inspect(pin_root: &Path, what: Inspect, json: bool) -> Result<()> {
     match what {
         Inspect::Services => emit!(
             inspect::services(&dir)?,
-            format!("{:<24} {:>6} {:>10}  BACKENDS", "FRONTEND", "ID", "AFFINITY"),
+            format!(
+                "{:<24} {:>6} {:>10}  BACKENDS",
+                "FRONTEND", "ID", "AFFINITY"
+            ),
             |r: &inspect::ServiceRow| format!(
                 "{:<24} {:>6} {:>10}  {}",
                 r.frontend,
                 r.id,
-                r.affinity_timeout_s.map_or_else(|| "-".into(), |t| format!("{t}s")),
-                if r.backends.is_empty() { "(none: reject)".into() } else { r.backends.join(", ") }
+                r.affinity_timeout_s
+                    .map_or_else(|| "-".into(), |t| format!("{t}s")),
+                if r.backends.is_empty() {
+                    "(none: reject)".into()
+                } else {
+                    r.backends.join(", ")
+                }
             )
         ),
         Inspect::Backends => emit!(
@@ -188,18 +209,31 @@ fn print_inspect(pin_root: &Path, what: Inspect, json: bool) -> Result<()> {
         ),
         Inspect::Conntrack => emit!(
             inspect::conntrack(&dir)?,
-            format!("{:<5} {:<22} {:<22} {:<22} {:>8}", "PROTO", "CLIENT", "FRONTEND", "BACKEND", "AGE"),
+            format!(
+                "{:<5} {:<22} {:<22} {:<22} {:>8}",
+                "PROTO", "CLIENT", "FRONTEND", "BACKEND", "AGE"
+            ),
             |r: &inspect::ConntrackRow| format!(
                 "{:<5} {:<22} {:<22} {:<22} {:>7}s",
-                r.protocol, r.client, r.frontend, r.backend, r.age_ms / 1000
+                r.protocol,
+                r.client,
+                r.frontend,
+                r.backend,
+                r.age_ms / 1000
             )
         ),
         Inspect::Affinity => emit!(
             inspect::affinity(&dir)?,
-            format!("{:<28} {:>11} {:>10} {:>8}", "CLIENT", "FRONTEND-ID", "BACKEND-ID", "IDLE"),
+            format!(
+                "{:<28} {:>11} {:>10} {:>8}",
+                "CLIENT", "FRONTEND-ID", "BACKEND-ID", "IDLE"
+            ),
             |r: &inspect::AffinityRow| format!(
                 "{:<28} {:>11} {:>10} {:>7}s",
-                r.client, r.frontend_id, r.backend_id, r.idle_ms / 1000
+                r.client,
+                r.frontend_id,
+                r.backend_id,
+                r.idle_ms / 1000
             )
         ),
     }

@@ -119,7 +119,11 @@ impl DesiredTable {
 
     /// Distinct backends (shared between frontends).
     pub fn backend_count(&self) -> usize {
-        let mut all: Vec<_> = self.frontends.values().flat_map(|f| f.backends.iter()).collect();
+        let mut all: Vec<_> = self
+            .frontends
+            .values()
+            .flat_map(|f| f.backends.iter())
+            .collect();
         all.sort_unstable();
         all.dedup();
         all.len()

@@ -41,7 +41,10 @@ pub enum Error {
     },
     #[error("`{path}` has {} invalid entr{}, nothing was applied:\n{}", .problems.len(),
         if .problems.len() == 1 { "y" } else { "ies" }, Problems(.problems))]
-    Invalid { path: String, problems: Vec<Problem> },
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
 }
 
 /// One invalid field of one entry.
@@ -128,7 +131,10 @@ pub fn parse(text: &str) -> Result<DesiredTable, Error> {
             continue;
         };
         if let Some(first) = seen.insert(key, index) {
-            check.problem("address", format!("duplicate frontend {key}, first defined by frontends[{first}]"));
+            check.problem(
+                "address",
+                format!("duplicate frontend {key}, first defined by frontends[{first}]"),
+            );
             continue;
         }
         table.frontends.insert(key, spec);
@@ -146,8 +152,14 @@ pub fn parse(text: &str) -> Result<DesiredTable, Error> {
 impl Error {
     fn with_path(self, p: &str) -> Self {
         match self {
-            Self::Syntax { source, .. } => Self::Syntax { path: p.to_owned(), source },
-            Self::Invalid { problems, .. } => Self::Invalid { path: p.to_owned(), problems },
+            Self::Syntax { source, .. } => Self::Syntax {
+                path: p.to_owned(),
+                source,
+            },
+            Self::Invalid { problems, .. } => Self::Invalid {
+                path: p.to_owned(),
+                problems,
+            },
             e @ Self::Read { .. } => e,
         }
     }
@@ -174,11 +186,18 @@ impl Checker<'_> {
         let addr = self.address(e.address.as_ref());
         let port = self.port("port", e.port.as_ref());
         let proto = self.protocol(e.protocol.as_deref());
-        let affinity = self.affinity(e.session_affinity.as_deref(), e.affinity_timeout_seconds.as_ref());
+        let affinity = self.affinity(
+            e.session_affinity.as_deref(),
+            e.affinity_timeout_seconds.as_ref(),
+        );
         let mut backends = Vec::with_capacity(e.backends.len());
         for (i, b) in e.backends.iter().enumerate() {
             if let (Some(b), Some(proto)) = (self.backend(i, b), proto) {
-                let b = BackendAddr { addr: b.0, port: b.1, proto };
+                let b = BackendAddr {
+                    addr: b.0,
+                    port: b.1,
+                    proto,
+                };
                 // Duplicate endpoints are merged, as kube-proxy merges them.
                 if !backends.contains(&b) {
                     backends.push(b);
@@ -186,14 +205,31 @@ impl Checker<'_> {
             }
         }
         if backends.len() > MAX_BACKENDS_PER_FRONTEND {
-            self.problem("backends", format!("{} backends, at most {MAX_BACKENDS_PER_FRONTEND} are supported", backends.len()));
+            self.problem(
+                "backends",
+                format!(
+                    "{} backends, at most {MAX_BACKENDS_PER_FRONTEND} are supported",
+                    backends.len()
+                ),
+            );
         }
         if self.problems.len() != before {
             return None;
         }
-        let key = FrontendKey { addr: addr?, port: port?, proto: proto? };
+        let key = FrontendKey {
+            addr: addr?,
+            port: port?,
+            proto: proto?,
+        };
         let name = e.name.unwrap_or_else(|| key.to_string());
-        Some((key, FrontendSpec { name, backends, affinity_timeout_s: affinity? }))
+        Some((
+            key,
+            FrontendSpec {
+                name,
+                backends,
+                affinity_timeout_s: affinity?,
+            },
+        ))
     }
 
     fn address(&mut self, v: Option<&serde_yaml::Value>) -> Option<Ipv4Addr> {
@@ -248,12 +284,19 @@ impl Checker<'_> {
         }
     }
 
-    fn affinity(&mut self, mode: Option<&str>, timeout: Option<&serde_yaml::Value>) -> Option<Option<u32>> {
+    fn affinity(
+        &mut self,
+        mode: Option<&str>,
+        timeout: Option<&serde_yaml::Value>,
+    ) -> Option<Option<u32>> {
         let on = match mode.unwrap_or("None") {
             "None" => false,
             "ClientIP" => true,
             other => {
-                self.problem("sessionAffinity", format!("`{other}` is not one of None, ClientIP"));
+                self.problem(
+                    "sessionAffinity",
+                    format!("`{other}` is not one of None, ClientIP"),
+                );
                 return None;
             }
         };
@@ -264,13 +307,19 @@ impl Checker<'_> {
         match text.parse::<u32>() {
             Ok(s) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&s) => {
                 if !on {
-                    self.problem("affinityTimeoutSeconds", "set, but sessionAffinity is not ClientIP");
+                    self.problem(
+                        "affinityTimeoutSeconds",
+                        "set, but sessionAffinity is not ClientIP",
+                    );
                     return None;
                 }
                 Some(Some(s))
             }
             _ => {
-                self.problem("affinityTimeoutSeconds", format!("`{text}` is not within 1..={MAX_AFFINITY_TIMEOUT_S}"));
+                self.problem(
+                    "affinityTimeoutSeconds",
+                    format!("`{text}` is not within 1..={MAX_AFFINITY_TIMEOUT_S}"),
+                );
                 None
             }
         }
@@ -286,7 +335,10 @@ impl Checker<'_> {
         let addr = match addr.parse::<Ipv4Addr>() {
             Ok(a) if !(a.is_unspecified() || a.is_broadcast() || a.is_multicast()) => Some(a),
             _ => {
-                self.problem(field.clone(), format!("`{addr}` is not a valid backend IPv4 address"));
+                self.problem(
+                    field.clone(),
+                    format!("`{addr}` is not a valid backend IPv4 address"),
+                );
                 None
             }
         };
@@ -300,7 +352,10 @@ fn scalar(v: &serde_yaml::Value) -> String {
         serde_yaml::Value::String(s) => s.clone(),
         serde_yaml::Value::Number(n) => n.to_string(),
         serde_yaml::Value::Bool(b) => b.to_string(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     }
 }
 

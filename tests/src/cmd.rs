@@ -30,6 +30,17 @@ pub fn ip_in(netns: &str, args: &[&str]) -> Result<String> {
 
 /// Sets a sysctl inside a network namespace.
 pub fn sysctl_in(netns: &str, key: &str, value: &str) -> Result<()> {
-    run("ip", &["netns", "exec", netns, "sysctl", "-q", "-w", &format!("{key}={value}")])?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            netns,
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("{key}={value}"),
+        ],
+    )?;
     Ok(())
 }

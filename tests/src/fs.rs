@@ -18,7 +18,10 @@ impl PrivateBpffs {
     pub fn new(prefix: &str) -> Result<Self> {
         let path = std::env::temp_dir().join(format!("{prefix}-bpffs"));
         fs::create_dir_all(&path)?;
-        run("mount", &["-t", "bpf", "bpf", path.to_str().context("path")?])?;
+        run(
+            "mount",
+            &["-t", "bpf", "bpf", path.to_str().context("path")?],
+        )?;
         Ok(Self { path })
     }
 
@@ -48,13 +51,20 @@ impl Cgroup {
             None => {
                 let m = std::env::temp_dir().join(format!("{prefix}-cgroup2"));
                 fs::create_dir_all(&m)?;
-                run("mount", &["-t", "cgroup2", "none", m.to_str().context("path")?])?;
+                run(
+                    "mount",
+                    &["-t", "cgroup2", "none", m.to_str().context("path")?],
+                )?;
                 (m.clone(), Some(m))
             }
         };
         let path = root.join(format!("{prefix}-node"));
-        fs::create_dir(&path).with_context(|| format!("cannot create cgroup {}", path.display()))?;
-        Ok(Self { path, private_mount })
+        fs::create_dir(&path)
+            .with_context(|| format!("cannot create cgroup {}", path.display()))?;
+        Ok(Self {
+            path,
+            private_mount,
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -66,14 +66,25 @@ impl Testbed {
         let mut servers = Vec::new();
         for pod in &topo.backends {
             let port = BACKEND_PORT.to_string();
-            let mut p = Proc::spawn_in(pod.netns.name(), None, &netprobe, &["serve", "--name", &pod.name, "--port", &port])?;
+            let mut p = Proc::spawn_in(
+                pod.netns.name(),
+                None,
+                &netprobe,
+                &["serve", "--name", &pod.name, "--port", &port],
+            )?;
             let ready = p.read_line()?;
             if ready != "ready" {
                 bail!("server in {} said `{ready}`", pod.name);
             }
             servers.push(p);
         }
-        Ok(Self { _servers: servers, cgroup, topo, prefix, netprobe })
+        Ok(Self {
+            _servers: servers,
+            cgroup,
+            topo,
+            prefix,
+            netprobe,
+        })
     }
 
     /// `ip:port` of backend `b{i}` (1-based).
@@ -117,7 +128,12 @@ impl Lab {
             dataplane.attach_cgroup(bed.cgroup.path())?;
         }
         let reconciler = Reconciler::restore(dataplane.lb_maps()?)?;
-        Ok(Self { reconciler, dataplane, bed, hooks })
+        Ok(Self {
+            reconciler,
+            dataplane,
+            bed,
+            hooks,
+        })
     }
 
     pub fn backend(&self, i: usize) -> String {
@@ -143,7 +159,11 @@ impl Lab {
 
     /// Flows the TC path has tracked (forward and reply entries).
     pub fn conntrack_entries(&mut self) -> Result<usize> {
-        let map = self.dataplane.ebpf_mut().map(map_names::CT4).context("conntrack map")?;
+        let map = self
+            .dataplane
+            .ebpf_mut()
+            .map(map_names::CT4)
+            .context("conntrack map")?;
         let ct: aya::maps::HashMap<_, Ct4Key, Ct4Value> = aya::maps::HashMap::try_from(map)?;
         Ok(ct.keys().count())
     }

@@ -28,5 +28,9 @@ pub fn unique_prefix() -> String {
     static SWEEP: Once = Once::new();
     static N: AtomicU32 = AtomicU32::new(0);
     SWEEP.call_once(sweep::stale);
-    format!("sy{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "sy{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -13,7 +13,9 @@ pub struct Netns {
 impl Netns {
     pub fn new(name: &str) -> Result<Self> {
         run("ip", &["netns", "add", name])?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ip_in(name, &["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -42,16 +44,19 @@ impl InNetns {
         let target = File::open(format!("/run/netns/{}", ns.name()))
             .with_context(|| format!("no netns `{}`", ns.name()))?;
         nix::sched::setns(target, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        Ok(Self { previous, _not_send: PhantomData })
+        Ok(Self {
+            previous,
+            _not_send: PhantomData,
+        })
     }
 }
 
 impl Drop for InNetns {
     fn drop(&mut self) {
-        if let Err(e) = nix::sched::setns(&self.previous, nix::sched::CloneFlags::CLONE_NEWNET) {
-            if !std::thread::panicking() {
-                panic!("cannot return to the previous network namespace: {e}");
-            }
+        if let Err(e) = nix::sched::setns(&self.previous, nix::sched::CloneFlags::CLONE_NEWNET)
+            && !std::thread::panicking()
+        {
+            panic!("cannot return to the previous network namespace: {e}");
         }
     }
 }

@@ -36,11 +36,22 @@ pub struct Builder {
 
 impl Builder {
     pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
-        Self { src, dst, proto: TCP, tcp_flags: flags, ip_options: Vec::new(), frag: 0, payload: b"hello".to_vec() }
+        Self {
+            src,
+            dst,
+            proto: TCP,
+            tcp_flags: flags,
+            ip_options: Vec::new(),
+            frag: 0,
+            payload: b"hello".to_vec(),
+        }
     }
 
     pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
-        Self { proto: UDP, ..Self::tcp(src, dst, 0) }
+        Self {
+            proto: UDP,
+            ..Self::tcp(src, dst, 0)
+        }
     }
 
     pub fn build(&self) -> Vec<u8> {
@@ -65,12 +76,28 @@ impl Builder {
                 h
             }
         };
-        ipv4(*self.src.ip(), *self.dst.ip(), self.proto, &self.ip_options, self.frag, l4, true)
+        ipv4(
+            *self.src.ip(),
+            *self.dst.ip(),
+            self.proto,
+            &self.ip_options,
+            self.frag,
+            l4,
+            true,
+        )
     }
 }
 
 /// Ethernet + IPv4 around `l4`, with the L4 checksum filled in when `fill`.
-pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: &[u8], frag: u16, mut l4: Vec<u8>, fill: bool) -> Vec<u8> {
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    options: &[u8],
+    frag: u16,
+    mut l4: Vec<u8>,
+    fill: bool,
+) -> Vec<u8> {
     assert_eq!(options.len() % 4, 0);
     if fill {
         let off = match proto {
@@ -81,7 +108,11 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: &[u8], frag: u16, 
         };
         if let Some(off) = off {
             l4[off..off + 2].fill(0);
-            let c = if proto == ICMP { checksum(&l4) } else { checksum(&[pseudo(src, dst, proto, l4.len()), l4.clone()].concat()) };
+            let c = if proto == ICMP {
+                checksum(&l4)
+            } else {
+                checksum(&[pseudo(src, dst, proto, l4.len()), l4.clone()].concat())
+            };
             l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
         }
     }
@@ -140,12 +171,18 @@ impl<'a> View<'a> {
     pub fn src(&self) -> SocketAddrV4 {
         let ip = self.ip();
         let l4 = self.l4();
-        SocketAddrV4::new(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), u16::from_be_bytes([l4[0], l4[1]]))
+        SocketAddrV4::new(
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            u16::from_be_bytes([l4[0], l4[1]]),
+        )
     }
     pub fn dst(&self) -> SocketAddrV4 {
         let ip = self.ip();
         let l4 = self.l4();
-        SocketAddrV4::new(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]), u16::from_be_bytes([l4[2], l4[3]]))
+        SocketAddrV4::new(
+            Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
     }
     pub fn src_ip(&self) -> Ipv4Addr {
         let ip = self.ip();
@@ -164,7 +201,15 @@ impl<'a> View<'a> {
         match self.proto() {
             ICMP => checksum(l4) == 0,
             UDP if l4[6..8] == [0, 0] => true,
-            p => checksum(&[pseudo(self.src_ip(), self.dst_ip(), p, l4.len()), l4.to_vec()].concat()) == 0,
+            p => {
+                checksum(
+                    &[
+                        pseudo(self.src_ip(), self.dst_ip(), p, l4.len()),
+                        l4.to_vec(),
+                    ]
+                    .concat(),
+                ) == 0
+            }
         }
     }
 }

@@ -32,7 +32,13 @@ impl Outcome {
             Some(libc::ECONNREFUSED) => "refused".to_owned(),
             Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => "unreachable".to_owned(),
             Some(libc::EPERM) => "eperm".to_owned(),
-            _ if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => "timeout".to_owned(),
+            _ if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+            {
+                "timeout".to_owned()
+            }
             _ => format!("other: {e}"),
         };
         *self.errors.entry(kind).or_default() += 1;

@@ -19,14 +19,24 @@ impl Proc {
     /// Starts `program args…` inside network namespace `netns`, first moving
     /// it into the cgroup whose `cgroup.procs` is given, if any. The process
     /// joins the cgroup before it runs anything of its own.
-    pub fn spawn_in(netns: &str, cgroup_procs: Option<&Path>, program: &Path, args: &[&str]) -> Result<Self> {
+    pub fn spawn_in(
+        netns: &str,
+        cgroup_procs: Option<&Path>,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<Self> {
         let mut cmd = Command::new("sh");
         let mut script = String::new();
         if let Some(procs) = cgroup_procs {
             script.push_str(&format!("echo $$ > '{}' && ", procs.display()));
         }
         script.push_str("exec ip netns exec \"$@\"");
-        cmd.arg("-c").arg(script).arg("sh").arg(netns).arg(program).args(args);
+        cmd.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(netns)
+            .arg(program)
+            .args(args);
         let what = format!("{} {} (in {netns})", program.display(), args.join(" "));
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -36,7 +46,12 @@ impl Proc {
             .with_context(|| format!("cannot start {what}"))?;
         let stdout = BufReader::new(child.stdout.take().context("stdout")?);
         let stdin = child.stdin.take();
-        Ok(Self { child, stdout, stdin, what })
+        Ok(Self {
+            child,
+            stdout,
+            stdin,
+            what,
+        })
     }
 
     /// Reads one line of output; fails if the process ended instead.
@@ -89,5 +104,8 @@ pub fn sibling_binary(name: &str) -> Result<std::path::PathBuf> {
             return Ok(p);
         }
     }
-    bail!("`{name}` is not built next to {}; build the workspace first", exe.display())
+    bail!(
+        "`{name}` is not built next to {}; build the workspace first",
+        exe.display()
+    )
 }

@@ -51,9 +51,21 @@ impl NodeTopology {
         ip_in(&nn, &["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
         let client = Self::pod(&node, prefix, "client", 0, Ipv4Addr::new(10, 244, 1, 10))?;
         let backends = (1..=n)
-            .map(|i| Self::pod(&node, prefix, &format!("b{i}"), i, Ipv4Addr::new(10, 244, 1, 10 + i)))
+            .map(|i| {
+                Self::pod(
+                    &node,
+                    prefix,
+                    &format!("b{i}"),
+                    i,
+                    Ipv4Addr::new(10, 244, 1, 10 + i),
+                )
+            })
             .collect::<Result<_>>()?;
-        Ok(Self { client, backends, node })
+        Ok(Self {
+            client,
+            backends,
+            node,
+        })
     }
 
     fn pod(node: &Netns, prefix: &str, name: &str, index: u8, ip: Ipv4Addr) -> Result<Pod> {
@@ -61,18 +73,35 @@ impl NodeTopology {
         let (nn, pn) = (node.name(), netns.name());
         let host_if = format!("h{index}");
         // Created inside the node namespace, peer moved straight into the pod's.
-        ip_in(nn, &["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", pn])?;
+        ip_in(
+            nn,
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", pn,
+            ],
+        )?;
         ip_in(pn, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         ip_in(pn, &["link", "set", "eth0", "up"])?;
-        ip_in(pn, &["route", "add", GATEWAY, "dev", "eth0", "scope", "link"])?;
-        ip_in(pn, &["route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
+        ip_in(
+            pn,
+            &["route", "add", GATEWAY, "dev", "eth0", "scope", "link"],
+        )?;
+        ip_in(
+            pn,
+            &["route", "add", "default", "via", GATEWAY, "dev", "eth0"],
+        )?;
         ip_in(nn, &["link", "set", &host_if, "up"])?;
         ip_in(nn, &["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
-        Ok(Pod { name: name.to_owned(), ip, host_if, netns })
+        Ok(Pod {
+            name: name.to_owned(),
+            ip,
+            host_if,
+            netns,
+        })
     }
 
     /// Every pod-facing interface of the node.
     pub fn host_ifs(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.client.host_if.as_str()).chain(self.backends.iter().map(|p| p.host_if.as_str()))
+        std::iter::once(self.client.host_if.as_str())
+            .chain(self.backends.iter().map(|p| p.host_if.as_str()))
     }
 }

@@ -29,17 +29,34 @@ impl Cli {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "switchyard {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "switchyard {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     fn attach(&self, bed: &Testbed) {
-        let mut args = vec!["attach", "--cgroup", bed.cgroup.path().to_str().unwrap(), "--netns", bed.topo.node.name()];
+        let mut args = vec![
+            "attach",
+            "--cgroup",
+            bed.cgroup.path().to_str().unwrap(),
+            "--netns",
+            bed.topo.node.name(),
+        ];
         for iface in bed.topo.host_ifs() {
             args.extend(["--tc-iface", iface]);
         }
         // Small maps: tests run side by side.
-        args.extend(["--max-conntrack", "16384", "--max-sockets", "4096", "--max-affinity", "4096"]);
+        args.extend([
+            "--max-conntrack",
+            "16384",
+            "--max-sockets",
+            "4096",
+            "--max-affinity",
+            "4096",
+        ]);
         self.ok(&args);
     }
 
@@ -59,7 +76,10 @@ fn attach_apply_restart_inspect_cleanup() {
     privileges::require();
     let bed = Testbed::new(3).unwrap();
     let bpffs = PrivateBpffs::new(&bed.prefix).unwrap();
-    let cli = Cli { bin: sibling_binary("switchyard").unwrap(), pin_root: bpffs.path().join("switchyard") };
+    let cli = Cli {
+        bin: sibling_binary("switchyard").unwrap(),
+        pin_root: bpffs.path().join("switchyard"),
+    };
     let dir = tempdir(&bed.prefix);
 
     cli.attach(&bed);
@@ -74,7 +94,12 @@ fn attach_apply_restart_inspect_cleanup() {
         ),
     );
     cli.ok(&["apply-file", good.to_str().unwrap()]);
-    let out = bed.client(ClientPlacement::InNodeCgroup, &["tcp", "--target", "10.96.0.10:80", "--count", "60"]).unwrap();
+    let out = bed
+        .client(
+            ClientPlacement::InNodeCgroup,
+            &["tcp", "--target", "10.96.0.10:80", "--count", "60"],
+        )
+        .unwrap();
     assert_eq!((out.error_count(), out.counts().len()), (0, 3), "{out:?}");
 
     // A bad file names every bad entry and field, and changes nothing.
@@ -96,30 +121,68 @@ fn attach_apply_restart_inspect_cleanup() {
     ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
-    assert_eq!(cli.services(), before, "a rejected file must not change the maps");
+    assert_eq!(
+        cli.services(),
+        before,
+        "a rejected file must not change the maps"
+    );
 
     // Connections through both datapaths stay up while a second process
     // attaches again (an upgrade): it adopts the pinned maps, including the
     // TC path's conntrack, which the outside-cgroup flows need for replies.
-    let mut sock_held = bed.spawn_client(ClientPlacement::InNodeCgroup, &["hold", "--target", "10.96.0.10:80", "--count", "10"]).unwrap();
-    let mut tc_held = bed.spawn_client(ClientPlacement::OutsideCgroup, &["hold", "--target", "10.96.0.10:80", "--count", "10"]).unwrap();
+    let mut sock_held = bed
+        .spawn_client(
+            ClientPlacement::InNodeCgroup,
+            &["hold", "--target", "10.96.0.10:80", "--count", "10"],
+        )
+        .unwrap();
+    let mut tc_held = bed
+        .spawn_client(
+            ClientPlacement::OutsideCgroup,
+            &["hold", "--target", "10.96.0.10:80", "--count", "10"],
+        )
+        .unwrap();
     let sock_before: Outcome = serde_json::from_str(&sock_held.read_line().unwrap()).unwrap();
     let tc_before: Outcome = serde_json::from_str(&tc_held.read_line().unwrap()).unwrap();
     assert_eq!(sock_before.error_count() + tc_before.error_count(), 0);
-    let tracked: Vec<Value> = serde_json::from_str(&cli.ok(&["inspect", "conntrack", "--json"])).unwrap();
-    assert_eq!(tracked.len(), 10, "the TC path tracks the outside-cgroup flows: {tracked:?}");
+    let tracked: Vec<Value> =
+        serde_json::from_str(&cli.ok(&["inspect", "conntrack", "--json"])).unwrap();
+    assert_eq!(
+        tracked.len(),
+        10,
+        "the TC path tracks the outside-cgroup flows: {tracked:?}"
+    );
 
     cli.attach(&bed);
-    assert_eq!(cli.services(), before, "the second start kept the programmed frontends");
+    assert_eq!(
+        cli.services(),
+        before,
+        "the second start kept the programmed frontends"
+    );
     for (held, before) in [(&mut sock_held, &sock_before), (&mut tc_held, &tc_before)] {
         held.write_line("check").unwrap();
         let check: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
-        assert_eq!(check.error_count(), 0, "a connection broke across the restart: {check:?}");
+        assert_eq!(
+            check.error_count(),
+            0,
+            "a connection broke across the restart: {check:?}"
+        );
         assert_eq!(check.answers, before.answers);
     }
-    let links = std::fs::read_dir(cli.pin_root.join("links")).unwrap().count();
-    assert_eq!(links, 4 + 4, "four socket hooks and four interfaces, each pinned once");
-    let out = bed.client(ClientPlacement::OutsideCgroup, &["tcp", "--target", "10.96.0.10:80", "--count", "30"]).unwrap();
+    let links = std::fs::read_dir(cli.pin_root.join("links"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        links,
+        4 + 4,
+        "four socket hooks and four interfaces, each pinned once"
+    );
+    let out = bed
+        .client(
+            ClientPlacement::OutsideCgroup,
+            &["tcp", "--target", "10.96.0.10:80", "--count", "30"],
+        )
+        .unwrap();
     assert_eq!(out.error_count(), 0, "{out:?}");
 
     let services = cli.services();
@@ -132,8 +195,17 @@ fn attach_apply_restart_inspect_cleanup() {
     // Cleanup detaches everything: the frontend is no longer translated.
     cli.ok(&["cleanup"]);
     assert!(!cli.pin_root.exists());
-    let out = bed.client(ClientPlacement::InNodeCgroup, &["tcp", "--target", "10.96.0.10:80", "--count", "1"]).unwrap();
-    assert_eq!(out.answers.len(), 0, "still translated after cleanup: {out:?}");
+    let out = bed
+        .client(
+            ClientPlacement::InNodeCgroup,
+            &["tcp", "--target", "10.96.0.10:80", "--count", "1"],
+        )
+        .unwrap();
+    assert_eq!(
+        out.answers.len(),
+        0,
+        "still translated after cleanup: {out:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -142,9 +214,16 @@ fn apply_file_without_attach_says_what_to_do() {
     privileges::require();
     let prefix = testbed::unique_prefix();
     let bpffs = PrivateBpffs::new(&prefix).unwrap();
-    let cli = Cli { bin: sibling_binary("switchyard").unwrap(), pin_root: bpffs.path().join("switchyard") };
+    let cli = Cli {
+        bin: sibling_binary("switchyard").unwrap(),
+        pin_root: bpffs.path().join("switchyard"),
+    };
     let dir = tempdir(&prefix);
-    let f = write_table(&dir, "t.yaml", "frontends:\n  - {address: 10.96.0.10, port: 80}\n");
+    let f = write_table(
+        &dir,
+        "t.yaml",
+        "frontends:\n  - {address: 10.96.0.10, port: 80}\n",
+    );
     let out = cli.run(&["apply-file", f.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -29,18 +29,26 @@ fn table(lab: &Lab, backends: &[usize], extra: &str) -> String {
 
 fn assert_balanced(out: &Outcome, total: usize) {
     assert_eq!(out.error_count(), 0, "{out:?}");
-    assert_eq!(out.peer_mismatch, 0, "the client must see the frontend as its peer: {out:?}");
+    assert_eq!(
+        out.peer_mismatch, 0,
+        "the client must see the frontend as its peer: {out:?}"
+    );
     let counts = out.counts();
     assert_eq!(counts.len(), 3, "every backend answers: {counts:?}");
     for (backend, n) in &counts {
-        assert!(*n * 5 >= total, "{backend} got {n} of {total} (< 20%): {counts:?}");
+        assert!(
+            *n * 5 >= total,
+            "{backend} got {n} of {total} (< 20%): {counts:?}"
+        );
     }
 }
 
 fn tcp_spreads(hooks: Hooks) {
     let mut lab = lab(hooks);
     lab.apply(&table(&lab, &[1, 2, 3], "")).unwrap();
-    let out = lab.client(&["tcp", "--target", VIP, "--count", "300"]).unwrap();
+    let out = lab
+        .client(&["tcp", "--target", VIP, "--count", "300"])
+        .unwrap();
     assert_balanced(&out, 300);
     assert_datapath(&mut lab, hooks);
 }
@@ -50,7 +58,10 @@ fn tcp_spreads(hooks: Hooks) {
 fn assert_datapath(lab: &mut Lab, hooks: Hooks) {
     let tracked = lab.conntrack_entries().unwrap();
     match hooks {
-        Hooks::SocketAndTc => assert_eq!(tracked, 0, "the socket hooks should have translated every flow"),
+        Hooks::SocketAndTc => assert_eq!(
+            tracked, 0,
+            "the socket hooks should have translated every flow"
+        ),
         Hooks::TcOnly => assert!(tracked > 0, "the TC path tracked no flow"),
     }
 }
@@ -58,58 +69,112 @@ fn assert_datapath(lab: &mut Lab, hooks: Hooks) {
 fn udp_spreads(hooks: Hooks) {
     let mut lab = lab(hooks);
     lab.apply(&table(&lab, &[1, 2, 3], "")).unwrap();
-    let out = lab.client(&["udp", "--target", VIP_UDP, "--count", "300"]).unwrap();
+    let out = lab
+        .client(&["udp", "--target", VIP_UDP, "--count", "300"])
+        .unwrap();
     assert_balanced(&out, 300);
-    let out = lab.client(&["udp", "--target", VIP_UDP, "--count", "150", "--connected"]).unwrap();
+    let out = lab
+        .client(&["udp", "--target", VIP_UDP, "--count", "150", "--connected"])
+        .unwrap();
     assert_balanced(&out, 150);
     assert_datapath(&mut lab, hooks);
 }
 
 fn affinity_sticks_then_expires(hooks: Hooks) {
     let mut lab = lab(hooks);
-    lab.apply(&table(&lab, &[1, 2, 3], ", sessionAffinity: ClientIP, affinityTimeoutSeconds: 1")).unwrap();
-    let out = lab.client(&["tcp", "--target", VIP, "--count", "50"]).unwrap();
+    lab.apply(&table(
+        &lab,
+        &[1, 2, 3],
+        ", sessionAffinity: ClientIP, affinityTimeoutSeconds: 1",
+    ))
+    .unwrap();
+    let out = lab
+        .client(&["tcp", "--target", VIP, "--count", "50"])
+        .unwrap();
     assert_eq!(out.error_count(), 0, "{out:?}");
-    assert_eq!(out.counts().len(), 1, "50 connections from one client, one backend: {:?}", out.counts());
+    assert_eq!(
+        out.counts().len(),
+        1,
+        "50 connections from one client, one backend: {:?}",
+        out.counts()
+    );
     // Each connection after more than the timeout without traffic chooses
     // afresh; eight such choices landing on one backend of three would
     // happen by chance once in 2,187 runs.
-    let spaced = lab.client(&["tcp", "--target", VIP, "--count", "8", "--interval-ms", "1300"]).unwrap();
+    let spaced = lab
+        .client(&[
+            "tcp",
+            "--target",
+            VIP,
+            "--count",
+            "8",
+            "--interval-ms",
+            "1300",
+        ])
+        .unwrap();
     assert_eq!(spaced.error_count(), 0, "{spaced:?}");
-    assert!(spaced.counts().len() > 1, "affinity never expired: {:?}", spaced.answers);
+    assert!(
+        spaced.counts().len() > 1,
+        "affinity never expired: {:?}",
+        spaced.answers
+    );
 }
 
 fn removed_backend_gets_no_new_connections(hooks: Hooks) {
     let mut lab = lab(hooks);
     lab.apply(&table(&lab, &[1, 2, 3], "")).unwrap();
-    let mut held = lab.spawn_client(&["hold", "--target", VIP, "--count", "30"]).unwrap();
+    let mut held = lab
+        .spawn_client(&["hold", "--target", VIP, "--count", "30"])
+        .unwrap();
     let before: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
     assert_eq!(before.error_count(), 0, "{before:?}");
 
     lab.apply(&table(&lab, &[1, 2], "")).unwrap();
-    let after = lab.client(&["tcp", "--target", VIP, "--count", "100"]).unwrap();
+    let after = lab
+        .client(&["tcp", "--target", VIP, "--count", "100"])
+        .unwrap();
     assert_eq!(after.error_count(), 0, "{after:?}");
     let who: BTreeSet<_> = after.counts().into_keys().collect();
-    assert_eq!(who, BTreeSet::from(["b1".to_owned(), "b2".to_owned()]), "b3 was removed");
+    assert_eq!(
+        who,
+        BTreeSet::from(["b1".to_owned(), "b2".to_owned()]),
+        "b3 was removed"
+    );
 
     held.write_line("check").unwrap();
     let check: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
-    assert_eq!(check.error_count(), 0, "established connections broke: {check:?}");
-    assert_eq!(check.answers, before.answers, "each established connection kept its backend");
+    assert_eq!(
+        check.error_count(),
+        0,
+        "established connections broke: {check:?}"
+    );
+    assert_eq!(
+        check.answers, before.answers,
+        "each established connection kept its backend"
+    );
 }
 
 fn no_backends_is_refused_at_once(hooks: Hooks) {
     let mut lab = lab(hooks);
     lab.apply(&table(&lab, &[], "")).unwrap();
-    let tcp = lab.client(&["tcp", "--target", VIP, "--count", "5"]).unwrap();
+    let tcp = lab
+        .client(&["tcp", "--target", VIP, "--count", "5"])
+        .unwrap();
     assert_eq!(tcp.errors.get("refused"), Some(&5), "{tcp:?}");
-    let udp = lab.client(&["udp", "--target", VIP_UDP, "--count", "5", "--connected"]).unwrap();
+    let udp = lab
+        .client(&["udp", "--target", VIP_UDP, "--count", "5", "--connected"])
+        .unwrap();
     assert_eq!(udp.errors.get("refused"), Some(&5), "{udp:?}");
     let slowest = Duration::from_millis(tcp.slowest_error_ms.max(udp.slowest_error_ms));
-    assert!(slowest < Duration::from_millis(500), "refusal took {slowest:?}, not immediate");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "refusal took {slowest:?}, not immediate"
+    );
     // Backends arriving later are used at once.
     lab.apply(&table(&lab, &[2], "")).unwrap();
-    let ok = lab.client(&["tcp", "--target", VIP, "--count", "5"]).unwrap();
+    let ok = lab
+        .client(&["tcp", "--target", VIP, "--count", "5"])
+        .unwrap();
     assert_eq!(ok.counts().get("b2"), Some(&5), "{ok:?}");
 }
 

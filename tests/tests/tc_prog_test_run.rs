@@ -48,16 +48,27 @@ impl Harness {
     }
 
     fn apply(&mut self, yaml: &str) {
-        self.reconciler.apply(&table_file::parse(yaml).unwrap()).unwrap();
+        self.reconciler
+            .apply(&table_file::parse(yaml).unwrap())
+            .unwrap();
     }
 
     /// Runs the TC program once; returns its verdict and the packet it left.
     fn run(&mut self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier =
-            self.dp.ebpf_mut().program_mut(program_names::TC_INGRESS).unwrap().try_into().unwrap();
+        let prog: &mut SchedClassifier = self
+            .dp
+            .ebpf_mut()
+            .program_mut(program_names::TC_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut out = vec![0u8; pkt.len() + 512];
         let res = prog
-            .test_run(TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ..TestRunOptions::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {} bytes: {e:?}", pkt.len()));
         out.truncate(res.data_size_out as usize);
         (res.return_value, out)
@@ -66,7 +77,9 @@ impl Harness {
 
 fn web(backends: &[&str], extra: &str) -> String {
     let list = backends.join(", ");
-    format!("frontends:\n  - {{address: 10.96.0.10, port: 80, backends: [{list}]{extra}}}\n  - {{address: 10.96.0.10, port: 53, protocol: UDP, backends: [{list}]{extra}}}\n")
+    format!(
+        "frontends:\n  - {{address: 10.96.0.10, port: 80, backends: [{list}]{extra}}}\n  - {{address: 10.96.0.10, port: 53, protocol: UDP, backends: [{list}]{extra}}}\n"
+    )
 }
 
 fn syn(client: &str) -> Vec<u8> {
@@ -75,7 +88,10 @@ fn syn(client: &str) -> Vec<u8> {
 
 fn assert_checksums(pkt: &[u8]) {
     let v = View::new(pkt);
-    assert!(v.ip_checksum_ok(), "IPv4 header checksum invalid: {pkt:02x?}");
+    assert!(
+        v.ip_checksum_ok(),
+        "IPv4 header checksum invalid: {pkt:02x?}"
+    );
     assert!(v.l4_checksum_ok(), "L4 checksum invalid: {pkt:02x?}");
 }
 
@@ -86,7 +102,11 @@ fn tc_lb4_dnat_first_packet_to_a_backend() {
     assert_eq!(verdict, TC_ACT_OK);
     let v = View::new(&out);
     assert_eq!(v.src(), sa(CLIENT), "source untouched");
-    assert!(BACKENDS.iter().any(|b| sa(b) == v.dst()), "DNAT to a backend, got {}", v.dst());
+    assert!(
+        BACKENDS.iter().any(|b| sa(b) == v.dst()),
+        "DNAT to a backend, got {}",
+        v.dst()
+    );
     assert_checksums(&out);
 }
 
@@ -100,7 +120,11 @@ fn tc_lb4_later_packets_keep_their_backend_and_replies_are_reverse_natted() {
         b.payload = vec![i; 100 + usize::from(i)];
         let (verdict, out) = h.run(&b.build());
         assert_eq!(verdict, TC_ACT_OK);
-        assert_eq!(View::new(&out).dst(), backend, "packet {i} of the flow moved");
+        assert_eq!(
+            View::new(&out).dst(),
+            backend,
+            "packet {i} of the flow moved"
+        );
         assert_checksums(&out);
     }
     let reply = Builder::tcp(backend, sa(CLIENT), TCP_SYN | TCP_ACK).build();
@@ -149,14 +173,31 @@ fn tc_lb4_spreads_new_flows_uniformly() {
 #[test]
 fn tc_lb4_no_backends_answers_icmp_port_unreachable() {
     let mut h = Harness::with_table(&web(&[], ""));
-    for pkt in [syn(CLIENT), Builder::udp(sa(CLIENT), sa("10.96.0.10:53")).build()] {
+    for pkt in [
+        syn(CLIENT),
+        Builder::udp(sa(CLIENT), sa("10.96.0.10:53")).build(),
+    ] {
         let (verdict, out) = h.run(&pkt);
-        assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out of the interface it came in on");
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "sent back out of the interface it came in on"
+        );
         let v = View::new(&out);
         assert_eq!(v.proto(), ICMP);
-        assert_eq!((v.src_ip(), v.dst_ip()), (Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(10, 244, 1, 10)));
-        assert_eq!(&v.l4()[..2], &[3, 3], "destination unreachable / port unreachable");
-        assert_eq!(&v.l4()[8..36], &pkt[14..42], "quotes the original header and 8 bytes");
+        assert_eq!(
+            (v.src_ip(), v.dst_ip()),
+            (Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(10, 244, 1, 10))
+        );
+        assert_eq!(
+            &v.l4()[..2],
+            &[3, 3],
+            "destination unreachable / port unreachable"
+        );
+        assert_eq!(
+            &v.l4()[8..36],
+            &pkt[14..42],
+            "quotes the original header and 8 bytes"
+        );
         assert_eq!(&out[..6], &pkt[6..12], "to the sender's MAC");
         assert_checksums(&out);
     }
@@ -180,7 +221,11 @@ fn tc_lb4_affinity_keeps_a_client_on_one_backend() {
     assert_eq!(others.len(), 3, "{others:?}");
     // When the affine backend leaves the frontend, the client moves on.
     let gone = *seen.iter().next().unwrap();
-    let rest: Vec<String> = BACKENDS.iter().filter(|b| sa(b) != gone).map(|s| (*s).to_owned()).collect();
+    let rest: Vec<String> = BACKENDS
+        .iter()
+        .filter(|b| sa(b) != gone)
+        .map(|s| (*s).to_owned())
+        .collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     h.apply(&web(&rest, ", sessionAffinity: ClientIP"));
     let (_, out) = h.run(&syn("10.244.1.10:31000"));
@@ -192,7 +237,11 @@ fn tc_lb4_new_syn_on_a_reused_tuple_leaves_a_removed_backend() {
     let mut h = Harness::with_table(&web(&BACKENDS, ""));
     let (_, out) = h.run(&syn(CLIENT));
     let first = View::new(&out).dst();
-    let rest: Vec<&str> = BACKENDS.iter().copied().filter(|b| sa(b) != first).collect();
+    let rest: Vec<&str> = BACKENDS
+        .iter()
+        .copied()
+        .filter(|b| sa(b) != first)
+        .collect();
     h.apply(&web(&rest, ""));
     // The established flow keeps its backend (as conntrack does for TCP)…
     let (_, out) = h.run(&Builder::tcp(sa(CLIENT), sa(VIP), TCP_ACK).build());
@@ -275,14 +324,30 @@ fn tc_lb4_icmp_error_from_a_backend_is_rewritten_to_the_frontend() {
     let v = View::new(&out);
     assert_eq!(v.src_ip(), *vip53.ip(), "error comes from the frontend");
     let inner = &v.l4()[8..];
-    assert_eq!(&inner[16..20], &vip53.ip().octets(), "quoted destination is the frontend");
-    assert_eq!(&inner[22..24], &53u16.to_be_bytes(), "quoted port is the frontend's");
+    assert_eq!(
+        &inner[16..20],
+        &vip53.ip().octets(),
+        "quoted destination is the frontend"
+    );
+    assert_eq!(
+        &inner[22..24],
+        &53u16.to_be_bytes(),
+        "quoted port is the frontend's"
+    );
     assert_eq!(checksum(&inner[..20]), 0, "quoted IPv4 header checksum");
     assert_checksums(&out);
     // An ICMP error about an unknown flow passes unchanged.
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&Builder::udp(sa("10.244.9.9:1"), sa("10.244.9.8:2")).build()[14..42]);
-    let stray = ipv4(Ipv4Addr::new(10, 244, 9, 8), Ipv4Addr::new(10, 244, 9, 9), ICMP, &[], 0, icmp, true);
+    let stray = ipv4(
+        Ipv4Addr::new(10, 244, 9, 8),
+        Ipv4Addr::new(10, 244, 9, 9),
+        ICMP,
+        &[],
+        0,
+        icmp,
+        true,
+    );
     assert_eq!(h.run(&stray), (TC_ACT_OK, stray.clone()));
 }
 

@@ -21,16 +21,26 @@ impl AyaLbMaps {
     /// Opens the maps pinned in `pin_dir` by [`super::loader`].
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
         let open = |name: &'static str| -> Result<Map> {
-            let data = MapData::from_pin(pin_dir.join(name)).map_err(|_| MapError::Missing { map: name })?;
+            let data = MapData::from_pin(pin_dir.join(name))
+                .map_err(|_| MapError::Missing { map: name })?;
             Map::from_map_data(data).map_err(|source| MapError::Layout { map: name, source })
         };
-        Self::from_maps(open(names::LB4_SERVICES)?, open(names::LB4_BACKENDS)?, open(names::LB4_AFF_MATCH)?)
+        Self::from_maps(
+            open(names::LB4_SERVICES)?,
+            open(names::LB4_BACKENDS)?,
+            open(names::LB4_AFF_MATCH)?,
+        )
     }
 
     /// Takes the maps out of a loaded object (unpinned use: tests, benchmarks).
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapError::Missing { map: name });
-        Self::from_maps(take(names::LB4_SERVICES)?, take(names::LB4_BACKENDS)?, take(names::LB4_AFF_MATCH)?)
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(MapError::Missing { map: name });
+        Self::from_maps(
+            take(names::LB4_SERVICES)?,
+            take(names::LB4_BACKENDS)?,
+            take(names::LB4_AFF_MATCH)?,
+        )
     }
 
     fn from_maps(services: Map, backends: Map, aff_match: Map) -> Result<Self> {
@@ -47,7 +57,12 @@ impl AyaLbMaps {
             backends: max(backends.map(), names::LB4_BACKENDS)?,
             aff_match: max(aff_match.map(), names::LB4_AFF_MATCH)?,
         };
-        Ok(Self { services, backends, aff_match, capacity })
+        Ok(Self {
+            services,
+            backends,
+            aff_match,
+            capacity,
+        })
     }
 }
 
@@ -68,28 +83,49 @@ fn io_error(e: aya::maps::MapError) -> io::Error {
     }
 }
 
-fn write_err(op: &'static str, map: &'static str, key: impl std::fmt::Debug) -> impl FnOnce(aya::maps::MapError) -> MapError {
-    move |e| MapError::Write { op, map, key: format!("{key:?}"), source: io_error(e) }
+fn write_err(
+    op: &'static str,
+    map: &'static str,
+    key: impl std::fmt::Debug,
+) -> impl FnOnce(aya::maps::MapError) -> MapError {
+    move |e| MapError::Write {
+        op,
+        map,
+        key: format!("{key:?}"),
+        source: io_error(e),
+    }
 }
 
 /// Deleting an absent key is success: deletes must be retryable.
 fn absent_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(s))
+            if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
 
-fn dump<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, name: &'static str) -> Result<Vec<(K, V)>> {
+fn dump<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>> {
     map.iter()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| MapError::Read { map: name, source: io_error(e) })
+        .map_err(|e| MapError::Read {
+            map: name,
+            source: io_error(e),
+        })
 }
 
 impl LbMaps for AyaLbMaps {
     fn update_backend(&mut self, id: u32, backend: &Lb4Backend) -> Result<()> {
-        self.backends.insert(id, backend, 0).map_err(write_err("update", names::LB4_BACKENDS, id))
+        self.backends
+            .insert(id, backend, 0)
+            .map_err(write_err("update", names::LB4_BACKENDS, id))
     }
 
     fn delete_backend(&mut self, id: u32) -> Result<()> {
@@ -97,7 +133,9 @@ impl LbMaps for AyaLbMaps {
     }
 
     fn update_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<()> {
-        self.services.insert(key, value, 0).map_err(write_err("update", names::LB4_SERVICES, key))
+        self.services
+            .insert(key, value, 0)
+            .map_err(write_err("update", names::LB4_SERVICES, key))
     }
 
     fn delete_service(&mut self, key: &Lb4Key) -> Result<()> {
@@ -105,11 +143,17 @@ impl LbMaps for AyaLbMaps {
     }
 
     fn update_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
-        self.aff_match.insert(key, 1, 0).map_err(write_err("update", names::LB4_AFF_MATCH, key))
+        self.aff_match
+            .insert(key, 1, 0)
+            .map_err(write_err("update", names::LB4_AFF_MATCH, key))
     }
 
     fn delete_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
-        absent_ok(self.aff_match.remove(key)).map_err(write_err("delete", names::LB4_AFF_MATCH, key))
+        absent_ok(self.aff_match.remove(key)).map_err(write_err(
+            "delete",
+            names::LB4_AFF_MATCH,
+            key,
+        ))
     }
 
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
@@ -121,7 +165,10 @@ impl LbMaps for AyaLbMaps {
     }
 
     fn dump_aff_match(&self) -> Result<Vec<Lb4AffMatchKey>> {
-        Ok(dump(&self.aff_match, names::LB4_AFF_MATCH)?.into_iter().map(|(k, _)| k).collect())
+        Ok(dump(&self.aff_match, names::LB4_AFF_MATCH)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
 
     fn capacity(&self) -> Capacity {

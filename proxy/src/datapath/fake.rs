@@ -33,18 +33,36 @@ impl FakeLbMaps {
     /// master entry) has slots `1..=count`, each naming an existing backend
     /// with an affinity-match entry. Anything else is a half-written frontend.
     pub fn check_consistent(&self) -> Result<(), Inconsistency> {
-        for (key, master) in self.services.iter().filter(|(k, _)| k.backend_slot == MASTER_SLOT) {
+        for (key, master) in self
+            .services
+            .iter()
+            .filter(|(k, _)| k.backend_slot == MASTER_SLOT)
+        {
             for slot in 1..=master.count {
-                let slot_key = Lb4Key { backend_slot: slot, ..*key };
+                let slot_key = Lb4Key {
+                    backend_slot: slot,
+                    ..*key
+                };
                 let Some(s) = self.services.get(&slot_key) else {
-                    return Err(Inconsistency(format!("{key:?} count {} but slot {slot} missing", master.count)));
+                    return Err(Inconsistency(format!(
+                        "{key:?} count {} but slot {slot} missing",
+                        master.count
+                    )));
                 };
                 if !self.backends.contains_key(&s.backend_id) {
-                    return Err(Inconsistency(format!("{key:?} slot {slot} names missing backend {}", s.backend_id)));
+                    return Err(Inconsistency(format!(
+                        "{key:?} slot {slot} names missing backend {}",
+                        s.backend_id
+                    )));
                 }
-                let m = Lb4AffMatchKey { backend_id: s.backend_id, rev_nat_id: master.rev_nat_id };
+                let m = Lb4AffMatchKey {
+                    backend_id: s.backend_id,
+                    rev_nat_id: master.rev_nat_id,
+                };
                 if !self.aff_match.contains(&m) {
-                    return Err(Inconsistency(format!("{key:?} slot {slot} has no affinity-match entry")));
+                    return Err(Inconsistency(format!(
+                        "{key:?} slot {slot} has no affinity-match entry"
+                    )));
                 }
             }
         }
@@ -149,7 +167,12 @@ impl FaultyLbMaps {
         }
     }
 
-    fn write(&mut self, map: &'static str, op: &'static str, f: impl FnOnce(&mut FakeLbMaps) -> Result<()>) -> Result<()> {
+    fn write(
+        &mut self,
+        map: &'static str,
+        op: &'static str,
+        f: impl FnOnce(&mut FakeLbMaps) -> Result<()>,
+    ) -> Result<()> {
         let n = self.writes;
         self.writes += 1;
         if (self.fail)(n) {

@@ -13,8 +13,7 @@
 //! re-attach is make-before-break: the new link is attached before the old
 //! pin is removed.
 use std::{
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -145,7 +144,11 @@ impl Dataplane {
             // on the cgroup; the kernel refuses an explicit ALLOW_MULTI flag.
             let id = prog
                 .attach(&fd, CgroupAttachMode::Single)
-                .map_err(|source| Error::Attach { name, target, source })?;
+                .map_err(|source| Error::Attach {
+                    name,
+                    target,
+                    source,
+                })?;
             if let Some(root) = &self.pin_root {
                 let link = prog.take_link(id).map_err(|source| Error::Attach {
                     name,
@@ -172,7 +175,11 @@ impl Dataplane {
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
         let id = prog
             .attach(iface, TcAttachType::Ingress)
-            .map_err(|source| Error::Attach { name, target, source })?;
+            .map_err(|source| Error::Attach {
+                name,
+                target,
+                source,
+            })?;
         if let Some(root) = &self.pin_root {
             let link = prog.take_link(id).map_err(|source| Error::Attach {
                 name,
@@ -181,7 +188,10 @@ impl Dataplane {
             })?;
             // Only tcx links are file-descriptor links that can be pinned.
             if let Ok(link) = FdLink::try_from(link) {
-                pin_replacing(link, &root.join("links").join(format!("tc-ingress-{iface}")))?;
+                pin_replacing(
+                    link,
+                    &root.join("links").join(format!("tc-ingress-{iface}")),
+                )?;
             }
         }
         Ok(())

@@ -17,7 +17,10 @@ pub(super) struct Ids {
 impl Ids {
     /// IDs as the maps hold them. A frontend seen only through slots (left
     /// half-written by a crashed writer) is known too, so it gets cleaned up.
-    pub(super) fn restore(services: &BTreeMap<Lb4Key, Lb4Service>, backends: &BTreeMap<u32, Lb4Backend>) -> Self {
+    pub(super) fn restore(
+        services: &BTreeMap<Lb4Key, Lb4Service>,
+        backends: &BTreeMap<u32, Lb4Backend>,
+    ) -> Self {
         let mut ids = Self::default();
         for (k, v) in services {
             if let Some(key) = FrontendKey::from_lb4_key(k) {
@@ -59,7 +62,10 @@ impl Ids {
         if let Some(id) = self.backends.get(&addr) {
             return *id;
         }
-        self.next_backend = self.next_backend.checked_add(1).expect("u32 backend IDs exhausted");
+        self.next_backend = self
+            .next_backend
+            .checked_add(1)
+            .expect("u32 backend IDs exhausted");
         let id = self.next_backend;
         self.backends.insert(addr, id);
         self.backend_addrs.insert(id, addr);
@@ -71,17 +77,22 @@ impl Ids {
     }
 
     pub(super) fn release_backend(&mut self, id: u32) {
-        if let Some(addr) = self.backend_addrs.remove(&id) {
-            if self.backends.get(&addr) == Some(&id) {
-                self.backends.remove(&addr);
-            }
+        if let Some(addr) = self.backend_addrs.remove(&id)
+            && self.backends.get(&addr) == Some(&id)
+        {
+            self.backends.remove(&addr);
         }
     }
 
     /// Drops backend IDs allocated in a pass whose writes failed before the
     /// backend reached the map.
     pub(super) fn forget_unwritten(&mut self, written: &BTreeMap<u32, Lb4Backend>) {
-        let unwritten: Vec<u32> = self.backend_addrs.keys().filter(|id| !written.contains_key(id)).copied().collect();
+        let unwritten: Vec<u32> = self
+            .backend_addrs
+            .keys()
+            .filter(|id| !written.contains_key(id))
+            .copied()
+            .collect();
         for id in unwritten {
             self.release_backend(id);
         }

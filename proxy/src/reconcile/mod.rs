@@ -9,7 +9,9 @@
 //! skipped when already done, so a failed pass is simply run again.
 use std::collections::{BTreeMap, BTreeSet};
 
-use proxy_common::lb::{Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY};
+use proxy_common::lb::{
+    Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY,
+};
 use tracing::{debug, warn};
 
 use crate::{
@@ -27,7 +29,9 @@ use ids::Ids;
 pub enum Error {
     #[error("cannot read the current maps")]
     Restore(#[source] MapError),
-    #[error("the table needs {needed} `{map}` entries but the map holds {capacity}; nothing was applied")]
+    #[error(
+        "the table needs {needed} `{map}` entries but the map holds {capacity}; nothing was applied"
+    )]
     Capacity {
         map: &'static str,
         needed: usize,
@@ -65,14 +69,30 @@ impl<M: LbMaps> Reconciler<M> {
     /// rebuilt from them, so a restart renumbers nothing and live flows keep
     /// their backends.
     pub fn restore(maps: M) -> Result<Self> {
-        let services: BTreeMap<_, _> = maps.dump_services().map_err(Error::Restore)?.into_iter().collect();
-        let backends: BTreeMap<_, _> = maps.dump_backends().map_err(Error::Restore)?.into_iter().collect();
-        let aff_match = maps.dump_aff_match().map_err(Error::Restore)?.into_iter().collect();
+        let services: BTreeMap<_, _> = maps
+            .dump_services()
+            .map_err(Error::Restore)?
+            .into_iter()
+            .collect();
+        let backends: BTreeMap<_, _> = maps
+            .dump_backends()
+            .map_err(Error::Restore)?
+            .into_iter()
+            .collect();
+        let aff_match = maps
+            .dump_aff_match()
+            .map_err(Error::Restore)?
+            .into_iter()
+            .collect();
         let ids = Ids::restore(&services, &backends);
         Ok(Self {
             maps,
             ids,
-            observed: Observed { services, backends, aff_match },
+            observed: Observed {
+                services,
+                backends,
+                aff_match,
+            },
         })
     }
 
@@ -104,8 +124,11 @@ impl<M: LbMaps> Reconciler<M> {
                 failed.push((spec.name.clone(), e));
             }
         }
-        let stale: Vec<FrontendKey> =
-            self.ids.frontend_keys().filter(|k| !desired.frontends.contains_key(k)).collect();
+        let stale: Vec<FrontendKey> = self
+            .ids
+            .frontend_keys()
+            .filter(|k| !desired.frontends.contains_key(k))
+            .collect();
         for key in stale {
             if let Err(e) = self.remove_frontend(&key, &mut report) {
                 failed.push((key.to_string(), e));
@@ -136,7 +159,11 @@ impl<M: LbMaps> Reconciler<M> {
                     return Ok(total);
                 }
                 Err(Error::Incomplete { failed }) if attempt < attempts => {
-                    debug!(attempt, failed = failed.len(), "reconcile pass incomplete, retrying");
+                    debug!(
+                        attempt,
+                        failed = failed.len(),
+                        "reconcile pass incomplete, retrying"
+                    );
                     std::thread::sleep(backoff);
                     backoff = backoff.saturating_mul(2);
                 }
@@ -151,30 +178,57 @@ impl<M: LbMaps> Reconciler<M> {
         let cap = self.maps.capacity();
         let slots = desired.slot_count();
         let checks = [
-            (names::LB4_SERVICES, desired.frontends.len() + slots, cap.services),
+            (
+                names::LB4_SERVICES,
+                desired.frontends.len() + slots,
+                cap.services,
+            ),
             (names::LB4_BACKENDS, desired.backend_count(), cap.backends),
             (names::LB4_AFF_MATCH, slots, cap.aff_match),
         ];
         for (map, needed, capacity) in checks {
             if needed > capacity as usize {
-                return Err(Error::Capacity { map, needed, capacity });
+                return Err(Error::Capacity {
+                    map,
+                    needed,
+                    capacity,
+                });
             }
         }
         Ok(())
     }
 
-    fn upsert_frontend(&mut self, key: &FrontendKey, spec: &FrontendSpec, report: &mut Report) -> Result<(), MapError> {
+    fn upsert_frontend(
+        &mut self,
+        key: &FrontendKey,
+        spec: &FrontendSpec,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
         let rev_nat_id = self.ids.frontend_or_allocate(*key);
-        let ids: Vec<u32> = spec.backends.iter().map(|b| self.ids.backend_or_allocate(*b)).collect();
+        let ids: Vec<u32> = spec
+            .backends
+            .iter()
+            .map(|b| self.ids.backend_or_allocate(*b))
+            .collect();
 
         for (id, b) in ids.iter().zip(&spec.backends) {
             self.write_backend(*id, b, report)?;
         }
         for id in &ids {
-            self.write_aff_match(Lb4AffMatchKey { backend_id: *id, rev_nat_id }, report)?;
+            self.write_aff_match(
+                Lb4AffMatchKey {
+                    backend_id: *id,
+                    rev_nat_id,
+                },
+                report,
+            )?;
         }
         for (slot, id) in (1u16..).zip(&ids) {
-            let value = Lb4Service { backend_id: *id, rev_nat_id, ..Lb4Service::default() };
+            let value = Lb4Service {
+                backend_id: *id,
+                rev_nat_id,
+                ..Lb4Service::default()
+            };
             self.write_service(key.lb4_key(slot), value, report)?;
         }
         let master = Lb4Service {
@@ -182,7 +236,11 @@ impl<M: LbMaps> Reconciler<M> {
             rev_nat_id,
             affinity_timeout_s: spec.affinity_timeout_s.unwrap_or(0),
             count: ids.len() as u16,
-            flags: if spec.affinity_timeout_s.is_some() { SVC_FLAG_AFFINITY } else { 0 },
+            flags: if spec.affinity_timeout_s.is_some() {
+                SVC_FLAG_AFFINITY
+            } else {
+                0
+            },
             _pad: 0,
         };
         self.write_service(key.lb4_key(MASTER_SLOT), master, report)?;
@@ -219,8 +277,13 @@ impl<M: LbMaps> Reconciler<M> {
             self.delete_service(&k, report)?;
         }
         if let Some(rev_nat_id) = self.ids.frontend(key) {
-            let members: Vec<_> =
-                self.observed.aff_match.iter().filter(|m| m.rev_nat_id == rev_nat_id).copied().collect();
+            let members: Vec<_> = self
+                .observed
+                .aff_match
+                .iter()
+                .filter(|m| m.rev_nat_id == rev_nat_id)
+                .copied()
+                .collect();
             for m in members {
                 self.maps.delete_aff_match(&m)?;
                 self.observed.aff_match.remove(&m);
@@ -233,7 +296,12 @@ impl<M: LbMaps> Reconciler<M> {
 
     /// Deletes backends that no slot names and no desired frontend wants (a
     /// frontend that failed mid-write keeps the backends it already wrote).
-    fn remove_orphans(&mut self, wanted: &BTreeSet<BackendAddr>, report: &mut Report, failed: &mut Vec<(String, MapError)>) {
+    fn remove_orphans(
+        &mut self,
+        wanted: &BTreeSet<BackendAddr>,
+        report: &mut Report,
+        failed: &mut Vec<(String, MapError)>,
+    ) {
         let mut used: BTreeSet<u32> = self
             .observed
             .services
@@ -242,7 +310,13 @@ impl<M: LbMaps> Reconciler<M> {
             .map(|(_, v)| v.backend_id)
             .collect();
         used.extend(wanted.iter().filter_map(|b| self.ids.backend(b)));
-        let orphans: Vec<u32> = self.observed.backends.keys().filter(|id| !used.contains(id)).copied().collect();
+        let orphans: Vec<u32> = self
+            .observed
+            .backends
+            .keys()
+            .filter(|id| !used.contains(id))
+            .copied()
+            .collect();
         for id in orphans {
             match self.maps.delete_backend(id) {
                 Ok(()) => {
@@ -265,10 +339,20 @@ impl<M: LbMaps> Reconciler<M> {
             .services
             .range(first..=last)
             .map(|(k, _)| *k)
-            .filter(move |k| Lb4Key { backend_slot: MASTER_SLOT, ..*k } == master)
+            .filter(move |k| {
+                Lb4Key {
+                    backend_slot: MASTER_SLOT,
+                    ..*k
+                } == master
+            })
     }
 
-    fn write_backend(&mut self, id: u32, b: &BackendAddr, report: &mut Report) -> Result<(), MapError> {
+    fn write_backend(
+        &mut self,
+        id: u32,
+        b: &BackendAddr,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
         let want = b.lb4_backend();
         if self.observed.backends.get(&id) != Some(&want) {
             self.maps.update_backend(id, &want)?;
@@ -287,7 +371,12 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
-    fn write_service(&mut self, key: Lb4Key, want: Lb4Service, report: &mut Report) -> Result<(), MapError> {
+    fn write_service(
+        &mut self,
+        key: Lb4Key,
+        want: Lb4Service,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
         if self.observed.services.get(&key) != Some(&want) {
             self.maps.update_service(&key, &want)?;
             self.observed.services.insert(key, want);

@@ -14,14 +14,22 @@ fn table(yaml: &str) -> DesiredTable {
 }
 
 fn web(backends: &[&str]) -> DesiredTable {
-    let list = backends.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>().join(", ");
+    let list = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     table(&format!(
         "frontends:\n  - {{name: web, address: 10.96.0.10, port: 80, backends: [{list}]}}\n  - {{name: dns, address: 10.96.0.53, port: 53, protocol: UDP, sessionAffinity: ClientIP, affinityTimeoutSeconds: 30, backends: [10.244.2.2:53]}}\n"
     ))
 }
 
 fn key() -> FrontendKey {
-    FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: Protocol::Tcp }
+    FrontendKey {
+        addr: Ipv4Addr::new(10, 96, 0, 10),
+        port: 80,
+        proto: Protocol::Tcp,
+    }
 }
 
 /// The backends the maps route `key` to, in slot order.
@@ -32,7 +40,9 @@ fn routed(maps: &FakeLbMaps, key: &FrontendKey) -> Vec<String> {
     (1..=master.count)
         .map(|s| {
             let id = maps.services[&key.lb4_key(s)].backend_id;
-            BackendAddr::from_lb4_backend(&maps.backends[&id]).unwrap().to_string()
+            BackendAddr::from_lb4_backend(&maps.backends[&id])
+                .unwrap()
+                .to_string()
         })
         .collect()
 }
@@ -43,21 +53,52 @@ fn writes_a_table_and_is_idempotent() {
     let desired = web(&["10.244.1.2:8080", "10.244.1.3:8080", "10.244.1.4:8080"]);
     let first = r.apply(&desired).unwrap();
     // 4 backends + 4 memberships + 4 slots + 2 masters.
-    assert_eq!(first, Report { writes: 14, deletes: 0 });
+    assert_eq!(
+        first,
+        Report {
+            writes: 14,
+            deletes: 0
+        }
+    );
     r.maps().check_consistent().unwrap();
-    assert_eq!(routed(r.maps(), &key()), ["10.244.1.2:8080/TCP", "10.244.1.3:8080/TCP", "10.244.1.4:8080/TCP"]);
-    let dns = r.maps().services.values().find(|v| v.flags & SVC_FLAG_AFFINITY != 0).unwrap();
+    assert_eq!(
+        routed(r.maps(), &key()),
+        [
+            "10.244.1.2:8080/TCP",
+            "10.244.1.3:8080/TCP",
+            "10.244.1.4:8080/TCP"
+        ]
+    );
+    let dns = r
+        .maps()
+        .services
+        .values()
+        .find(|v| v.flags & SVC_FLAG_AFFINITY != 0)
+        .unwrap();
     assert_eq!(dns.affinity_timeout_s, 30);
-    assert_eq!(r.apply(&desired).unwrap(), Report::default(), "second pass writes nothing");
+    assert_eq!(
+        r.apply(&desired).unwrap(),
+        Report::default(),
+        "second pass writes nothing"
+    );
 }
 
 #[test]
 fn shrinking_removes_backend_slot_and_membership_last() {
     let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes::small())).unwrap();
-    r.apply(&web(&["10.244.1.2:8080", "10.244.1.3:8080", "10.244.1.4:8080"])).unwrap();
-    r.apply(&web(&["10.244.1.2:8080", "10.244.1.4:8080"])).unwrap();
+    r.apply(&web(&[
+        "10.244.1.2:8080",
+        "10.244.1.3:8080",
+        "10.244.1.4:8080",
+    ]))
+    .unwrap();
+    r.apply(&web(&["10.244.1.2:8080", "10.244.1.4:8080"]))
+        .unwrap();
     r.maps().check_consistent().unwrap();
-    assert_eq!(routed(r.maps(), &key()), ["10.244.1.2:8080/TCP", "10.244.1.4:8080/TCP"]);
+    assert_eq!(
+        routed(r.maps(), &key()),
+        ["10.244.1.2:8080/TCP", "10.244.1.4:8080/TCP"]
+    );
     assert_eq!(r.maps().backends.len(), 3, "web's two plus dns's one");
     assert_eq!(r.maps().aff_match.len(), 3);
     assert_eq!(r.maps().services.len(), 2 + 2 + 1);
@@ -67,10 +108,15 @@ fn shrinking_removes_backend_slot_and_membership_last() {
 fn removed_frontend_and_its_backends_disappear_and_empty_frontend_stays_visible() {
     let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes::small())).unwrap();
     r.apply(&web(&["10.244.1.2:8080"])).unwrap();
-    r.apply(&table("frontends:\n  - {address: 10.96.0.10, port: 80}\n")).unwrap();
+    r.apply(&table("frontends:\n  - {address: 10.96.0.10, port: 80}\n"))
+        .unwrap();
     let maps = r.maps();
     maps.check_consistent().unwrap();
-    assert_eq!(maps.services.len(), 1, "only web's master, count 0 (reject)");
+    assert_eq!(
+        maps.services.len(),
+        1,
+        "only web's master, count 0 (reject)"
+    );
     assert_eq!(maps.services[&key().lb4_key(MASTER_SLOT)].count, 0);
     assert!(maps.backends.is_empty() && maps.aff_match.is_empty());
     r.apply(&DesiredTable::default()).unwrap();
@@ -87,23 +133,50 @@ fn restart_adopts_ids_instead_of_renumbering() {
 
     let mut restarted = Reconciler::restore(before.clone()).unwrap();
     assert_eq!(restarted.frontend_id(&key()), Some(id));
-    assert_eq!(restarted.apply(&desired).unwrap(), Report::default(), "nothing to rewrite");
+    assert_eq!(
+        restarted.apply(&desired).unwrap(),
+        Report::default(),
+        "nothing to rewrite"
+    );
     let grown = web(&["10.244.1.2:8080", "10.244.1.3:8080", "10.244.1.9:8080"]);
     restarted.apply(&grown).unwrap();
     let after = restarted.maps();
     for (k, v) in &before.backends {
-        assert_eq!(after.backends.get(k), Some(v), "existing backend IDs keep their meaning");
+        assert_eq!(
+            after.backends.get(k),
+            Some(v),
+            "existing backend IDs keep their meaning"
+        );
     }
     assert_eq!(after.backends.len(), before.backends.len() + 1);
 }
 
 #[test]
 fn capacity_is_checked_before_any_write() {
-    let sizes = MapSizes { frontends: 1, backend_slots: 2, ..MapSizes::small() };
+    let sizes = MapSizes {
+        frontends: 1,
+        backend_slots: 2,
+        ..MapSizes::small()
+    };
     let mut r = Reconciler::restore(FakeLbMaps::new(sizes)).unwrap();
-    let err = r.apply(&web(&["10.244.1.2:8080", "10.244.1.3:8080"])).unwrap_err();
-    assert!(matches!(err, Error::Capacity { needed: 5, capacity: 3, .. }), "{err}");
-    assert!(r.maps().services.is_empty() && r.maps().backends.is_empty(), "nothing written");
+    let err = r
+        .apply(&web(&["10.244.1.2:8080", "10.244.1.3:8080"]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Capacity {
+                needed: 5,
+                capacity: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        r.maps().services.is_empty() && r.maps().backends.is_empty(),
+        "nothing written"
+    );
 }
 
 /// Drives a sequence of tables through maps that fail writes, retrying each
@@ -113,7 +186,12 @@ fn converge_through_faults(fail: impl FnMut(u64) -> bool + Send + 'static) {
     let tables = [
         web(&["10.244.1.2:8080", "10.244.1.3:8080", "10.244.1.4:8080"]),
         web(&["10.244.1.3:8080"]),
-        web(&["10.244.1.5:8080", "10.244.1.6:8080", "10.244.1.3:8080", "10.244.1.7:8080"]),
+        web(&[
+            "10.244.1.5:8080",
+            "10.244.1.6:8080",
+            "10.244.1.3:8080",
+            "10.244.1.7:8080",
+        ]),
         table("frontends:\n  - {address: 10.96.0.99, port: 443, backends: [10.244.1.5:8443]}\n"),
         DesiredTable::default(),
     ];

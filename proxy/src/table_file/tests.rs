@@ -105,5 +105,11 @@ fn rejects_affinity_timeout_out_of_range_and_unknown_keys() {
 #[test]
 fn missing_fields_are_named() {
     let p = problems("frontends:\n  - name: x\n");
-    assert_eq!(p, ["frontends[0] (x).address: missing", "frontends[0] (x).port: missing"]);
+    assert_eq!(
+        p,
+        [
+            "frontends[0] (x).address: missing",
+            "frontends[0] (x).port: missing"
+        ]
+    );
 }

@@ -53,19 +53,27 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|");
     println!(
         "| TC path, established flow DNAT (ns/packet) | {:.1} | {:.1} (empty TC program) | {:.2}x |",
-        tc.established, tc.empty, tc.established / tc.empty
+        tc.established,
+        tc.empty,
+        tc.established / tc.empty
     );
     println!(
         "| TC path, non-Service packet (ns/packet) | {:.1} | {:.1} (empty TC program) | {:.2}x |",
-        tc.passthrough, tc.empty, tc.passthrough / tc.empty
+        tc.passthrough,
+        tc.empty,
+        tc.passthrough / tc.empty
     );
     println!(
         "| connect() to a ClusterIP via socket hook, p50 (µs) | {:.1} | {:.1} (connect() to the backend) | {:.2}x |",
-        sock.via_hook.0, sock.direct.0, sock.via_hook.0 / sock.direct.0
+        sock.via_hook.0,
+        sock.direct.0,
+        sock.via_hook.0 / sock.direct.0
     );
     println!(
         "| connect() to a ClusterIP via socket hook, p99 (µs) | {:.1} | {:.1} (connect() to the backend) | {:.2}x |",
-        sock.via_hook.1, sock.direct.1, sock.via_hook.1 / sock.direct.1
+        sock.via_hook.1,
+        sock.direct.1,
+        sock.via_hook.1 / sock.direct.1
     );
     Ok(())
 }
@@ -83,14 +91,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn ns_per_run(prog: &mut SchedClassifier, pkt: &[u8], repeat: u32) -> Result<f64> {
     let mut out = vec![0u8; pkt.len() + 64];
-    let opts = TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), repeat, ..TestRunOptions::default() };
+    let opts = TestRunOptions {
+        data_in: Some(pkt),
+        data_out: Some(&mut out),
+        repeat,
+        ..TestRunOptions::default()
+    };
     let r = prog.test_run(opts)?;
     Ok(r.duration.as_nanos() as f64)
 }
 
 fn tc_path(args: &Args) -> Result<TcFigures> {
     let mut baseline = EbpfLoader::new().load(switchyard::BASELINE_OBJECT)?;
-    let empty: &mut SchedClassifier = baseline.program_mut("sy_tc_baseline").context("baseline program")?.try_into()?;
+    let empty: &mut SchedClassifier = baseline
+        .program_mut("sy_tc_baseline")
+        .context("baseline program")?
+        .try_into()?;
     empty.load()?;
 
     let mut dp = Dataplane::load(None, &MapSizes::small())?;
@@ -103,7 +119,8 @@ fn tc_path(args: &Args) -> Result<TcFigures> {
     // Repeated runs see the packet the previous run left. Two forward
     // entries (VIP -> backend, backend -> VIP) make every run an established
     // flow's full rewrite, alternating direction, at a steady state.
-    let mut ct: HashMap<_, Ct4Key, Ct4Value> = HashMap::try_from(dp.ebpf_mut().map_mut(map_names::CT4).context("ct")?)?;
+    let mut ct: HashMap<_, Ct4Key, Ct4Value> =
+        HashMap::try_from(dp.ebpf_mut().map_mut(map_names::CT4).context("ct")?)?;
     for (from, to) in [(vip, backend), (backend, vip)] {
         let key = Ct4Key {
             saddr_be: u32::from_ne_bytes(client.ip().octets()),
@@ -123,8 +140,11 @@ fn tc_path(args: &Args) -> Result<TcFigures> {
         };
         ct.insert(key, value, 0)?;
     }
-    let lb: &mut SchedClassifier =
-        dp.ebpf_mut().program_mut(program_names::TC_INGRESS).context("tc program")?.try_into()?;
+    let lb: &mut SchedClassifier = dp
+        .ebpf_mut()
+        .program_mut(program_names::TC_INGRESS)
+        .context("tc program")?
+        .try_into()?;
     let mut established_pkt = Builder::tcp(client, vip, TCP_ACK);
     established_pkt.payload = vec![0; 64];
     let established_pkt = established_pkt.build();
@@ -136,7 +156,11 @@ fn tc_path(args: &Args) -> Result<TcFigures> {
         l.push(ns_per_run(lb, &established_pkt, args.repeat)?);
         p.push(ns_per_run(lb, &passthrough_pkt, args.repeat)?);
     }
-    Ok(TcFigures { empty: median(e), established: median(l), passthrough: median(p) })
+    Ok(TcFigures {
+        empty: median(e),
+        established: median(l),
+        passthrough: median(p),
+    })
 }
 
 struct SockFigures {
@@ -162,11 +186,19 @@ fn connect_latency(args: &Args) -> Result<SockFigures> {
     }
     dp.attach_cgroup(bed.cgroup.path())?;
     let mut reconciler = Reconciler::restore(dp.lb_maps()?)?;
-    let table = format!("frontends:\n  - {{address: 10.96.0.10, port: 80, backends: [{}]}}\n", bed.backend(1));
+    let table = format!(
+        "frontends:\n  - {{address: 10.96.0.10, port: 80, backends: [{}]}}\n",
+        bed.backend(1)
+    );
     reconciler.apply(&table_file::parse(&table)?)?;
     let count = args.connects.to_string();
     let run = |target: &str| -> Result<Vec<u64>> {
-        let out = bed.spawn_client(ClientPlacement::InNodeCgroup, &["connect-latency", "--target", target, "--count", &count])?.finish()?;
+        let out = bed
+            .spawn_client(
+                ClientPlacement::InNodeCgroup,
+                &["connect-latency", "--target", target, "--count", &count],
+            )?
+            .finish()?;
         Ok(serde_json::from_str(out.trim())?)
     };
     let direct_target = bed.backend(1);
@@ -177,5 +209,8 @@ fn connect_latency(args: &Args) -> Result<SockFigures> {
         direct.extend(run(&direct_target)?);
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(SockFigures { via_hook: percentiles(hook), direct: percentiles(direct) })
+    Ok(SockFigures {
+        via_hook: percentiles(hook),
+        direct: percentiles(direct),
+    })
 }

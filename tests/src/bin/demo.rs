@@ -19,9 +19,16 @@ fn main() -> Result<()> {
     let pin_root = bpffs.path().join("switchyard");
     let switchyard = sibling_binary("switchyard")?;
     let sy = |args: &[&str]| -> Result<String> {
-        let out = Command::new(&switchyard).arg("--pin-root").arg(&pin_root).args(args).output()?;
+        let out = Command::new(&switchyard)
+            .arg("--pin-root")
+            .arg(&pin_root)
+            .args(args)
+            .output()?;
         if !out.status.success() {
-            bail!("switchyard {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "switchyard {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
@@ -31,7 +38,13 @@ fn main() -> Result<()> {
     for b in &bed.topo.backends {
         println!("  {:<6} {}", b.name, b.ip);
     }
-    let mut attach = vec!["attach", "--cgroup", bed.cgroup.path().to_str().context("path")?, "--netns", bed.topo.node.name()];
+    let mut attach = vec![
+        "attach",
+        "--cgroup",
+        bed.cgroup.path().to_str().context("path")?,
+        "--netns",
+        bed.topo.node.name(),
+    ];
     for iface in bed.topo.host_ifs() {
         attach.extend(["--tc-iface", iface]);
     }
@@ -51,15 +64,24 @@ fn main() -> Result<()> {
     let applied = sy(&["apply-file", path(&table)?]);
     let _ = std::fs::remove_file(&table);
     applied?;
-    println!("\n$ switchyard inspect services\n{}", sy(&["inspect", "services"])?);
+    println!(
+        "\n$ switchyard inspect services\n{}",
+        sy(&["inspect", "services"])?
+    );
 
-    let out = bed.client(ClientPlacement::InNodeCgroup, &["tcp", "--target", VIP, "--count", "30"])?;
+    let out = bed.client(
+        ClientPlacement::InNodeCgroup,
+        &["tcp", "--target", VIP, "--count", "30"],
+    )?;
     println!("30 connections from the client pod to ClusterIP {VIP}:");
     for (i, who) in out.answers.iter().enumerate() {
         println!("  connection {:>2} -> {who}", i + 1);
     }
     let counts: BTreeMap<_, _> = out.counts();
-    println!("answers per backend: {counts:?}; failed connections: {}", out.error_count());
+    println!(
+        "answers per backend: {counts:?}; failed connections: {}",
+        out.error_count()
+    );
     sy(&["cleanup"])?;
     if out.error_count() > 0 || counts.len() != 3 {
         bail!("the ClusterIP did not balance over all three backends");

@@ -71,7 +71,11 @@ fn main() {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { name, port } => serve(&name, port),
-        Cmd::Tcp { target, count, interval_ms } => {
+        Cmd::Tcp {
+            target,
+            count,
+            interval_ms,
+        } => {
             let mut out = Outcome::default();
             for _ in 0..count {
                 tcp_once(target, &mut out);
@@ -79,7 +83,11 @@ fn main() {
             }
             print(&out);
         }
-        Cmd::Udp { target, count, connected } => {
+        Cmd::Udp {
+            target,
+            count,
+            connected,
+        } => {
             let mut out = Outcome::default();
             for _ in 0..count {
                 udp_once(target, connected, &mut out);
@@ -98,8 +106,12 @@ fn main() {
                 s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
                 let _ = (&s).read(&mut [0u8; 64]);
                 // RST instead of FIN: no TIME_WAIT pile-up across thousands of connects.
-                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger);
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                let _ =
+                    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger);
             }
             println!("{}", serde_json::to_string(&ns).expect("serializes"));
         }
@@ -107,7 +119,10 @@ fn main() {
 }
 
 fn print(out: &Outcome) {
-    println!("{}", serde_json::to_string(out).expect("outcome serializes"));
+    println!(
+        "{}",
+        serde_json::to_string(out).expect("outcome serializes")
+    );
 }
 
 fn serve(name: &str, port: u16) {
@@ -160,7 +175,10 @@ fn tcp_once(target: SocketAddr, out: &mut Outcome) -> Option<BufReader<TcpStream
             Some(reader)
         }
         Ok(_) => {
-            out.error(&std::io::Error::from(std::io::ErrorKind::UnexpectedEof), started.elapsed());
+            out.error(
+                &std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                started.elapsed(),
+            );
             None
         }
         Err(e) => {
@@ -185,7 +203,8 @@ fn udp_once(target: SocketAddr, connected: bool, out: &mut Outcome) {
             })
             .and_then(|_| sock.recv(&mut buf).map(|n| (n, target)))
     } else {
-        sock.send_to(b"hello", target).and_then(|_| sock.recv_from(&mut buf))
+        sock.send_to(b"hello", target)
+            .and_then(|_| sock.recv_from(&mut buf))
     };
     match result {
         Ok((n, from)) => {
@@ -201,7 +220,9 @@ fn udp_once(target: SocketAddr, connected: bool, out: &mut Outcome) {
 
 fn hold(target: SocketAddr, count: usize) {
     let mut out = Outcome::default();
-    let mut conns: Vec<BufReader<TcpStream>> = (0..count).filter_map(|_| tcp_once(target, &mut out)).collect();
+    let mut conns: Vec<BufReader<TcpStream>> = (0..count)
+        .filter_map(|_| tcp_once(target, &mut out))
+        .collect();
     print(&out);
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
@@ -215,7 +236,10 @@ fn hold(target: SocketAddr, count: usize) {
             let res = writeln!(c.get_mut(), "ping").and_then(|()| c.read_line(&mut reply));
             match res {
                 Ok(n) if n > 0 => check.answer(reply.trim().trim_start_matches("pong ")),
-                Ok(_) => check.error(&std::io::Error::from(std::io::ErrorKind::UnexpectedEof), started.elapsed()),
+                Ok(_) => check.error(
+                    &std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                    started.elapsed(),
+                ),
                 Err(e) => check.error(&e, started.elapsed()),
             }
         }

@@ -236,3 +236,48 @@ fn tempdir(prefix: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn attach_refuses_a_pinned_map_of_another_layout() {
+    privileges::require();
+    let prefix = testbed::unique_prefix();
+    let bpffs = PrivateBpffs::new(&prefix).unwrap();
+    let cli = Cli {
+        bin: sibling_binary("switchyard").unwrap(),
+        pin_root: bpffs.path().join("switchyard"),
+    };
+    let maps = cli.pin_root.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    // A conntrack map as an older, incompatible version might have left it.
+    let stale = maps.join("SY_CT4");
+    let made = Command::new("bpftool")
+        .args([
+            "map",
+            "create",
+            stale.to_str().unwrap(),
+            "type",
+            "lru_hash",
+            "key",
+            "16",
+            "value",
+            "8",
+            "entries",
+            "64",
+            "name",
+            "SY_CT4",
+        ])
+        .status()
+        .expect("bpftool (installed by scripts/setup.sh)");
+    assert!(made.success());
+    let cgroup = testbed::fs::Cgroup::new(&prefix).unwrap();
+    let out = cli.run(&["attach", "--cgroup", cgroup.path().to_str().unwrap()]);
+    assert!(!out.status.success(), "adopted a map of another layout");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SY_CT4") && err.contains("8-byte values") && err.contains("24-byte values"),
+        "{err}"
+    );
+    // Every pin is checked before anything is created or attached.
+    assert!(!maps.join("SY_LB4_SVC").exists(), "no map was created");
+    assert!(!cli.pin_root.join("links").exists(), "nothing was attached");
+}

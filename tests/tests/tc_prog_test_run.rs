@@ -358,3 +358,21 @@ fn tc_lb4_reject_drops_packets_with_ip_options_instead_of_misquoting() {
     b.ip_options = vec![1, 1, 1, 0];
     assert_eq!(h.run(&b.build()).0, TC_ACT_SHOT);
 }
+
+#[test]
+fn default_map_sizes_load_in_the_kernel() {
+    privileges::require();
+    let sizes = MapSizes::default();
+    assert!(sizes.frontends >= 65_536 && sizes.backends >= 262_144 && sizes.conntrack >= 1_048_576);
+    let mut dp = Dataplane::load(None, &sizes).expect("load with default sizes");
+    use switchyard::datapath::LbMaps as _;
+    assert_eq!(dp.lb_maps().unwrap().capacity(), sizes.capacity());
+    let ct = dp
+        .ebpf_mut()
+        .take_map(proxy_common::map_names::CT4)
+        .unwrap();
+    let ct: aya::maps::HashMap<_, proxy_common::ct::Ct4Key, proxy_common::ct::Ct4Value> =
+        aya::maps::HashMap::try_from(ct).unwrap();
+    use aya::maps::IterableMap as _;
+    assert_eq!(ct.map().info().unwrap().max_entries(), sizes.conntrack);
+}

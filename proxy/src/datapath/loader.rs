@@ -19,12 +19,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{MapInfo, MapType},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
 use proxy_common::{map_names, program_names as progs};
+
+use tracing::warn;
 
 use super::{AyaLbMaps, MapError, MapSizes};
 
@@ -73,6 +76,16 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "pinned map `{path}` is a {found} map; this version needs {expected}. \
+         It was made by an incompatible version: run `switchyard cleanup` (this drops \
+         tracked flows) or use another --pin-root"
+    )]
+    PinnedLayout {
+        path: String,
+        found: String,
+        expected: String,
+    },
     #[error(transparent)]
     Maps(#[from] MapError),
 }
@@ -111,6 +124,7 @@ impl Dataplane {
             None => Vec::new(),
         };
         for (name, path) in &map_paths {
+            check_pinned_layout(name, path, sizes)?;
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(Error::Load)?;
@@ -209,6 +223,83 @@ impl Dataplane {
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// Type, key size and value size of every map in this build.
+fn layout(name: &str) -> Option<(MapType, usize, usize)> {
+    use proxy_common::{ct::*, lb::*, sock::*};
+    let l = match name {
+        n if n == map_names::LB4_SERVICES => {
+            (MapType::Hash, size_of::<Lb4Key>(), size_of::<Lb4Service>())
+        }
+        n if n == map_names::LB4_BACKENDS => {
+            (MapType::Hash, size_of::<u32>(), size_of::<Lb4Backend>())
+        }
+        n if n == map_names::LB4_AFF_MATCH => {
+            (MapType::Hash, size_of::<Lb4AffMatchKey>(), size_of::<u8>())
+        }
+        n if n == map_names::LB4_AFFINITY => (
+            MapType::LruHash,
+            size_of::<Lb4AffinityKey>(),
+            size_of::<Lb4AffinityValue>(),
+        ),
+        n if n == map_names::CT4 => (MapType::LruHash, size_of::<Ct4Key>(), size_of::<Ct4Value>()),
+        n if n == map_names::SOCK4_REVNAT => (
+            MapType::LruHash,
+            size_of::<Sock4RevNatKey>(),
+            size_of::<Sock4RevNatValue>(),
+        ),
+        n if n == map_names::SOCK4_FWD => {
+            (MapType::LruHash, size_of::<Sock4FwdKey>(), size_of::<u32>())
+        }
+        _ => return None,
+    };
+    Some(l)
+}
+
+/// Refuses to adopt a pinned map whose layout differs from this build's: the
+/// programs would read its entries with the wrong meaning. A differing size
+/// is only reported: pinned maps keep the size they were created with.
+fn check_pinned_layout(name: &'static str, path: &Path, sizes: &MapSizes) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let (ty, key, value) = layout(name).ok_or(Error::MissingProgram { name })?;
+    let describe =
+        |t: &str, k: u32, v: u32| format!("{t} map with {k}-byte keys and {v}-byte values");
+    let expected = describe(&format!("{ty:?}"), key as u32, value as u32);
+    let info = MapInfo::from_pin(path).map_err(|e| Error::PinnedLayout {
+        path: path.display().to_string(),
+        found: format!("unreadable ({e})"),
+        expected: expected.clone(),
+    })?;
+    let found_ty = info
+        .map_type()
+        .map_or_else(|e| format!("{e}"), |t| format!("{t:?}"));
+    if found_ty != format!("{ty:?}")
+        || info.key_size() as usize != key
+        || info.value_size() as usize != value
+    {
+        return Err(Error::PinnedLayout {
+            path: path.display().to_string(),
+            found: describe(&found_ty, info.key_size(), info.value_size()),
+            expected,
+        });
+    }
+    let wanted = sizes
+        .max_entries()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, e)| e);
+    if wanted.is_some_and(|w| w != info.max_entries()) {
+        warn!(
+            map = name,
+            pinned = info.max_entries(),
+            configured = wanted,
+            "pinned map keeps its size"
+        );
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>

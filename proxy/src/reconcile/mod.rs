@@ -55,7 +55,9 @@ pub struct Report {
 struct Observed {
     services: BTreeMap<Lb4Key, Lb4Service>,
     backends: BTreeMap<u32, Lb4Backend>,
-    aff_match: BTreeSet<Lb4AffMatchKey>,
+    /// Affinity-match entries as `(rev_nat_id, backend_id)`: ordered by
+    /// frontend, so one frontend's members are a range.
+    aff_match: BTreeSet<(u32, u32)>,
 }
 
 pub struct Reconciler<M> {
@@ -83,6 +85,7 @@ impl<M: LbMaps> Reconciler<M> {
             .dump_aff_match()
             .map_err(Error::Restore)?
             .into_iter()
+            .map(|m| (m.rev_nat_id, m.backend_id))
             .collect();
         let ids = Ids::restore(&services, &backends);
         Ok(Self {
@@ -254,18 +257,11 @@ impl<M: LbMaps> Reconciler<M> {
             self.delete_service(&k, report)?;
         }
         let wanted: BTreeSet<u32> = ids.iter().copied().collect();
-        let stale_members: Vec<_> = self
-            .observed
-            .aff_match
-            .iter()
-            .filter(|m| m.rev_nat_id == rev_nat_id && !wanted.contains(&m.backend_id))
-            .copied()
-            .collect();
-        for m in stale_members {
-            self.maps.delete_aff_match(&m)?;
-            self.observed.aff_match.remove(&m);
-            report.deletes += 1;
-        }
+        self.delete_members(
+            rev_nat_id,
+            |backend_id| !wanted.contains(&backend_id),
+            report,
+        )?;
         Ok(())
     }
 
@@ -277,18 +273,7 @@ impl<M: LbMaps> Reconciler<M> {
             self.delete_service(&k, report)?;
         }
         if let Some(rev_nat_id) = self.ids.frontend(key) {
-            let members: Vec<_> = self
-                .observed
-                .aff_match
-                .iter()
-                .filter(|m| m.rev_nat_id == rev_nat_id)
-                .copied()
-                .collect();
-            for m in members {
-                self.maps.delete_aff_match(&m)?;
-                self.observed.aff_match.remove(&m);
-                report.deletes += 1;
-            }
+            self.delete_members(rev_nat_id, |_| true, report)?;
         }
         self.ids.release_frontend(key);
         Ok(())
@@ -362,10 +347,40 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
+    /// Deletes the affinity-match entries of frontend `rev_nat_id` whose
+    /// backend `doomed` selects.
+    fn delete_members(
+        &mut self,
+        rev_nat_id: u32,
+        doomed: impl Fn(u32) -> bool,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
+        let members: Vec<u32> = self
+            .observed
+            .aff_match
+            .range((rev_nat_id, 0)..=(rev_nat_id, u32::MAX))
+            .map(|(_, backend_id)| *backend_id)
+            .filter(|b| doomed(*b))
+            .collect();
+        for backend_id in members {
+            self.maps.delete_aff_match(&Lb4AffMatchKey {
+                backend_id,
+                rev_nat_id,
+            })?;
+            self.observed.aff_match.remove(&(rev_nat_id, backend_id));
+            report.deletes += 1;
+        }
+        Ok(())
+    }
+
     fn write_aff_match(&mut self, m: Lb4AffMatchKey, report: &mut Report) -> Result<(), MapError> {
-        if !self.observed.aff_match.contains(&m) {
+        if !self
+            .observed
+            .aff_match
+            .contains(&(m.rev_nat_id, m.backend_id))
+        {
             self.maps.update_aff_match(&m)?;
-            self.observed.aff_match.insert(m);
+            self.observed.aff_match.insert((m.rev_nat_id, m.backend_id));
             report.writes += 1;
         }
         Ok(())

@@ -242,3 +242,34 @@ fn every_single_write_failure_point_is_safe() {
         converge_through_faults(move |i| i == n);
     }
 }
+
+#[test]
+fn a_large_table_is_written_consistently_and_then_left_alone() {
+    // 10k frontends x 10 backends, as the daemon benchmark will program.
+    let mut yaml = String::from("frontends:\n");
+    for f in 0..10_000u32 {
+        let (a, b) = (f / 250, f % 250);
+        yaml.push_str(&format!(
+            "  - {{address: 10.96.{a}.{b}, port: 80, backends: ["
+        ));
+        for e in 0..10u32 {
+            yaml.push_str(&format!(
+                "10.{}.{}.{}:8080, ",
+                100 + f / 65536,
+                (f / 256) % 256,
+                (f % 256 + e * 7) % 256
+            ));
+        }
+        yaml.push_str("]}\n");
+    }
+    let desired = table(&yaml);
+    let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes::default())).unwrap();
+    let first = r.apply(&desired).unwrap();
+    assert_eq!(r.maps().services.len(), 10_000 * 11);
+    assert_eq!(
+        first.writes,
+        r.maps().services.len() + r.maps().backends.len() + r.maps().aff_match.len()
+    );
+    r.maps().check_consistent().unwrap();
+    assert_eq!(r.apply(&desired).unwrap(), Report::default());
+}

@@ -18,6 +18,14 @@ struct Cli {
 }
 
 impl Cli {
+    /// The built `switchyard`, with its pins on `bpffs`.
+    fn new(bpffs: &PrivateBpffs) -> Self {
+        Self {
+            bin: sibling_binary("switchyard").unwrap(),
+            pin_root: bpffs.path().join("switchyard"),
+        }
+    }
+
     fn run(&self, args: &[&str]) -> std::process::Output {
         Command::new(&self.bin)
             .arg("--pin-root")
@@ -76,10 +84,7 @@ fn attach_apply_restart_inspect_cleanup() {
     privileges::require();
     let bed = Testbed::new(3).unwrap();
     let bpffs = PrivateBpffs::new(&bed.prefix).unwrap();
-    let cli = Cli {
-        bin: sibling_binary("switchyard").unwrap(),
-        pin_root: bpffs.path().join("switchyard"),
-    };
+    let cli = Cli::new(&bpffs);
     let dir = tempdir(&bed.prefix);
 
     cli.attach(&bed);
@@ -214,10 +219,7 @@ fn apply_file_without_attach_says_what_to_do() {
     privileges::require();
     let prefix = testbed::unique_prefix();
     let bpffs = PrivateBpffs::new(&prefix).unwrap();
-    let cli = Cli {
-        bin: sibling_binary("switchyard").unwrap(),
-        pin_root: bpffs.path().join("switchyard"),
-    };
+    let cli = Cli::new(&bpffs);
     let dir = tempdir(&prefix);
     let f = write_table(
         &dir,
@@ -242,10 +244,7 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
     privileges::require();
     let prefix = testbed::unique_prefix();
     let bpffs = PrivateBpffs::new(&prefix).unwrap();
-    let cli = Cli {
-        bin: sibling_binary("switchyard").unwrap(),
-        pin_root: bpffs.path().join("switchyard"),
-    };
+    let cli = Cli::new(&bpffs);
     let maps = cli.pin_root.join("maps");
     std::fs::create_dir_all(&maps).unwrap();
     // A conntrack map as an older, incompatible version might have left it.

@@ -104,6 +104,8 @@ const SOCK_PROGRAMS: [(&str, &str); 4] = [
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_root: Option<PathBuf>,
+    /// Links that could not be pinned, kept attached for our lifetime.
+    unpinnable: Vec<Box<dyn std::any::Any>>,
 }
 
 impl Dataplane {
@@ -140,6 +142,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             pin_root: pin_root.map(Path::to_path_buf),
+            unpinnable: Vec::new(),
         })
     }
 
@@ -153,27 +156,20 @@ impl Dataplane {
         })?;
         for (name, hook) in SOCK_PROGRAMS {
             let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
-            let target = format!("cgroup `{}`", cgroup.display());
+            let failed = |source| Error::Attach {
+                name,
+                target: format!("cgroup `{}`", cgroup.display()),
+                source,
+            };
             // bpf_link attachments (5.7+) always coexist with other programs
             // on the cgroup; the kernel refuses an explicit ALLOW_MULTI flag.
             let id = prog
                 .attach(&fd, CgroupAttachMode::Single)
-                .map_err(|source| Error::Attach {
-                    name,
-                    target,
-                    source,
-                })?;
-            if let Some(root) = &self.pin_root {
-                let link = prog.take_link(id).map_err(|source| Error::Attach {
-                    name,
-                    target: "link".into(),
-                    source,
-                })?;
-                let link = FdLink::try_from(link).map_err(|e| Error::PinLink {
-                    path: format!("cgroup-{hook}"),
-                    source: Box::new(e),
-                })?;
-                pin_replacing(link, &root.join("links").join(format!("cgroup-{hook}")))?;
+                .map_err(&failed)?;
+            if self.pin_root.is_some() {
+                let link = prog.take_link(id).map_err(&failed)?;
+                // sock_addr links are bpf_links on every kernel we support (5.18+).
+                self.pin(link, &format!("cgroup-{hook}"))?;
             }
         }
         Ok(())
@@ -184,31 +180,46 @@ impl Dataplane {
     pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
         let name = progs::TC_INGRESS;
         let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
-        let target = format!("ingress of `{iface}`");
+        let failed = |source| Error::Attach {
+            name,
+            target: format!("ingress of `{iface}`"),
+            source,
+        };
         // Kernels before 6.6 need the clsact qdisc; it may already exist.
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
-        let id = prog
-            .attach(iface, TcAttachType::Ingress)
-            .map_err(|source| Error::Attach {
-                name,
-                target,
-                source,
-            })?;
-        if let Some(root) = &self.pin_root {
-            let link = prog.take_link(id).map_err(|source| Error::Attach {
-                name,
-                target: "link".into(),
-                source,
-            })?;
-            // Only tcx links are file-descriptor links that can be pinned.
-            if let Ok(link) = FdLink::try_from(link) {
-                pin_replacing(
-                    link,
-                    &root.join("links").join(format!("tc-ingress-{iface}")),
-                )?;
+        let id = prog.attach(iface, TcAttachType::Ingress).map_err(&failed)?;
+        if self.pin_root.is_some() {
+            let link = prog.take_link(id).map_err(&failed)?;
+            // tcx links (6.6+) can be pinned; netlink filters before cannot.
+            if <&FdLink>::try_from(&link).is_ok() {
+                self.pin(link, &format!("tc-ingress-{iface}"))?;
+            } else {
+                warn!(
+                    iface,
+                    "kernel cannot pin a TC link before 6.6; it detaches when this process exits"
+                );
+                self.unpinnable.push(Box::new(link));
             }
         }
         Ok(())
+    }
+
+    /// Pins `link` as `<pin-root>/links/<file>`, replacing what was pinned
+    /// there: the old link detaches only once the new one is in place.
+    fn pin<L>(&self, link: L, file: &str) -> Result<()>
+    where
+        FdLink: TryFrom<L>,
+        <FdLink as TryFrom<L>>::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(root) = &self.pin_root else {
+            return Ok(());
+        };
+        let path = root.join("links").join(file);
+        let link = FdLink::try_from(link).map_err(|e| Error::PinLink {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        pin_replacing(link, &path)
     }
 
     /// The load-balancing maps, for the reconciler.
@@ -311,8 +322,6 @@ where
         .ok_or(Error::MissingProgram { name })
 }
 
-/// Pins `link` at `path`; a link pinned there before is detached only after
-/// the new one is in place.
 fn pin_replacing(link: FdLink, path: &Path) -> Result<()> {
     let dir = path.parent().expect("link paths have a parent");
     ensure_pin_dir(dir)?;

@@ -166,8 +166,9 @@ fn no_backends_is_refused_at_once(hooks: Hooks) {
         .unwrap();
     assert_eq!(udp.errors.get("refused"), Some(&5), "{udp:?}");
     let slowest = Duration::from_millis(tcp.slowest_error_ms.max(udp.slowest_error_ms));
+    // A timeout would take the client's full 2 s; a refusal is immediate.
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_millis(1000),
         "refusal took {slowest:?}, not immediate"
     );
     // Backends arriving later are used at once.

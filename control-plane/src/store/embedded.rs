@@ -1,0 +1,382 @@
+//! The default store: one redb file. Every commit is fsynced before the
+//! write is acknowledged; the change log is a table written in the same
+//! transaction as the object, so it survives crashes with it.
+//!
+//! Tables:
+//! - `objects`: key → `create_rev (u64 BE) | mod_rev (u64 BE) | value`
+//! - `log`: revision → encoded [`Event`]
+//! - `meta`: `"revision"` (last committed), `"compacted"` (log forgotten
+//!   through this revision)
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use futures::StreamExt as _;
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+
+use super::{Error, Event, EventKind, EventStream, KeyValue, Page, Result, Revision, Store};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+
+/// Live events buffered per watcher before it is considered lagging.
+const LIVE_BUFFER: usize = 16_384;
+
+fn backend(e: impl std::fmt::Display) -> Error {
+    Error::Backend(e.to_string())
+}
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    /// Serialises commit + publish, so live events go out in revision order.
+    writer: Arc<Mutex<()>>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(backend)?;
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            txn.open_table(OBJECTS).map_err(backend)?;
+            txn.open_table(LOG).map_err(backend)?;
+            txn.open_table(META).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Ok(Self {
+            db: Arc::new(db),
+            writer: Arc::new(Mutex::new(())),
+            live,
+        })
+    }
+
+    /// Runs a read-modify-write of one key in a single transaction on a
+    /// blocking thread: `f` sees the current value and the next revision and
+    /// returns the event to commit.
+    async fn write<F>(&self, key: &str, f: F) -> Result<KeyValue>
+    where
+        F: FnOnce(Option<KeyValue>, Revision) -> Result<Event> + Send + 'static,
+    {
+        let (db, writer, live, key) = (
+            self.db.clone(),
+            self.writer.clone(),
+            self.live.clone(),
+            key.to_owned(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let _serial = writer.lock().map_err(backend)?;
+            let txn = db.begin_write().map_err(backend)?;
+            let event = {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                let rev = meta
+                    .get(META_REVISION)
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value())
+                    + 1;
+                let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
+                let current = objects
+                    .get(key.as_str())
+                    .map_err(backend)?
+                    .map(|v| decode_object(&key, v.value()));
+                let event = f(current.transpose()?, rev)?;
+                match event.kind {
+                    EventKind::Put => {
+                        objects
+                            .insert(key.as_str(), encode_object(&event.kv).as_slice())
+                            .map_err(backend)?;
+                    }
+                    EventKind::Delete => {
+                        objects.remove(key.as_str()).map_err(backend)?;
+                    }
+                }
+                txn.open_table(LOG)
+                    .map_err(backend)?
+                    .insert(rev, encode_event(&event).as_slice())
+                    .map_err(backend)?;
+                meta.insert(META_REVISION, rev).map_err(backend)?;
+                event
+            };
+            txn.commit().map_err(backend)?;
+            let kv = event.kv.clone();
+            // No receiver is fine: nobody is watching.
+            let _ = live.send(Arc::new(event));
+            Ok(kv)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T>> + Send {
+        let db = self.db.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let txn = db.begin_read().map_err(backend)?;
+                f(&txn)
+            })
+            .await
+            .map_err(backend)?
+        }
+    }
+}
+
+fn meta_value(txn: &redb::ReadTransaction, name: &str) -> Result<u64> {
+    let meta = txn.open_table(META).map_err(backend)?;
+    Ok(meta.get(name).map_err(backend)?.map_or(0, |v| v.value()))
+}
+
+fn encode_object(kv: &KeyValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + kv.value.len());
+    out.extend_from_slice(&kv.create_rev.to_be_bytes());
+    out.extend_from_slice(&kv.mod_rev.to_be_bytes());
+    out.extend_from_slice(&kv.value);
+    out
+}
+
+fn decode_object(key: &str, raw: &[u8]) -> Result<KeyValue> {
+    if raw.len() < 16 {
+        return Err(Error::Backend(format!("object `{key}` is truncated")));
+    }
+    let rev = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+    Ok(KeyValue {
+        key: key.to_owned(),
+        create_rev: rev(&raw[..8]),
+        mod_rev: rev(&raw[8..16]),
+        value: raw[16..].to_vec(),
+    })
+}
+
+/// `kind (1) | key length (u32 BE) | key | object encoding`.
+fn encode_event(e: &Event) -> Vec<u8> {
+    let mut out = vec![match e.kind {
+        EventKind::Put => 0,
+        EventKind::Delete => 1,
+    }];
+    out.extend_from_slice(&(e.kv.key.len() as u32).to_be_bytes());
+    out.extend_from_slice(e.kv.key.as_bytes());
+    out.extend_from_slice(&encode_object(&e.kv));
+    out
+}
+
+fn decode_event(raw: &[u8]) -> Result<Event> {
+    let bad = || Error::Backend("log entry is corrupt".into());
+    let kind = match raw.first() {
+        Some(0) => EventKind::Put,
+        Some(1) => EventKind::Delete,
+        _ => return Err(bad()),
+    };
+    let len = u32::from_be_bytes(
+        raw.get(1..5)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    ) as usize;
+    let key = std::str::from_utf8(raw.get(5..5 + len).ok_or_else(bad)?).map_err(|_| bad())?;
+    let kv = decode_object(key, raw.get(5 + len..).ok_or_else(bad)?)?;
+    Ok(Event { kind, kv })
+}
+
+/// The smallest string greater than every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10ffff}")
+}
+
+impl Store for EmbeddedStore {
+    async fn current_revision(&self) -> Result<Revision> {
+        self.read(|txn| meta_value(txn, META_REVISION)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_owned();
+        self.read(move |txn| {
+            let objects = txn.open_table(OBJECTS).map_err(backend)?;
+            let value = objects.get(key.as_str()).map_err(backend)?;
+            value.map(|v| decode_object(&key, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Page> {
+        let (prefix, start_after) = (prefix.to_owned(), start_after.map(str::to_owned));
+        self.read(move |txn| {
+            let revision = meta_value(txn, META_REVISION)?;
+            let objects = txn.open_table(OBJECTS).map_err(backend)?;
+            let end = prefix_end(&prefix);
+            let start = start_after.as_deref().unwrap_or(&prefix);
+            let mut items = Vec::new();
+            let mut more = false;
+            for entry in objects.range(start..end.as_str()).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let key = k.value();
+                if start_after.as_deref() == Some(key) {
+                    continue;
+                }
+                if limit.is_some_and(|l| items.len() >= l) {
+                    more = true;
+                    break;
+                }
+                items.push(decode_object(key, v.value())?);
+            }
+            Ok(Page {
+                items,
+                revision,
+                more,
+            })
+        })
+        .await
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
+        let owned = key.to_owned();
+        self.write(key, move |current, rev| match current {
+            Some(kv) => Err(Error::AlreadyExists { key: kv.key }),
+            None => Ok(Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: owned,
+                    value,
+                    create_rev: rev,
+                    mod_rev: rev,
+                },
+            }),
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+    ) -> Result<KeyValue> {
+        let owned = key.to_owned();
+        self.write(key, move |current, rev| {
+            let current = current.ok_or_else(|| Error::NotFound { key: owned.clone() })?;
+            check_expected(&current, expected)?;
+            Ok(Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: owned,
+                    value,
+                    create_rev: current.create_rev,
+                    mod_rev: rev,
+                },
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue> {
+        let owned = key.to_owned();
+        self.write(key, move |current, rev| {
+            let current = current.ok_or_else(|| Error::NotFound { key: owned.clone() })?;
+            check_expected(&current, expected)?;
+            Ok(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    mod_rev: rev,
+                    ..current
+                },
+            })
+        })
+        .await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<EventStream> {
+        // Subscribe before reading the log, so nothing falls between them.
+        let live = BroadcastStream::new(self.live.subscribe());
+        let replay_prefix = prefix.to_owned();
+        let backlog = self
+            .read(move |txn| {
+                let compacted = meta_value(txn, META_COMPACTED)?;
+                if after < compacted {
+                    return Err(Error::Compacted {
+                        requested: after,
+                        oldest: compacted,
+                    });
+                }
+                let log = txn.open_table(LOG).map_err(backend)?;
+                let mut events = Vec::new();
+                for entry in log.range(after + 1..).map_err(backend)? {
+                    let (_, raw) = entry.map_err(backend)?;
+                    let event = decode_event(raw.value())?;
+                    if event.kv.key.starts_with(&replay_prefix) {
+                        events.push(Arc::new(event));
+                    }
+                }
+                Ok(events)
+            })
+            .await?;
+        let replayed_through = backlog.last().map_or(after, |e| e.revision());
+        let prefix = prefix.to_owned();
+        let live = live.filter_map(move |item| {
+            let out = match item {
+                Ok(e)
+                    if e.revision() > replayed_through
+                        && e.revision() > after
+                        && e.kv.key.starts_with(&prefix) =>
+                {
+                    Some(Ok(e))
+                }
+                Ok(_) => None,
+                // The watcher re-watches from its last revision and gets the
+                // rest from the log.
+                Err(BroadcastStreamRecvError::Lagged(_)) => Some(Err(Error::WatchLagged)),
+            };
+            std::future::ready(out)
+        });
+        Ok(Box::pin(
+            futures::stream::iter(backlog.into_iter().map(Ok)).chain(live),
+        ))
+    }
+
+    async fn compact(&self, through: Revision) -> Result<()> {
+        let (db, writer) = (self.db.clone(), self.writer.clone());
+        tokio::task::spawn_blocking(move || {
+            let _serial = writer.lock().map_err(backend)?;
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                let already = meta
+                    .get(META_COMPACTED)
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value());
+                if through <= already {
+                    return Ok(());
+                }
+                let mut log = txn.open_table(LOG).map_err(backend)?;
+                log.retain_in(..=through, |_, _| false).map_err(backend)?;
+                meta.insert(META_COMPACTED, through).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn check_expected(current: &KeyValue, expected: Option<Revision>) -> Result<()> {
+    match expected {
+        Some(rev) if rev != current.mod_rev => Err(Error::Conflict {
+            key: current.key.clone(),
+            expected: rev,
+            actual: current.mod_rev,
+        }),
+        _ => Ok(()),
+    }
+}

@@ -17,7 +17,9 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
-use super::{Error, Event, EventKind, EventStream, KeyValue, Page, Result, Revision, Store};
+use super::{
+    Error, Event, EventKind, EventStream, KeyValue, Page, Result, Revision, Store, WatchItem,
+};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -156,7 +158,8 @@ fn decode_object(key: &str, raw: &[u8]) -> Result<KeyValue> {
     })
 }
 
-/// `kind (1) | key length (u32 BE) | key | object encoding`.
+/// `kind (1) | key length (u32 BE) | key | prev length (u32 BE, u32::MAX
+/// for none) | prev | object encoding`.
 fn encode_event(e: &Event) -> Vec<u8> {
     let mut out = vec![match e.kind {
         EventKind::Put => 0,
@@ -164,6 +167,13 @@ fn encode_event(e: &Event) -> Vec<u8> {
     }];
     out.extend_from_slice(&(e.kv.key.len() as u32).to_be_bytes());
     out.extend_from_slice(e.kv.key.as_bytes());
+    match &e.prev_value {
+        Some(p) => {
+            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            out.extend_from_slice(p);
+        }
+        None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+    }
     out.extend_from_slice(&encode_object(&e.kv));
     out
 }
@@ -175,15 +185,31 @@ fn decode_event(raw: &[u8]) -> Result<Event> {
         Some(1) => EventKind::Delete,
         _ => return Err(bad()),
     };
-    let len = u32::from_be_bytes(
-        raw.get(1..5)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    ) as usize;
+    let u32_at = |at: usize| -> Result<u32> {
+        let bytes = raw.get(at..at + 4).ok_or_else(bad)?;
+        Ok(u32::from_be_bytes(bytes.try_into().map_err(|_| bad())?))
+    };
+    let len = u32_at(1)? as usize;
     let key = std::str::from_utf8(raw.get(5..5 + len).ok_or_else(bad)?).map_err(|_| bad())?;
-    let kv = decode_object(key, raw.get(5 + len..).ok_or_else(bad)?)?;
-    Ok(Event { kind, kv })
+    let mut at = 5 + len;
+    let prev_len = u32_at(at)?;
+    at += 4;
+    let prev_value = if prev_len == u32::MAX {
+        None
+    } else {
+        let prev = raw
+            .get(at..at + prev_len as usize)
+            .ok_or_else(bad)?
+            .to_vec();
+        at += prev.len();
+        Some(prev)
+    };
+    let kv = decode_object(key, raw.get(at..).ok_or_else(bad)?)?;
+    Ok(Event {
+        kind,
+        kv,
+        prev_value,
+    })
 }
 
 /// The smallest string greater than every key that starts with `prefix`.
@@ -253,6 +279,7 @@ impl Store for EmbeddedStore {
                     create_rev: rev,
                     mod_rev: rev,
                 },
+                prev_value: None,
             }),
         })
         .await
@@ -276,6 +303,7 @@ impl Store for EmbeddedStore {
                     create_rev: current.create_rev,
                     mod_rev: rev,
                 },
+                prev_value: Some(current.value),
             })
         })
         .await
@@ -292,6 +320,7 @@ impl Store for EmbeddedStore {
                     mod_rev: rev,
                     ..current
                 },
+                prev_value: None,
             })
         })
         .await
@@ -315,25 +344,25 @@ impl Store for EmbeddedStore {
                 for entry in log.range(after + 1..).map_err(backend)? {
                     let (_, raw) = entry.map_err(backend)?;
                     let event = decode_event(raw.value())?;
-                    if event.kv.key.starts_with(&replay_prefix) {
-                        events.push(Arc::new(event));
-                    }
+                    events.push(if event.kv.key.starts_with(&replay_prefix) {
+                        WatchItem::Event(Arc::new(event))
+                    } else {
+                        WatchItem::Progress(event.revision())
+                    });
                 }
                 Ok(events)
             })
             .await?;
-        let replayed_through = backlog.last().map_or(after, |e| e.revision());
+        let replayed_through = backlog.last().map_or(after, |i| match i {
+            WatchItem::Event(e) => e.revision(),
+            WatchItem::Progress(r) => *r,
+        });
         let prefix = prefix.to_owned();
         let live = live.filter_map(move |item| {
             let out = match item {
-                Ok(e)
-                    if e.revision() > replayed_through
-                        && e.revision() > after
-                        && e.kv.key.starts_with(&prefix) =>
-                {
-                    Some(Ok(e))
-                }
-                Ok(_) => None,
+                Ok(e) if e.revision() <= replayed_through => None,
+                Ok(e) if e.kv.key.starts_with(&prefix) => Some(Ok(WatchItem::Event(e))),
+                Ok(e) => Some(Ok(WatchItem::Progress(e.revision()))),
                 // The watcher re-watches from its last revision and gets the
                 // rest from the log.
                 Err(BroadcastStreamRecvError::Lagged(_)) => Some(Err(Error::WatchLagged)),
@@ -343,6 +372,10 @@ impl Store for EmbeddedStore {
         Ok(Box::pin(
             futures::stream::iter(backlog.into_iter().map(Ok)).chain(live),
         ))
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision> {
+        self.read(|txn| meta_value(txn, META_COMPACTED)).await
     }
 
     async fn compact(&self, through: Revision) -> Result<()> {

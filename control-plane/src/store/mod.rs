@@ -73,6 +73,19 @@ pub struct Event {
     /// delete, with `mod_rev` set to the delete's revision (what a watcher
     /// resumes from).
     pub kv: KeyValue,
+    /// For an update, the value it replaced: a watch with a selector needs it
+    /// to tell an object leaving the selection from one that never was in it.
+    pub prev_value: Option<Vec<u8>>,
+}
+
+/// What a watch stream yields.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// A change under the watched prefix.
+    Event(Arc<Event>),
+    /// The store has committed through this revision with nothing more under
+    /// the prefix: a safe resume point (a bookmark).
+    Progress(Revision),
 }
 
 impl Event {
@@ -95,7 +108,7 @@ pub struct Page {
     pub more: bool,
 }
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<Arc<Event>>> + Send>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<WatchItem>> + Send>>;
 
 /// The storage seam. Implementations: [`EmbeddedStore`] (one redb file) and,
 /// for users who outgrow one machine, etcd.
@@ -133,13 +146,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<KeyValue>> + Send;
 
     /// Every change under `prefix` with a revision above `after`, in order:
-    /// first from the log, then live. Fails with [`Error::Compacted`] if
-    /// changes after `after` are no longer all in the log.
+    /// first from the log, then live, with [`WatchItem::Progress`] for
+    /// commits elsewhere. Fails with [`Error::Compacted`] if changes after
+    /// `after` are no longer all in the log.
     fn watch(
         &self,
         prefix: &str,
         after: Revision,
     ) -> impl Future<Output = Result<EventStream>> + Send;
+
+    /// The revision through which the change log has been forgotten.
+    fn compacted_revision(&self) -> impl Future<Output = Result<Revision>> + Send;
 
     /// Forgets the change log up to and including `through`.
     fn compact(&self, through: Revision) -> impl Future<Output = Result<()>> + Send;

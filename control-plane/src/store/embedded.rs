@@ -68,8 +68,8 @@ impl EmbeddedStore {
         F: FnOnce(Option<KeyValue>, Revision) -> Result<Event> + Send + 'static,
     {
         let (db, writer, live, key) = (
-            self.db.clone(),
-            self.writer.clone(),
+            Arc::clone(&self.db),
+            Arc::clone(&self.writer),
             self.live.clone(),
             key.to_owned(),
         );
@@ -120,7 +120,7 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T>> + Send {
-        let db = self.db.clone();
+        let db = Arc::clone(&self.db);
         async move {
             tokio::task::spawn_blocking(move || {
                 let txn = db.begin_read().map_err(backend)?;
@@ -379,7 +379,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn compact(&self, through: Revision) -> Result<()> {
-        let (db, writer) = (self.db.clone(), self.writer.clone());
+        let (db, writer) = (Arc::clone(&self.db), Arc::clone(&self.writer));
         tokio::task::spawn_blocking(move || {
             let _serial = writer.lock().map_err(backend)?;
             let txn = db.begin_write().map_err(backend)?;

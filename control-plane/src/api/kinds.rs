@@ -1,0 +1,366 @@
+//! What individual kinds add to the generic object handling: defaults,
+//! Service IP and node-port allocation, immutable fields, and namespace
+//! finalization.
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use serde_json::{Value, json};
+
+use super::{
+    ApiServer,
+    objects::{self, from_stored},
+    resources::{RESOURCES, Resource},
+    status::{ApiError, ApiResult, Cause},
+};
+use crate::store::Store;
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` default.
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u64 = 10_800;
+
+/// Defaults a new object of `res` and returns what is wrong with it.
+pub(super) fn default_and_check(res: &Resource, obj: &mut Value) -> Vec<Cause> {
+    match res.kind {
+        "Namespace" => {
+            obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            obj["status"] = json!({"phase": "Active"});
+            Vec::new()
+        }
+        "Pod" => {
+            if obj.pointer("/status/phase").is_none() {
+                obj["status"] = json!({"phase": "Pending"});
+            }
+            Vec::new()
+        }
+        "Service" => {
+            service_defaults(obj);
+            service_causes(obj)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// What a valid new object still needs from shared state: a Service's
+/// ClusterIP and node ports.
+pub(super) async fn allocate_on_create<S: Store>(
+    api: &ApiServer<S>,
+    res: &Resource,
+    obj: &mut Value,
+) -> ApiResult<()> {
+    if res.kind == "Service" {
+        allocate(api, obj).await?;
+    }
+    Ok(())
+}
+
+/// Upstream's Service defaults, which clients and proxies read.
+fn service_defaults(obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    if !spec.is_object() {
+        *spec = json!({});
+    }
+    let set = |spec: &mut Value, k: &str, v: Value| {
+        if spec.get(k).is_none_or(Value::is_null) {
+            spec[k] = v;
+        }
+    };
+    set(spec, "type", json!("ClusterIP"));
+    set(spec, "sessionAffinity", json!("None"));
+    if spec["type"] != "ExternalName" {
+        set(spec, "internalTrafficPolicy", json!("Cluster"));
+        set(spec, "ipFamilies", json!(["IPv4"]));
+        set(spec, "ipFamilyPolicy", json!("SingleStack"));
+    }
+    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
+        set(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if spec["sessionAffinity"] == "ClientIP"
+        && spec
+            .pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
+            .is_none()
+    {
+        spec["sessionAffinityConfig"] =
+            json!({"clientIP": {"timeoutSeconds": DEFAULT_AFFINITY_TIMEOUT_S}});
+    }
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            if p.get("protocol").is_none() {
+                p["protocol"] = json!("TCP");
+            }
+            if p.get("targetPort").is_none() {
+                p["targetPort"] = p.get("port").cloned().unwrap_or(Value::Null);
+            }
+        }
+    }
+}
+
+fn service_causes(obj: &Value) -> Vec<Cause> {
+    let spec = &obj["spec"];
+    let mut causes = Vec::new();
+    let ty = spec["type"].as_str().unwrap_or("");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+        causes.push(Cause::invalid(
+            "spec.type",
+            format!("Unsupported value: \"{ty}\""),
+        ));
+    }
+    if !["None", "ClientIP"].contains(&spec["sessionAffinity"].as_str().unwrap_or("")) {
+        causes.push(Cause::invalid(
+            "spec.sessionAffinity",
+            "Unsupported value: must be None or ClientIP",
+        ));
+    }
+    if let Some(t) = spec.pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
+        && !t.as_u64().is_some_and(|t| (1..=86_400).contains(&t))
+    {
+        causes.push(Cause::invalid(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            "must be greater than 0 and less than 86400",
+        ));
+    }
+    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
+    let headless = spec["clusterIP"] == "None";
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        causes.push(Cause::required("spec.ports"));
+    }
+    let mut names = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let field = |f: &str| format!("spec.ports[{i}].{f}");
+        if !p["port"]
+            .as_u64()
+            .is_some_and(|n| (1..=65_535).contains(&n))
+        {
+            causes.push(Cause::invalid(
+                field("port"),
+                format!(
+                    "Invalid value: {}: must be between 1 and 65535, inclusive",
+                    p["port"]
+                ),
+            ));
+        }
+        let proto = p["protocol"].as_str().unwrap_or("");
+        if !["TCP", "UDP", "SCTP"].contains(&proto) {
+            causes.push(Cause::invalid(
+                field("protocol"),
+                format!(
+                    "Unsupported value: \"{proto}\": supported values: \"SCTP\", \"TCP\", \"UDP\""
+                ),
+            ));
+        }
+        match p["name"].as_str() {
+            Some(n) if !names.insert(n.to_owned()) => causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                field: field("name"),
+                message: format!("Duplicate value: \"{n}\""),
+            }),
+            None if ports.len() > 1 => causes.push(Cause::required(field("name"))),
+            _ => {}
+        }
+        if !seen.insert((p["port"].as_u64(), proto.to_owned())) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                field: field("port"),
+                message: format!("Duplicate value: {}", p["port"]),
+            });
+        }
+        match &p["targetPort"] {
+            Value::Number(n) if n.as_u64().is_some_and(|n| (1..=65_535).contains(&n)) => {}
+            Value::String(s) if objects::is_dns1123_label(s) && s.len() <= 15 => {}
+            other => causes.push(Cause::invalid(
+                field("targetPort"),
+                format!("Invalid value: {other}: must be a port number or an IANA service name"),
+            )),
+        }
+    }
+    causes
+}
+
+/// The first and last usable addresses of `cidr`, as u32.
+fn usable(cidr: (Ipv4Addr, u8)) -> (u32, u32) {
+    let base = u32::from(cidr.0) & (u32::MAX << (32 - cidr.1));
+    let size = 1u32 << (32 - cidr.1);
+    (base + 1, base + size - 2)
+}
+
+/// ClusterIP and node ports for a Service, chosen among those no other
+/// Service holds. Callers hold the allocation lock across this and the write.
+async fn allocate<S: Store>(api: &ApiServer<S>, obj: &mut Value) -> ApiResult<()> {
+    let services = Resource::find("", "v1", "services").expect("services are served");
+    let page = api
+        .store
+        .list(&services.key_prefix(None), None, None)
+        .await
+        .map_err(|e| ApiError::from_store(e, "services", ""))?;
+    let (mut ips, mut node_ports) = (BTreeSet::new(), BTreeSet::new());
+    for kv in &page.items {
+        let svc = from_stored(&kv.value, kv.mod_rev)?;
+        if let Some(ip) = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        {
+            ips.insert(u32::from(ip));
+        }
+        for p in svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(n) = p["nodePort"].as_u64() {
+                node_ports.insert(n);
+            }
+        }
+    }
+    let name = objects::name_of(obj).unwrap_or_default().to_owned();
+    let spec = &mut obj["spec"];
+    let (first, last) = usable(api.settings.service_cidr);
+    match spec["clusterIP"].as_str() {
+        _ if spec["type"] == "ExternalName" => {}
+        Some("None") => {}
+        Some(ip) if !ip.is_empty() => {
+            let field = "spec.clusterIPs";
+            let parsed = ip.parse::<Ipv4Addr>().map_err(|_| {
+                ApiError::invalid(
+                    "Service",
+                    &name,
+                    vec![Cause::invalid(
+                        field,
+                        format!("Invalid value: \"{ip}\": must be a valid IP address"),
+                    )],
+                )
+            })?;
+            let n = u32::from(parsed);
+            if !(first..=last).contains(&n) {
+                return Err(ApiError::invalid(
+                    "Service",
+                    &name,
+                    vec![Cause::invalid(
+                        field,
+                        format!(
+                            "Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range"
+                        ),
+                    )],
+                ));
+            }
+            if ips.contains(&n) {
+                return Err(ApiError::invalid(
+                    "Service",
+                    &name,
+                    vec![Cause::invalid(
+                        field,
+                        format!(
+                            "Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"
+                        ),
+                    )],
+                ));
+            }
+        }
+        _ => {
+            // Dynamic allocation prefers the upper band, as upstream does.
+            let size = last - first + 1;
+            let static_band = (size / 16).clamp(16, 256).min(size);
+            let pick = (first + static_band..=last)
+                .chain(first..first + static_band)
+                .find(|n| !ips.contains(n))
+                .ok_or_else(|| ApiError::internal("the Service IP range is exhausted"))?;
+            spec["clusterIP"] = json!(Ipv4Addr::from(pick).to_string());
+        }
+    }
+    if let Some(ip) = spec["clusterIP"].as_str().map(str::to_owned) {
+        spec["clusterIPs"] = json!([ip]);
+    }
+    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
+        let range = api.settings.node_ports.clone();
+        let mut causes = Vec::new();
+        for (i, p) in spec["ports"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            match p["nodePort"].as_u64() {
+                Some(n) if !range.contains(&(n as u16)) || n > 65_535 => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {}-{}", range.start(), range.end()))),
+                Some(n) if !node_ports.insert(n) => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is already allocated"))),
+                Some(_) => {}
+                None => {
+                    let size = u64::from(range.end() - range.start() + 1);
+                    let static_band = (size / 32).clamp(16, 128);
+                    let (lo, hi) = (u64::from(*range.start()), u64::from(*range.end()));
+                    let n = (lo + static_band..=hi).chain(lo..lo + static_band).find(|n| !node_ports.contains(n));
+                    let Some(n) = n else {
+                        return Err(ApiError::internal("the node port range is exhausted"));
+                    };
+                    node_ports.insert(n);
+                    p["nodePort"] = json!(n);
+                }
+            }
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid("Service", &name, causes));
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with an update: the new object's own problems, and
+/// fields that may not change once set.
+pub(super) fn validate_update(res: &Resource, old: &Value, new: &Value) -> ApiResult<()> {
+    let mut checked = new.clone();
+    let mut causes = objects::metadata_causes(res, &checked);
+    if res.kind == "Service" {
+        service_defaults(&mut checked);
+        causes.extend(service_causes(&checked));
+    }
+    let immutable: &[(&str, &str)] = match res.kind {
+        "Service" => &[("/spec/clusterIP", "spec.clusterIP")],
+        "EndpointSlice" => &[("/addressType", "addressType")],
+        "Deployment" | "ReplicaSet" | "DaemonSet" => &[("/spec/selector", "spec.selector")],
+        _ => &[],
+    };
+    causes.extend(
+        immutable
+            .iter()
+            .filter(|(ptr, _)| old.pointer(ptr).is_some() && old.pointer(ptr) != new.pointer(ptr))
+            .map(|(_, field)| Cause::invalid(*field, "field is immutable")),
+    );
+    objects::refuse_if_any(res, new, causes)
+}
+
+/// Deletes everything in a terminating namespace, then the namespace, in
+/// the background (objects held by finalizers are waited for).
+pub(super) async fn finalize_namespace<S: Store>(api: &ApiServer<S>, ns: &str) -> ApiResult<()> {
+    let (store, ns) = (Arc::clone(&api.store), ns.to_owned());
+    tokio::spawn(async move {
+        for _ in 0..600 {
+            let mut remaining = 0;
+            for res in RESOURCES.iter().filter(|r| r.namespaced) {
+                let Ok(page) = store.list(&res.key_prefix(Some(&ns)), None, None).await else {
+                    return;
+                };
+                for kv in page.items {
+                    let held = serde_json::from_slice::<Value>(&kv.value)
+                        .ok()
+                        .and_then(|o| {
+                            o.pointer("/metadata/finalizers")
+                                .and_then(Value::as_array)
+                                .map(|f| !f.is_empty())
+                        })
+                        .unwrap_or(false);
+                    if held {
+                        remaining += 1;
+                    } else {
+                        let _ = store.delete(&kv.key, Some(kv.mod_rev)).await;
+                    }
+                }
+            }
+            if remaining == 0 {
+                let _ = store
+                    .delete(&Resource::namespaces().key(None, &ns), None)
+                    .await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The Kubernetes REST API over a [`Store`]: discovery, OpenAPI, and
+//! get/list/watch/create/update/patch/delete on the served resources.
+//!
+//! Every request goes through [`handle`], which parses the path into a
+//! [`path::Route`] and dispatches on method and target; refusals are
+//! `Status` objects ([`status::ApiError`]).
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{HeaderMap, Method, Uri, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::Value;
+
+use crate::store::Store;
+
+pub mod clock;
+mod discovery;
+mod kinds;
+pub mod objects;
+mod openapi;
+pub mod patch;
+pub mod path;
+mod read;
+pub mod resources;
+pub mod selectors;
+pub mod status;
+mod table;
+mod write;
+
+use path::{Query, Route, Target};
+use status::{ApiError, ApiResult};
+
+/// Upstream's limit on request bodies (3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// What the API server needs besides its store.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often an idle watch with `allowWatchBookmarks` gets a bookmark.
+    pub bookmark_interval: Duration,
+    /// Version reported by `/version` (kubectl's dispatcher picks its binary by the minor).
+    pub minor_version: u32,
+    /// `--service-cluster-ip-range`.
+    pub service_cidr: (std::net::Ipv4Addr, u8),
+    /// `--service-node-port-range`.
+    pub node_ports: std::ops::RangeInclusive<u16>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bookmark_interval: Duration::from_secs(30),
+            minor_version: 33,
+            service_cidr: (std::net::Ipv4Addr::new(10, 96, 0, 0), 12),
+            node_ports: 30_000..=32_767,
+        }
+    }
+}
+
+pub struct ApiServer<S> {
+    pub store: Arc<S>,
+    pub settings: Settings,
+    /// Held across choosing a Service's IP and ports and writing the Service.
+    alloc: tokio::sync::Mutex<()>,
+}
+
+impl<S: Store> ApiServer<S> {
+    pub fn new(store: Arc<S>, settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            settings,
+            alloc: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// An axum router serving everything.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .fallback(handle::<S>)
+            .with_state(Arc::clone(self))
+    }
+
+    /// Creates the initial namespaces if they do not exist yet.
+    pub async fn bootstrap(&self) -> ApiResult<()> {
+        for ns in resources::INITIAL_NAMESPACES {
+            let mut obj = serde_json::json!({"metadata": {"name": ns}});
+            match write::create_object(self, resources::Resource::namespaces(), None, &mut obj)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request, as the handlers need it.
+pub struct Request {
+    pub method: Method,
+    pub query: Query,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+    }
+
+    pub fn accepts_table(&self) -> bool {
+        self.headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| {
+                a.split(',')
+                    .next()
+                    .is_some_and(|first| first.contains("as=Table"))
+            })
+    }
+
+    /// The body as JSON (YAML is accepted too, as `kubectl --raw` may send it).
+    /// Protobuf and CBOR bodies get 415, on which clients fall back to JSON.
+    pub fn json_body(&self) -> ApiResult<Value> {
+        let ct = self.content_type();
+        if ct.contains("protobuf") || ct.contains("cbor") {
+            return Err(ApiError::unsupported_media_type(ct));
+        }
+        if self.body.is_empty() {
+            return Err(ApiError::bad_request("the request has no body"));
+        }
+        serde_json::from_slice(&self.body).or_else(|json_err| {
+            serde_yaml::from_slice(&self.body).map_err(|_| {
+                ApiError::bad_request(format!("the body is not valid JSON: {json_err}"))
+            })
+        })
+    }
+}
+
+pub fn json_response(code: axum::http::StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn handle<S: Store>(
+    State(api): State<Arc<ApiServer<S>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::too_large(MAX_BODY).into_response(),
+    };
+    let req = Request {
+        method,
+        query: Query::parse(uri.query()),
+        headers,
+        body,
+    };
+    match route(&api, uri.path(), req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route<S: Store>(api: &ApiServer<S>, path: &str, req: Request) -> ApiResult<Response> {
+    match path::parse(path)? {
+        Route::Health => Ok((axum::http::StatusCode::OK, "ok").into_response()),
+        Route::Version => Ok(discovery::version(api)),
+        Route::CoreVersions => Ok(discovery::core_versions()),
+        Route::Groups => Ok(discovery::groups()),
+        Route::GroupVersion { group, version } => discovery::resource_list(&group, &version),
+        Route::OpenApiIndex => Ok(openapi::index()),
+        Route::OpenApiDoc { group, version } => openapi::document(&group, &version),
+        Route::Object(target) => object(api, target, req).await,
+    }
+}
+
+async fn object<S: Store>(api: &ApiServer<S>, t: Target, req: Request) -> ApiResult<Response> {
+    use resources::Sub;
+    let m = req.method.clone();
+    match (m.as_str(), t.name.is_some(), t.sub) {
+        ("GET", false, None) if req.query.flag("watch") => read::watch(api, &t, &req).await,
+        ("GET", false, None) => read::list(api, &t, &req).await,
+        ("GET", true, None | Some(Sub::Status)) => read::get(api, &t).await,
+        ("GET", true, Some(Sub::Scale)) => read::get_scale(api, &t).await,
+        ("POST", false, None) => write::create(api, &t, &req).await,
+        ("POST", true, Some(Sub::Binding)) => write::bind(api, &t, &req).await,
+        ("PUT", true, None | Some(Sub::Status)) => write::update(api, &t, &req).await,
+        ("PUT", true, Some(Sub::Scale)) => write::put_scale(api, &t, &req).await,
+        ("PATCH", true, None | Some(Sub::Status)) => write::patch(api, &t, &req).await,
+        ("PATCH", true, Some(Sub::Scale)) => write::patch_scale(api, &t, &req).await,
+        ("DELETE", true, None) => write::delete(api, &t, &req).await,
+        ("DELETE", false, None) => write::delete_collection(api, &t, &req).await,
+        (method, _, _) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {})",
+            t.res.qualified()
+        ))),
+    }
+}

@@ -1,0 +1,450 @@
+//! create, update, patch, delete (with finalizers) and the scale and
+//! binding subresources.
+use axum::{http::StatusCode, response::Response};
+use serde_json::{Value, json};
+
+use super::{
+    ApiServer, Request, clock, json_response, kinds,
+    objects::{self, from_stored, name_of, sent_revision, to_stored},
+    patch::{self, PatchType},
+    read::{self, Filter, get_object, object_name},
+    resources::{Resource, Sub},
+    status::{ApiError, ApiResult},
+};
+use crate::store::{self, Revision, Store};
+
+/// Internal retries of an unconditional write that raced another writer.
+const RETRIES: usize = 8;
+
+fn dry_run(req: &Request) -> bool {
+    req.query.get("dryRun") == Some("All")
+}
+
+/// Creates an object of `res` in `ns`; the object is stamped, defaulted and
+/// validated first, and nothing is written if any of that fails.
+pub(super) async fn create_object<S: Store>(
+    api: &ApiServer<S>,
+    res: &'static Resource,
+    ns: Option<&str>,
+    obj: &mut Value,
+) -> ApiResult<Value> {
+    objects::stamp_create(res, ns, obj)?;
+    let mut causes = objects::metadata_causes(res, obj);
+    causes.extend(kinds::default_and_check(res, obj));
+    objects::refuse_if_any(res, obj, causes)?;
+    if let (true, Some(ns)) = (res.namespaced, ns) {
+        check_namespace_open(api, ns).await?;
+    }
+    let _allocating = if res.kind == "Service" {
+        Some(api.alloc.lock().await)
+    } else {
+        None
+    };
+    kinds::allocate_on_create(api, res, obj).await?;
+    let name = name_of(obj).unwrap_or_default().to_owned();
+    let kv = api
+        .store
+        .create(&res.key(ns, &name), to_stored(obj))
+        .await
+        .map_err(|e| ApiError::from_store(e, &res.qualified(), &name))?;
+    Ok(objects::with_revision(obj.clone(), kv.mod_rev))
+}
+
+async fn check_namespace_open<S: Store>(api: &ApiServer<S>, ns: &str) -> ApiResult<()> {
+    let nsres = Resource::namespaces();
+    let Some(kv) = api
+        .store
+        .get(&nsres.key(None, ns))
+        .await
+        .map_err(|e| ApiError::from_store(e, "namespaces", ns))?
+    else {
+        return Err(ApiError::not_found("namespaces", ns));
+    };
+    let obj = from_stored(&kv.value, kv.mod_rev)?;
+    if objects::meta_str(&obj, "deletionTimestamp").is_some() {
+        return Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) async fn create<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+) -> ApiResult<Response> {
+    let mut obj = req.json_body()?;
+    if dry_run(req) {
+        objects::stamp_create(t.res, t.namespace.as_deref(), &mut obj)?;
+        let mut causes = objects::metadata_causes(t.res, &obj);
+        causes.extend(kinds::default_and_check(t.res, &mut obj));
+        objects::refuse_if_any(t.res, &obj, causes)?;
+        return Ok(json_response(StatusCode::CREATED, &obj));
+    }
+    let created = create_object(api, t.res, t.namespace.as_deref(), &mut obj).await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// Read-modify-write of one object: `change` turns the current object into
+/// the new one. With `expected`, the write is conditional on that revision
+/// (409 otherwise); without, a race with another writer is retried.
+/// An object being deleted whose last finalizer goes is deleted.
+pub(super) async fn modify<S, F>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    expected: Option<Revision>,
+    mut change: F,
+) -> ApiResult<Value>
+where
+    S: Store,
+    F: FnMut(&Value) -> ApiResult<Value>,
+{
+    let name = object_name(t).to_owned();
+    let key = t.res.key(t.namespace.as_deref(), &name);
+    let resource = t.res.qualified();
+    for _ in 0..RETRIES {
+        let (current, rev) = get_object(api, t).await?;
+        if expected.is_some_and(|e| e != rev) {
+            return Err(ApiError::conflict(&resource, &name));
+        }
+        let mut new = change(&current)?;
+        objects::stamp_update(t.res, &current, &mut new)?;
+        kinds::validate_update(t.res, &current, &new)?;
+        if objects::meta_str(&new, "deletionTimestamp").is_some() && finalizers(&new).is_empty() {
+            let gone = api.store.delete(&key, Some(rev)).await;
+            match gone {
+                Ok(kv) => return Ok(objects::with_revision(new, kv.mod_rev)),
+                Err(store::Error::Conflict { .. }) if expected.is_none() => continue,
+                Err(e) => return Err(ApiError::from_store(e, &resource, &name)),
+            }
+        }
+        match api.store.update(&key, to_stored(&new), Some(rev)).await {
+            Ok(kv) => return Ok(objects::with_revision(new, kv.mod_rev)),
+            Err(store::Error::Conflict { .. }) if expected.is_none() => {}
+            Err(e) => return Err(ApiError::from_store(e, &resource, &name)),
+        }
+    }
+    Err(ApiError::conflict(&resource, &name))
+}
+
+fn finalizers(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|f| {
+            f.iter()
+                .filter_map(|v| Some(v.as_str()?.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a write to the main resource or to `/status` may change: the main
+/// resource keeps the old status, `/status` keeps everything but status.
+fn split_status(t: &super::path::Target, current: &Value, mut new: Value) -> Value {
+    if !t.res.has(Sub::Status) {
+        return new;
+    }
+    if t.sub == Some(Sub::Status) {
+        let mut out = current.clone();
+        match new.get_mut("status").map(Value::take) {
+            Some(s) => out["status"] = s,
+            None => {
+                out.as_object_mut().map(|o| o.remove("status"));
+            }
+        }
+        return out;
+    }
+    match current.get("status") {
+        Some(s) => new["status"] = s.clone(),
+        None => {
+            new.as_object_mut().map(|o| o.remove("status"));
+        }
+    }
+    new
+}
+
+pub(super) async fn update<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+) -> ApiResult<Response> {
+    let body = req.json_body()?;
+    let name = object_name(t);
+    if name_of(&body).is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            name_of(&body).unwrap_or_default()
+        )));
+    }
+    let expected = sent_revision(&body)?;
+    let updated = modify(api, t, expected, |current| {
+        Ok(split_status(t, current, body.clone()))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &updated))
+}
+
+pub(super) async fn patch<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+) -> ApiResult<Response> {
+    let ty = PatchType::from_content_type(req.content_type())?;
+    let body = req.json_body()?;
+    if matches!(ty, PatchType::Apply) {
+        // Server-side apply creates what does not exist yet.
+        if let Err(e) = get_object(api, t).await {
+            if e.reason != "NotFound" {
+                return Err(e);
+            }
+            let mut obj = body.clone();
+            let created = create_object(api, t.res, t.namespace.as_deref(), &mut obj).await?;
+            return Ok(json_response(StatusCode::CREATED, &created));
+        }
+    }
+    let expected = body
+        .is_object()
+        .then(|| sent_revision(&body))
+        .transpose()?
+        .flatten();
+    let kind = t.res.kind;
+    let updated = modify(api, t, expected, |current| {
+        let mut base = current.clone();
+        objects::meta_mut(&mut base).remove("resourceVersion");
+        let patched = patch::apply(kind, &base, &body, &ty)?;
+        Ok(split_status(t, current, patched))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &updated))
+}
+
+fn with_replicas(obj: &Value, scale: &Value) -> ApiResult<Value> {
+    let replicas = scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| ApiError::bad_request("spec.replicas is required"))?;
+    let mut out = obj.clone();
+    out["spec"]["replicas"] = json!(replicas);
+    Ok(out)
+}
+
+pub(super) async fn put_scale<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+) -> ApiResult<Response> {
+    let scale = req.json_body()?;
+    let expected = sent_revision(&scale)?;
+    let updated = modify(api, t, expected, |current| with_replicas(current, &scale)).await?;
+    Ok(json_response(StatusCode::OK, &read::scale_of(&updated)))
+}
+
+pub(super) async fn patch_scale<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+) -> ApiResult<Response> {
+    let ty = PatchType::from_content_type(req.content_type())?;
+    let body = req.json_body()?;
+    let updated = modify(api, t, None, |current| {
+        let scale = patch::apply("Scale", &read::scale_of(current), &body, &ty)?;
+        with_replicas(current, &scale)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &read::scale_of(&updated)))
+}
+
+pub(super) async fn bind<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+) -> ApiResult<Response> {
+    let binding = req.json_body()?;
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("a binding needs target.name"))?
+        .to_owned();
+    let pod = object_name(t).to_owned();
+    modify(api, t, None, |current| {
+        if let Some(bound) = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict_message(format!(
+                "pod {pod} is already assigned to node \"{bound}\""
+            )));
+        }
+        let mut out = current.clone();
+        out["spec"]["nodeName"] = json!(node);
+        Ok(out)
+    })
+    .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+/// `DeleteOptions` as far as they are honoured.
+struct DeleteOptions {
+    propagation: Option<String>,
+    grace_seconds: Option<i64>,
+    uid: Option<String>,
+    rv: Option<Revision>,
+}
+
+impl DeleteOptions {
+    fn from_request(req: &Request) -> ApiResult<Self> {
+        let body: Value = if req.body.is_empty() {
+            json!({})
+        } else {
+            req.json_body()?
+        };
+        let grace = body.get("gracePeriodSeconds").and_then(Value::as_i64);
+        let grace = match grace {
+            Some(g) => Some(g),
+            None => req.query.number("gracePeriodSeconds")?.map(|g| g as i64),
+        };
+        let rv = match body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            Some(rv) => Some(rv.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid precondition resourceVersion `{rv}`"))
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            propagation: body
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .or(req.query.get("propagationPolicy"))
+                .map(str::to_owned),
+            grace_seconds: grace,
+            uid: body
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            rv,
+        })
+    }
+}
+
+/// Deletes one object. Returns the object as last seen: still present with
+/// a deletionTimestamp when finalizers (or a graceful pod) hold it.
+async fn delete_object<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    opts: &DeleteOptions,
+) -> ApiResult<Value> {
+    let name = object_name(t).to_owned();
+    let resource = t.res.qualified();
+    let (current, rev) = get_object(api, t).await?;
+    if opts
+        .uid
+        .as_deref()
+        .is_some_and(|u| Some(u) != objects::meta_str(&current, "uid"))
+        || opts.rv.is_some_and(|r| r != rev)
+    {
+        return Err(ApiError::conflict_message(format!(
+            "Operation cannot be fulfilled on {resource} \"{name}\": the precondition (uid or resourceVersion) does not match"
+        )));
+    }
+    if t.res.kind == "Namespace" && name == "default" {
+        return Err(ApiError::forbidden(
+            "namespaces \"default\" is forbidden: this namespace may not be deleted",
+        ));
+    }
+    let mut held = finalizers(&current);
+    match opts.propagation.as_deref() {
+        Some("Foreground") => held.push("foregroundDeletion".into()),
+        Some("Orphan") => held.push("orphan".into()),
+        _ => {}
+    }
+    let graceful_pod = t.res.kind == "Pod"
+        && current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        && opts.grace_seconds.unwrap_or(30) > 0;
+    if held.is_empty() && !graceful_pod && t.res.kind != "Namespace" {
+        let kv = api
+            .store
+            .delete(&t.res.key(t.namespace.as_deref(), &name), Some(rev))
+            .await;
+        return match kv {
+            Ok(kv) => from_stored(&kv.value, kv.mod_rev),
+            Err(e) => Err(ApiError::from_store(e, &resource, &name)),
+        };
+    }
+    let grace = opts.grace_seconds.unwrap_or(30);
+    let marked = modify(api, t, None, |cur| {
+        let mut out = cur.clone();
+        let meta = objects::meta_mut(&mut out);
+        meta.entry("deletionTimestamp")
+            .or_insert_with(|| json!(clock::now()));
+        if graceful_pod {
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        }
+        if !held.is_empty() {
+            let mut f = finalizers(cur);
+            f.extend(
+                held.iter()
+                    .filter(|h| !finalizers(cur).contains(h))
+                    .cloned(),
+            );
+            meta.insert("finalizers".into(), json!(f));
+        }
+        if t.res.kind == "Namespace" {
+            out["status"]["phase"] = json!("Terminating");
+        }
+        Ok(out)
+    })
+    .await?;
+    if t.res.kind == "Namespace" {
+        kinds::finalize_namespace(api, &name).await?;
+    }
+    Ok(marked)
+}
+
+pub(super) async fn delete<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+) -> ApiResult<Response> {
+    let opts = DeleteOptions::from_request(req)?;
+    let obj = delete_object(api, t, &opts).await?;
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+pub(super) async fn delete_collection<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+) -> ApiResult<Response> {
+    let opts = DeleteOptions::from_request(req)?;
+    let filter = Filter::from_request(t, req)?;
+    let (items, rv, _) = read::list_objects(api, t, &filter, None, None).await?;
+    let mut deleted = Vec::new();
+    for obj in items {
+        let target = super::path::Target {
+            res: t.res,
+            namespace: objects::meta_str(&obj, "namespace").map(str::to_owned),
+            name: name_of(&obj).map(str::to_owned),
+            sub: None,
+        };
+        match delete_object(api, &target, &opts).await {
+            Ok(o) => deleted.push(o),
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
+    ))
+}

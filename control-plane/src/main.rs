@@ -40,6 +40,9 @@ struct Args {
     /// Seconds between bookmarks on idle watches that allow them.
     #[arg(long, default_value_t = 30)]
     bookmark_interval: u64,
+    /// Seconds between compactions of the change log.
+    #[arg(long, default_value_t = 60)]
+    compaction_interval: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -134,9 +137,12 @@ async fn main() -> Result<()> {
     // Machine-readable line for scripts and tests.
     println!("listening on {addr}");
 
-    let history = args.watch_history;
+    let (history, every) = (
+        args.watch_history,
+        Duration::from_secs(args.compaction_interval.max(1)),
+    );
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             match store.current_revision().await {

@@ -267,9 +267,17 @@ pub fn check_type(res: &Resource, obj: &Value) -> ApiResult<()> {
     Ok(())
 }
 
+/// Who writes an update: clients may not touch the deletion marks, the
+/// server's own delete path sets them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Writer {
+    Client,
+    Server,
+}
+
 /// Carries over what an update may not change, and bumps `generation` when
 /// anything but metadata and status changed.
-pub fn stamp_update(res: &Resource, old: &Value, new: &mut Value) -> ApiResult<()> {
+pub fn stamp_update(res: &Resource, old: &Value, new: &mut Value, writer: Writer) -> ApiResult<()> {
     if !new.is_object() {
         return Err(ApiError::bad_request(
             "the request body must be a JSON object",
@@ -280,14 +288,14 @@ pub fn stamp_update(res: &Resource, old: &Value, new: &mut Value) -> ApiResult<(
     new["kind"] = json!(res.kind);
     let old_meta = meta(old).cloned().unwrap_or_default();
     let meta = meta_mut(new);
-    for kept in [
-        "uid",
-        "creationTimestamp",
-        "namespace",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "generation",
-    ] {
+    let deletion_marks: &[&str] = match writer {
+        Writer::Client => &["deletionTimestamp", "deletionGracePeriodSeconds"],
+        Writer::Server => &[],
+    };
+    for &kept in ["uid", "creationTimestamp", "namespace", "generation"]
+        .iter()
+        .chain(deletion_marks)
+    {
         match old_meta.get(kept) {
             Some(v) => meta.insert(kept.into(), v.clone()),
             None => meta.remove(kept),
@@ -367,14 +375,14 @@ mod tests {
         let mut old = json!({"metadata": {"name": "web"}, "spec": {"replicas": 1}});
         stamp_create(dep, Some("default"), &mut old).unwrap();
         let mut labelled = json!({"metadata": {"name": "web", "uid": "forged", "labels": {"a": "b"}}, "spec": {"replicas": 1}});
-        stamp_update(dep, &old, &mut labelled).unwrap();
+        stamp_update(dep, &old, &mut labelled, Writer::Client).unwrap();
         assert_eq!(labelled["metadata"]["uid"], old["metadata"]["uid"]);
         assert_eq!(
             labelled["metadata"]["generation"], 1,
             "metadata-only change"
         );
         let mut scaled = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3}});
-        stamp_update(dep, &old, &mut scaled).unwrap();
+        stamp_update(dep, &old, &mut scaled, Writer::Client).unwrap();
         assert_eq!(scaled["metadata"]["generation"], 2);
     }
 }

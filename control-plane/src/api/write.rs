@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{
     ApiServer, Request, clock, json_response, kinds,
-    objects::{self, from_stored, name_of, sent_revision, to_stored},
+    objects::{self, Writer, from_stored, name_of, sent_revision, to_stored},
     patch::{self, PatchType},
     read::{self, Filter, get_object, object_name},
     resources::{Resource, Sub},
@@ -94,6 +94,7 @@ pub(super) async fn modify<S, F>(
     api: &ApiServer<S>,
     t: &super::path::Target,
     expected: Option<Revision>,
+    writer: Writer,
     mut change: F,
 ) -> ApiResult<Value>
 where
@@ -109,7 +110,7 @@ where
             return Err(ApiError::conflict(&resource, &name));
         }
         let mut new = change(&current)?;
-        objects::stamp_update(t.res, &current, &mut new)?;
+        objects::stamp_update(t.res, &current, &mut new, writer)?;
         kinds::validate_update(t.res, &current, &new)?;
         if objects::meta_str(&new, "deletionTimestamp").is_some() && finalizers(&new).is_empty() {
             let gone = api.store.delete(&key, Some(rev)).await;
@@ -178,7 +179,7 @@ pub(super) async fn update<S: Store>(
         )));
     }
     let expected = sent_revision(&body)?;
-    let updated = modify(api, t, expected, |current| {
+    let updated = modify(api, t, expected, Writer::Client, |current| {
         Ok(split_status(t, current, body.clone()))
     })
     .await?;
@@ -209,7 +210,7 @@ pub(super) async fn patch<S: Store>(
         .transpose()?
         .flatten();
     let kind = t.res.kind;
-    let updated = modify(api, t, expected, |current| {
+    let updated = modify(api, t, expected, Writer::Client, |current| {
         let mut base = current.clone();
         objects::meta_mut(&mut base).remove("resourceVersion");
         let patched = patch::apply(kind, &base, &body, &ty)?;
@@ -236,7 +237,10 @@ pub(super) async fn put_scale<S: Store>(
 ) -> ApiResult<Response> {
     let scale = req.json_body()?;
     let expected = sent_revision(&scale)?;
-    let updated = modify(api, t, expected, |current| with_replicas(current, &scale)).await?;
+    let updated = modify(api, t, expected, Writer::Client, |current| {
+        with_replicas(current, &scale)
+    })
+    .await?;
     Ok(json_response(StatusCode::OK, &read::scale_of(&updated)))
 }
 
@@ -247,7 +251,7 @@ pub(super) async fn patch_scale<S: Store>(
 ) -> ApiResult<Response> {
     let ty = PatchType::from_content_type(req.content_type())?;
     let body = req.json_body()?;
-    let updated = modify(api, t, None, |current| {
+    let updated = modify(api, t, None, Writer::Client, |current| {
         let scale = patch::apply("Scale", &read::scale_of(current), &body, &ty)?;
         with_replicas(current, &scale)
     })
@@ -268,7 +272,7 @@ pub(super) async fn bind<S: Store>(
         .ok_or_else(|| ApiError::bad_request("a binding needs target.name"))?
         .to_owned();
     let pod = object_name(t).to_owned();
-    modify(api, t, None, |current| {
+    modify(api, t, None, Writer::Client, |current| {
         if let Some(bound) = current
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
@@ -382,7 +386,7 @@ async fn delete_object<S: Store>(
         };
     }
     let grace = opts.grace_seconds.unwrap_or(30);
-    let marked = modify(api, t, None, |cur| {
+    let marked = modify(api, t, None, Writer::Server, |cur| {
         let mut out = cur.clone();
         let meta = objects::meta_mut(&mut out);
         meta.entry("deletionTimestamp")

@@ -57,10 +57,10 @@ impl Watch {
                 .next()
                 .expect("stream open")
                 .expect("an event in time");
-            if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                if v.is_object() {
-                    return v;
-                }
+            if let Ok(v) = serde_json::from_str::<Value>(&l)
+                && v.is_object()
+            {
+                return v;
             }
         }
     }

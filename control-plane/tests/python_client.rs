@@ -1,0 +1,29 @@
+//! The official Python `kubernetes` client (37.x, installed by
+//! scripts/setup.sh) against a real sy-apiserver: create, list with a
+//! selector, watch resumed from a resourceVersion, stale replace → 409.
+mod common;
+
+use common::{Server, venv};
+
+#[test]
+fn python_client_create_list_watch_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client_checks.py");
+    let out = std::process::Command::new(venv().join("bin/python"))
+        .arg(script)
+        .arg(server.kubeconfig())
+        .output()
+        .expect("run the Python client checks");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Python client checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        8,
+        "{stdout}"
+    );
+}

@@ -425,3 +425,83 @@ fn acknowledged_writes_survive_kill_9() {
     let (_, next) = server.json("POST", CMS, &cm("after", json!({})));
     assert!(rv(&next) > last_rv);
 }
+
+#[test]
+fn service_addresses_are_unique_and_freed_on_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &[
+            "--service-cluster-ip-range",
+            "10.96.0.0/28",
+            "--service-node-port-range",
+            "30000-30001",
+        ],
+    );
+    const SVC: &str = "/api/v1/namespaces/default/services";
+    // A /28 has 14 usable addresses.
+    let mut ips = std::collections::BTreeSet::new();
+    for i in 0..14 {
+        let (code, s) = server.json(
+            "POST",
+            SVC,
+            &json!({"metadata": {"name": format!("s{i}")}, "spec": {"ports": [{"port": 80}]}})
+                .to_string(),
+        );
+        assert_eq!(code, 201, "{s}");
+        assert!(
+            ips.insert(s["spec"]["clusterIP"].as_str().unwrap().to_owned()),
+            "duplicate IP"
+        );
+    }
+    let (code, full) = server.json(
+        "POST",
+        SVC,
+        &json!({"metadata": {"name": "extra"}, "spec": {"ports": [{"port": 80}]}}).to_string(),
+    );
+    assert_eq!(code, 500, "{full}");
+    let (code, _) = server.json("DELETE", &format!("{SVC}/s3"), "");
+    assert_eq!(code, 200);
+    let (code, again) = server.json(
+        "POST",
+        SVC,
+        &json!({"metadata": {"name": "extra"}, "spec": {"ports": [{"port": 80}]}}).to_string(),
+    );
+    assert_eq!(code, 201, "the deleted Service's IP is free again: {again}");
+    // Node ports: two in the range, none twice, also within one Service.
+    let (code, two) = server.json("POST", SVC, &json!({"metadata": {"name": "np-two"}, "spec": {"type": "NodePort", "clusterIP": "None", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}}).to_string());
+    assert_eq!(code, 201, "{two}");
+    assert_ne!(
+        two["spec"]["ports"][0]["nodePort"],
+        two["spec"]["ports"][1]["nodePort"]
+    );
+    server.json("DELETE", &format!("{SVC}/np-two"), "");
+    let np = |name: &str| {
+        json!({"metadata": {"name": name}, "spec": {"type": "NodePort", "clusterIP": "None", "ports": [{"port": 80}]}}).to_string()
+    };
+    let (_, a) = server.json("POST", SVC, &np("np-a"));
+    let (_, b) = server.json("POST", SVC, &np("np-b"));
+    let (code, _) = server.json("POST", SVC, &np("np-c"));
+    assert_ne!(
+        a["spec"]["ports"][0]["nodePort"],
+        b["spec"]["ports"][0]["nodePort"]
+    );
+    assert_eq!(code, 500, "the node port range is exhausted");
+    // After a restart the allocations are read back from the store.
+    drop(server);
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &[
+            "--service-cluster-ip-range",
+            "10.96.0.0/28",
+            "--service-node-port-range",
+            "30000-30001",
+        ],
+    );
+    let (code, _) = server.json(
+        "POST",
+        SVC,
+        &json!({"metadata": {"name": "after"}, "spec": {"ports": [{"port": 80}]}}).to_string(),
+    );
+    assert_eq!(code, 500, "every IP is still taken after a restart");
+}

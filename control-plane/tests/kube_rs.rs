@@ -41,7 +41,16 @@ async fn until(
     store: &reflector::Store<Service>,
     cond: impl Fn(&BTreeSet<String>) -> bool,
 ) {
-    for _ in 0..200 {
+    until_within(what, Duration::from_secs(10), store, cond).await;
+}
+
+async fn until_within(
+    what: &str,
+    limit: Duration,
+    store: &reflector::Store<Service>,
+    cond: impl Fn(&BTreeSet<String>) -> bool,
+) {
+    for _ in 0..limit.as_millis() / 50 {
         let names: BTreeSet<String> = store
             .state()
             .iter()
@@ -153,7 +162,8 @@ async fn reflector_follows_changes_and_survives_a_forced_410() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     elsewhere.kill();
     let server = Server::start_with(&data, &flags);
-    until("re-list after 410", &store, |n| {
+    // The watcher's backoff grew while the server was away (up to 30 s).
+    until_within("re-list after 410", Duration::from_secs(45), &store, |n| {
         !n.contains("a") && (0..10).all(|i| n.contains(&format!("c{i}")))
     })
     .await;

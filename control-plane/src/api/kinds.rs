@@ -38,19 +38,6 @@ pub(super) fn default_and_check(res: &Resource, obj: &mut Value) -> Vec<Cause> {
     }
 }
 
-/// What a valid new object still needs from shared state: a Service's
-/// ClusterIP and node ports.
-pub(super) async fn allocate_on_create<S: Store>(
-    api: &ApiServer<S>,
-    res: &Resource,
-    obj: &mut Value,
-) -> ApiResult<()> {
-    if res.kind == "Service" {
-        allocate(api, obj).await?;
-    }
-    Ok(())
-}
-
 /// Upstream's Service defaults, which clients and proxies read.
 fn service_defaults(obj: &mut Value) {
     let spec = &mut obj["spec"];
@@ -181,39 +168,83 @@ fn usable(cidr: (Ipv4Addr, u8)) -> (u32, u32) {
     (base + 1, base + size - 2)
 }
 
-/// ClusterIP and node ports for a Service, chosen among those no other
-/// Service holds. Callers hold the allocation lock across this and the write.
-async fn allocate<S: Store>(api: &ApiServer<S>, obj: &mut Value) -> ApiResult<()> {
-    let services = Resource::find("", "v1", "services").expect("services are served");
-    let page = api
-        .store
-        .list(&services.key_prefix(None), None, None)
-        .await
-        .map_err(|e| ApiError::from_store(e, "services", ""))?;
-    let (mut ips, mut node_ports) = (BTreeSet::new(), BTreeSet::new());
-    for kv in &page.items {
-        let svc = from_stored(&kv.value, kv.mod_rev)?;
-        if let Some(ip) = svc
-            .pointer("/spec/clusterIP")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<Ipv4Addr>().ok())
-        {
-            ips.insert(u32::from(ip));
+/// The ClusterIPs and node ports Services hold, loaded from the store once
+/// and kept current by every Service create and delete of this server.
+#[derive(Debug, Default)]
+pub struct Allocations {
+    loaded: bool,
+    ips: BTreeSet<u32>,
+    node_ports: BTreeSet<u64>,
+}
+
+fn service_ip(svc: &Value) -> Option<u32> {
+    svc.pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        .map(u32::from)
+}
+
+fn service_node_ports(svc: &Value) -> impl Iterator<Item = u64> + '_ {
+    svc.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["nodePort"].as_u64())
+}
+
+impl Allocations {
+    /// Reads every Service once; later calls are free until [`Self::forget`].
+    pub(super) async fn ensure_loaded<S: Store>(&mut self, store: &S) -> ApiResult<()> {
+        if self.loaded {
+            return Ok(());
         }
-        for p in svc
-            .pointer("/spec/ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(n) = p["nodePort"].as_u64() {
-                node_ports.insert(n);
-            }
+        let services = Resource::find("", "v1", "services").expect("services are served");
+        let page = store
+            .list(&services.key_prefix(None), None, None)
+            .await
+            .map_err(|e| ApiError::from_store(e, "services", ""))?;
+        *self = Self {
+            loaded: true,
+            ..Self::default()
+        };
+        for kv in &page.items {
+            self.record(&from_stored(&kv.value, kv.mod_rev)?);
+        }
+        Ok(())
+    }
+
+    pub(super) fn record(&mut self, svc: &Value) {
+        self.ips.extend(service_ip(svc));
+        self.node_ports.extend(service_node_ports(svc));
+    }
+
+    pub(super) fn release(&mut self, svc: &Value) {
+        if let Some(ip) = service_ip(svc) {
+            self.ips.remove(&ip);
+        }
+        for p in service_node_ports(svc) {
+            self.node_ports.remove(&p);
         }
     }
+
+    /// Makes the next allocation re-read the store (after deletes that
+    /// bypassed [`Self::release`]).
+    pub(super) fn forget(&mut self) {
+        self.loaded = false;
+    }
+}
+
+/// Chooses a Service's ClusterIP and node ports among those free. The caller
+/// holds the allocations across this and the write, then records them.
+pub(super) fn allocate(
+    settings: &super::Settings,
+    taken: &Allocations,
+    obj: &mut Value,
+) -> ApiResult<()> {
+    let (ips, node_ports) = (&taken.ips, &taken.node_ports);
     let name = objects::name_of(obj).unwrap_or_default().to_owned();
     let spec = &mut obj["spec"];
-    let (first, last) = usable(api.settings.service_cidr);
+    let (first, last) = usable(settings.service_cidr);
     match spec["clusterIP"].as_str() {
         _ if spec["type"] == "ExternalName" => {}
         Some("None") => {}
@@ -270,8 +301,10 @@ async fn allocate<S: Store>(api: &ApiServer<S>, obj: &mut Value) -> ApiResult<()
         spec["clusterIPs"] = json!([ip]);
     }
     if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
-        let range = api.settings.node_ports.clone();
+        let range = settings.node_ports.clone();
         let mut causes = Vec::new();
+        // Ports given to this Service's earlier ports in this call.
+        let mut here = BTreeSet::new();
         for (i, p) in spec["ports"]
             .as_array_mut()
             .into_iter()
@@ -280,17 +313,17 @@ async fn allocate<S: Store>(api: &ApiServer<S>, obj: &mut Value) -> ApiResult<()
         {
             match p["nodePort"].as_u64() {
                 Some(n) if !range.contains(&(n as u16)) || n > 65_535 => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {}-{}", range.start(), range.end()))),
-                Some(n) if !node_ports.insert(n) => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is already allocated"))),
+                Some(n) if node_ports.contains(&n) || !here.insert(n) => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is already allocated"))),
                 Some(_) => {}
                 None => {
                     let size = u64::from(range.end() - range.start() + 1);
-                    let static_band = (size / 32).clamp(16, 128);
+                    let static_band = (size / 32).clamp(16, 128).min(size);
                     let (lo, hi) = (u64::from(*range.start()), u64::from(*range.end()));
-                    let n = (lo + static_band..=hi).chain(lo..lo + static_band).find(|n| !node_ports.contains(n));
+                    let n = (lo + static_band..=hi).chain(lo..lo + static_band).find(|n| !node_ports.contains(n) && !here.contains(n));
                     let Some(n) = n else {
                         return Err(ApiError::internal("the node port range is exhausted"));
                     };
-                    node_ports.insert(n);
+                    here.insert(n);
                     p["nodePort"] = json!(n);
                 }
             }
@@ -329,7 +362,11 @@ pub(super) fn validate_update(res: &Resource, old: &Value, new: &Value) -> ApiRe
 /// Deletes everything in a terminating namespace, then the namespace, in
 /// the background (objects held by finalizers are waited for).
 pub(super) async fn finalize_namespace<S: Store>(api: &ApiServer<S>, ns: &str) -> ApiResult<()> {
-    let (store, ns) = (Arc::clone(&api.store), ns.to_owned());
+    let (store, alloc, ns) = (
+        Arc::clone(&api.store),
+        Arc::clone(&api.alloc),
+        ns.to_owned(),
+    );
     tokio::spawn(async move {
         for _ in 0..600 {
             let mut remaining = 0;
@@ -357,6 +394,8 @@ pub(super) async fn finalize_namespace<S: Store>(api: &ApiServer<S>, ns: &str) -
                 let _ = store
                     .delete(&Resource::namespaces().key(None, &ns), None)
                     .await;
+                // Its Services' addresses are free again.
+                alloc.lock().await.forget();
                 return;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

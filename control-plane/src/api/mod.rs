@@ -64,7 +64,7 @@ pub struct ApiServer<S> {
     pub store: Arc<S>,
     pub settings: Settings,
     /// Held across choosing a Service's IP and ports and writing the Service.
-    alloc: tokio::sync::Mutex<()>,
+    alloc: Arc<tokio::sync::Mutex<kinds::Allocations>>,
 }
 
 impl<S: Store> ApiServer<S> {
@@ -72,7 +72,7 @@ impl<S: Store> ApiServer<S> {
         Arc::new(Self {
             store,
             settings,
-            alloc: tokio::sync::Mutex::new(()),
+            alloc: Arc::default(),
         })
     }
 

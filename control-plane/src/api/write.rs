@@ -35,19 +35,31 @@ pub(super) async fn create_object<S: Store>(
     if let (true, Some(ns)) = (res.namespaced, ns) {
         check_namespace_open(api, ns).await?;
     }
-    let _allocating = if res.kind == "Service" {
-        Some(api.alloc.lock().await)
+    let mut allocations = if res.kind == "Service" {
+        let mut a = api.alloc.lock().await;
+        a.ensure_loaded(&*api.store).await?;
+        kinds::allocate(&api.settings, &a, obj)?;
+        Some(a)
     } else {
         None
     };
-    kinds::allocate_on_create(api, res, obj).await?;
     let name = name_of(obj).unwrap_or_default().to_owned();
     let kv = api
         .store
         .create(&res.key(ns, &name), to_stored(obj))
         .await
         .map_err(|e| ApiError::from_store(e, &res.qualified(), &name))?;
+    if let Some(a) = allocations.as_deref_mut() {
+        a.record(obj);
+    }
     Ok(objects::with_revision(obj.clone(), kv.mod_rev))
+}
+
+/// Frees what a deleted object held (a Service's IP and node ports).
+async fn released<S: Store>(api: &ApiServer<S>, res: &Resource, obj: &Value) {
+    if res.kind == "Service" {
+        api.alloc.lock().await.release(obj);
+    }
 }
 
 async fn check_namespace_open<S: Store>(api: &ApiServer<S>, ns: &str) -> ApiResult<()> {
@@ -115,7 +127,10 @@ where
         if objects::meta_str(&new, "deletionTimestamp").is_some() && finalizers(&new).is_empty() {
             let gone = api.store.delete(&key, Some(rev)).await;
             match gone {
-                Ok(kv) => return Ok(objects::with_revision(new, kv.mod_rev)),
+                Ok(kv) => {
+                    released(api, t.res, &new).await;
+                    return Ok(objects::with_revision(new, kv.mod_rev));
+                }
                 Err(store::Error::Conflict { .. }) if expected.is_none() => continue,
                 Err(e) => return Err(ApiError::from_store(e, &resource, &name)),
             }
@@ -381,7 +396,10 @@ async fn delete_object<S: Store>(
             .delete(&t.res.key(t.namespace.as_deref(), &name), Some(rev))
             .await;
         return match kv {
-            Ok(kv) => from_stored(&kv.value, kv.mod_rev),
+            Ok(kv) => {
+                released(api, t.res, &current).await;
+                from_stored(&kv.value, kv.mod_rev)
+            }
             Err(e) => Err(ApiError::from_store(e, &resource, &name)),
         };
     }

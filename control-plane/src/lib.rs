@@ -11,4 +11,6 @@
 //!  store::Store ── EmbeddedStore (redb file) │ etcd
 //! ```
 pub mod api;
+pub mod pki;
+pub mod serve;
 pub mod store;

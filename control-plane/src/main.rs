@@ -6,7 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use control_plane::{
-    api::{ApiServer, Settings},
+    api::{ApiServer, Settings, auth::Auth},
+    pki::Pki,
+    serve,
     store::{EmbeddedStore, Store},
 };
 use tracing::{info, warn};
@@ -43,6 +45,9 @@ struct Args {
     /// Seconds between compactions of the change log.
     #[arg(long, default_value_t = 60)]
     compaction_interval: u64,
+    /// Nodes to issue client certificates and kubeconfigs for.
+    #[arg(long, value_delimiter = ',')]
+    node_names: Vec<String>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -88,15 +93,6 @@ fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
     Ok(a..=b)
 }
 
-fn write_kubeconfig(path: &std::path::Path, server: &str) -> Result<()> {
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: switchyard\n  cluster:\n    server: {server}\n\
-         users:\n- name: admin\n  user: {{}}\ncontexts:\n- name: switchyard\n  context:\n    cluster: switchyard\n    user: admin\n    namespace: default\n\
-         current-context: switchyard\n"
-    );
-    std::fs::write(path, config).with_context(|| format!("cannot write {}", path.display()))
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -122,7 +118,16 @@ async fn main() -> Result<()> {
     let store = Arc::new(
         EmbeddedStore::open(&args.data_dir.join("store.redb")).context("opening the store")?,
     );
-    let api = ApiServer::new(Arc::clone(&store), settings);
+    let pki = Pki::ensure(
+        &args.data_dir,
+        &[args.listen.ip().to_string()],
+        &args.node_names,
+    )
+    .context("preparing certificates")?;
+    let auth = Auth::Required {
+        tokens: pki.tokens.clone(),
+    };
+    let api = ApiServer::new(Arc::clone(&store), settings, auth);
     api.bootstrap()
         .await
         .map_err(|e| anyhow::anyhow!("bootstrapping: {}", e.message))?;
@@ -131,8 +136,8 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    pki.write_kubeconfigs(&args.data_dir, &format!("https://{addr}"), &args.node_names)?;
     let kubeconfig = args.data_dir.join("admin.kubeconfig");
-    write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
     info!(%addr, kubeconfig = %kubeconfig.display(), data_dir = %args.data_dir.display(), "serving");
     // Machine-readable line for scripts and tests.
     println!("listening on {addr}");
@@ -156,10 +161,9 @@ async fn main() -> Result<()> {
             }
         }
     });
-    axum::serve(listener, api.router())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
+    let tls = serve::tls_config(&pki)?;
+    tokio::select! {
+        served = serve::serve_tls(listener, tls, api.router()) => served,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }

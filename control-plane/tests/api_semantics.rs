@@ -5,7 +5,6 @@ mod common;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::TcpStream,
     time::Duration,
 };
 
@@ -29,14 +28,21 @@ fn rv(obj: &Value) -> u64 {
 
 /// A watch request's event lines, read as they come.
 struct Watch {
-    lines: std::io::Lines<BufReader<TcpStream>>,
+    lines: std::io::Lines<BufReader<common::Tls>>,
 }
 
 impl Watch {
     fn open(server: &Server, path_and_query: &str) -> Self {
-        let mut s = TcpStream::connect(&server.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path_and_query} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut s = common::tls_connect(&server.addr, &server.data_dir).unwrap();
+        s.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let token = common::admin_token(&server.data_dir);
+        write!(
+            s,
+            "GET {path_and_query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
         let mut lines = BufReader::new(s).lines();
         // Status line and headers.
         let status = lines.next().unwrap().unwrap();
@@ -379,12 +385,11 @@ fn acknowledged_writes_survive_kill_9() {
     let data = dir.path().join("data");
     let server = Server::start(&data);
     let (mut acked, mut last_rv) = (Vec::new(), 0);
-    let writer_addr = server.addr.clone();
+    let probe = server.probe();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = std::sync::Arc::clone(&stop);
     // Writes stream in on one thread while the server is killed.
     let writer = std::thread::spawn(move || {
-        let probe = common::Server::probe(&writer_addr);
         let mut out = Vec::new();
         for i in 0.. {
             if stop2.load(std::sync::atomic::Ordering::Relaxed) {

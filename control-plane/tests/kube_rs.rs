@@ -177,12 +177,10 @@ async fn reflector_follows_changes_and_survives_a_forced_410() {
 async fn a_5000_object_list_pages_through_continue() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
-    let addr = server.addr.clone();
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let addr = addr.clone();
+            let probe = server.probe();
             std::thread::spawn(move || {
-                let probe = Server::probe(&addr);
                 for i in (w..5000).step_by(4) {
                     let body = json!({"metadata": {"name": format!("cm-{i:04}")}, "data": {"i": i.to_string()}}).to_string();
                     let (code, _) = probe.try_json("POST", "/api/v1/namespaces/default/configmaps", &body).expect("server up");

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::store::Store;
 
+pub mod auth;
 pub mod clock;
 mod discovery;
 mod kinds;
@@ -63,15 +64,17 @@ impl Default for Settings {
 pub struct ApiServer<S> {
     pub store: Arc<S>,
     pub settings: Settings,
+    pub auth: auth::Auth,
     /// Held across choosing a Service's IP and ports and writing the Service.
     alloc: Arc<tokio::sync::Mutex<kinds::Allocations>>,
 }
 
 impl<S: Store> ApiServer<S> {
-    pub fn new(store: Arc<S>, settings: Settings) -> Arc<Self> {
+    pub fn new(store: Arc<S>, settings: Settings, auth: auth::Auth) -> Arc<Self> {
         Arc::new(Self {
             store,
             settings,
+            auth,
             alloc: Arc::default(),
         })
     }
@@ -151,11 +154,21 @@ pub fn json_response(code: axum::http::StatusCode, value: &Value) -> Response {
 
 async fn handle<S: Store>(
     State(api): State<Arc<ApiServer<S>>>,
+    peer: Option<axum::Extension<auth::PeerIdentity>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let peer = peer.map(|axum::Extension(p)| p).unwrap_or_default();
+    let identity = match path::parse(uri.path()) {
+        // Probes and the version are public, as upstream.
+        Ok(Route::Health | Route::Version) => None,
+        _ => match api.auth.authenticate(&headers, &peer) {
+            Ok(id) => Some(id),
+            Err(e) => return e.into_response(),
+        },
+    };
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => return ApiError::too_large(MAX_BODY).into_response(),
@@ -166,6 +179,12 @@ async fn handle<S: Store>(
         headers,
         body,
     };
+    if let (Some(id), Ok(Route::Object(t))) = (&identity, path::parse(uri.path())) {
+        let verb = auth::verb(&req.method, &t, req.query.flag("watch"));
+        if let Err(e) = auth::authorize(id, verb, &t) {
+            return e.into_response();
+        }
+    }
     match route(&api, uri.path(), req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

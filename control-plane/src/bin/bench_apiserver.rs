@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use control_plane::{
-    api::{ApiServer, Settings},
+    api::{ApiServer, Settings, auth::Auth},
     store::{EmbeddedStore, Store, WatchItem},
 };
 use futures::StreamExt as _;
@@ -216,7 +216,8 @@ async fn main() -> Result<()> {
 
 async fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     let store = Arc::new(EmbeddedStore::open(&dir.join("api.redb"))?);
-    let api = ApiServer::new(Arc::clone(&store), Settings::default());
+    // Plain HTTP without authentication: this measures the API layer, not TLS.
+    let api = ApiServer::new(Arc::clone(&store), Settings::default(), Auth::Disabled);
     api.bootstrap()
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;

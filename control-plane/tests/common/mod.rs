@@ -8,7 +8,81 @@ use std::{
     process::{Child, Command, Output, Stdio},
 };
 
+use rustls::{
+    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
+    pki_types::{CertificateDer, ServerName, pem::PemObject as _},
+};
 use serde_json::Value;
+
+/// A TLS connection to the API server, trusting its data directory's CA.
+pub type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+pub fn tls_connect(addr: &str, data_dir: &Path) -> std::io::Result<Tls> {
+    let ca = std::fs::read(data_dir.join("pki/ca.crt"))?;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots
+            .add(c.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+    let name = ServerName::try_from(host).map_err(std::io::Error::other)?;
+    let conn =
+        ClientConnection::new(std::sync::Arc::new(config), name).map_err(std::io::Error::other)?;
+    Ok(StreamOwned::new(conn, TcpStream::connect(addr)?))
+}
+
+/// The admin's bearer token from the data directory.
+pub fn admin_token(data_dir: &Path) -> String {
+    let tokens = std::fs::read_to_string(data_dir.join("pki/tokens.csv")).expect("tokens.csv");
+    tokens
+        .lines()
+        .find(|l| l.contains(",admin,"))
+        .and_then(|l| l.split(',').next())
+        .expect("an admin token")
+        .to_owned()
+}
+
+/// Writes one HTTP/1.1 request (with the admin's token) and reads the whole
+/// response; `None` if the server is gone.
+fn exchange(
+    addr: &str,
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> Option<(u16, Value)> {
+    let mut s = tls_connect(addr, data_dir).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        admin_token(data_dir),
+        body.len()
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    // A peer that closes without close_notify still gave us the response.
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = raw.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Some((code, serde_json::from_str(&body).unwrap_or(Value::Null)))
+}
 
 /// A running API server on a free loopback port; killed (by PID) on drop.
 pub struct Server {
@@ -62,62 +136,42 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    /// One plain HTTP/1.1 request; returns the status code and JSON body.
+    /// One HTTPS request as the admin; returns the status code and JSON body.
     pub fn http(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
-        let mut s = TcpStream::connect(&self.addr).expect("connect");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
-        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_owned()
-        };
-        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+        exchange(&self.addr, &self.data_dir, method, path, content_type, body)
+            .expect("the server answers")
     }
 
     pub fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         self.http(method, path, "application/json", body)
     }
 
-    /// A client for `addr` that tolerates the server going away.
-    pub fn probe(addr: &str) -> Probe {
+    /// A client that tolerates the server going away.
+    pub fn probe(&self) -> Probe {
         Probe {
-            addr: addr.to_owned(),
+            addr: self.addr.clone(),
+            data_dir: self.data_dir.clone(),
         }
     }
 }
 
 /// Requests that report a dead server as `None` instead of panicking.
+#[derive(Clone)]
 pub struct Probe {
     addr: String,
+    data_dir: PathBuf,
 }
 
 impl Probe {
     pub fn try_json(&self, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
-        let mut s = TcpStream::connect(&self.addr).ok()?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        exchange(
+            &self.addr,
+            &self.data_dir,
+            method,
+            path,
+            "application/json",
+            body,
         )
-        .ok()?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).ok()?;
-        let (head, rest) = raw.split_once("\r\n\r\n")?;
-        let code = head.split(' ').nth(1)?.parse().ok()?;
-        Some((code, serde_json::from_str(rest).ok()?))
     }
 }
 

@@ -8,10 +8,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use proxy_common::{
-    ct::{Ct4Key, Ct4Value},
-    map_names,
-};
 use switchyard::{
     datapath::{AyaLbMaps, MapSizes, loader::Dataplane},
     reconcile::Reconciler,
@@ -109,7 +105,8 @@ impl Testbed {
 pub struct Lab {
     // Field order is drop order: maps and programs before the testbed.
     reconciler: Reconciler<AyaLbMaps>,
-    dataplane: Dataplane,
+    /// Keeps the programs loaded and attached for the lab's lifetime.
+    _dataplane: Dataplane,
     pub bed: Testbed,
     pub hooks: Hooks,
 }
@@ -130,7 +127,7 @@ impl Lab {
         let reconciler = Reconciler::restore(dataplane.lb_maps()?)?;
         Ok(Self {
             reconciler,
-            dataplane,
+            _dataplane: dataplane,
             bed,
             hooks,
         })
@@ -159,13 +156,7 @@ impl Lab {
 
     /// Flows the TC path has tracked (forward and reply entries).
     pub fn conntrack_entries(&mut self) -> Result<usize> {
-        let map = self
-            .dataplane
-            .ebpf_mut()
-            .map(map_names::CT4)
-            .context("conntrack map")?;
-        let ct: aya::maps::HashMap<_, Ct4Key, Ct4Value> = aya::maps::HashMap::try_from(map)?;
-        Ok(ct.keys().count())
+        Ok(self.reconciler.maps_mut().conntrack_mut().keys().count())
     }
 }
 

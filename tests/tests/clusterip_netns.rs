@@ -179,6 +179,39 @@ fn no_backends_is_refused_at_once(hooks: Hooks) {
     assert_eq!(ok.counts().get("b2"), Some(&5), "{ok:?}");
 }
 
+/// A UDP "flow" (one client port) whose backend leaves the frontend moves to
+/// another backend with its next datagram: its conntrack entries are flushed,
+/// as kube-proxy flushes conntrack for a removed UDP endpoint.
+fn udp_flow_leaves_a_removed_backend(hooks: Hooks) {
+    let mut lab = lab(hooks);
+    lab.apply(&table(&lab, &[1, 2, 3], "")).unwrap();
+    let flow = [
+        "udp",
+        "--target",
+        VIP_UDP,
+        "--count",
+        "5",
+        "--source-port",
+        "40053",
+    ];
+    let before = lab.client(&flow).unwrap();
+    assert_eq!(before.error_count(), 0, "{before:?}");
+    let pinned: Vec<String> = before.counts().into_keys().collect();
+    if hooks == Hooks::TcOnly {
+        assert_eq!(pinned.len(), 1, "one UDP flow, one backend: {pinned:?}");
+    }
+    let gone: usize = pinned[0][1..].parse().unwrap();
+    let rest: Vec<usize> = (1..=3).filter(|i| *i != gone).collect();
+    lab.apply(&table(&lab, &rest, "")).unwrap();
+    let after = lab.client(&flow).unwrap();
+    assert_eq!(after.error_count(), 0, "{after:?}");
+    assert!(
+        !after.counts().contains_key(&pinned[0]),
+        "the flow stayed on removed {}: {after:?}",
+        pinned[0]
+    );
+}
+
 macro_rules! both_datapaths {
     ($($name:ident),* $(,)?) => {
         mod socket_and_tc {
@@ -196,4 +229,5 @@ both_datapaths!(
     affinity_sticks_then_expires,
     removed_backend_gets_no_new_connections,
     no_backends_is_refused_at_once,
+    udp_flow_leaves_a_removed_backend,
 );

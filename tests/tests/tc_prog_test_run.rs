@@ -366,13 +366,9 @@ fn default_map_sizes_load_in_the_kernel() {
     assert!(sizes.frontends >= 65_536 && sizes.backends >= 262_144 && sizes.conntrack >= 1_048_576);
     let mut dp = Dataplane::load(None, &sizes).expect("load with default sizes");
     use switchyard::datapath::LbMaps as _;
-    assert_eq!(dp.lb_maps().unwrap().capacity(), sizes.capacity());
-    let ct = dp
-        .ebpf_mut()
-        .take_map(proxy_common::map_names::CT4)
-        .unwrap();
-    let ct: aya::maps::HashMap<_, proxy_common::ct::Ct4Key, proxy_common::ct::Ct4Value> =
-        aya::maps::HashMap::try_from(ct).unwrap();
+    let mut maps = dp.lb_maps().unwrap();
+    assert_eq!(maps.capacity(), sizes.capacity());
     use aya::maps::IterableMap as _;
+    let ct = maps.conntrack_mut();
     assert_eq!(ct.map().info().unwrap().max_entries(), sizes.conntrack);
 }

@@ -2,9 +2,12 @@
 use std::{io, path::Path};
 
 use aya::maps::{HashMap, Map, MapData};
+use std::collections::BTreeSet;
+
 use proxy_common::{
+    ct::{Ct4Key, Ct4Value},
     lb::{Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service},
-    map_names as names,
+    map_names as names, proto,
 };
 
 use super::{Capacity, LbMaps, MapError, Result};
@@ -14,6 +17,8 @@ pub struct AyaLbMaps {
     services: HashMap<MapData, Lb4Key, Lb4Service>,
     backends: HashMap<MapData, u32, Lb4Backend>,
     aff_match: HashMap<MapData, Lb4AffMatchKey, u8>,
+    /// The TC path's conntrack, for flushing UDP flows of departed backends.
+    conntrack: HashMap<MapData, Ct4Key, Ct4Value>,
     capacity: Capacity,
 }
 
@@ -29,6 +34,7 @@ impl AyaLbMaps {
             open(names::LB4_SERVICES)?,
             open(names::LB4_BACKENDS)?,
             open(names::LB4_AFF_MATCH)?,
+            open(names::CT4)?,
         )
     }
 
@@ -40,10 +46,11 @@ impl AyaLbMaps {
             take(names::LB4_SERVICES)?,
             take(names::LB4_BACKENDS)?,
             take(names::LB4_AFF_MATCH)?,
+            take(names::CT4)?,
         )
     }
 
-    fn from_maps(services: Map, backends: Map, aff_match: Map) -> Result<Self> {
+    fn from_maps(services: Map, backends: Map, aff_match: Map, conntrack: Map) -> Result<Self> {
         let layout = |map| move |source| MapError::Layout { map, source };
         let services: HashMap<_, Lb4Key, Lb4Service> =
             HashMap::try_from(services).map_err(layout(names::LB4_SERVICES))?;
@@ -51,6 +58,8 @@ impl AyaLbMaps {
             HashMap::try_from(backends).map_err(layout(names::LB4_BACKENDS))?;
         let aff_match: HashMap<_, Lb4AffMatchKey, u8> =
             HashMap::try_from(aff_match).map_err(layout(names::LB4_AFF_MATCH))?;
+        let conntrack: HashMap<_, Ct4Key, Ct4Value> =
+            HashMap::try_from(conntrack).map_err(layout(names::CT4))?;
         let max = |m: &MapData, name| m.info().map(|i| i.max_entries()).map_err(layout(name));
         let capacity = Capacity {
             services: max(services.map(), names::LB4_SERVICES)?,
@@ -60,9 +69,17 @@ impl AyaLbMaps {
         Ok(Self {
             services,
             backends,
+            conntrack,
             aff_match,
             capacity,
         })
+    }
+}
+
+impl AyaLbMaps {
+    /// The TC path's conntrack map (tests and benchmarks inspect and seed it).
+    pub fn conntrack_mut(&mut self) -> &mut HashMap<MapData, Ct4Key, Ct4Value> {
+        &mut self.conntrack
     }
 }
 
@@ -122,6 +139,21 @@ fn dump<K: aya::Pod, V: aya::Pod>(
 }
 
 impl LbMaps for AyaLbMaps {
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+        // One pass over the table; entries of both directions carry the pair.
+        let doomed: Vec<Ct4Key> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| k.proto == proto::UDP && pairs.contains(&(v.rev_nat_id, v.backend_id)))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &doomed {
+            absent_ok(self.conntrack.remove(k)).map_err(write_err("delete", names::CT4, k))?;
+        }
+        Ok(doomed.len())
+    }
+
     fn update_backend(&mut self, id: u32, backend: &Lb4Backend) -> Result<()> {
         self.backends
             .insert(id, backend, 0)

@@ -15,6 +15,8 @@ pub struct FakeLbMaps {
     pub backends: BTreeMap<u32, Lb4Backend>,
     pub aff_match: BTreeSet<Lb4AffMatchKey>,
     pub sizes: MapSizes,
+    /// Every (frontend, backend) pair whose UDP flows were flushed.
+    pub flushed: BTreeSet<(u32, u32)>,
 }
 
 /// A state the datapath could observe that would misroute traffic.
@@ -117,6 +119,11 @@ impl LbMaps for FakeLbMaps {
         Ok(())
     }
 
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+        self.flushed.extend(pairs.iter().copied());
+        Ok(0)
+    }
+
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
@@ -211,6 +218,15 @@ impl LbMaps for FaultyLbMaps {
     fn delete_aff_match(&mut self, k: &Lb4AffMatchKey) -> Result<()> {
         self.write(names::LB4_AFF_MATCH, "delete", |m| m.delete_aff_match(k))
     }
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+        let mut n = 0;
+        self.write(names::CT4, "flush", |m| {
+            n = m.flush_udp_flows(pairs)?;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
         self.inner.dump_services()
     }

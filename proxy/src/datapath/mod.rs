@@ -3,6 +3,8 @@
 //! ([`AyaLbMaps`]) and an in-memory one for tests ([`FakeLbMaps`],
 //! [`FaultyLbMaps`]). Depending on the trait rather than on aya lets the
 //! reconciler be tested without root, with injected failures.
+use std::collections::BTreeSet;
+
 use proxy_common::lb::{Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service};
 
 mod aya_maps;
@@ -52,6 +54,12 @@ pub trait LbMaps {
     fn delete_service(&mut self, key: &Lb4Key) -> Result<()>;
     fn update_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()>;
     fn delete_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()>;
+
+    /// Forgets the UDP flows the TC path tracks from frontend `rev_nat_id`
+    /// to backend `backend_id`, for each pair: a UDP client whose backend
+    /// left moves on with its next datagram, as kube-proxy's conntrack flush
+    /// makes it. Returns how many conntrack entries went.
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize>;
 
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>>;
     fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>>;

@@ -48,6 +48,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Report {
     pub writes: usize,
     pub deletes: usize,
+    /// Conntrack entries of UDP flows whose backend left their frontend.
+    pub flushed_flows: usize,
 }
 
 /// The map contents as this process last read or wrote them.
@@ -64,6 +66,9 @@ pub struct Reconciler<M> {
     maps: M,
     ids: Ids,
     observed: Observed,
+    /// (frontend, backend) memberships removed whose UDP flows are not yet
+    /// flushed; kept across passes so a failed flush is retried.
+    departed: BTreeSet<(u32, u32)>,
 }
 
 impl<M: LbMaps> Reconciler<M> {
@@ -91,6 +96,7 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(Self {
             maps,
             ids,
+            departed: BTreeSet::new(),
             observed: Observed {
                 services,
                 backends,
@@ -138,6 +144,15 @@ impl<M: LbMaps> Reconciler<M> {
             }
         }
         self.remove_orphans(&wanted_backends, &mut report, &mut failed);
+        if !self.departed.is_empty() {
+            match self.maps.flush_udp_flows(&self.departed) {
+                Ok(n) => {
+                    report.flushed_flows += n;
+                    self.departed.clear();
+                }
+                Err(e) => failed.push(("UDP flows of departed backends".into(), e)),
+            }
+        }
         if failed.is_empty() {
             Ok(report)
         } else {
@@ -159,6 +174,7 @@ impl<M: LbMaps> Reconciler<M> {
                 Ok(r) => {
                     total.writes += r.writes;
                     total.deletes += r.deletes;
+                    total.flushed_flows += r.flushed_flows;
                     return Ok(total);
                 }
                 Err(Error::Incomplete { failed }) if attempt < attempts => {
@@ -368,6 +384,7 @@ impl<M: LbMaps> Reconciler<M> {
                 rev_nat_id,
             })?;
             self.observed.aff_match.remove(&(rev_nat_id, backend_id));
+            self.departed.insert((rev_nat_id, backend_id));
             report.deletes += 1;
         }
         Ok(())

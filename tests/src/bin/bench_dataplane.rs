@@ -13,13 +13,12 @@ use std::{net::SocketAddrV4, time::Duration};
 use anyhow::{Context as _, Result};
 use aya::{
     EbpfLoader,
-    maps::HashMap,
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use clap::Parser;
 use proxy_common::{
     ct::{CT_DIR_FORWARD, Ct4Key, Ct4Value},
-    map_names, program_names,
+    program_names,
 };
 use switchyard::{
     datapath::{MapSizes, loader::Dataplane},
@@ -119,8 +118,7 @@ fn tc_path(args: &Args) -> Result<TcFigures> {
     // Repeated runs see the packet the previous run left. Two forward
     // entries (VIP -> backend, backend -> VIP) make every run an established
     // flow's full rewrite, alternating direction, at a steady state.
-    let mut ct: HashMap<_, Ct4Key, Ct4Value> =
-        HashMap::try_from(dp.ebpf_mut().map_mut(map_names::CT4).context("ct")?)?;
+    let ct = reconciler.maps_mut().conntrack_mut();
     for (from, to) in [(vip, backend), (backend, vip)] {
         let key = Ct4Key {
             saddr_be: u32::from_ne_bytes(client.ip().octets()),

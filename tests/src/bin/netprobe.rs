@@ -50,6 +50,9 @@ enum Cmd {
         /// `connect()` the socket (else `sendto`/`recvfrom`).
         #[arg(long)]
         connected: bool,
+        /// Send every datagram from this source port (one UDP "flow").
+        #[arg(long, default_value_t = 0)]
+        source_port: u16,
     },
     Hold {
         #[arg(long)]
@@ -87,10 +90,11 @@ fn main() {
             target,
             count,
             connected,
+            source_port,
         } => {
             let mut out = Outcome::default();
             for _ in 0..count {
-                udp_once(target, connected, &mut out);
+                udp_once(target, connected, source_port, &mut out);
             }
             print(&out);
         }
@@ -188,9 +192,9 @@ fn tcp_once(target: SocketAddr, out: &mut Outcome) -> Option<BufReader<TcpStream
     }
 }
 
-fn udp_once(target: SocketAddr, connected: bool, out: &mut Outcome) {
+fn udp_once(target: SocketAddr, connected: bool, source_port: u16, out: &mut Outcome) {
     let started = Instant::now();
-    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    let sock = UdpSocket::bind(("0.0.0.0", source_port)).expect("bind");
     sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     let mut buf = [0u8; 1500];
     let result = if connected {

@@ -57,7 +57,7 @@ fn writes_a_table_and_is_idempotent() {
         first,
         Report {
             writes: 14,
-            deletes: 0
+            ..Report::default()
         }
     );
     r.maps().check_consistent().unwrap();
@@ -102,6 +102,15 @@ fn shrinking_removes_backend_slot_and_membership_last() {
     assert_eq!(r.maps().backends.len(), 3, "web's two plus dns's one");
     assert_eq!(r.maps().aff_match.len(), 3);
     assert_eq!(r.maps().services.len(), 2 + 2 + 1);
+    // The departed backend's UDP flows, and only its, were flushed.
+    let web_id = r.frontend_id(&key()).unwrap();
+    let gone = r.maps().flushed.iter().copied().collect::<Vec<_>>();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0].0, web_id);
+    assert!(
+        !r.maps().backends.contains_key(&gone[0].1),
+        "it was the removed backend"
+    );
 }
 
 #[test]

@@ -510,3 +510,77 @@ fn service_addresses_are_unique_and_freed_on_delete() {
     );
     assert_eq!(code, 500, "every IP is still taken after a restart");
 }
+
+/// An owner ConfigMap with two dependents (one of them with a dependent of
+/// its own); returns the owner's uid.
+fn family(server: &Server) -> String {
+    let (_, owner) = server.json("POST", CMS, &cm("owner", json!({})));
+    let uid = owner["metadata"]["uid"].as_str().unwrap().to_owned();
+    let owned_by = |name: &str, uid: &str| {
+        json!({"metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": uid}]}}).to_string()
+    };
+    server.json("POST", CMS, &owned_by("child-a", &uid));
+    let (_, b) = server.json("POST", CMS, &owned_by("child-b", &uid));
+    server.json(
+        "POST",
+        CMS,
+        &owned_by("grandchild", b["metadata"]["uid"].as_str().unwrap()),
+    );
+    server.json("POST", CMS, &cm("stranger", json!({})));
+    uid
+}
+
+fn names(server: &Server) -> Vec<String> {
+    let (_, list) = server.json("GET", CMS, "");
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn deletion_propagates_through_owner_references() {
+    for policy in ["Background", "Foreground"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("data"));
+        family(&server);
+        let (code, _) = server.json(
+            "DELETE",
+            &format!("{CMS}/owner"),
+            &json!({"propagationPolicy": policy}).to_string(),
+        );
+        assert_eq!(code, 200);
+        assert_eq!(
+            names(&server),
+            ["stranger"],
+            "{policy}: the owner and all its descendants are gone"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let uid = family(&server);
+    let (code, _) = server.json(
+        "DELETE",
+        &format!("{CMS}/owner"),
+        r#"{"propagationPolicy":"Orphan"}"#,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        names(&server),
+        ["child-a", "child-b", "grandchild", "stranger"],
+        "Orphan: only the owner went"
+    );
+    let (_, a) = server.json("GET", &format!("{CMS}/child-a"), "");
+    assert!(
+        !a.to_string().contains(&uid),
+        "the orphan no longer names its owner: {a}"
+    );
+    let (_, g) = server.json("GET", &format!("{CMS}/grandchild"), "");
+    assert_eq!(
+        g["metadata"]["ownerReferences"].as_array().map(Vec::len),
+        Some(1),
+        "other owners untouched"
+    );
+}

@@ -19,6 +19,7 @@ use crate::store::Store;
 pub mod auth;
 pub mod clock;
 mod discovery;
+mod gc;
 mod kinds;
 pub mod objects;
 mod openapi;

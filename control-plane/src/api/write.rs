@@ -4,7 +4,7 @@ use axum::{http::StatusCode, response::Response};
 use serde_json::{Value, json};
 
 use super::{
-    ApiServer, Request, clock, json_response, kinds,
+    ApiServer, Request, clock, gc, json_response, kinds,
     objects::{self, Writer, from_stored, name_of, sent_revision, to_stored},
     patch::{self, PatchType},
     read::{self, Filter, get_object, object_name},
@@ -55,11 +55,14 @@ pub(super) async fn create_object<S: Store>(
     Ok(objects::with_revision(obj.clone(), kv.mod_rev))
 }
 
-/// Frees what a deleted object held (a Service's IP and node ports).
-async fn released<S: Store>(api: &ApiServer<S>, res: &Resource, obj: &Value) {
+/// What follows an object's deletion: a Service's IP and node ports are
+/// free again, and its dependents are garbage-collected.
+async fn deleted<S: Store>(api: &ApiServer<S>, res: &Resource, obj: &Value) -> ApiResult<()> {
     if res.kind == "Service" {
         api.alloc.lock().await.release(obj);
     }
+    // An orphaning delete has already cut its dependents loose.
+    gc::delete_dependents(api, obj).await
 }
 
 async fn check_namespace_open<S: Store>(api: &ApiServer<S>, ns: &str) -> ApiResult<()> {
@@ -102,7 +105,7 @@ pub(super) async fn create<S: Store>(
 /// the new one. With `expected`, the write is conditional on that revision
 /// (409 otherwise); without, a race with another writer is retried.
 /// An object being deleted whose last finalizer goes is deleted.
-pub(super) async fn modify<S, F>(
+pub(in crate::api) async fn modify<S, F>(
     api: &ApiServer<S>,
     t: &super::path::Target,
     expected: Option<Revision>,
@@ -128,7 +131,7 @@ where
             let gone = api.store.delete(&key, Some(rev)).await;
             match gone {
                 Ok(kv) => {
-                    released(api, t.res, &new).await;
+                    deleted(api, t.res, &new).await?;
                     return Ok(objects::with_revision(new, kv.mod_rev));
                 }
                 Err(store::Error::Conflict { .. }) if expected.is_none() => continue,
@@ -309,7 +312,7 @@ pub(super) async fn bind<S: Store>(
 }
 
 /// `DeleteOptions` as far as they are honoured.
-struct DeleteOptions {
+pub(super) struct DeleteOptions {
     propagation: Option<String>,
     grace_seconds: Option<i64>,
     uid: Option<String>,
@@ -317,6 +320,16 @@ struct DeleteOptions {
 }
 
 impl DeleteOptions {
+    /// What the garbage collector deletes dependents with.
+    pub(super) fn background() -> Self {
+        Self {
+            propagation: Some("Background".into()),
+            grace_seconds: None,
+            uid: None,
+            rv: None,
+        }
+    }
+
     fn from_request(req: &Request) -> ApiResult<Self> {
         let body: Value = if req.body.is_empty() {
             json!({})
@@ -355,7 +368,7 @@ impl DeleteOptions {
 
 /// Deletes one object. Returns the object as last seen: still present with
 /// a deletionTimestamp when finalizers (or a graceful pod) hold it.
-async fn delete_object<S: Store>(
+pub(super) async fn delete_object<S: Store>(
     api: &ApiServer<S>,
     t: &super::path::Target,
     opts: &DeleteOptions,
@@ -379,11 +392,12 @@ async fn delete_object<S: Store>(
         ));
     }
     let mut held = finalizers(&current);
-    match opts.propagation.as_deref() {
-        Some("Foreground") => held.push("foregroundDeletion".into()),
-        Some("Orphan") => held.push("orphan".into()),
-        _ => {}
-    }
+    let cascade = match opts.propagation.as_deref() {
+        Some("Foreground") => Some(gc::FOREGROUND),
+        Some("Orphan") => Some(gc::ORPHAN),
+        _ => None,
+    };
+    held.extend(cascade.map(str::to_owned));
     let graceful_pod = t.res.kind == "Pod"
         && current
             .pointer("/spec/nodeName")
@@ -397,7 +411,7 @@ async fn delete_object<S: Store>(
             .await;
         return match kv {
             Ok(kv) => {
-                released(api, t.res, &current).await;
+                deleted(api, t.res, &current).await?;
                 from_stored(&kv.value, kv.mod_rev)
             }
             Err(e) => Err(ApiError::from_store(e, &resource, &name)),
@@ -429,6 +443,24 @@ async fn delete_object<S: Store>(
     .await?;
     if t.res.kind == "Namespace" {
         kinds::finalize_namespace(api, &name).await?;
+    }
+    if let Some(finalizer) = cascade {
+        if finalizer == gc::FOREGROUND {
+            gc::delete_dependents(api, &marked).await?;
+        } else {
+            gc::orphan_dependents(api, &marked).await?;
+        }
+        // Our part done: without other finalizers the owner goes now.
+        return modify(api, t, None, Writer::Server, |cur| {
+            let mut out = cur.clone();
+            let rest: Vec<String> = finalizers(cur)
+                .into_iter()
+                .filter(|f| f != finalizer)
+                .collect();
+            objects::meta_mut(&mut out).insert("finalizers".into(), json!(rest));
+            Ok(out)
+        })
+        .await;
     }
     Ok(marked)
 }

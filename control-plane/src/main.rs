@@ -1,6 +1,6 @@
 //! `sy-apiserver`: the control plane's API server. With no flags it serves
 //! on 127.0.0.1:6443 from an embedded store under the data directory and
-//! writes an admin kubeconfig there.
+//! writes an admin kubeconfig there; `--etcd-servers` stores in etcd instead.
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
@@ -9,7 +9,7 @@ use control_plane::{
     api::{ApiServer, Settings, auth::Auth},
     pki::Pki,
     serve,
-    store::{EmbeddedStore, Store},
+    store::{AnyStore, EmbeddedStore, EtcdStore, Store},
 };
 use tracing::{info, warn};
 
@@ -35,6 +35,10 @@ struct Args {
     /// etcd endpoints to store in instead of the embedded store.
     #[arg(long, value_delimiter = ',')]
     etcd_servers: Vec<String>,
+    /// Prefix of every key this server writes in etcd (never share it with
+    /// another API server).
+    #[arg(long, default_value = "/switchyard")]
+    etcd_prefix: String,
     /// Change-log entries kept for watches to resume from; older revisions
     /// answer 410 Expired.
     #[arg(long, default_value_t = 100_000)]
@@ -102,11 +106,6 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if !args.etcd_servers.is_empty() {
-        bail!(
-            "--etcd-servers: the etcd backend is not built yet; run without it to use the embedded store"
-        );
-    }
     let settings = Settings {
         bookmark_interval: Duration::from_secs(args.bookmark_interval.max(1)),
         service_cidr: parse_cidr(&args.service_cluster_ip_range)?,
@@ -115,9 +114,20 @@ async fn main() -> Result<()> {
     };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let store = Arc::new(
-        EmbeddedStore::open(&args.data_dir.join("store.redb")).context("opening the store")?,
-    );
+    let store = Arc::new(if args.etcd_servers.is_empty() {
+        AnyStore::Embedded(
+            EmbeddedStore::open(&args.data_dir.join("store.redb")).context("opening the store")?,
+        )
+    } else {
+        let etcd = EtcdStore::connect(&args.etcd_servers, &args.etcd_prefix)
+            .await
+            .with_context(|| format!("connecting to etcd at {}", args.etcd_servers.join(",")))?;
+        // Fail now, not at the first request, if etcd does not answer.
+        etcd.current_revision()
+            .await
+            .context("etcd does not answer")?;
+        AnyStore::Etcd(Box::new(etcd))
+    });
     let pki = Pki::ensure(
         &args.data_dir,
         &[args.listen.ip().to_string()],

@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::Server;
+use common::{Server, free_port};
 use futures::StreamExt as _;
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Service},
@@ -67,15 +67,6 @@ async fn until_within(
         .filter_map(|s| s.metadata.name.clone())
         .collect();
     panic!("{what}: reflector holds {names:?}");
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! sy-apiserver on loopback: the commands of everyday use, end to end.
 mod common;
 
-use common::{Kubectl, Server, kubectl_dispatcher, kubectl_newest};
+use common::{Backend, Kubectl, Server, kubectl_dispatcher, kubectl_newest};
 
 const APP: &str = "\
 apiVersion: apps/v1
@@ -42,9 +42,9 @@ data:
   greeting: hello
 ";
 
-fn everyday_commands(bin: std::path::PathBuf) {
+fn everyday_commands(bin: std::path::PathBuf, backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start_on(backend, &dir.path().join("data"));
     let k = Kubectl::new(bin, &server, &dir.path().join("home"));
 
     // create -f with a multi-document file
@@ -179,12 +179,22 @@ fn everyday_commands(bin: std::path::PathBuf) {
 
 #[test]
 fn kubectl_1_33_everyday_commands() {
-    everyday_commands(kubectl_dispatcher());
+    everyday_commands(kubectl_dispatcher(), Backend::Embedded);
+}
+
+#[test]
+fn kubectl_1_33_everyday_commands_on_etcd() {
+    everyday_commands(kubectl_dispatcher(), Backend::Etcd);
 }
 
 #[test]
 fn kubectl_1_37_everyday_commands() {
-    everyday_commands(kubectl_newest());
+    everyday_commands(kubectl_newest(), Backend::Embedded);
+}
+
+#[test]
+fn kubectl_1_37_everyday_commands_on_etcd() {
+    everyday_commands(kubectl_newest(), Backend::Etcd);
 }
 
 #[test]

@@ -3,12 +3,21 @@
 //! selector, watch resumed from a resourceVersion, stale replace → 409.
 mod common;
 
-use common::{Server, venv};
+use common::{Backend, Server, venv};
 
 #[test]
 fn python_client_create_list_watch_conflict() {
+    python_client_checks(Backend::Embedded);
+}
+
+#[test]
+fn python_client_create_list_watch_conflict_on_etcd() {
+    python_client_checks(Backend::Etcd);
+}
+
+fn python_client_checks(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start_on(backend, &dir.path().join("data"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client_checks.py");
     let out = std::process::Command::new(venv().join("bin/python"))
         .arg(script)

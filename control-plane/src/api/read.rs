@@ -319,6 +319,14 @@ pub(super) async fn watch<S: Store>(
                     continue;
                 }
                 Some(Ok(WatchItem::Event(e))) => e,
+                Some(Err(crate::store::Error::Compacted { requested, oldest })) => {
+                    let status = ApiError::expired(format!(
+                        "too old resource version: {requested} ({oldest})"
+                    ))
+                    .to_status();
+                    send(json!({"type": "ERROR", "object": status})).await;
+                    return;
+                }
                 // Stream end or lag: the client re-watches from `last`.
                 Some(Err(_)) | None => return,
             };

@@ -14,9 +14,13 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use futures::Stream;
 
+mod any;
 mod embedded;
+mod etcd;
 
+pub use any::AnyStore;
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 
 /// A global store revision; `resourceVersion` on the wire.
 pub type Revision = u64;
@@ -147,8 +151,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every change under `prefix` with a revision above `after`, in order:
     /// first from the log, then live, with [`WatchItem::Progress`] for
-    /// commits elsewhere. Fails with [`Error::Compacted`] if changes after
-    /// `after` are no longer all in the log.
+    /// commits elsewhere. If changes after `after` are no longer all in the
+    /// log, fails with [`Error::Compacted`] — at once, or (etcd) as the
+    /// stream's first item.
     fn watch(
         &self,
         prefix: &str,
@@ -161,6 +166,3 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets the change log up to and including `through`.
     fn compact(&self, through: Revision) -> impl Future<Output = Result<()>> + Send;
 }
-
-#[cfg(test)]
-mod tests;

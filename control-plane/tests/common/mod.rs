@@ -84,16 +84,104 @@ fn exchange(
     Some((code, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
+/// A throwaway etcd on free loopback ports; killed on drop.
+pub struct EtcdProcess {
+    child: std::process::Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl EtcdProcess {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = std::process::Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server, installed by scripts/setup.sh)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            endpoint,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running API server on a free loopback port; killed (by PID) on drop.
 pub struct Server {
     child: Child,
     pub addr: String,
     pub data_dir: PathBuf,
+    /// The etcd this server stores in, if not the embedded store.
+    etcd: Option<EtcdProcess>,
+}
+
+/// Where a test's server stores.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Embedded,
+    Etcd,
 }
 
 impl Server {
     pub fn start(data_dir: &Path) -> Self {
         Self::start_with(data_dir, &[])
+    }
+
+    /// A server storing in etcd (started for it and stopped with it).
+    pub fn start_on_etcd(data_dir: &Path, extra: &[&str]) -> Self {
+        let etcd = EtcdProcess::start();
+        let mut args = vec!["--etcd-servers", etcd.endpoint.as_str()];
+        args.extend_from_slice(extra);
+        let mut server = Self::start_with(data_dir, &args);
+        server.etcd = Some(etcd);
+        server
+    }
+
+    pub fn start_on(backend: Backend, data_dir: &Path) -> Self {
+        match backend {
+            Backend::Embedded => Self::start(data_dir),
+            Backend::Etcd => Self::start_on_etcd(data_dir, &[]),
+        }
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
@@ -123,6 +211,7 @@ impl Server {
             child,
             addr,
             data_dir: data_dir.to_owned(),
+            etcd: None,
         }
     }
 

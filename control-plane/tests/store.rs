@@ -1,13 +1,25 @@
-//! Store semantics, run against the embedded store (and, through the same
-//! functions, any other backend).
+//! Store semantics, run against the embedded store and against a real etcd
+//! (Debian's `etcd-server`, started on loopback per test).
+mod common;
+
+use std::sync::Arc;
+
+use common::EtcdProcess;
+use control_plane::store::*;
 use futures::StreamExt as _;
 
-use super::*;
-
-fn open() -> (tempfile::TempDir, EmbeddedStore) {
+fn embedded() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
     (dir, store)
+}
+
+async fn etcd() -> (EtcdProcess, EtcdStore) {
+    let p = EtcdProcess::start();
+    let s = EtcdStore::connect(std::slice::from_ref(&p.endpoint), "/switchyard-test")
+        .await
+        .unwrap();
+    (p, s)
 }
 
 /// The next event, skipping progress markers.
@@ -24,10 +36,8 @@ async fn next_event(s: &mut EventStream) -> Arc<Event> {
     }
 }
 
-#[tokio::test]
-async fn revisions_are_global_and_writes_are_compare_and_swap() {
-    let (_d, s) = open();
-    assert_eq!(s.current_revision().await.unwrap(), 0);
+async fn revisions_are_global_and_writes_are_compare_and_swap(s: &impl Store) {
+    let base = s.current_revision().await.unwrap();
     let a = s
         .create("/core/services/default/a", b"1".to_vec())
         .await
@@ -36,7 +46,10 @@ async fn revisions_are_global_and_writes_are_compare_and_swap() {
         .create("/core/services/default/b", b"1".to_vec())
         .await
         .unwrap();
-    assert_eq!((a.create_rev, a.mod_rev, b.mod_rev), (1, 1, 2));
+    assert_eq!(
+        (a.create_rev, a.mod_rev, b.mod_rev),
+        (base + 1, base + 1, base + 2)
+    );
     assert_eq!(
         s.create("/core/services/default/a", b"x".to_vec()).await,
         Err(Error::AlreadyExists {
@@ -44,17 +57,17 @@ async fn revisions_are_global_and_writes_are_compare_and_swap() {
         })
     );
     let a2 = s
-        .update("/core/services/default/a", b"2".to_vec(), Some(1))
+        .update("/core/services/default/a", b"2".to_vec(), Some(base + 1))
         .await
         .unwrap();
-    assert_eq!((a2.create_rev, a2.mod_rev), (1, 3));
+    assert_eq!((a2.create_rev, a2.mod_rev), (base + 1, base + 3));
     assert_eq!(
-        s.update("/core/services/default/a", b"3".to_vec(), Some(1))
+        s.update("/core/services/default/a", b"3".to_vec(), Some(base + 1))
             .await,
         Err(Error::Conflict {
             key: "/core/services/default/a".into(),
-            expected: 1,
-            actual: 3
+            expected: base + 1,
+            actual: base + 3
         })
     );
     assert_eq!(
@@ -66,22 +79,28 @@ async fn revisions_are_global_and_writes_are_compare_and_swap() {
         b"2"
     );
     let gone = s.delete("/core/services/default/a", None).await.unwrap();
-    assert_eq!((gone.mod_rev, gone.value.as_slice()), (4, b"2".as_slice()));
+    assert_eq!(
+        (gone.mod_rev, gone.value.as_slice()),
+        (base + 4, b"2".as_slice())
+    );
     assert_eq!(s.get("/core/services/default/a").await.unwrap(), None);
     assert!(matches!(
         s.delete("/core/services/default/a", None).await,
         Err(Error::NotFound { .. })
     ));
+    assert!(matches!(
+        s.update("/core/services/default/a", vec![], None).await,
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(
         s.current_revision().await.unwrap(),
-        4,
+        base + 4,
         "failed writes take no revision"
     );
 }
 
-#[tokio::test]
-async fn lists_pages_under_a_prefix_only() {
-    let (_d, s) = open();
+async fn lists_pages_under_a_prefix_only(s: &impl Store) {
+    let base = s.current_revision().await.unwrap();
     for ns in ["a", "b"] {
         for i in 0..5 {
             s.create(&format!("/core/services/{ns}/s{i}"), vec![])
@@ -91,14 +110,14 @@ async fn lists_pages_under_a_prefix_only() {
     }
     s.create("/core/servicesx/a/other", vec![]).await.unwrap();
     let all = s.list("/core/services/", None, None).await.unwrap();
-    assert_eq!((all.items.len(), all.more, all.revision), (10, false, 11));
-    let first = s.list("/core/services/a/", None, Some(3)).await.unwrap();
     assert_eq!(
-        first
-            .items
-            .iter()
-            .map(|kv| kv.key.as_str())
-            .collect::<Vec<_>>(),
+        (all.items.len(), all.more, all.revision),
+        (10, false, base + 11)
+    );
+    let first = s.list("/core/services/a/", None, Some(3)).await.unwrap();
+    let keys: Vec<_> = first.items.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(
+        keys,
         [
             "/core/services/a/s0",
             "/core/services/a/s1",
@@ -114,9 +133,8 @@ async fn lists_pages_under_a_prefix_only() {
     assert!(!rest.more);
 }
 
-#[tokio::test]
-async fn watch_replays_from_a_revision_then_follows_live_in_order() {
-    let (_d, s) = open();
+async fn watch_replays_from_a_revision_then_follows_live_in_order(s: &impl Store) {
+    let base = s.current_revision().await.unwrap();
     s.create("/core/services/default/a", b"a1".to_vec())
         .await
         .unwrap();
@@ -124,43 +142,74 @@ async fn watch_replays_from_a_revision_then_follows_live_in_order() {
     s.update("/core/services/default/a", b"a2".to_vec(), None)
         .await
         .unwrap();
-    let mut w = s.watch("/core/services/", 1).await.unwrap();
+    let mut w = s.watch("/core/services/", base + 1).await.unwrap();
     let e = next_event(&mut w).await;
     assert_eq!(
         (e.kind, e.revision(), e.kv.value.as_slice()),
-        (EventKind::Put, 3, b"a2".as_slice())
+        (EventKind::Put, base + 3, b"a2".as_slice())
     );
     assert!(!e.is_create());
+    assert_eq!(
+        e.prev_value.as_deref(),
+        Some(b"a1".as_slice()),
+        "updates carry the value they replaced"
+    );
     s.create("/core/services/default/b", vec![]).await.unwrap();
     s.create("/core/pods/default/q", vec![]).await.unwrap();
     s.delete("/core/services/default/a", None).await.unwrap();
     let e = next_event(&mut w).await;
-    assert!(e.is_create() && e.revision() == 4);
+    assert!(e.is_create() && e.revision() == base + 4);
     let e = next_event(&mut w).await;
     assert_eq!(
         (e.kind, e.revision(), e.kv.value.as_slice()),
-        (EventKind::Delete, 6, b"a2".as_slice())
+        (EventKind::Delete, base + 6, b"a2".as_slice())
     );
+    assert_eq!(e.kv.key, "/core/services/default/a");
 }
 
-#[tokio::test]
-async fn compacted_revisions_cannot_be_watched() {
-    let (_d, s) = open();
+async fn compacted_revisions_cannot_be_watched(s: &impl Store) {
+    let base = s.current_revision().await.unwrap();
     for i in 0..10 {
         s.create(&format!("/k/{i}"), vec![]).await.unwrap();
     }
-    s.compact(6).await.unwrap();
-    assert_eq!(s.compacted_revision().await.unwrap(), 6);
-    assert!(matches!(
-        s.watch("/k/", 3).await,
-        Err(Error::Compacted {
-            requested: 3,
-            oldest: 6
-        })
-    ));
-    let mut w = s.watch("/k/", 6).await.unwrap();
-    assert_eq!(next_event(&mut w).await.revision(), 7);
+    s.compact(base + 6).await.unwrap();
+    assert_eq!(s.compacted_revision().await.unwrap(), base + 6);
+    let refusal = match s.watch("/k/", base + 3).await {
+        Err(e) => e,
+        Ok(mut stream) => tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("an answer in time")
+            .expect("an item")
+            .expect_err("the first item is the refusal"),
+    };
+    assert_eq!(
+        refusal,
+        Error::Compacted {
+            requested: base + 3,
+            oldest: base + 6
+        }
+    );
+    let mut w = s.watch("/k/", base + 6).await.unwrap();
+    assert_eq!(next_event(&mut w).await.revision(), base + 7);
 }
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_embedded {
+            $(#[tokio::test] async fn $name() { let (_d, s) = super::embedded(); super::$name(&s).await })*
+        }
+        mod on_etcd {
+            $(#[tokio::test] async fn $name() { let (_p, s) = super::etcd().await; super::$name(&s).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    revisions_are_global_and_writes_are_compare_and_swap,
+    lists_pages_under_a_prefix_only,
+    watch_replays_from_a_revision_then_follows_live_in_order,
+    compacted_revisions_cannot_be_watched,
+);
 
 #[tokio::test]
 async fn committed_writes_and_the_revision_survive_reopening() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{Server, free_port};
+use common::{Backend, Server, free_port};
 use futures::StreamExt as _;
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Service},
@@ -71,6 +71,15 @@ async fn until_within(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflector_follows_changes_and_survives_a_forced_410() {
+    reflector_scenario(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflector_follows_changes_and_survives_a_forced_410_on_etcd() {
+    reflector_scenario(Backend::Etcd).await;
+}
+
+async fn reflector_scenario(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
@@ -82,7 +91,13 @@ async fn reflector_follows_changes_and_survives_a_forced_410() {
         "--compaction-interval",
         "1",
     ];
-    let server = Server::start_with(&data, &flags);
+    // (Re)starts a server on the same store: the embedded file, or the same etcd.
+    let start = |etcd: Option<common::EtcdProcess>, flags: &[&str]| match (backend, etcd) {
+        (Backend::Etcd, Some(e)) => Server::start_on_this_etcd(e, &data, flags),
+        (Backend::Etcd, None) => Server::start_on_etcd(&data, flags),
+        (Backend::Embedded, _) => Server::start_with(&data, flags),
+    };
+    let server = start(None, &flags);
     server.json("POST", SVCS, &svc("a"));
     let kube = client(&server).await;
 
@@ -141,9 +156,9 @@ async fn reflector_follows_changes_and_survives_a_forced_410() {
     // Force a 410: the server goes away; on a port the watcher cannot reach,
     // the world changes and the change log is compacted past the watcher's
     // resourceVersion; then the server comes back where the watcher looks.
-    server.kill();
-    let elsewhere = Server::start_with(
-        &data,
+    let etcd = server.kill_keeping_store();
+    let elsewhere = start(
+        etcd,
         &["--watch-history", "2", "--compaction-interval", "1"],
     );
     elsewhere.json("DELETE", &format!("{SVCS}/a"), "");
@@ -151,8 +166,8 @@ async fn reflector_follows_changes_and_survives_a_forced_410() {
         elsewhere.json("POST", SVCS, &svc(&format!("c{i}")));
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    elsewhere.kill();
-    let server = Server::start_with(&data, &flags);
+    let etcd = elsewhere.kill_keeping_store();
+    let server = start(etcd, &flags);
     // The watcher's backoff grew while the server was away (up to 30 s).
     until_within("re-list after 410", Duration::from_secs(45), &store, |n| {
         !n.contains("a") && (0..10).all(|i| n.contains(&format!("c{i}")))
@@ -166,8 +181,17 @@ async fn reflector_follows_changes_and_survives_a_forced_410() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5000_object_list_pages_through_continue() {
+    paging_scenario(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5000_object_list_pages_through_continue_on_etcd() {
+    paging_scenario(Backend::Etcd).await;
+}
+
+async fn paging_scenario(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start_on(backend, &dir.path().join("data"));
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let probe = server.probe();

@@ -193,6 +193,21 @@ async fn compacted_revisions_cannot_be_watched(s: &impl Store) {
     assert_eq!(next_event(&mut w).await.revision(), base + 7);
 }
 
+async fn lists_larger_than_a_grpc_message_come_whole(s: &impl Store) {
+    // 60 values of 100 KiB: 6 MiB, over gRPC's 4 MiB response cap.
+    let big = vec![b'x'; 100 * 1024];
+    for i in 0..60 {
+        s.create(&format!("/big/{i:02}"), big.clone())
+            .await
+            .unwrap();
+    }
+    let all = s.list("/big/", None, None).await.unwrap();
+    assert_eq!((all.items.len(), all.more), (60, false));
+    let some = s.list("/big/", Some("/big/09"), Some(25)).await.unwrap();
+    assert_eq!((some.items.len(), some.more), (25, true));
+    assert_eq!(some.items[0].key, "/big/10");
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod on_embedded {
@@ -209,6 +224,7 @@ on_both_backends!(
     lists_pages_under_a_prefix_only,
     watch_replays_from_a_revision_then_follows_live_in_order,
     compacted_revisions_cannot_be_watched,
+    lists_larger_than_a_grpc_message_come_whole,
 );
 
 #[tokio::test]

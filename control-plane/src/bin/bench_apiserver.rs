@@ -6,7 +6,8 @@
 //! - list of 10k Services;
 //! - one change delivered to 100 concurrent watchers: p50/p99 delay.
 //!
-//! Backend: the embedded store (the etcd backend is not built yet).
+//! `--backend embedded` (default) or `--backend etcd` (an etcd from Debian's
+//! `etcd-server` is started for the run on loopback ports).
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -16,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use control_plane::{
     api::{ApiServer, Settings, auth::Auth},
-    store::{EmbeddedStore, Store, WatchItem},
+    store::{AnyStore, EmbeddedStore, EtcdStore, Store, WatchItem},
 };
 use futures::StreamExt as _;
 use serde_json::json;
@@ -42,6 +43,62 @@ struct Args {
     /// Changes delivered to the watchers.
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// `embedded` or `etcd`.
+    #[arg(long, default_value = "embedded")]
+    backend: String,
+}
+
+/// An etcd for the run, on free loopback ports; killed on drop.
+struct Etcd {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Etcd {
+    fn start(dir: &std::path::Path) -> Result<Self> {
+        let port = || -> Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (client, peer) = (port()?, port()?);
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = std::process::Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting etcd (Debian's etcd-server; run scripts/setup.sh)")?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
+                return Ok(Self { child, endpoint });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("etcd did not come up")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -175,7 +232,7 @@ async fn http_writes(addr: &str, n: usize, clients: usize, update: bool) -> Resu
 }
 
 async fn store_writes(
-    store: Arc<EmbeddedStore>,
+    store: Arc<AnyStore>,
     n: usize,
     clients: usize,
     update: bool,
@@ -215,7 +272,24 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
-    let store = Arc::new(EmbeddedStore::open(&dir.join("api.redb"))?);
+    let etcd = match args.backend.as_str() {
+        "embedded" => None,
+        "etcd" => Some(Etcd::start(dir)?),
+        other => bail!("--backend `{other}`: expected embedded or etcd"),
+    };
+    // The API server's store and the baseline's, apart so neither sees the other's keys.
+    let open = |name: &'static str| {
+        let etcd = etcd.as_ref().map(|e| e.endpoint.clone());
+        async move {
+            Ok::<_, anyhow::Error>(Arc::new(match etcd {
+                None => AnyStore::Embedded(EmbeddedStore::open(&dir.join(format!("{name}.redb")))?),
+                Some(endpoint) => AnyStore::Etcd(Box::new(
+                    EtcdStore::connect(&[endpoint], &format!("/{name}")).await?,
+                )),
+            }))
+        }
+    };
+    let store = open("api").await?;
     // Plain HTTP without authentication: this measures the API layer, not TLS.
     let api = ApiServer::new(Arc::clone(&store), Settings::default(), Auth::Disabled);
     api.bootstrap()
@@ -224,8 +298,9 @@ async fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     tokio::spawn(axum::serve(listener, api.router()).into_future());
-    let raw = Arc::new(EmbeddedStore::open(&dir.join("raw.redb"))?);
+    let raw = open("raw").await?;
 
+    println!("Backend: {}", args.backend);
     println!("| measurement | API server | baseline: store alone | ratio |");
     println!("|---|---|---|---|");
     for (name, update) in [("create", false), ("update", true)] {
@@ -313,7 +388,7 @@ fn p50_p99(mut d: Vec<f64>) -> (f64, f64) {
 /// Delays from the start of each write to its arrival at every watcher.
 async fn watch_fanout(
     addr: &str,
-    store: &Arc<EmbeddedStore>,
+    store: &Arc<AnyStore>,
     args: &Args,
 ) -> Result<((f64, f64), (f64, f64))> {
     let rev = store.current_revision().await?;

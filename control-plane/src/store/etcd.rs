@@ -9,8 +9,8 @@ use std::sync::{
 };
 
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, KvClient, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt as _;
 
@@ -18,12 +18,19 @@ use super::{
     Error, Event, EventKind, EventStream, KeyValue, Page, Result, Revision, Store, WatchItem,
 };
 
+/// Keys read per etcd range request.
+const ETCD_BATCH: usize = 500;
+/// Largest response accepted: a batch of objects at etcd's 1.5 MiB request cap.
+const MAX_RESPONSE: usize = ETCD_BATCH * 3 * 1024 * 1024 / 2;
+
 fn backend(e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("etcd: {e}"))
 }
 
 pub struct EtcdStore {
     client: Client,
+    /// Reads and transactions, with responses allowed past gRPC's 4 MiB.
+    kv_client: KvClient,
     /// Prepended to every key in etcd.
     prefix: String,
     /// Highest revision this process compacted through (etcd does not say).
@@ -49,8 +56,10 @@ fn rev(r: i64) -> Revision {
 impl EtcdStore {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
         let client = Client::connect(endpoints, None).await.map_err(backend)?;
+        let kv_client = client.kv_client().max_decoding_message_size(MAX_RESPONSE);
         Ok(Self {
             client,
+            kv_client,
             prefix: prefix.trim_end_matches('/').to_owned(),
             compacted: Arc::default(),
         })
@@ -88,7 +97,7 @@ impl EtcdStore {
             .when([guard])
             .and_then([then])
             .or_else([TxnOp::get(k, None)]);
-        let resp = self.client.clone().txn(txn).await.map_err(backend)?;
+        let resp = self.kv_client.clone().txn(txn).await.map_err(backend)?;
         let revision = rev(resp
             .header()
             .map_or(0, etcd_client::ResponseHeader::revision));
@@ -133,7 +142,7 @@ impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<Revision> {
         let opts = GetOptions::new().with_count_only();
         let resp = self
-            .client
+            .kv_client
             .clone()
             .get(self.key("/"), Some(opts))
             .await
@@ -145,7 +154,7 @@ impl Store for EtcdStore {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let resp = self
-            .client
+            .kv_client
             .clone()
             .get(self.key(key), None)
             .await
@@ -160,27 +169,46 @@ impl Store for EtcdStore {
         limit: Option<usize>,
     ) -> Result<Page> {
         let full = self.key(prefix);
-        let start = match start_after {
+        let mut start = match start_after {
             Some(s) => format!("{}\0", self.key(s)),
             None => full.clone(),
         };
-        let mut opts = GetOptions::new().with_range(range_end(&full));
-        if let Some(l) = limit {
-            opts = opts.with_limit(l as i64);
+        // gRPC caps a response at 4 MiB: read at most a batch per request,
+        // every batch at the first one's revision, until `limit` or the end.
+        let mut page = Page {
+            items: Vec::new(),
+            revision: 0,
+            more: false,
+        };
+        loop {
+            let want = limit.map_or(ETCD_BATCH, |l| (l - page.items.len()).min(ETCD_BATCH));
+            let mut opts = GetOptions::new()
+                .with_range(range_end(&full))
+                .with_limit(want as i64);
+            if page.revision > 0 {
+                opts = opts.with_revision(page.revision as i64);
+            }
+            let resp = self
+                .kv_client
+                .clone()
+                .get(start.clone(), Some(opts))
+                .await
+                .map_err(backend)?;
+            if page.revision == 0 {
+                page.revision = rev(resp
+                    .header()
+                    .map_or(0, etcd_client::ResponseHeader::revision));
+            }
+            page.items.extend(resp.kvs().iter().map(|kv| self.kv(kv)));
+            page.more = resp.more();
+            let Some(last) = resp.kvs().last() else {
+                return Ok(page);
+            };
+            if !page.more || limit.is_some_and(|l| page.items.len() >= l) {
+                return Ok(page);
+            }
+            start = format!("{}\0", String::from_utf8_lossy(last.key()));
         }
-        let resp = self
-            .client
-            .clone()
-            .get(start, Some(opts))
-            .await
-            .map_err(backend)?;
-        Ok(Page {
-            items: resp.kvs().iter().map(|kv| self.kv(kv)).collect(),
-            revision: rev(resp
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision)),
-            more: resp.more(),
-        })
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
@@ -275,6 +303,7 @@ impl Store for EtcdStore {
         }
         let this = Self {
             client: self.client.clone(),
+            kv_client: self.kv_client.clone(),
             prefix: self.prefix.clone(),
             compacted: Arc::clone(&self.compacted),
         };

@@ -169,12 +169,23 @@ impl Server {
 
     /// A server storing in etcd (started for it and stopped with it).
     pub fn start_on_etcd(data_dir: &Path, extra: &[&str]) -> Self {
-        let etcd = EtcdProcess::start();
+        Self::start_on_this_etcd(EtcdProcess::start(), data_dir, extra)
+    }
+
+    /// A server storing in an etcd that is already running.
+    pub fn start_on_this_etcd(etcd: EtcdProcess, data_dir: &Path, extra: &[&str]) -> Self {
         let mut args = vec!["--etcd-servers", etcd.endpoint.as_str()];
         args.extend_from_slice(extra);
         let mut server = Self::start_with(data_dir, &args);
         server.etcd = Some(etcd);
         server
+    }
+
+    /// Like [`Self::kill`], handing back the etcd to restart on.
+    pub fn kill_keeping_store(mut self) -> Option<EtcdProcess> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.etcd.take()
     }
 
     pub fn start_on(backend: Backend, data_dir: &Path) -> Self {

@@ -584,3 +584,22 @@ fn deletion_propagates_through_owner_references() {
         "other owners untouched"
     );
 }
+
+#[test]
+fn deletecollection_honours_selectors_and_finalizers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    server.json("POST", CMS, &cm("a", json!({"tier": "fe"})));
+    server.json("POST", CMS, &cm("b", json!({"tier": "fe"})));
+    server.json("POST", CMS, &cm("c", json!({"tier": "be"})));
+    let held = json!({"metadata": {"name": "d", "labels": {"tier": "fe"}, "finalizers": ["example.com/hold"]}}).to_string();
+    server.json("POST", CMS, &held);
+    let (code, gone) = server.json("DELETE", &format!("{CMS}?labelSelector=tier%3Dfe"), "");
+    assert_eq!(code, 200, "{gone}");
+    assert_eq!(gone["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        names(&server),
+        ["c", "d"],
+        "c is not selected; d waits for its finalizer"
+    );
+}

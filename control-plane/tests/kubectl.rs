@@ -4,43 +4,8 @@ mod common;
 
 use common::{Backend, Kubectl, Server, kubectl_dispatcher, kubectl_newest};
 
-const APP: &str = "\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  labels: {app: web}
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-      - name: web
-        image: web:1
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  labels: {app: web, tier: fe}
-spec:
-  selector: {app: web}
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
-  - {name: metrics, port: 81, targetPort: 9090}
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: web-config
-  labels: {app: web, tier: config}
-data:
-  greeting: hello
-";
+/// The example users are pointed to (README, docs/control-plane.md).
+const APP: &str = include_str!("../../examples/web-app.yaml");
 
 fn everyday_commands(bin: std::path::PathBuf, backend: Backend) {
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@
 //!  store::Store ── EmbeddedStore (redb file) │ etcd
 //! ```
 pub mod api;
+pub mod local_etcd;
 pub mod pki;
 pub mod serve;
 pub mod store;

@@ -15,7 +15,7 @@ fn embedded() -> (tempfile::TempDir, EmbeddedStore) {
 }
 
 async fn etcd() -> (EtcdProcess, EtcdStore) {
-    let p = EtcdProcess::start();
+    let p = common::etcd();
     let s = EtcdStore::connect(std::slice::from_ref(&p.endpoint), "/switchyard-test")
         .await
         .unwrap();

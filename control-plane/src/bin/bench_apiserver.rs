@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use control_plane::{
     api::{ApiServer, Settings, auth::Auth},
+    local_etcd::LocalEtcd,
     store::{AnyStore, EmbeddedStore, EtcdStore, Store, WatchItem},
 };
 use futures::StreamExt as _;
@@ -46,59 +47,6 @@ struct Args {
     /// `embedded` or `etcd`.
     #[arg(long, default_value = "embedded")]
     backend: String,
-}
-
-/// An etcd for the run, on free loopback ports; killed on drop.
-struct Etcd {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Etcd {
-    fn start(dir: &std::path::Path) -> Result<Self> {
-        let port = || -> Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let (client, peer) = (port()?, port()?);
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = std::process::Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting etcd (Debian's etcd-server; run scripts/setup.sh)")?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
-                return Ok(Self { child, endpoint });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("etcd did not come up")
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -274,7 +222,7 @@ async fn main() -> Result<()> {
 async fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     let etcd = match args.backend.as_str() {
         "embedded" => None,
-        "etcd" => Some(Etcd::start(dir)?),
+        "etcd" => Some(LocalEtcd::start()?),
         other => bail!("--backend `{other}`: expected embedded or etcd"),
     };
     // The API server's store and the baseline's, apart so neither sees the other's keys.

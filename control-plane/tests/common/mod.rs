@@ -84,66 +84,21 @@ fn exchange(
     Some((code, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
-/// A throwaway etcd on free loopback ports; killed on drop.
-pub struct EtcdProcess {
-    child: std::process::Child,
-    pub endpoint: String,
-    _dir: tempfile::TempDir,
+/// The etcd a test's server stores in.
+pub type EtcdProcess = control_plane::local_etcd::LocalEtcd;
+
+/// Starts an etcd for one test.
+pub fn etcd() -> EtcdProcess {
+    EtcdProcess::start().expect("a local etcd")
 }
 
+/// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-}
-
-impl EtcdProcess {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = std::process::Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd (Debian's etcd-server, installed by scripts/setup.sh)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Self {
-            child,
-            endpoint,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A running API server on a free loopback port; killed (by PID) on drop.
@@ -169,7 +124,7 @@ impl Server {
 
     /// A server storing in etcd (started for it and stopped with it).
     pub fn start_on_etcd(data_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_on_this_etcd(EtcdProcess::start(), data_dir, extra)
+        Self::start_on_this_etcd(etcd(), data_dir, extra)
     }
 
     /// A server storing in an etcd that is already running.

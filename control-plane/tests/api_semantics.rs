@@ -431,18 +431,18 @@ fn acknowledged_writes_survive_kill_9() {
     assert!(rv(&next) > last_rv);
 }
 
+/// A /28 (14 usable addresses) and two node ports.
+const SMALL_RANGES: [&str; 4] = [
+    "--service-cluster-ip-range",
+    "10.96.0.0/28",
+    "--service-node-port-range",
+    "30000-30001",
+];
+
 #[test]
 fn service_addresses_are_unique_and_freed_on_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        &dir.path().join("data"),
-        &[
-            "--service-cluster-ip-range",
-            "10.96.0.0/28",
-            "--service-node-port-range",
-            "30000-30001",
-        ],
-    );
+    let server = Server::start_with(&dir.path().join("data"), &SMALL_RANGES);
     const SVC: &str = "/api/v1/namespaces/default/services";
     // A /28 has 14 usable addresses.
     let mut ips = std::collections::BTreeSet::new();
@@ -494,15 +494,7 @@ fn service_addresses_are_unique_and_freed_on_delete() {
     assert_eq!(code, 500, "the node port range is exhausted");
     // After a restart the allocations are read back from the store.
     drop(server);
-    let server = Server::start_with(
-        &dir.path().join("data"),
-        &[
-            "--service-cluster-ip-range",
-            "10.96.0.0/28",
-            "--service-node-port-range",
-            "30000-30001",
-        ],
-    );
+    let server = Server::start_with(&dir.path().join("data"), &SMALL_RANGES);
     let (code, _) = server.json(
         "POST",
         SVC,

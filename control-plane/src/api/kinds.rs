@@ -249,41 +249,28 @@ pub(super) fn allocate(
         _ if spec["type"] == "ExternalName" => {}
         Some("None") => {}
         Some(ip) if !ip.is_empty() => {
-            let field = "spec.clusterIPs";
-            let parsed = ip.parse::<Ipv4Addr>().map_err(|_| {
+            let refuse = |why: String| {
                 ApiError::invalid(
                     "Service",
                     &name,
-                    vec![Cause::invalid(
-                        field,
-                        format!("Invalid value: \"{ip}\": must be a valid IP address"),
-                    )],
+                    vec![Cause::invalid("spec.clusterIPs", why)],
                 )
-            })?;
-            let n = u32::from(parsed);
+            };
+            let n = u32::from(ip.parse::<Ipv4Addr>().map_err(|_| {
+                refuse(format!(
+                    "Invalid value: \"{ip}\": must be a valid IP address"
+                ))
+            })?);
+            let failed = format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}");
             if !(first..=last).contains(&n) {
-                return Err(ApiError::invalid(
-                    "Service",
-                    &name,
-                    vec![Cause::invalid(
-                        field,
-                        format!(
-                            "Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range"
-                        ),
-                    )],
-                ));
+                return Err(refuse(format!(
+                    "{failed}: the provided IP ({ip}) is not in the valid range"
+                )));
             }
             if ips.contains(&n) {
-                return Err(ApiError::invalid(
-                    "Service",
-                    &name,
-                    vec![Cause::invalid(
-                        field,
-                        format!(
-                            "Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"
-                        ),
-                    )],
-                ));
+                return Err(refuse(format!(
+                    "{failed}: provided IP is already allocated"
+                )));
             }
         }
         _ => {

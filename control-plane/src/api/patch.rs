@@ -156,27 +156,25 @@ fn merge_list(
     kind: &str,
     path: &str,
 ) -> Value {
-    let Some(key) = merge_key(kind, path) else {
-        // Lists without a merge key are replaced, unless the patch says merge.
-        return Value::Array(
+    // The patch's own items, directives dropped: the list as a replacement.
+    let replacement = || {
+        Value::Array(
             patch
                 .iter()
                 .filter(|v| v.get("$patch").is_none())
                 .cloned()
                 .collect(),
-        );
+        )
+    };
+    // Lists without a merge key are replaced, as are lists the patch says to replace.
+    let Some(key) = merge_key(kind, path) else {
+        return replacement();
     };
     if patch
         .iter()
         .any(|v| v.get("$patch").and_then(Value::as_str) == Some("replace"))
     {
-        return Value::Array(
-            patch
-                .iter()
-                .filter(|v| v.get("$patch").is_none())
-                .cloned()
-                .collect(),
-        );
+        return replacement();
     }
     let mut out: Vec<Value> = current.to_vec();
     for item in patch {

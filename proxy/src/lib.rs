@@ -13,9 +13,12 @@
 //! here; [`datapath::loader`] loads, attaches and pins it.
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 pub mod datapath;
+pub mod desired;
 pub mod inspect;
 pub mod model;
+pub mod netns;
 pub mod reconcile;
 pub mod table_file;
 

@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::{
+    daemon::{self, DaemonArgs, Settings},
     datapath::{
         AyaLbMaps, MapSizes,
         loader::{self, DEFAULT_PIN_ROOT, Dataplane},
@@ -18,18 +19,32 @@ use switchyard::{
 };
 use tracing::info;
 
+/// Without a subcommand, `switchyard` is the daemon: a drop-in for
+/// kube-proxy, taking its flags.
 #[derive(Parser)]
 #[command(
     name = "switchyard",
     version,
-    about = "Kubernetes Service load balancing in eBPF"
+    about = "Kubernetes Service load balancing in eBPF",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     /// bpffs directory holding Switchyard's pinned maps and links.
     #[arg(long, global = true, default_value = DEFAULT_PIN_ROOT)]
     pin_root: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -87,14 +102,21 @@ struct AttachArgs {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    match cli.command {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let Some(command) = cli.command else {
+        let settings = Settings::resolve(&cli.daemon, cli.pin_root)?;
+        return daemon::run(settings);
+    };
+    match command {
         Command::Attach(args) => attach(&cli.pin_root, &args),
         Command::ApplyFile { file } => apply_file(&cli.pin_root, &file),
         Command::Inspect { what, json } => print_inspect(&cli.pin_root, what, json),
@@ -111,7 +133,11 @@ fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
         bail!("nothing to attach: give --cgroup and/or --tc-iface");
     }
     if let Some(ns) = &args.netns {
-        enter_netns(ns)?;
+        let path = switchyard::netns::path_of(ns);
+        let f = std::fs::File::open(&path)
+            .with_context(|| format!("cannot open network namespace `{}`", path.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("cannot enter network namespace `{}`", path.display()))?;
     }
     let sizes = MapSizes {
         frontends: args.max_frontends,
@@ -131,18 +157,6 @@ fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
         info!(iface, "tc ingress attached");
     }
     Ok(())
-}
-
-fn enter_netns(ns: &str) -> Result<()> {
-    let path = if ns.contains('/') {
-        PathBuf::from(ns)
-    } else {
-        Path::new("/run/netns").join(ns)
-    };
-    let f = std::fs::File::open(&path)
-        .with_context(|| format!("cannot open network namespace `{}`", path.display()))?;
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("cannot enter network namespace `{}`", path.display()))
 }
 
 fn apply_file(pin_root: &Path, file: &Path) -> Result<()> {

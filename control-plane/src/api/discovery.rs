@@ -36,23 +36,43 @@ pub(super) fn core_versions() -> Response {
     )
 }
 
+/// One named group's `APIGroup` (without `kind`). Every group serves one
+/// version today, which is then the preferred one.
+fn group_entry(group: &str) -> Value {
+    let versions: BTreeSet<&str> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group)
+        .map(|r| r.version)
+        .collect();
+    let versions: Vec<Value> = versions
+        .into_iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "preferredVersion": versions[0], "versions": versions})
+}
+
 pub(super) fn groups() -> Response {
     let names: BTreeSet<&str> = RESOURCES
         .iter()
         .map(|r| r.group)
         .filter(|g| !g.is_empty())
         .collect();
-    let groups: Vec<Value> = names
-        .into_iter()
-        .map(|g| {
-            let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
-            json!({"name": g, "versions": [gv], "preferredVersion": gv})
-        })
-        .collect();
+    let groups: Vec<Value> = names.into_iter().map(group_entry).collect();
     json_response(
         StatusCode::OK,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
     )
+}
+
+/// `/apis/{group}`.
+pub(super) fn group(group: &str) -> ApiResult<Response> {
+    if group.is_empty() || !RESOURCES.iter().any(|r| r.group == group) {
+        return Err(ApiError::path_not_found(&format!("/apis/{group}")));
+    }
+    let mut body = group_entry(group);
+    body["kind"] = json!("APIGroup");
+    body["apiVersion"] = json!("v1");
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 const VERBS: [&str; 8] = [

@@ -198,6 +198,7 @@ async fn route<S: Store>(api: &ApiServer<S>, path: &str, req: Request) -> ApiRes
         Route::Version => Ok(discovery::version(api)),
         Route::CoreVersions => Ok(discovery::core_versions()),
         Route::Groups => Ok(discovery::groups()),
+        Route::Group(group) => discovery::group(&group),
         Route::GroupVersion { group, version } => discovery::resource_list(&group, &version),
         Route::OpenApiIndex => Ok(openapi::index()),
         Route::OpenApiDoc { group, version } => openapi::document(&group, &version),

@@ -83,7 +83,22 @@ pub fn is_dns1035_label(s: &str) -> bool {
     is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
+/// Upstream's `path.IsValidPathSegmentName`, the rule for RBAC names
+/// (`system:node-proxier`): anything that is a single path segment.
+fn path_segment_problem(name: &str) -> Option<&'static str> {
+    match name {
+        "." => Some("may not be '.'"),
+        ".." => Some("may not be '..'"),
+        _ if name.contains('/') => Some("may not contain '/'"),
+        _ if name.contains('%') => Some("may not contain '%'"),
+        _ => None,
+    }
+}
+
 fn name_problem(res: &Resource, name: &str) -> Option<String> {
+    if res.group == "rbac.authorization.k8s.io" {
+        return path_segment_problem(name).map(|rule| format!("Invalid value: \"{name}\": {rule}"));
+    }
     let (ok, rule) = match res.kind {
         "Service" => (
             is_dns1035_label(name),
@@ -338,6 +353,20 @@ mod tests {
         );
         assert!(is_dns1123_subdomain("a.b-c.d") && !is_dns1123_subdomain("a..b"));
         assert!(is_dns1035_label("web") && !is_dns1035_label("1web"));
+    }
+
+    #[test]
+    fn rbac_names_are_path_segments() {
+        let cr = Resource::find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();
+        let named = |n: &str| json!({"metadata": {"name": n}});
+        for ok in ["system:node-proxier", "switchyard", "Mixed_Case"] {
+            assert!(metadata_causes(cr, &named(ok)).is_empty(), "{ok}");
+        }
+        for bad in [".", "..", "a/b", "a%2Fb"] {
+            let causes = metadata_causes(cr, &named(bad));
+            assert_eq!(causes.len(), 1, "{bad}");
+            assert_eq!(causes[0].field, "metadata.name");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum Route {
     CoreVersions,
     /// `/apis`
     Groups,
+    /// `/apis/apps`
+    Group(String),
     /// `/api/v1`, `/apis/apps/v1`
     GroupVersion {
         group: String,
@@ -63,6 +65,7 @@ pub fn parse(path: &str) -> ApiResult<Route> {
             group: String::new(),
             version: (*v).to_owned(),
         },
+        ["apis", g] => Route::Group((*g).to_owned()),
         ["apis", g, v] => Route::GroupVersion {
             group: (*g).to_owned(),
             version: (*v).to_owned(),
@@ -186,6 +189,20 @@ mod tests {
             ("Node", Some("n1"), Some(Sub::Status))
         );
         assert_eq!(
+            parse("/apis/rbac.authorization.k8s.io").unwrap(),
+            Route::Group("rbac.authorization.k8s.io".into())
+        );
+        let t = object("/apis/rbac.authorization.k8s.io/v1/clusterroles/system:node-proxier");
+        assert_eq!(
+            (t.res.kind, t.namespace, t.name.as_deref()),
+            ("ClusterRole", None, Some("system:node-proxier"))
+        );
+        let t = object("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings");
+        assert_eq!(
+            (t.res.kind, t.namespace.as_deref()),
+            ("RoleBinding", Some("default"))
+        );
+        assert_eq!(
             parse("/apis/apps/v1").unwrap(),
             Route::GroupVersion {
                 group: "apps".into(),
@@ -201,6 +218,7 @@ mod tests {
             "/api/v2/pods",
             "/api/v1/namespaces/default/nodes",
             "/api/v1/namespaces/default/services/web/scale",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/clusterroles",
             "/nope",
         ] {
             assert!(parse(p).is_err(), "{p}");

@@ -74,6 +74,11 @@ pub const RESOURCES: &[Resource] = &[
     resource!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, short: &["ds"], subs: &[Sub::Status, Sub::Scale], fields: NONE),
     resource!("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, short: NONE, subs: &[], fields: NONE),
     resource!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, short: NONE, subs: &[], fields: NONE),
+    // RBAC objects are stored and served; authorization does not read them (see api::auth).
+    resource!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, short: NONE, subs: &[], fields: NONE),
+    resource!("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, short: NONE, subs: &[], fields: NONE),
+    resource!("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, short: NONE, subs: &[], fields: NONE),
+    resource!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, short: NONE, subs: &[], fields: NONE),
 ];
 
 /// The namespaces that exist from the start.

@@ -50,6 +50,7 @@ fn columns(res: &Resource) -> Vec<&'static str> {
         "Pod" => vec!["Status", "Node"],
         "Deployment" | "ReplicaSet" | "ReplicationController" => vec!["Ready", "Up-to-date"],
         "Namespace" | "Node" => vec!["Status"],
+        "RoleBinding" | "ClusterRoleBinding" => vec!["Role"],
         _ => vec![],
     }
 }
@@ -91,6 +92,12 @@ fn cells(res: &Resource, obj: &Value) -> Vec<String> {
                 .is_some_and(|c| c["status"] == "True");
             vec![if ready { "Ready" } else { "NotReady" }.to_owned()]
         }
+        // Upstream's `ClusterRole/name`.
+        "RoleBinding" | "ClusterRoleBinding" => vec![format!(
+            "{}/{}",
+            s(obj, "/roleRef/kind"),
+            s(obj, "/roleRef/name")
+        )],
         _ => vec![],
     }
 }

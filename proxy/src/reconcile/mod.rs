@@ -52,6 +52,14 @@ pub struct Report {
     pub flushed_flows: usize,
 }
 
+/// Entries held by the maps the reconciler writes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EntryCounts {
+    pub services: usize,
+    pub backends: usize,
+    pub aff_match: usize,
+}
+
 /// The map contents as this process last read or wrote them.
 #[derive(Debug, Default)]
 struct Observed {
@@ -76,6 +84,20 @@ impl<M: LbMaps> Reconciler<M> {
     /// rebuilt from them, so a restart renumbers nothing and live flows keep
     /// their backends.
     pub fn restore(maps: M) -> Result<Self> {
+        let mut r = Self {
+            maps,
+            ids: Ids::default(),
+            departed: BTreeSet::new(),
+            observed: Observed::default(),
+        };
+        r.refresh()?;
+        Ok(r)
+    }
+
+    /// Re-reads the maps, forgetting what this process believed they hold:
+    /// the next pass repairs anything changed behind its back.
+    pub fn refresh(&mut self) -> Result<()> {
+        let maps = &self.maps;
         let services: BTreeMap<_, _> = maps
             .dump_services()
             .map_err(Error::Restore)?
@@ -92,17 +114,32 @@ impl<M: LbMaps> Reconciler<M> {
             .into_iter()
             .map(|m| (m.rev_nat_id, m.backend_id))
             .collect();
-        let ids = Ids::restore(&services, &backends);
-        Ok(Self {
-            maps,
-            ids,
-            departed: BTreeSet::new(),
-            observed: Observed {
-                services,
-                backends,
-                aff_match,
-            },
-        })
+        self.ids = Ids::restore(&services, &backends);
+        self.observed = Observed {
+            services,
+            backends,
+            aff_match,
+        };
+        Ok(())
+    }
+
+    /// Frontends programmed.
+    pub fn frontend_count(&self) -> usize {
+        self.ids.frontend_keys().count()
+    }
+
+    /// Distinct backends programmed.
+    pub fn backend_count(&self) -> usize {
+        self.observed.backends.len()
+    }
+
+    /// Entries of the maps the reconciler writes, as last read or written.
+    pub fn entry_counts(&self) -> EntryCounts {
+        EntryCounts {
+            services: self.observed.services.len(),
+            backends: self.observed.backends.len(),
+            aff_match: self.observed.aff_match.len(),
+        }
     }
 
     pub fn maps(&self) -> &M {

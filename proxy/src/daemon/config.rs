@@ -1,0 +1,472 @@
+//! The daemon's settings: kube-proxy's flags, and the matching subset of a
+//! `KubeProxyConfiguration` file (`--config`). A flag given on the command
+//! line wins over the file, the file over the defaults. Keys of the file
+//! Switchyard does not use are reported, never silently dropped.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use serde_yaml::Value;
+
+use crate::datapath::{MapSizes, loader::DEFAULT_PIN_ROOT};
+
+pub const DEFAULT_HEALTHZ: &str = "0.0.0.0:10256";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
+/// kube-proxy's default `syncPeriod`: the periodic full resync.
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
+/// How long a burst of changes is gathered before one recompute. kube-proxy
+/// rate-limits iptables-restore to 1 s; a map write costs microseconds, so
+/// Switchyard only coalesces.
+pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_millis(10);
+
+/// Flags of the daemon (`switchyard` with no subcommand).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct DaemonArgs {
+    /// A `KubeProxyConfiguration` YAML file; flags override its values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// kubeconfig of the API server; default: in-cluster, then $KUBECONFIG.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name, as the Node object and EndpointSlices spell it.
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// Pod CIDRs of the cluster (comma-separated).
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// Where `/healthz` and `/livez` are served [default: 0.0.0.0:10256].
+    #[arg(long)]
+    pub healthz_bind_address: Option<String>,
+    /// Where `/metrics` is served [default: 127.0.0.1:10249].
+    #[arg(long)]
+    pub metrics_bind_address: Option<String>,
+    /// Periodic full resync, e.g. `30s` [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub sync_period: Option<Duration>,
+    /// Time changes are gathered before a recompute, e.g. `10ms` [default: 10ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub min_sync_period: Option<Duration>,
+    /// cgroup v2 directory whose processes get socket-level load balancing:
+    /// the host's cgroup2 root on a node.
+    #[arg(long)]
+    pub cgroup_path: Option<PathBuf>,
+    /// Pod-facing interface whose ingress gets the per-packet path (repeatable).
+    #[arg(long = "tc-iface")]
+    pub tc_ifaces: Vec<String>,
+    /// Network namespace (a /run/netns name or a path) of the `--tc-iface`s.
+    #[arg(long)]
+    pub tc_netns: Option<String>,
+    #[arg(long)]
+    pub max_frontends: Option<u32>,
+    #[arg(long)]
+    pub max_backends: Option<u32>,
+    #[arg(long)]
+    pub max_backend_slots: Option<u32>,
+    #[arg(long)]
+    pub max_conntrack: Option<u32>,
+}
+
+/// Everything the daemon runs with, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pin_root: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: String,
+    pub cluster_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    pub healthz: SocketAddr,
+    pub metrics: SocketAddr,
+    pub sync_period: Duration,
+    pub min_sync_period: Duration,
+    pub cgroup: Option<PathBuf>,
+    pub tc_ifaces: Vec<String>,
+    pub tc_netns: Option<String>,
+    pub sizes: MapSizes,
+    /// Keys of the configuration file that Switchyard does not use.
+    pub ignored_keys: Vec<String>,
+}
+
+/// The subset of `KubeProxyConfiguration` Switchyard reads.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FileConfig {
+    pub kubeconfig: Option<PathBuf>,
+    pub hostname_override: Option<String>,
+    pub cluster_cidr: Option<String>,
+    pub healthz_bind_address: Option<String>,
+    pub metrics_bind_address: Option<String>,
+    pub sync_period: Option<Duration>,
+    pub min_sync_period: Option<Duration>,
+    /// Dotted paths of keys present but not used, e.g. `ipvs.scheduler`.
+    pub ignored: Vec<String>,
+}
+
+/// Keys that mean something to kube-proxy but nothing to an eBPF dataplane,
+/// or to features Switchyard does not have yet: reported as ignored.
+/// Anything else unknown is reported as unknown.
+const KNOWN_IGNORED: &[&str] = &[
+    "bindAddress",
+    "bindAddressHardFail",
+    "clientConnection.acceptContentTypes",
+    "clientConnection.contentType",
+    "clientConnection.qps",
+    "clientConnection.burst",
+    "configSyncPeriod",
+    "conntrack",
+    "detectLocal",
+    "detectLocalMode",
+    "enableProfiling",
+    "featureGates",
+    "iptables",
+    "ipvs",
+    "logging",
+    "mode",
+    "nftables",
+    "nodePortAddresses",
+    "oomScoreAdj",
+    "portRange",
+    "showHiddenMetricsForVersion",
+    "winkernel",
+    "windowsRunAsService",
+];
+
+impl FileConfig {
+    pub fn parse(text: &str) -> Result<Self> {
+        let doc: Value = serde_yaml::from_str(text).context("not YAML")?;
+        let Value::Mapping(map) = &doc else {
+            bail!("expected a KubeProxyConfiguration mapping");
+        };
+        let str_at = |path: &str| -> Result<Option<String>> {
+            let mut v = &doc;
+            for part in path.split('.') {
+                match v.get(part) {
+                    Some(next) => v = next,
+                    None => return Ok(None),
+                }
+            }
+            match v {
+                Value::Null => Ok(None),
+                Value::String(s) => Ok(Some(s.clone())),
+                other => bail!("`{path}`: expected a string, found {other:?}"),
+            }
+        };
+        match str_at("kind")?.as_deref() {
+            Some("KubeProxyConfiguration") => {}
+            other => bail!("`kind`: expected KubeProxyConfiguration, found {other:?}"),
+        }
+        match str_at("apiVersion")?.as_deref() {
+            Some("kubeproxy.config.k8s.io/v1alpha1" | "kubeproxy.config.k8s.io/v1alpha2") => {}
+            other => {
+                bail!("`apiVersion`: expected kubeproxy.config.k8s.io/v1alpha1, found {other:?}")
+            }
+        }
+        let duration_at = |path: &str| -> Result<Option<Duration>> {
+            str_at(path)?
+                .map(|s| parse_duration(&s).map_err(|e| anyhow::anyhow!("`{path}`: {e}")))
+                .transpose()
+        };
+        // Newer releases moved the sync periods to the top level; older
+        // files have them under `iptables`.
+        let sync_period = match duration_at("syncPeriod")? {
+            Some(d) => Some(d),
+            None => duration_at("iptables.syncPeriod")?,
+        };
+        let min_sync_period = match duration_at("minSyncPeriod")? {
+            Some(d) => Some(d),
+            None => duration_at("iptables.minSyncPeriod")?,
+        };
+        let used = [
+            "apiVersion",
+            "kind",
+            "clientConnection.kubeconfig",
+            "hostnameOverride",
+            "clusterCIDR",
+            "healthzBindAddress",
+            "metricsBindAddress",
+            "syncPeriod",
+            "minSyncPeriod",
+            "iptables.syncPeriod",
+            "iptables.minSyncPeriod",
+        ];
+        let mut ignored = Vec::new();
+        collect_unused(map, "", &used, &mut ignored);
+        Ok(Self {
+            kubeconfig: str_at("clientConnection.kubeconfig")?
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            hostname_override: str_at("hostnameOverride")?.filter(|s| !s.is_empty()),
+            cluster_cidr: str_at("clusterCIDR")?.filter(|s| !s.is_empty()),
+            healthz_bind_address: str_at("healthzBindAddress")?.filter(|s| !s.is_empty()),
+            metrics_bind_address: str_at("metricsBindAddress")?.filter(|s| !s.is_empty()),
+            sync_period,
+            min_sync_period,
+            ignored,
+        })
+    }
+}
+
+/// Leaf paths of `map` that are neither used nor parents of used ones,
+/// each marked `(ignored)` when known to kube-proxy, `(unknown)` otherwise.
+fn collect_unused(map: &serde_yaml::Mapping, prefix: &str, used: &[&str], out: &mut Vec<String>) {
+    for (k, v) in map {
+        let key = match k {
+            Value::String(s) => s.clone(),
+            other => format!("{other:?}"),
+        };
+        let path = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if used.contains(&path.as_str()) {
+            continue;
+        }
+        let is_parent = used.iter().any(|u| u.starts_with(&format!("{path}.")));
+        match v {
+            Value::Mapping(inner) if is_parent => collect_unused(inner, &path, used, out),
+            _ if v.is_null() => {}
+            _ => {
+                let known = KNOWN_IGNORED
+                    .iter()
+                    .any(|k| path == *k || path.starts_with(&format!("{k}.")));
+                out.push(format!(
+                    "{path} ({})",
+                    if known { "ignored" } else { "unknown" }
+                ));
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Flags over file over defaults; every value validated here, so a bad
+    /// one stops the daemon before it touches anything.
+    pub fn resolve(args: &DaemonArgs, pin_root: PathBuf) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --config `{}`", path.display()))?;
+                FileConfig::parse(&text)
+                    .with_context(|| format!("--config `{}`", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let node_name = match args.hostname_override.clone().or(file.hostname_override) {
+            Some(n) => n,
+            None => hostname()?,
+        };
+        let node_name = node_name.trim().to_ascii_lowercase();
+        if node_name.is_empty() {
+            bail!("--hostname-override: empty node name");
+        }
+        let addr = |flag: &str, v: Option<String>, default: &str| -> Result<SocketAddr> {
+            let v = v.unwrap_or_else(|| default.to_owned());
+            v.parse()
+                .with_context(|| format!("{flag}: `{v}` is not an IP:port address"))
+        };
+        let cluster_cidrs = match args.cluster_cidr.clone().or(file.cluster_cidr) {
+            Some(s) => parse_cidrs(&s).context("--cluster-cidr")?,
+            None => Vec::new(),
+        };
+        let defaults = MapSizes::default();
+        Ok(Self {
+            pin_root,
+            kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+            node_name,
+            cluster_cidrs,
+            healthz: addr(
+                "--healthz-bind-address",
+                args.healthz_bind_address
+                    .clone()
+                    .or(file.healthz_bind_address),
+                DEFAULT_HEALTHZ,
+            )?,
+            metrics: addr(
+                "--metrics-bind-address",
+                args.metrics_bind_address
+                    .clone()
+                    .or(file.metrics_bind_address),
+                DEFAULT_METRICS,
+            )?,
+            sync_period: args
+                .sync_period
+                .or(file.sync_period)
+                .unwrap_or(DEFAULT_SYNC_PERIOD)
+                .max(Duration::from_secs(1)),
+            min_sync_period: args
+                .min_sync_period
+                .or(file.min_sync_period)
+                .unwrap_or(DEFAULT_MIN_SYNC_PERIOD),
+            cgroup: args.cgroup_path.clone(),
+            tc_ifaces: args.tc_ifaces.clone(),
+            tc_netns: args.tc_netns.clone(),
+            sizes: MapSizes {
+                frontends: args.max_frontends.unwrap_or(defaults.frontends),
+                backends: args.max_backends.unwrap_or(defaults.backends),
+                backend_slots: args.max_backend_slots.unwrap_or(defaults.backend_slots),
+                conntrack: args.max_conntrack.unwrap_or(defaults.conntrack),
+                ..defaults
+            },
+            ignored_keys: file.ignored,
+        })
+    }
+}
+
+/// Default pin root, for the CLI.
+pub fn default_pin_root() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_ROOT)
+}
+
+fn hostname() -> Result<String> {
+    let h = nix::unistd::gethostname().context("no --hostname-override and no hostname")?;
+    Ok(h.to_string_lossy().into_owned())
+}
+
+/// `10.244.0.0/16,10.245.0.0/16`; IPv6 CIDRs are accepted and left aside.
+pub fn parse_cidrs(s: &str) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (ip, len) = part
+            .split_once('/')
+            .with_context(|| format!("`{part}` is not a CIDR (ADDRESS/LENGTH)"))?;
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) => {
+                let len: u8 = len
+                    .parse()
+                    .ok()
+                    .filter(|l| *l <= 32)
+                    .with_context(|| format!("`{part}`: prefix length must be 0..=32"))?;
+                out.push((v4, len));
+            }
+            Ok(std::net::IpAddr::V6(_)) => {}
+            Err(_) => bail!("`{part}`: `{ip}` is not an IP address"),
+        }
+    }
+    Ok(out)
+}
+
+/// Go-style durations as Kubernetes configs write them: `30s`, `1m30s`,
+/// `250ms`, `0s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("`{s}`: missing unit (h, m, s, ms)"))?;
+        let (num, tail) = rest.split_at(digits);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}`: `{num}` is not a number"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let secs = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(format!("`{s}`: unknown unit `{unit}` (h, m, s, ms)")),
+        };
+        total += Duration::from_secs_f64(value * secs);
+        rest = next;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_kubernetes_writes_them() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("30").unwrap_err().contains("missing unit"));
+        assert!(
+            parse_duration("3d")
+                .unwrap_err()
+                .contains("unknown unit `d`")
+        );
+    }
+
+    #[test]
+    fn a_kube_proxy_configuration_is_read_and_unused_keys_reported() {
+        let text = r#"
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 5
+hostnameOverride: node-7
+clusterCIDR: 10.244.0.0/16
+healthzBindAddress: 0.0.0.0:10256
+metricsBindAddress: 127.0.0.1:10249
+mode: iptables
+iptables:
+  syncPeriod: 15s
+  minSyncPeriod: 1s
+  masqueradeBit: 14
+ipvs:
+  scheduler: rr
+frobnicate: true
+"#;
+        let c = FileConfig::parse(text).unwrap();
+        assert_eq!(
+            c.kubeconfig,
+            Some("/var/lib/kube-proxy/kubeconfig.conf".into())
+        );
+        assert_eq!(c.hostname_override.as_deref(), Some("node-7"));
+        assert_eq!(c.sync_period, Some(Duration::from_secs(15)));
+        assert_eq!(c.min_sync_period, Some(Duration::from_secs(1)));
+        assert_eq!(
+            c.ignored,
+            [
+                "clientConnection.qps (ignored)",
+                "mode (ignored)",
+                "iptables.masqueradeBit (ignored)",
+                "ipvs (ignored)",
+                "frobnicate (unknown)",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_configuration_names_the_key() {
+        let wrong_kind =
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeletConfiguration\n";
+        assert!(format!("{:#}", FileConfig::parse(wrong_kind).unwrap_err()).contains("`kind`"));
+        let bad = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nsyncPeriod: soon\n";
+        let e = format!("{:#}", FileConfig::parse(bad).unwrap_err());
+        assert!(e.contains("`syncPeriod`"), "{e}");
+        let args = DaemonArgs {
+            hostname_override: Some("n1".into()),
+            healthz_bind_address: Some("localhost".into()),
+            ..DaemonArgs::default()
+        };
+        let e = format!(
+            "{:#}",
+            Settings::resolve(&args, default_pin_root()).unwrap_err()
+        );
+        assert!(e.contains("--healthz-bind-address: `localhost`"), "{e}");
+        let args = DaemonArgs {
+            hostname_override: Some("n1".into()),
+            cluster_cidr: Some("10.244.0.0/40".into()),
+            ..DaemonArgs::default()
+        };
+        let e = format!(
+            "{:#}",
+            Settings::resolve(&args, default_pin_root()).unwrap_err()
+        );
+        assert!(e.contains("prefix length"), "{e}");
+    }
+}

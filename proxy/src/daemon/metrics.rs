@@ -1,0 +1,318 @@
+//! Prometheus metrics in the text exposition format (version 0.0.4).
+//! kube-proxy's names where a metric means the same
+//! (`kubeproxy_sync_proxy_rules_*`, `kubeproxy_network_programming_*`),
+//! `switchyard_*` for the rest. A handful of metrics does not need a crate.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
+
+/// A histogram with fixed upper bounds (seconds).
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: Vec<f64>,
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    /// `start * factor^i` for `n` buckets, as Prometheus' ExponentialBuckets.
+    fn exponential(start: f64, factor: f64, n: usize) -> Self {
+        let bounds: Vec<f64> = (0..n).map(|i| start * factor.powi(i as i32)).collect();
+        Self {
+            counts: vec![0; bounds.len()],
+            bounds,
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    sync_duration: Histogram,
+    programming_latency: Histogram,
+    last_sync: Option<SystemTime>,
+    syncs: u64,
+    sync_errors: u64,
+    watch_errors: BTreeMap<&'static str, u64>,
+    udp_flows_flushed: u64,
+    frontends: usize,
+    backends: usize,
+    no_local_endpoints: usize,
+    skipped: BTreeMap<&'static str, usize>,
+    left_out: usize,
+    /// Map name → (entries, max_entries).
+    maps: BTreeMap<&'static str, (usize, u32)>,
+}
+
+/// Every metric the daemon exports.
+#[derive(Debug)]
+pub struct Metrics(Mutex<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self(Mutex::new(Inner {
+            // kube-proxy's buckets: 1 ms doubling fifteen times (~16 s).
+            sync_duration: Histogram::exponential(0.001, 2.0, 15),
+            programming_latency: Histogram::exponential(0.001, 2.0, 20),
+            last_sync: None,
+            syncs: 0,
+            sync_errors: 0,
+            watch_errors: BTreeMap::new(),
+            udp_flows_flushed: 0,
+            frontends: 0,
+            backends: 0,
+            no_local_endpoints: 0,
+            skipped: BTreeMap::new(),
+            left_out: 0,
+            maps: BTreeMap::new(),
+        }))
+    }
+}
+
+/// What one sync did, for the metrics.
+#[derive(Debug, Default, Clone)]
+pub struct SyncRecord {
+    pub duration: Duration,
+    pub ok: bool,
+    pub frontends: usize,
+    pub backends: usize,
+    pub no_local_endpoints: usize,
+    pub skipped_services: usize,
+    pub skipped_slices: usize,
+    pub left_out: usize,
+    pub udp_flows_flushed: usize,
+    /// Trigger-to-programmed latencies of the EndpointSlices this sync applied.
+    pub programming_latencies: Vec<Duration>,
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn record_sync(&self, r: &SyncRecord) {
+        let mut m = self.lock();
+        m.sync_duration.observe(r.duration.as_secs_f64());
+        m.syncs += 1;
+        if r.ok {
+            m.last_sync = Some(SystemTime::now());
+        } else {
+            m.sync_errors += 1;
+        }
+        for l in &r.programming_latencies {
+            m.programming_latency.observe(l.as_secs_f64());
+        }
+        m.frontends = r.frontends;
+        m.backends = r.backends;
+        m.no_local_endpoints = r.no_local_endpoints;
+        m.skipped.insert("Service", r.skipped_services);
+        m.skipped.insert("EndpointSlice", r.skipped_slices);
+        m.left_out = r.left_out;
+        m.udp_flows_flushed += r.udp_flows_flushed as u64;
+    }
+
+    pub fn watch_error(&self, resource: &'static str) {
+        *self.lock().watch_errors.entry(resource).or_default() += 1;
+    }
+
+    pub fn set_map(&self, name: &'static str, entries: usize, max_entries: u32) {
+        self.lock().maps.insert(name, (entries, max_entries));
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let m = self.lock();
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let name = "kubeproxy_sync_proxy_rules_duration_seconds";
+        head(
+            &mut out,
+            name,
+            "histogram",
+            "SyncProxyRules latency in seconds: one recompute and map reconcile",
+        );
+        m.sync_duration.render(&mut out, name);
+        let name = "kubeproxy_network_programming_duration_seconds";
+        head(
+            &mut out,
+            name,
+            "histogram",
+            "From an EndpointSlice's last-change-trigger-time to its endpoints being in the maps",
+        );
+        m.programming_latency.render(&mut out, name);
+        let name = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "The last time the maps were successfully synced",
+        );
+        let ts = m
+            .last_sync
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(out, "{name} {ts}");
+        let name = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "Frontends with internalTrafficPolicy Local and no local endpoints",
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{traffic_policy=\"internal\"}} {}",
+            m.no_local_endpoints
+        );
+        let name = "switchyard_syncs_total";
+        head(&mut out, name, "counter", "Recompute-and-reconcile passes");
+        let _ = writeln!(out, "{name} {}", m.syncs);
+        let name = "switchyard_sync_errors_total";
+        head(
+            &mut out,
+            name,
+            "counter",
+            "Passes that left some frontend unwritten (retried)",
+        );
+        let _ = writeln!(out, "{name} {}", m.sync_errors);
+        let name = "switchyard_watch_errors_total";
+        head(
+            &mut out,
+            name,
+            "counter",
+            "Errors of the API watches, by resource (each is retried)",
+        );
+        for (r, n) in &m.watch_errors {
+            let _ = writeln!(out, "{name}{{resource=\"{r}\"}} {n}");
+        }
+        let name = "switchyard_programmed_frontends";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "Frontends (ClusterIP:port/protocol) in the maps",
+        );
+        let _ = writeln!(out, "{name} {}", m.frontends);
+        let name = "switchyard_programmed_backends";
+        head(&mut out, name, "gauge", "Distinct backends in the maps");
+        let _ = writeln!(out, "{name} {}", m.backends);
+        let name = "switchyard_invalid_objects";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "Objects skipped because of an invalid address, port, protocol or affinity",
+        );
+        for (k, n) in &m.skipped {
+            let _ = writeln!(out, "{name}{{kind=\"{k}\"}} {n}");
+        }
+        let name = "switchyard_frontends_not_programmed";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "Frontends left out because the maps are full",
+        );
+        let _ = writeln!(out, "{name}{{reason=\"map_full\"}} {}", m.left_out);
+        let name = "switchyard_udp_flows_flushed_total";
+        head(
+            &mut out,
+            name,
+            "counter",
+            "Conntrack entries of UDP flows whose backend went away",
+        );
+        let _ = writeln!(out, "{name} {}", m.udp_flows_flushed);
+        let name = "switchyard_map_entries";
+        head(&mut out, name, "gauge", "Entries in each eBPF map");
+        for (map, (n, _)) in &m.maps {
+            let _ = writeln!(out, "{name}{{map=\"{map}\"}} {n}");
+        }
+        let name = "switchyard_map_max_entries";
+        head(&mut out, name, "gauge", "Capacity of each eBPF map");
+        for (map, (_, max)) in &m.maps {
+            let _ = writeln!(out, "{name}{{map=\"{map}\"}} {max}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_the_text_is_well_formed() {
+        let m = Metrics::default();
+        m.record_sync(&SyncRecord {
+            duration: Duration::from_millis(3),
+            ok: true,
+            frontends: 2,
+            skipped_slices: 1,
+            ..SyncRecord::default()
+        });
+        m.record_sync(&SyncRecord {
+            duration: Duration::from_millis(100),
+            ok: false,
+            frontends: 2,
+            skipped_slices: 1,
+            ..SyncRecord::default()
+        });
+        let text = m.render();
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"))
+                .to_owned()
+        };
+        let h = "kubeproxy_sync_proxy_rules_duration_seconds";
+        assert_eq!(
+            line(&format!("{h}_bucket{{le=\"0.004\"}}")),
+            format!("{h}_bucket{{le=\"0.004\"}} 1")
+        );
+        assert_eq!(
+            line(&format!("{h}_bucket{{le=\"+Inf\"}}")),
+            format!("{h}_bucket{{le=\"+Inf\"}} 2")
+        );
+        assert_eq!(
+            line("switchyard_sync_errors_total "),
+            "switchyard_sync_errors_total 1"
+        );
+        assert_eq!(
+            line("switchyard_invalid_objects{kind=\"EndpointSlice\"}"),
+            "switchyard_invalid_objects{kind=\"EndpointSlice\"} 1"
+        );
+        // Every sample line is `name{labels} value` with a numeric value.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = l.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "bad sample line `{l}`");
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The pure core of the daemon: from the watched Services and EndpointSlices
+//! to the [`DesiredTable`], with kube-proxy's semantics
+//! (../shared/reference/kube-proxy-reference.md §1):
+//!
+//! - every port of a Service is a frontend `clusterIP:port/protocol`, named
+//!   `namespace/name:portname` (`namespace/name` when the port is unnamed);
+//! - its backends are the endpoints of the Service's slices whose port has
+//!   the same name and protocol: that port number is the (resolved) target
+//!   port, so named `targetPort`s need nothing more;
+//! - ready endpoints; when none is ready, the serving and terminating ones;
+//!   with `internalTrafficPolicy: Local`, the same choice among this node's;
+//! - endpoints listed by several slices are merged (ready wins);
+//! - headless, ExternalName and `service-proxy-name`-labelled Services are
+//!   not ours; IPv6 addresses wait for the IPv6 dataplane;
+//! - an object with an invalid address, port, protocol or affinity is
+//!   skipped whole and reported in [`Outcome::skipped`]: the rest applies.
+//!
+//! No I/O here: the daemon snapshots its stores and calls [`compute`].
+use std::{
+    collections::{BTreeMap, btree_map::Entry},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::model::{
+    BackendAddr, DEFAULT_AFFINITY_TIMEOUT_S, DesiredTable, FrontendKey, FrontendSpec,
+    MAX_AFFINITY_TIMEOUT_S, Protocol,
+};
+
+mod fit;
+#[cfg(test)]
+mod tests;
+
+pub use fit::{Fitted, fit_to_capacity};
+
+/// Label linking an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Services (and slices) with this label belong to another proxy.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Set by the EndpointSlice controller on slices of headless Services.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// kube-proxy's informer selector for Services: objects a proxy must ignore
+/// never reach its stores.
+pub const SERVICE_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+/// The same for EndpointSlices, which must also name their Service.
+pub const SLICE_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// Which kind of object was skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+}
+
+impl Kind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "Service",
+            Self::EndpointSlice => "EndpointSlice",
+        }
+    }
+}
+
+/// An object left out of the table, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skipped {
+    pub kind: Kind,
+    /// `namespace/name`.
+    pub object: String,
+    /// The field at fault and what is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.kind.as_str(), self.object, self.reason)
+    }
+}
+
+/// What the node is, as far as Service semantics care.
+#[derive(Clone, Debug, Default)]
+pub struct NodeContext {
+    /// This node's name (`--hostname-override`); endpoints whose `nodeName`
+    /// equals it are local.
+    pub name: Option<String>,
+}
+
+/// The result of one computation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub table: DesiredTable,
+    /// Invalid objects, in kind and name order.
+    pub skipped: Vec<Skipped>,
+    /// Frontends with `internalTrafficPolicy: Local` that have endpoints, but
+    /// none on this node (kube-proxy's `no_local_endpoints` metric).
+    pub no_local_endpoints: usize,
+}
+
+/// Computes the desired table from snapshots of the stores.
+pub fn compute(
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    node: &NodeContext,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let endpoints = index_slices(slices, &mut out.skipped);
+    let mut services: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
+    services.sort_by_key(|s| object_name(&s.metadata));
+    for svc in services {
+        let name = object_name(&svc.metadata);
+        let ports = match ServiceView::parse(svc) {
+            Ok(Some(view)) => view,
+            Ok(None) => continue,
+            Err(reason) => {
+                out.skipped.push(Skipped {
+                    kind: Kind::Service,
+                    object: name,
+                    reason,
+                });
+                continue;
+            }
+        };
+        let eps = endpoints.get(&name);
+        add_service(&mut out, &name, &ports, eps, node);
+    }
+    out.skipped.sort();
+    out
+}
+
+/// `namespace/name` of an object.
+pub fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+/// One endpoint of one port, after validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Endpoint {
+    addr: Ipv4Addr,
+    port: u16,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    local: bool,
+}
+
+/// A port of a slice: what Service ports match on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PortKey {
+    name: String,
+    proto: Protocol,
+}
+
+/// Endpoints of every Service (`namespace/name`), per port, merged over
+/// its slices.
+type EndpointIndex = BTreeMap<String, BTreeMap<PortKey, Vec<EndpointSource>>>;
+
+/// An endpoint as one slice lists it, before node locality is known.
+#[derive(Clone, Debug)]
+struct EndpointSource {
+    addr: Ipv4Addr,
+    port: u16,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node_name: Option<String>,
+}
+
+fn index_slices(slices: &[Arc<EndpointSlice>], skipped: &mut Vec<Skipped>) -> EndpointIndex {
+    let mut index = EndpointIndex::new();
+    for slice in slices {
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        // IPv6 and FQDN slices are not for an IPv4 dataplane.
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        match parse_slice(slice) {
+            Ok(ports) => {
+                let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+                let per_port = index.entry(format!("{ns}/{service}")).or_default();
+                for (key, eps) in ports {
+                    per_port.entry(key).or_default().extend(eps);
+                }
+            }
+            Err(reason) => skipped.push(Skipped {
+                kind: Kind::EndpointSlice,
+                object: object_name(&slice.metadata),
+                reason,
+            }),
+        }
+    }
+    index
+}
+
+/// A slice's endpoints per port, or what makes the slice invalid.
+fn parse_slice(slice: &EndpointSlice) -> Result<Vec<(PortKey, Vec<EndpointSource>)>, String> {
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let proto = parse_protocol(p.protocol.as_deref())
+            .map_err(|e| format!("ports[{i}].protocol: {e}"))?;
+        let port = match p.port {
+            // A port without a number carries no usable endpoints.
+            None => None,
+            Some(n) => Some(parse_port(n).map_err(|e| format!("ports[{i}].port: {e}"))?),
+        };
+        let name = p.name.clone().unwrap_or_default();
+        ports.push((PortKey { name, proto }, port));
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        // Upstream: every address of an endpoint is the same pod; the first
+        // one is the one proxies use.
+        let Some(first) = ep.addresses.first() else {
+            return Err(format!("endpoints[{i}].addresses: empty"));
+        };
+        let addr = first.parse::<Ipv4Addr>().map_err(|_| {
+            format!("endpoints[{i}].addresses[0]: `{first}` is not an IPv4 address")
+        })?;
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+            return Err(format!(
+                "endpoints[{i}].addresses[0]: `{first}` cannot be an endpoint"
+            ));
+        }
+        let c = ep.conditions.clone().unwrap_or_default();
+        // API semantics: unset `ready` means ready; unset `serving` means
+        // the same as `ready`; unset `terminating` means not terminating.
+        let ready = c.ready.unwrap_or(true);
+        endpoints.push((
+            addr,
+            ready,
+            c.serving.unwrap_or(ready),
+            c.terminating.unwrap_or(false),
+            ep.node_name.clone(),
+        ));
+    }
+    Ok(ports
+        .into_iter()
+        .filter_map(|(key, port)| {
+            let port = port?;
+            let eps = endpoints
+                .iter()
+                .map(
+                    |(addr, ready, serving, terminating, node_name)| EndpointSource {
+                        addr: *addr,
+                        port,
+                        ready: *ready,
+                        serving: *serving,
+                        terminating: *terminating,
+                        node_name: node_name.clone(),
+                    },
+                )
+                .collect();
+            Some((key, eps))
+        })
+        .collect())
+}
+
+/// What the table needs of a Service.
+struct ServiceView {
+    cluster_ip: Ipv4Addr,
+    ports: Vec<(String, u16, Protocol)>,
+    affinity_timeout_s: Option<u32>,
+    internal_local: bool,
+}
+
+impl ServiceView {
+    /// `Ok(None)` for a Service that is not a proxy's business.
+    fn parse(svc: &Service) -> Result<Option<Self>, String> {
+        let labels = svc.metadata.labels.as_ref();
+        if labels.is_some_and(|l| {
+            l.contains_key(SERVICE_PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL)
+        }) {
+            return Ok(None);
+        }
+        let Some(spec) = &svc.spec else {
+            return Ok(None);
+        };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return Ok(None);
+        }
+        let ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+            (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            (_, Some(ip)) => vec![ip.as_str()],
+            _ => vec![],
+        };
+        let mut cluster_ip = None;
+        for (i, ip) in ips.iter().enumerate() {
+            if ip.is_empty() || *ip == "None" {
+                return Ok(None); // headless
+            }
+            match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) if cluster_ip.is_none() => cluster_ip = Some(v4),
+                Ok(_) => {} // the IPv6 family of a dual-stack Service
+                Err(_) => return Err(format!("spec.clusterIPs[{i}]: `{ip}` is not an IP address")),
+            }
+        }
+        let Some(cluster_ip) = cluster_ip else {
+            return Ok(None); // no ClusterIP, or IPv6 only
+        };
+        let mut ports = Vec::new();
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            let proto = parse_protocol(p.protocol.as_deref())
+                .map_err(|e| format!("spec.ports[{i}].protocol: {e}"))?;
+            let port = parse_port(p.port).map_err(|e| format!("spec.ports[{i}].port: {e}"))?;
+            ports.push((p.name.clone().unwrap_or_default(), port, proto));
+        }
+        let affinity_timeout_s = match spec.session_affinity.as_deref() {
+            None | Some("None") => None,
+            Some("ClientIP") => {
+                let t = spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .map_or(Ok(DEFAULT_AFFINITY_TIMEOUT_S), |t| {
+                        u32::try_from(t)
+                            .ok()
+                            .filter(|t| (1..=MAX_AFFINITY_TIMEOUT_S).contains(t))
+                            .ok_or_else(|| {
+                                format!("spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is outside 1..={MAX_AFFINITY_TIMEOUT_S}")
+                            })
+                    })?;
+                Some(t)
+            }
+            Some(other) => {
+                return Err(format!(
+                    "spec.sessionAffinity: `{other}` (expected None or ClientIP)"
+                ));
+            }
+        };
+        Ok(Some(Self {
+            cluster_ip,
+            ports,
+            affinity_timeout_s,
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        }))
+    }
+}
+
+fn add_service(
+    out: &mut Outcome,
+    name: &str,
+    svc: &ServiceView,
+    endpoints: Option<&BTreeMap<PortKey, Vec<EndpointSource>>>,
+    node: &NodeContext,
+) {
+    for (port_name, port, proto) in &svc.ports {
+        let key = FrontendKey {
+            addr: svc.cluster_ip,
+            port: *port,
+            proto: *proto,
+        };
+        let frontend_name = if port_name.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}:{port_name}")
+        };
+        let candidates = endpoints
+            .and_then(|e| {
+                e.get(&PortKey {
+                    name: port_name.clone(),
+                    proto: *proto,
+                })
+            })
+            .map(|srcs| merge(srcs, node))
+            .unwrap_or_default();
+        let chosen = select(&candidates, svc.internal_local);
+        if svc.internal_local
+            && chosen.is_empty()
+            && candidates.iter().any(|e| e.ready || e.serving)
+        {
+            out.no_local_endpoints += 1;
+        }
+        let mut backends: Vec<BackendAddr> = chosen
+            .iter()
+            .map(|e| BackendAddr {
+                addr: e.addr,
+                port: e.port,
+                proto: *proto,
+            })
+            .collect();
+        // kube-proxy's order ("IP:port" strings), so slot numbers match the
+        // order its rules would use.
+        backends.sort_by_cached_key(|b| format!("{}:{}", b.addr, b.port));
+        match out.table.frontends.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(FrontendSpec {
+                    name: frontend_name,
+                    backends,
+                    affinity_timeout_s: svc.affinity_timeout_s,
+                });
+            }
+            Entry::Occupied(o) => out.skipped.push(Skipped {
+                kind: Kind::Service,
+                object: name.to_owned(),
+                reason: format!("frontend {key} already belongs to {}", o.get().name),
+            }),
+        }
+    }
+}
+
+/// Endpoints listed by several slices count once; a ready listing wins.
+fn merge(sources: &[EndpointSource], node: &NodeContext) -> Vec<Endpoint> {
+    let mut by_addr: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
+    for s in sources {
+        let ep = Endpoint {
+            addr: s.addr,
+            port: s.port,
+            ready: s.ready,
+            serving: s.serving,
+            terminating: s.terminating,
+            local: node.name.is_some() && s.node_name == node.name,
+        };
+        by_addr
+            .entry((s.addr, s.port))
+            .and_modify(|seen| {
+                if ep.ready && !seen.ready {
+                    *seen = ep;
+                }
+            })
+            .or_insert(ep);
+    }
+    by_addr.into_values().collect()
+}
+
+/// Ready endpoints, else serving-and-terminating ones (the terminating
+/// fallback), among all or, for `internalTrafficPolicy: Local`, local ones.
+fn select(endpoints: &[Endpoint], local_only: bool) -> Vec<Endpoint> {
+    let usable: Vec<Endpoint> = endpoints
+        .iter()
+        .filter(|e| !local_only || e.local)
+        .copied()
+        .collect();
+    let ready: Vec<Endpoint> = usable.iter().filter(|e| e.ready).copied().collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    usable
+        .into_iter()
+        .filter(|e| e.serving && e.terminating)
+        .collect()
+}
+
+/// Kubernetes spells protocols in upper case only; unset means TCP.
+fn parse_protocol(p: Option<&str>) -> Result<Protocol, String> {
+    match p {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(format!("`{other}` (expected TCP, UDP or SCTP)")),
+    }
+}
+
+fn parse_port(n: i32) -> Result<u16, String> {
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{n} is outside 1..=65535"))
+}

@@ -1,0 +1,194 @@
+//! [`compute`] from real YAML under `proxy/testdata/`.
+use std::{path::Path, sync::Arc};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde::Deserialize as _;
+
+use super::*;
+use crate::{datapath::Capacity, model::FrontendKey};
+
+fn load(file: &str) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (mut services, mut slices) = (Vec::new(), Vec::new());
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        match value["kind"].as_str() {
+            Some("Service") => services.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            Some("EndpointSlice") => slices.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            other => panic!("{file}: unexpected kind {other:?}"),
+        }
+    }
+    (services, slices)
+}
+
+fn compute_file(file: &str, node: Option<&str>) -> Outcome {
+    let (services, slices) = load(file);
+    compute(
+        &services,
+        &slices,
+        &NodeContext {
+            name: node.map(str::to_owned),
+        },
+    )
+}
+
+/// The table as `frontend name backends… [affinity]` lines.
+fn lines(out: &Outcome) -> Vec<String> {
+    out.table
+        .frontends
+        .iter()
+        .map(|(k, f)| {
+            let backends: Vec<String> = f
+                .backends
+                .iter()
+                .map(|b| format!("{}:{}", b.addr, b.port))
+                .collect();
+            let mut line = format!("{k} {} [{}]", f.name, backends.join(" "));
+            if let Some(t) = f.affinity_timeout_s {
+                line.push_str(&format!(" affinity={t}s"));
+            }
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn multi_port_service_with_named_target_port_and_merged_slices() {
+    let out = compute_file("multi-port.yaml", Some("node-a"));
+    assert_eq!(
+        lines(&out),
+        [
+            "10.96.0.10:80/TCP shop/web:http [10.244.1.11:8080 10.244.1.12:8080 10.244.2.9:8080]",
+            "10.96.0.10:9090/TCP shop/web:metrics [10.244.1.11:9091 10.244.1.12:9091 10.244.2.9:9091]",
+        ]
+    );
+    assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+}
+
+#[test]
+fn terminating_endpoints_are_a_fallback_only() {
+    let out = compute_file("terminating.yaml", None);
+    assert_eq!(
+        lines(&out),
+        [
+            "10.96.0.20:443/TCP default/api [10.244.1.21:8443]",
+            "10.96.0.21:6379/TCP default/cache [10.244.1.32:6379]",
+        ]
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+    let out = compute_file("internal-local.yaml", Some("node-a"));
+    assert_eq!(
+        lines(&out),
+        [
+            "10.96.1.1:514/UDP obs/logs [10.244.1.41:5514]",
+            "10.96.1.2:80/TCP obs/metrics [10.244.1.42:8080]",
+            "10.96.1.3:80/TCP obs/audit []",
+        ]
+    );
+    assert_eq!(out.no_local_endpoints, 1);
+    // On node-b, each Service has a ready local endpoint.
+    let out = compute_file("internal-local.yaml", Some("node-b"));
+    assert_eq!(
+        lines(&out),
+        [
+            "10.96.1.1:514/UDP obs/logs [10.244.2.41:5514]",
+            "10.96.1.2:80/TCP obs/metrics [10.244.2.42:8080]",
+            "10.96.1.3:80/TCP obs/audit [10.244.2.43:8080]",
+        ]
+    );
+    assert_eq!(out.no_local_endpoints, 0);
+}
+
+#[test]
+fn affinity_and_every_protocol() {
+    let out = compute_file("affinity-protocols.yaml", None);
+    assert_eq!(
+        lines(&out),
+        [
+            "10.96.0.53:53/TCP kube-system/dns:dns-tcp [10.244.1.53:5354] affinity=60s",
+            "10.96.0.53:53/UDP kube-system/dns:dns [10.244.1.53:5353] affinity=60s",
+            "10.96.0.60:3868/SCTP telco/signalling:sctp [10.244.1.60:3868] affinity=10800s",
+        ]
+    );
+}
+
+#[test]
+fn services_that_are_not_a_proxys_business_are_left_alone() {
+    let out = compute_file("not-ours.yaml", None);
+    assert!(out.table.frontends.is_empty(), "{:?}", lines(&out));
+    assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+}
+
+#[test]
+fn invalid_objects_are_skipped_by_name_and_the_rest_applies() {
+    let out = compute_file("invalid.yaml", None);
+    assert_eq!(
+        lines(&out),
+        [
+            "10.96.0.80:80/TCP default/good [10.244.1.80:8080]",
+            "10.96.0.84:80/TCP default/partly [10.244.1.84:8080]",
+        ]
+    );
+    let skipped: Vec<String> = out.skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        skipped,
+        [
+            "Service default/bad-affinity: spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is outside 1..=86400",
+            "Service default/bad-ip: spec.clusterIPs[0]: `10.96.0.300` is not an IP address",
+            "Service default/bad-port: spec.ports[0].port: 70000 is outside 1..=65535",
+            "Service default/bad-proto: spec.ports[1].protocol: `ICMP` (expected TCP, UDP or SCTP)",
+            "EndpointSlice default/partly-bad-addr: endpoints[1].addresses[0]: `10.244.1.x` is not an IPv4 address",
+            "EndpointSlice default/partly-bad-proto: ports[0].protocol: `FOO` (expected TCP, UDP or SCTP)",
+        ]
+    );
+}
+
+#[test]
+fn a_frontend_claimed_twice_goes_to_the_first_service_by_name() {
+    let (mut services, slices) = load("terminating.yaml");
+    let mut clash = (*services[0]).clone();
+    clash.metadata.name = Some("zz-clash".into());
+    services.push(Arc::new(clash));
+    let out = compute(&services, &slices, &NodeContext::default());
+    assert_eq!(out.table.frontends.len(), 2);
+    assert_eq!(
+        out.skipped
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["Service default/zz-clash: frontend 10.96.0.20:443/TCP already belongs to default/api"]
+    );
+}
+
+#[test]
+fn the_table_is_fitted_whole_frontends_first_come_programmed_ones() {
+    let out = compute_file("multi-port.yaml", None);
+    // Each web frontend needs 1 master + 3 slots; room for one of them.
+    let cap = Capacity {
+        services: 6,
+        backends: 100,
+        aff_match: 100,
+    };
+    let metrics_key = FrontendKey {
+        addr: "10.96.0.10".parse().unwrap(),
+        port: 9090,
+        proto: crate::model::Protocol::Tcp,
+    };
+    let fitted = fit_to_capacity(out.table.clone(), cap, |k| *k == metrics_key);
+    assert_eq!(fitted.left_out, ["shop/web:http"]);
+    assert_eq!(
+        fitted.table.frontends.keys().copied().collect::<Vec<_>>(),
+        [metrics_key]
+    );
+    let all = fit_to_capacity(out.table.clone(), Capacity { services: 8, ..cap }, |_| {
+        false
+    });
+    assert!(all.left_out.is_empty());
+    assert_eq!(all.table, out.table);
+}

@@ -25,8 +25,7 @@ use tracing::info;
 #[command(
     name = "switchyard",
     version,
-    about = "Kubernetes Service load balancing in eBPF",
-    args_conflicts_with_subcommands = true
+    about = "Kubernetes Service load balancing in eBPF"
 )]
 struct Cli {
     /// bpffs directory holding Switchyard's pinned maps and links.

@@ -4,6 +4,7 @@
 //! namespace: veth pairs are created directly inside the namespaces.
 //!
 //! Used by the integration tests, the demo and the benchmarks.
+pub mod cluster;
 pub mod cmd;
 pub mod fs;
 pub mod lab;

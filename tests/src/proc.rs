@@ -54,6 +54,61 @@ impl Proc {
         })
     }
 
+    /// Starts `program args…` here (root network namespace, own cgroup),
+    /// its stderr appended to `log`.
+    pub fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Result<Self> {
+        let what = format!("{} {}", program.display(), args.join(" "));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let stdin = child.stdin.take();
+        Ok(Self {
+            child,
+            stdout,
+            stdin,
+            what,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to this process (by its PID) and waits for it to end.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+        timeout: std::time::Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, signal)?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{} did not end within {timeout:?} of {signal}", self.what);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Reads one line of output; fails if the process ended instead.
     pub fn read_line(&mut self) -> Result<String> {
         let mut line = String::new();

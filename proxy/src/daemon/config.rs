@@ -63,6 +63,10 @@ pub struct DaemonArgs {
     pub max_backend_slots: Option<u32>,
     #[arg(long)]
     pub max_conntrack: Option<u32>,
+    #[arg(long)]
+    pub max_affinity: Option<u32>,
+    #[arg(long)]
+    pub max_sockets: Option<u32>,
 }
 
 /// Everything the daemon runs with, resolved and validated.
@@ -302,7 +306,8 @@ impl Settings {
                 backends: args.max_backends.unwrap_or(defaults.backends),
                 backend_slots: args.max_backend_slots.unwrap_or(defaults.backend_slots),
                 conntrack: args.max_conntrack.unwrap_or(defaults.conntrack),
-                ..defaults
+                affinity: args.max_affinity.unwrap_or(defaults.affinity),
+                sockets: args.max_sockets.unwrap_or(defaults.sockets),
             },
             ignored_keys: file.ignored,
         })

@@ -8,6 +8,9 @@
 //! - `hold --target IP:PORT --count C`: opens C connections, prints their
 //!   outcome, then on each `check` line on stdin pings every connection and
 //!   prints another outcome; ends on EOF.
+//! - `stream --target IP:PORT --rate R`: a new connection every 1/R s (each
+//!   greeted, then closed) until a line or EOF arrives on stdin; then prints
+//!   one outcome of them all.
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -60,6 +63,13 @@ enum Cmd {
         #[arg(long)]
         count: usize,
     },
+    Stream {
+        #[arg(long)]
+        target: SocketAddr,
+        /// New connections per second.
+        #[arg(long)]
+        rate: u32,
+    },
     /// Times `count` connect() calls (each then closed); prints the
     /// latencies in nanoseconds as a JSON array.
     ConnectLatency {
@@ -99,6 +109,7 @@ fn main() {
             print(&out);
         }
         Cmd::Hold { target, count } => hold(target, count),
+        Cmd::Stream { target, rate } => stream(target, rate),
         Cmd::ConnectLatency { target, count } => {
             let mut ns = Vec::with_capacity(count);
             for _ in 0..count {
@@ -254,4 +265,28 @@ fn hold(target: SocketAddr, count: usize) {
         let _ = c.get_mut().shutdown(std::net::Shutdown::Write);
         let _ = c.read_to_end(&mut Vec::new());
     }
+}
+
+fn stream(target: SocketAddr, rate: u32) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_line(&mut String::new());
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    println!("started");
+    std::io::stdout().flush().expect("stdout");
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut out = Outcome::default();
+    let mut next = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        // Connections are paced from a fixed schedule, not from the end of
+        // the previous one, so the rate holds even when one is slow.
+        drop(tcp_once(target, &mut out));
+        next += period;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    print(&out);
 }

@@ -1,0 +1,431 @@
+//! A one-node cluster in a box for end-to-end tests and benchmarks: our API
+//! server on loopback, the node topology of [`Testbed`] (client pod, backend
+//! pods), and the `switchyard` daemon watching the server and programming
+//! the node's cgroup and pod-facing interfaces, its pins on a private bpffs.
+//!
+//! Everything is a real process: `sy-apiserver`, `switchyard`, `kubectl`,
+//! the Python client. Processes end by PID, the rest is removed on drop.
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{fs::PrivateBpffs, lab::Testbed, proc::Proc, proc::sibling_binary};
+
+/// The node name the daemon runs as.
+pub const NODE_NAME: &str = "node-1";
+
+/// A directory under the temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str, name: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("{prefix}-{name}"));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `sy-apiserver` on 127.0.0.1 with an embedded store in `data_dir`.
+pub struct ApiServer {
+    _proc: Proc,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl ApiServer {
+    /// Starts the server on a free port (or on `port`, to come back on the
+    /// same address after a stop).
+    pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        let bin = sibling_binary("sy-apiserver")?;
+        let log = data_dir.join("apiserver.log");
+        let args = vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+        ];
+        let mut proc = Proc::spawn_logged(&bin, &args, &log)?;
+        let addr = loop {
+            let line = proc
+                .read_line()
+                .with_context(|| format!("sy-apiserver log:\n{}", read(&log)))?;
+            if let Some(a) = line.strip_prefix("listening on ") {
+                break a.parse()?;
+            }
+        };
+        Ok(Self {
+            _proc: proc,
+            addr,
+            data_dir: data_dir.to_owned(),
+            log,
+        })
+    }
+
+    /// The admin kubeconfig the server wrote.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("admin.kubeconfig")
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.log)
+    }
+}
+
+/// `kubectl` (the preinstalled dispatcher, matching the server's version)
+/// against a server, with its own HOME for the discovery cache.
+pub struct Kubectl {
+    kubeconfig: PathBuf,
+    home: PathBuf,
+}
+
+impl Kubectl {
+    pub fn new(kubeconfig: &Path, home: &Path) -> Result<Self> {
+        std::fs::create_dir_all(home)?;
+        Ok(Self {
+            kubeconfig: kubeconfig.to_owned(),
+            home: home.to_owned(),
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", &self.kubeconfig).env("HOME", &self.home);
+        c
+    }
+
+    /// Runs `kubectl args…`; fails with its stderr.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self.command().args(args).output().context("cannot run kubectl")?;
+        if !out.status.success() {
+            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f -` of a YAML text.
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        self.with_stdin(&["apply", "-f", "-"], yaml)
+    }
+
+    pub fn with_stdin(&self, args: &[&str], input: &str) -> Result<String> {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run kubectl")?;
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The official Python client (from the venv scripts/setup.sh makes).
+pub fn python(kubeconfig: &Path, script: &str) -> Result<String> {
+    let venv = std::env::var_os("SWITCHYARD_VENV").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".local/share/switchyard/venv")
+        },
+        PathBuf::from,
+    );
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        bail!("{} is missing: run scripts/setup.sh", py.display());
+    }
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .env("KUBECONFIG", kubeconfig)
+        .output()?;
+    if !out.status.success() {
+        bail!("python client script failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `switchyard` daemon, restartable with the same flags.
+pub struct Daemon {
+    proc: Option<Proc>,
+    bin: PathBuf,
+    args: Vec<String>,
+    pin_root: PathBuf,
+    pub log: PathBuf,
+    pub healthz: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Daemon {
+    /// Flags for `bed`'s node: socket hooks on its cgroup, TC on every
+    /// pod-facing interface, small maps (tests run side by side).
+    pub fn args_for(bed: &Testbed, kubeconfig: &Path, pin_root: &Path) -> Result<Vec<String>> {
+        let healthz = free_port()?;
+        let metrics = free_port()?;
+        let mut args: Vec<String> = [
+            "--pin-root",
+            &pin_root.display().to_string(),
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--hostname-override",
+            NODE_NAME,
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--healthz-bind-address",
+            &format!("127.0.0.1:{healthz}"),
+            "--metrics-bind-address",
+            &format!("127.0.0.1:{metrics}"),
+            "--cgroup-path",
+            &bed.cgroup.path().display().to_string(),
+            "--tc-netns",
+            bed.topo.node.name(),
+            "--max-frontends",
+            "4096",
+            "--max-backends",
+            "4096",
+            "--max-backend-slots",
+            "4096",
+            "--max-conntrack",
+            "16384",
+            "--max-affinity",
+            "4096",
+            "--max-sockets",
+            "4096",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        for iface in bed.topo.host_ifs() {
+            args.extend(["--tc-iface".to_owned(), iface.to_owned()]);
+        }
+        Ok(args)
+    }
+
+    pub fn start(args: Vec<String>, log: &Path) -> Result<Self> {
+        let flag = |name: &str| -> Result<String> {
+            let i = args.iter().position(|a| a == name).context(name.to_owned())?;
+            Ok(args[i + 1].clone())
+        };
+        let mut d = Self {
+            proc: None,
+            bin: sibling_binary("switchyard")?,
+            pin_root: flag("--pin-root")?.into(),
+            healthz: flag("--healthz-bind-address")?.parse()?,
+            metrics: flag("--metrics-bind-address")?.parse()?,
+            args,
+            log: log.to_owned(),
+        };
+        d.restart()?;
+        Ok(d)
+    }
+
+    /// Starts the daemon (again) with the same flags.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.proc.as_mut().is_some_and(|p| p.exited().is_none()) {
+            bail!("the daemon is still running");
+        }
+        self.proc = Some(Proc::spawn_logged(&self.bin, &self.args, &self.log)?);
+        Ok(())
+    }
+
+    /// Stops it with `signal`; returns the exit status.
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) -> Result<std::process::ExitStatus> {
+        let mut p = self.proc.take().context("the daemon is not running")?;
+        p.signal_and_wait(signal, Duration::from_secs(10))
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.log)
+    }
+
+    /// GET `path` on the health server: (status, body).
+    pub fn healthz(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.healthz, path)
+    }
+
+    /// Waits until `/healthz` answers 200 (first sync done).
+    pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.proc.as_mut()
+                && let Some(status) = p.exited()
+            {
+                bail!("the daemon exited ({status}):\n{}", self.log());
+            }
+            if let Ok((200, _)) = self.healthz("/healthz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon is not healthy after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The Prometheus exposition text.
+    pub fn metrics_text(&self) -> Result<String> {
+        let (status, body) = http_get(self.metrics, "/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(body)
+    }
+
+    /// The value of one sample, e.g. `switchyard_invalid_objects{kind="Service"}`.
+    pub fn metric(&self, sample: &str) -> Result<f64> {
+        let text = self.metrics_text()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .with_context(|| format!("no sample `{sample}` in\n{text}"))?
+            .parse()
+            .context("sample value")
+    }
+
+    /// `switchyard inspect WHAT --json` on the pinned maps.
+    pub fn inspect(&self, what: &str) -> Result<Value> {
+        let out = Command::new(&self.bin)
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .args(["inspect", what, "--json"])
+            .output()?;
+        if !out.status.success() {
+            bail!("inspect {what}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Backends (`ip:port/PROTO`) of frontend `ip:port/PROTO`, `None` if it
+    /// is not in the maps.
+    pub fn frontend(&self, frontend: &str) -> Result<Option<Vec<String>>> {
+        let rows = self.inspect("services")?;
+        Ok(rows.as_array().into_iter().flatten().find(|r| r["frontend"] == frontend).map(|r| {
+            let mut b: Vec<String> = r["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b.as_str().map(str::to_owned))
+                .collect();
+            b.sort();
+            b
+        }))
+    }
+
+    /// Waits until the maps hold `frontend` with exactly `backends`
+    /// (`None`: until it is gone).
+    pub fn wait_frontend(&self, frontend: &str, backends: Option<&[String]>) -> Result<()> {
+        let want = backends.map(|b| {
+            let mut b = b.to_vec();
+            b.sort();
+            b
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.frontend(frontend)?;
+            if now == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "frontend {frontend}: maps hold {now:?}, expected {want:?}\ndaemon log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The whole one-node cluster. Field order is drop order: the daemon and
+/// the API server end first, then pins, then the node and its pods.
+pub struct Cluster {
+    pub daemon: Daemon,
+    pub api: ApiServer,
+    pub kubectl: Kubectl,
+    pub bpffs: PrivateBpffs,
+    pub bed: Testbed,
+    pub dir: TempDir,
+}
+
+impl Cluster {
+    /// API server, node with `backends` pods, and the daemon, healthy.
+    pub fn start(backends: u8) -> Result<Self> {
+        Self::start_with(backends, |_| {})
+    }
+
+    /// The same, with the daemon's flags adjusted by `edit`.
+    pub fn start_with(backends: u8, edit: impl FnOnce(&mut Vec<String>)) -> Result<Self> {
+        let bed = Testbed::new(backends)?;
+        let dir = TempDir::new(&bed.prefix, "cluster")?;
+        let bpffs = PrivateBpffs::new(&bed.prefix)?;
+        let api_dir = dir.path().join("apiserver");
+        std::fs::create_dir_all(&api_dir)?;
+        let api = ApiServer::start(&api_dir, 0)?;
+        let kubectl = Kubectl::new(&api.kubeconfig(), &dir.path().join("home"))?;
+        let mut args =
+            Daemon::args_for(&bed, &api.kubeconfig(), &bpffs.path().join("switchyard"))?;
+        edit(&mut args);
+        let mut daemon = Daemon::start(args, &dir.path().join("switchyard.log"))?;
+        daemon.wait_healthy(Duration::from_secs(30))?;
+        Ok(Self {
+            daemon,
+            api,
+            kubectl,
+            bpffs,
+            bed,
+            dir,
+        })
+    }
+
+    /// `ip:port/TCP` of backend pod `b{i}` on `port`.
+    pub fn backend(&self, i: usize, port: u16, proto: &str) -> String {
+        format!("{}:{port}/{proto}", self.bed.topo.backends[i - 1].ip)
+    }
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP response: {resp:?}"))?;
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Ok((status, body))
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}

@@ -1,0 +1,287 @@
+//! End to end: our API server on loopback, a node with pods, and the
+//! `switchyard` daemon watching the server. Services and EndpointSlices are
+//! written with kubectl and with the official Python client; traffic from
+//! the client pod must follow every change.
+use std::time::Duration;
+
+use testbed::{
+    cluster::{Cluster, python},
+    lab::ClientPlacement,
+    privileges,
+    probe::Outcome,
+};
+
+const VIP: &str = "10.96.0.10";
+
+fn service(name: &str, vip: &str, port_name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {vip}\n  ports:\n  - {{name: {port_name}, port: 80, protocol: TCP, targetPort: {port_name}}}\n{extra_spec}"
+    )
+}
+
+/// An EndpointSlice of Service `svc` with `endpoints` as
+/// `(pod ip, ready, serving, terminating)`.
+fn slice(svc: &str, port_name: &str, endpoints: &[(String, bool, bool, bool)]) -> String {
+    let mut eps = String::new();
+    for (ip, ready, serving, terminating) in endpoints {
+        eps.push_str(&format!(
+            "- addresses: [{ip}]\n  nodeName: node-1\n  conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}\n"
+        ));
+    }
+    if endpoints.is_empty() {
+        eps.push_str("[]\n");
+    }
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv4\nports:\n- {{name: {port_name}, port: 8080, protocol: TCP}}\nendpoints:{}{eps}",
+        if endpoints.is_empty() { " " } else { "\n" }
+    )
+}
+
+fn ready(c: &Cluster, pods: &[usize]) -> Vec<(String, bool, bool, bool)> {
+    pods.iter()
+        .map(|i| (c.bed.topo.backends[i - 1].ip.to_string(), true, true, false))
+        .collect()
+}
+
+fn backends(c: &Cluster, pods: &[usize]) -> Vec<String> {
+    pods.iter().map(|i| c.backend(*i, 8080, "TCP")).collect()
+}
+
+fn connect(c: &Cluster, target: &str, count: usize) -> Outcome {
+    let count = count.to_string();
+    c.bed
+        .client(
+            ClientPlacement::InNodeCgroup,
+            &["tcp", "--target", target, "--count", &count],
+        )
+        .unwrap()
+}
+
+/// Every connection answered, by exactly the pods `names`, each taking at
+/// least a fifth of a fair share.
+fn assert_spread(out: &Outcome, names: &[&str], total: usize) {
+    assert_eq!(out.error_count(), 0, "{out:?}");
+    let counts = out.counts();
+    let got: Vec<&str> = counts.keys().map(String::as_str).collect();
+    assert_eq!(got, names, "{out:?}");
+    for (name, n) in &counts {
+        assert!(
+            *n >= total / names.len() / 5,
+            "{name} took only {n} of {total}: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn traffic_follows_kubectl_creates_scales_deletes_and_terminating_fallback() {
+    privileges::require();
+    let c = Cluster::start(3).unwrap();
+    let fe = format!("{VIP}:80/TCP");
+    let target = format!("{VIP}:80");
+
+    // Named targetPort `http`, resolved through the slice's port.
+    c.kubectl
+        .apply(&format!(
+            "{}---\n{}",
+            service("web", VIP, "http", ""),
+            slice("web", "http", &ready(&c, &[1]))
+        ))
+        .unwrap();
+    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1]))).unwrap();
+    assert_spread(&connect(&c, &target, 20), &["b1"], 20);
+
+    // Scale up, then down.
+    c.kubectl.apply(&slice("web", "http", &ready(&c, &[1, 2, 3]))).unwrap();
+    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3]))).unwrap();
+    assert_spread(&connect(&c, &target, 90), &["b1", "b2", "b3"], 90);
+    c.kubectl.apply(&slice("web", "http", &ready(&c, &[2]))).unwrap();
+    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[2]))).unwrap();
+    assert_spread(&connect(&c, &target, 20), &["b2"], 20);
+
+    // No endpoints: refused at once, as kube-proxy's REJECT.
+    c.kubectl.apply(&slice("web", "http", &[])).unwrap();
+    c.daemon.wait_frontend(&fe, Some(&[])).unwrap();
+    let out = connect(&c, &target, 3);
+    assert_eq!(out.errors.get("refused"), Some(&3), "{out:?}");
+
+    // Only terminating endpoints: the serving one takes the traffic.
+    let ip = |i: usize| c.bed.topo.backends[i - 1].ip.to_string();
+    c.kubectl
+        .apply(&slice(
+            "web",
+            "http",
+            &[(ip(1), false, true, true), (ip(3), false, false, true)],
+        ))
+        .unwrap();
+    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1]))).unwrap();
+    assert_spread(&connect(&c, &target, 20), &["b1"], 20);
+
+    // Deleted: the frontend leaves the maps; recreated: it comes back.
+    c.kubectl.apply(&slice("web", "http", &ready(&c, &[3]))).unwrap();
+    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[3]))).unwrap();
+    c.kubectl.run(&["delete", "service", "web"]).unwrap();
+    c.daemon.wait_frontend(&fe, None).unwrap();
+    c.kubectl.apply(&service("web", VIP, "http", "")).unwrap();
+    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[3]))).unwrap();
+    assert_spread(&connect(&c, &target, 20), &["b3"], 20);
+
+    // Health and metrics as kube-proxy's.
+    let (status, body) = c.daemon.healthz("/healthz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(body["lastUpdated"].as_str().is_some_and(|s| s.ends_with('Z')), "{body}");
+    assert_eq!(body["nodeEligible"], true);
+    assert!(c.daemon.metric("switchyard_programmed_frontends").unwrap() >= 1.0);
+    assert!(
+        c.daemon.metric("kubeproxy_sync_proxy_rules_duration_seconds_count").unwrap() >= 6.0
+    );
+}
+
+/// Python client: create, rename a port (Service first, then its slice),
+/// and switch session affinity on and off.
+#[test]
+fn traffic_follows_python_client_port_renames_and_affinity_switches() {
+    privileges::require();
+    let c = Cluster::start(3).unwrap();
+    let vip = "10.96.0.20";
+    let fe = format!("{vip}:80/TCP");
+    let target = format!("{vip}:80");
+    let ips: Vec<String> = c.bed.topo.backends.iter().map(|b| b.ip.to_string()).collect();
+    let kubeconfig = c.api.kubeconfig();
+    let script = |body: &str| {
+        let prelude = "from kubernetes import client, config\nconfig.load_kube_config()\ncore = client.CoreV1Api()\ndisc = client.DiscoveryV1Api()\n";
+        python(&kubeconfig, &format!("{prelude}{body}")).unwrap()
+    };
+    script(&format!(
+        r#"
+core.create_namespaced_service("default", client.V1Service(
+    metadata=client.V1ObjectMeta(name="api"),
+    spec=client.V1ServiceSpec(cluster_ip="{vip}", ports=[client.V1ServicePort(name="web", port=80, target_port="web")])))
+disc.create_namespaced_endpoint_slice("default", client.V1EndpointSlice(
+    metadata=client.V1ObjectMeta(name="api-1", labels={{"kubernetes.io/service-name": "api"}}),
+    address_type="IPv4",
+    ports=[client.DiscoveryV1EndpointPort(name="web", port=8080, protocol="TCP")],
+    endpoints=[client.V1Endpoint(addresses=[ip], conditions=client.V1EndpointConditions(ready=True)) for ip in {ips:?}]))
+"#
+    ));
+    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3]))).unwrap();
+    assert_spread(&connect(&c, &target, 60), &["b1", "b2", "b3"], 60);
+
+    // The Service's port is renamed first: no slice port matches, so the
+    // frontend has no endpoints until the slice follows.
+    script(
+        r#"core.patch_namespaced_service("api", "default", [{"op": "replace", "path": "/spec/ports/0/name", "value": "http"}])"#,
+    );
+    c.daemon.wait_frontend(&fe, Some(&[])).unwrap();
+    script(
+        r#"disc.patch_namespaced_endpoint_slice("api-1", "default", [{"op": "replace", "path": "/ports/0/name", "value": "http"}])"#,
+    );
+    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3]))).unwrap();
+
+    // None → ClientIP: every connection of the pod lands on one backend.
+    script(
+        r#"core.patch_namespaced_service("api", "default", {"spec": {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}})"#,
+    );
+    wait_affinity(&c, &fe, Some(600));
+    let out = connect(&c, &target, 30);
+    assert_eq!((out.error_count(), out.counts().len()), (0, 1), "{out:?}");
+    // ClientIP → None: spread again.
+    script(r#"core.patch_namespaced_service("api", "default", {"spec": {"sessionAffinity": "None"}})"#);
+    wait_affinity(&c, &fe, None);
+    assert_spread(&connect(&c, &target, 60), &["b1", "b2", "b3"], 60);
+}
+
+fn wait_affinity(c: &Cluster, fe: &str, want: Option<u64>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = c.daemon.inspect("services").unwrap();
+        let row = rows.as_array().unwrap().iter().find(|r| r["frontend"] == fe).cloned();
+        let got = row.as_ref().and_then(|r| r["affinity_timeout_s"].as_u64());
+        if row.is_some() && got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "affinity of {fe} is {got:?}, expected {want:?}\n{}",
+            c.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Bad objects are skipped by name and counted; the rest applies. When the
+/// maps are full, whole frontends are left out and reported (log, metric,
+/// Node event).
+#[test]
+fn bad_objects_are_skipped_and_full_maps_are_reported() {
+    privileges::require();
+    // Room for two frontends of two backends each (3 entries each).
+    let c = Cluster::start_with(3, |args| {
+        for (flag, value) in [("--max-frontends", "2"), ("--max-backend-slots", "4")] {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1] = value.to_owned();
+        }
+    })
+    .unwrap();
+    let ip = |i: usize| c.bed.topo.backends[i - 1].ip.to_string();
+    let mut bad_slice = slice("good", "http", &ready(&c, &[1]));
+    bad_slice = bad_slice.replace("name: good-1", "name: good-bad");
+    bad_slice = bad_slice.replace(&ip(1), "10.244.1.x");
+    c.kubectl
+        .apply(&format!(
+            "{}---\n{}---\n{}",
+            service("good", "10.96.0.30", "http", ""),
+            slice("good", "http", &ready(&c, &[1, 2])),
+            bad_slice,
+        ))
+        .unwrap();
+    c.daemon
+        .wait_frontend("10.96.0.30:80/TCP", Some(&backends(&c, &[1, 2])))
+        .unwrap();
+    assert_eq!(
+        c.daemon.metric("switchyard_invalid_objects{kind=\"EndpointSlice\"}").unwrap(),
+        1.0
+    );
+    let log = c.daemon.log();
+    assert!(
+        log.contains("default/good-bad") && log.contains("`10.244.1.x` is not an IPv4 address"),
+        "the warning names the slice and the problem:\n{log}"
+    );
+    assert_spread(&connect(&c, "10.96.0.30:80", 40), &["b1", "b2"], 40);
+
+    // Three more Services of two endpoints: one fits, two do not.
+    let mut docs = Vec::new();
+    for (n, vip) in [("more-a", "10.96.0.31"), ("more-b", "10.96.0.32"), ("more-c", "10.96.0.33")] {
+        docs.push(service(n, vip, "http", ""));
+        docs.push(slice(n, "http", &ready(&c, &[2, 3])));
+    }
+    c.kubectl.apply(&docs.join("---\n")).unwrap();
+    c.daemon
+        .wait_frontend("10.96.0.31:80/TCP", Some(&backends(&c, &[2, 3])))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.daemon.metric("switchyard_frontends_not_programmed{reason=\"map_full\"}").unwrap() != 2.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", c.daemon.metrics_text().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for vip in ["10.96.0.32", "10.96.0.33"] {
+        assert_eq!(c.daemon.frontend(&format!("{vip}:80/TCP")).unwrap(), None, "no partial frontend");
+    }
+    // The programmed ones are untouched and still whole.
+    c.daemon
+        .wait_frontend("10.96.0.30:80/TCP", Some(&backends(&c, &[1, 2])))
+        .unwrap();
+    let events = loop {
+        let out = c
+            .kubectl
+            .run(&["get", "events", "-n", "default", "-o", "json"])
+            .unwrap();
+        if out.contains("FrontendsNotProgrammed") {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "no Node event: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(events.contains("default/more-b") && events.contains("default/more-c"), "{events}");
+    assert!(c.daemon.log().contains("maps are full"));
+}

@@ -108,15 +108,24 @@ impl Kubectl {
 
     fn command(&self) -> Command {
         let mut c = Command::new("kubectl");
-        c.env("KUBECONFIG", &self.kubeconfig).env("HOME", &self.home);
+        c.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.home);
         c
     }
 
     /// Runs `kubectl args…`; fails with its stderr.
     pub fn run(&self, args: &[&str]) -> Result<String> {
-        let out = self.command().args(args).output().context("cannot run kubectl")?;
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .context("cannot run kubectl")?;
         if !out.status.success() {
-            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -135,10 +144,18 @@ impl Kubectl {
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot run kubectl")?;
-        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -163,7 +180,10 @@ pub fn python(kubeconfig: &Path, script: &str) -> Result<String> {
         .env("KUBECONFIG", kubeconfig)
         .output()?;
     if !out.status.success() {
-        bail!("python client script failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "python client script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -226,7 +246,10 @@ impl Daemon {
 
     pub fn start(args: Vec<String>, log: &Path) -> Result<Self> {
         let flag = |name: &str| -> Result<String> {
-            let i = args.iter().position(|a| a == name).context(name.to_owned())?;
+            let i = args
+                .iter()
+                .position(|a| a == name)
+                .context(name.to_owned())?;
             Ok(args[i + 1].clone())
         };
         let mut d = Self {
@@ -240,6 +263,17 @@ impl Daemon {
         };
         d.restart()?;
         Ok(d)
+    }
+
+    /// Changes a flag for the next start.
+    pub fn set_flag(&mut self, flag: &str, value: &str) -> Result<()> {
+        let i = self
+            .args
+            .iter()
+            .position(|a| a == flag)
+            .context(flag.to_owned())?;
+        self.args[i + 1] = value.to_owned();
+        Ok(())
     }
 
     /// Starts the daemon (again) with the same flags.
@@ -279,7 +313,10 @@ impl Daemon {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the daemon is not healthy after {timeout:?}:\n{}", self.log());
+                bail!(
+                    "the daemon is not healthy after {timeout:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -321,16 +358,21 @@ impl Daemon {
     /// is not in the maps.
     pub fn frontend(&self, frontend: &str) -> Result<Option<Vec<String>>> {
         let rows = self.inspect("services")?;
-        Ok(rows.as_array().into_iter().flatten().find(|r| r["frontend"] == frontend).map(|r| {
-            let mut b: Vec<String> = r["backends"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|b| b.as_str().map(str::to_owned))
-                .collect();
-            b.sort();
-            b
-        }))
+        Ok(rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["frontend"] == frontend)
+            .map(|r| {
+                let mut b: Vec<String> = r["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| b.as_str().map(str::to_owned))
+                    .collect();
+                b.sort();
+                b
+            }))
     }
 
     /// Waits until the maps hold `frontend` with exactly `backends`
@@ -384,8 +426,7 @@ impl Cluster {
         std::fs::create_dir_all(&api_dir)?;
         let api = ApiServer::start(&api_dir, 0)?;
         let kubectl = Kubectl::new(&api.kubeconfig(), &dir.path().join("home"))?;
-        let mut args =
-            Daemon::args_for(&bed, &api.kubeconfig(), &bpffs.path().join("switchyard"))?;
+        let mut args = Daemon::args_for(&bed, &api.kubeconfig(), &bpffs.path().join("switchyard"))?;
         edit(&mut args);
         let mut daemon = Daemon::start(args, &dir.path().join("switchyard.log"))?;
         daemon.wait_healthy(Duration::from_secs(30))?;
@@ -414,7 +455,10 @@ pub fn free_port() -> Result<u16> {
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let status = resp
@@ -422,7 +466,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("not an HTTP response: {resp:?}"))?;
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     Ok((status, body))
 }
 

@@ -13,6 +13,7 @@ pub mod packet;
 pub mod privileges;
 pub mod probe;
 pub mod proc;
+pub mod relay;
 pub mod topology;
 
 pub mod sweep;

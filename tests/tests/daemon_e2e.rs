@@ -87,15 +87,25 @@ fn traffic_follows_kubectl_creates_scales_deletes_and_terminating_fallback() {
             slice("web", "http", &ready(&c, &[1]))
         ))
         .unwrap();
-    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1]))).unwrap();
+    c.daemon
+        .wait_frontend(&fe, Some(&backends(&c, &[1])))
+        .unwrap();
     assert_spread(&connect(&c, &target, 20), &["b1"], 20);
 
     // Scale up, then down.
-    c.kubectl.apply(&slice("web", "http", &ready(&c, &[1, 2, 3]))).unwrap();
-    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3]))).unwrap();
+    c.kubectl
+        .apply(&slice("web", "http", &ready(&c, &[1, 2, 3])))
+        .unwrap();
+    c.daemon
+        .wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3])))
+        .unwrap();
     assert_spread(&connect(&c, &target, 90), &["b1", "b2", "b3"], 90);
-    c.kubectl.apply(&slice("web", "http", &ready(&c, &[2]))).unwrap();
-    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[2]))).unwrap();
+    c.kubectl
+        .apply(&slice("web", "http", &ready(&c, &[2])))
+        .unwrap();
+    c.daemon
+        .wait_frontend(&fe, Some(&backends(&c, &[2])))
+        .unwrap();
     assert_spread(&connect(&c, &target, 20), &["b2"], 20);
 
     // No endpoints: refused at once, as kube-proxy's REJECT.
@@ -113,27 +123,43 @@ fn traffic_follows_kubectl_creates_scales_deletes_and_terminating_fallback() {
             &[(ip(1), false, true, true), (ip(3), false, false, true)],
         ))
         .unwrap();
-    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1]))).unwrap();
+    c.daemon
+        .wait_frontend(&fe, Some(&backends(&c, &[1])))
+        .unwrap();
     assert_spread(&connect(&c, &target, 20), &["b1"], 20);
 
     // Deleted: the frontend leaves the maps; recreated: it comes back.
-    c.kubectl.apply(&slice("web", "http", &ready(&c, &[3]))).unwrap();
-    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[3]))).unwrap();
+    c.kubectl
+        .apply(&slice("web", "http", &ready(&c, &[3])))
+        .unwrap();
+    c.daemon
+        .wait_frontend(&fe, Some(&backends(&c, &[3])))
+        .unwrap();
     c.kubectl.run(&["delete", "service", "web"]).unwrap();
     c.daemon.wait_frontend(&fe, None).unwrap();
     c.kubectl.apply(&service("web", VIP, "http", "")).unwrap();
-    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[3]))).unwrap();
+    c.daemon
+        .wait_frontend(&fe, Some(&backends(&c, &[3])))
+        .unwrap();
     assert_spread(&connect(&c, &target, 20), &["b3"], 20);
 
     // Health and metrics as kube-proxy's.
     let (status, body) = c.daemon.healthz("/healthz").unwrap();
     assert_eq!(status, 200, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(body["lastUpdated"].as_str().is_some_and(|s| s.ends_with('Z')), "{body}");
+    assert!(
+        body["lastUpdated"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{body}"
+    );
     assert_eq!(body["nodeEligible"], true);
     assert!(c.daemon.metric("switchyard_programmed_frontends").unwrap() >= 1.0);
     assert!(
-        c.daemon.metric("kubeproxy_sync_proxy_rules_duration_seconds_count").unwrap() >= 6.0
+        c.daemon
+            .metric("kubeproxy_sync_proxy_rules_duration_seconds_count")
+            .unwrap()
+            >= 6.0
     );
 }
 
@@ -146,7 +172,13 @@ fn traffic_follows_python_client_port_renames_and_affinity_switches() {
     let vip = "10.96.0.20";
     let fe = format!("{vip}:80/TCP");
     let target = format!("{vip}:80");
-    let ips: Vec<String> = c.bed.topo.backends.iter().map(|b| b.ip.to_string()).collect();
+    let ips: Vec<String> = c
+        .bed
+        .topo
+        .backends
+        .iter()
+        .map(|b| b.ip.to_string())
+        .collect();
     let kubeconfig = c.api.kubeconfig();
     let script = |body: &str| {
         let prelude = "from kubernetes import client, config\nconfig.load_kube_config()\ncore = client.CoreV1Api()\ndisc = client.DiscoveryV1Api()\n";
@@ -164,7 +196,9 @@ disc.create_namespaced_endpoint_slice("default", client.V1EndpointSlice(
     endpoints=[client.V1Endpoint(addresses=[ip], conditions=client.V1EndpointConditions(ready=True)) for ip in {ips:?}]))
 "#
     ));
-    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3]))).unwrap();
+    c.daemon
+        .wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3])))
+        .unwrap();
     assert_spread(&connect(&c, &target, 60), &["b1", "b2", "b3"], 60);
 
     // The Service's port is renamed first: no slice port matches, so the
@@ -176,7 +210,9 @@ disc.create_namespaced_endpoint_slice("default", client.V1EndpointSlice(
     script(
         r#"disc.patch_namespaced_endpoint_slice("api-1", "default", [{"op": "replace", "path": "/ports/0/name", "value": "http"}])"#,
     );
-    c.daemon.wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3]))).unwrap();
+    c.daemon
+        .wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3])))
+        .unwrap();
 
     // None → ClientIP: every connection of the pod lands on one backend.
     script(
@@ -186,7 +222,9 @@ disc.create_namespaced_endpoint_slice("default", client.V1EndpointSlice(
     let out = connect(&c, &target, 30);
     assert_eq!((out.error_count(), out.counts().len()), (0, 1), "{out:?}");
     // ClientIP → None: spread again.
-    script(r#"core.patch_namespaced_service("api", "default", {"spec": {"sessionAffinity": "None"}})"#);
+    script(
+        r#"core.patch_namespaced_service("api", "default", {"spec": {"sessionAffinity": "None"}})"#,
+    );
     wait_affinity(&c, &fe, None);
     assert_spread(&connect(&c, &target, 60), &["b1", "b2", "b3"], 60);
 }
@@ -195,7 +233,12 @@ fn wait_affinity(c: &Cluster, fe: &str, want: Option<u64>) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let rows = c.daemon.inspect("services").unwrap();
-        let row = rows.as_array().unwrap().iter().find(|r| r["frontend"] == fe).cloned();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["frontend"] == fe)
+            .cloned();
         let got = row.as_ref().and_then(|r| r["affinity_timeout_s"].as_u64());
         if row.is_some() && got == want {
             return;
@@ -239,7 +282,9 @@ fn bad_objects_are_skipped_and_full_maps_are_reported() {
         .wait_frontend("10.96.0.30:80/TCP", Some(&backends(&c, &[1, 2])))
         .unwrap();
     assert_eq!(
-        c.daemon.metric("switchyard_invalid_objects{kind=\"EndpointSlice\"}").unwrap(),
+        c.daemon
+            .metric("switchyard_invalid_objects{kind=\"EndpointSlice\"}")
+            .unwrap(),
         1.0
     );
     let log = c.daemon.log();
@@ -251,7 +296,11 @@ fn bad_objects_are_skipped_and_full_maps_are_reported() {
 
     // Three more Services of two endpoints: one fits, two do not.
     let mut docs = Vec::new();
-    for (n, vip) in [("more-a", "10.96.0.31"), ("more-b", "10.96.0.32"), ("more-c", "10.96.0.33")] {
+    for (n, vip) in [
+        ("more-a", "10.96.0.31"),
+        ("more-b", "10.96.0.32"),
+        ("more-c", "10.96.0.33"),
+    ] {
         docs.push(service(n, vip, "http", ""));
         docs.push(slice(n, "http", &ready(&c, &[2, 3])));
     }
@@ -260,12 +309,25 @@ fn bad_objects_are_skipped_and_full_maps_are_reported() {
         .wait_frontend("10.96.0.31:80/TCP", Some(&backends(&c, &[2, 3])))
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while c.daemon.metric("switchyard_frontends_not_programmed{reason=\"map_full\"}").unwrap() != 2.0 {
-        assert!(std::time::Instant::now() < deadline, "{}", c.daemon.metrics_text().unwrap());
+    while c
+        .daemon
+        .metric("switchyard_frontends_not_programmed{reason=\"map_full\"}")
+        .unwrap()
+        != 2.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            c.daemon.metrics_text().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for vip in ["10.96.0.32", "10.96.0.33"] {
-        assert_eq!(c.daemon.frontend(&format!("{vip}:80/TCP")).unwrap(), None, "no partial frontend");
+        assert_eq!(
+            c.daemon.frontend(&format!("{vip}:80/TCP")).unwrap(),
+            None,
+            "no partial frontend"
+        );
     }
     // The programmed ones are untouched and still whole.
     c.daemon
@@ -282,6 +344,9 @@ fn bad_objects_are_skipped_and_full_maps_are_reported() {
         assert!(std::time::Instant::now() < deadline, "no Node event: {out}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(events.contains("default/more-b") && events.contains("default/more-c"), "{events}");
+    assert!(
+        events.contains("default/more-b") && events.contains("default/more-c"),
+        "{events}"
+    );
     assert!(c.daemon.log().contains("maps are full"));
 }

@@ -265,6 +265,11 @@ impl Daemon {
         Ok(d)
     }
 
+    /// PID of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
     /// Changes a flag for the next start.
     pub fn set_flag(&mut self, flag: &str, value: &str) -> Result<()> {
         let i = self

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod cmd;
 pub mod fs;
+pub mod iptables_baseline;
 pub mod lab;
 pub mod netns;
 pub mod packet;

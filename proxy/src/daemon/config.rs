@@ -16,7 +16,7 @@ pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 /// How long a burst of changes is gathered before one recompute. kube-proxy
 /// rate-limits iptables-restore to 1 s; a map write costs microseconds, so
 /// Switchyard only coalesces.
-pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_millis(10);
+pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_millis(2);
 
 /// Flags of the daemon (`switchyard` with no subcommand).
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -42,7 +42,7 @@ pub struct DaemonArgs {
     /// Periodic full resync, e.g. `30s` [default: 30s].
     #[arg(long, value_parser = parse_duration)]
     pub sync_period: Option<Duration>,
-    /// Time changes are gathered before a recompute, e.g. `10ms` [default: 10ms].
+    /// Time changes are gathered before a recompute, e.g. `10ms` [default: 2ms].
     #[arg(long, value_parser = parse_duration)]
     pub min_sync_period: Option<Duration>,
     /// cgroup v2 directory whose processes get socket-level load balancing:

@@ -1,94 +1,96 @@
-//! The demo behind the README's first command: a node namespace with a client
-//! pod and three backend pods, Switchyard attached and programmed through its
-//! own command line, and 30 connections to the ClusterIP, each printed with
-//! the backend that answered. Everything is removed at the end.
-use std::{collections::BTreeMap, path::Path, process::Command};
+//! The demo behind the README's first command: our API server on loopback,
+//! a node namespace with a client pod and three backend pods, and the
+//! `switchyard` daemon watching the server. The sample app
+//! (examples/demo-app.yaml) is applied with kubectl; 30 connections to its
+//! ClusterIP show the spread; then a pod is taken out of the EndpointSlice
+//! with kubectl and 30 more show the traffic following. Everything is
+//! removed at the end.
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use testbed::{
-    fs::PrivateBpffs,
-    lab::{ClientPlacement, Testbed},
-    proc::sibling_binary,
-};
+use testbed::{cluster::Cluster, lab::ClientPlacement, probe::Outcome};
 
 const VIP: &str = "10.96.0.10:80";
 
 fn main() -> Result<()> {
-    let bed = Testbed::new(3).context("building the node and pods (needs root)")?;
-    let bpffs = PrivateBpffs::new(&bed.prefix)?;
-    let pin_root = bpffs.path().join("switchyard");
-    let switchyard = sibling_binary("switchyard")?;
-    let sy = |args: &[&str]| -> Result<String> {
-        let out = Command::new(&switchyard)
-            .arg("--pin-root")
-            .arg(&pin_root)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "switchyard {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-
-    println!("node namespace {} with pods:", bed.topo.node.name());
-    println!("  client {}", bed.topo.client.ip);
-    for b in &bed.topo.backends {
-        println!("  {:<6} {}", b.name, b.ip);
-    }
-    let mut attach = vec![
-        "attach",
-        "--cgroup",
-        bed.cgroup.path().to_str().context("path")?,
-        "--netns",
-        bed.topo.node.name(),
-    ];
-    for iface in bed.topo.host_ifs() {
-        attach.extend(["--tc-iface", iface]);
-    }
-    attach.extend(["--max-conntrack", "65536"]);
-    sy(&attach)?;
-
-    let table = std::env::temp_dir().join(format!("{}-table.yaml", bed.prefix));
-    std::fs::write(
-        &table,
-        format!(
-            "frontends:\n  - name: default/web:http\n    address: 10.96.0.10\n    port: 80\n    backends: [{}, {}, {}]\n",
-            bed.backend(1),
-            bed.backend(2),
-            bed.backend(3)
-        ),
-    )?;
-    let applied = sy(&["apply-file", path(&table)?]);
-    let _ = std::fs::remove_file(&table);
-    applied?;
+    let c = Cluster::start(3)
+        .context("starting the API server, the node and switchyard (needs root)")?;
     println!(
-        "\n$ switchyard inspect services\n{}",
-        sy(&["inspect", "services"])?
+        "API server  https://{} (data in {})",
+        c.api.addr,
+        c.api.data_dir.display()
     );
-
-    let out = bed.client(
-        ClientPlacement::InNodeCgroup,
-        &["tcp", "--target", VIP, "--count", "30"],
-    )?;
-    println!("30 connections from the client pod to ClusterIP {VIP}:");
-    for (i, who) in out.answers.iter().enumerate() {
-        println!("  connection {:>2} -> {who}", i + 1);
-    }
-    let counts: BTreeMap<_, _> = out.counts();
     println!(
-        "answers per backend: {counts:?}; failed connections: {}",
-        out.error_count()
+        "node        namespace {} (switchyard log: {})",
+        c.bed.topo.node.name(),
+        c.daemon.log.display()
     );
-    sy(&["cleanup"])?;
-    if out.error_count() > 0 || counts.len() != 3 {
-        bail!("the ClusterIP did not balance over all three backends");
+    println!("  client pod {}", c.bed.topo.client.ip);
+    for b in &c.bed.topo.backends {
+        println!("  pod {:<6} {}", b.name, b.ip);
     }
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo-app.yaml");
+    let app = std::fs::read_to_string(&app).with_context(|| app.display().to_string())?;
+    println!(
+        "\n$ kubectl apply -f examples/demo-app.yaml\n{}",
+        c.kubectl.apply(&app)?.trim_end()
+    );
+    let all: Vec<String> = (1..=3).map(|i| c.backend(i, 8080, "TCP")).collect();
+    c.daemon.wait_frontend("10.96.0.10:80/TCP", Some(&all))?;
+    println!(
+        "\n$ kubectl get service,endpointslice\n{}",
+        c.kubectl.run(&["get", "service,endpointslice"])?.trim_end()
+    );
+    print_inspect(&c)?;
+    let first = connections(&c)?;
+
+    // Take b2 out, as a scale-down would.
+    let scaled = app.replace(
+        "- {addresses: [10.244.1.12], nodeName: node-1, conditions: {ready: true}}\n",
+        "",
+    );
+    println!(
+        "\n$ kubectl apply -f - (EndpointSlice web-1 without b2)\n{}",
+        c.kubectl.apply(&scaled)?.trim_end()
+    );
+    let two = [all[0].clone(), all[2].clone()];
+    c.daemon.wait_frontend("10.96.0.10:80/TCP", Some(&two))?;
+    print_inspect(&c)?;
+    let second = connections(&c)?;
+    let (status, body) = c.daemon.healthz("/healthz")?;
+    println!("\n$ curl {}/healthz\n{status} {body}", c.daemon.healthz);
+    std::thread::sleep(Duration::from_millis(100));
+    if first.error_count() + second.error_count() > 0
+        || first.counts().len() != 3
+        || second.counts().contains_key("b2")
+    {
+        bail!("traffic did not follow the Service and its EndpointSlice");
+    }
+    println!("\nthe ClusterIP balanced over all three pods, then followed the EndpointSlice");
     Ok(())
 }
 
-fn path(p: &Path) -> Result<&str> {
-    p.to_str().context("non-UTF-8 path")
+fn print_inspect(c: &Cluster) -> Result<()> {
+    let rows = c.daemon.inspect("services")?;
+    println!(
+        "\n$ switchyard inspect services --json\n{}",
+        serde_json::to_string_pretty(&rows)?
+    );
+    Ok(())
+}
+
+fn connections(c: &Cluster) -> Result<Outcome> {
+    let out = c.bed.client(
+        ClientPlacement::InNodeCgroup,
+        &["tcp", "--target", VIP, "--count", "30"],
+    )?;
+    println!("\n30 connections from the client pod to ClusterIP {VIP}:");
+    let line: Vec<&str> = out.answers.iter().map(String::as_str).collect();
+    println!("  {}", line.join(" "));
+    let counts: BTreeMap<_, _> = out.counts();
+    println!(
+        "  answers per pod: {counts:?}; failed connections: {}",
+        out.error_count()
+    );
+    Ok(out)
 }

@@ -16,6 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+use switchyard::datapath::MapSizes;
+
 use crate::{fs::PrivateBpffs, lab::Testbed, proc::Proc, proc::sibling_binary};
 
 /// The node name the daemon runs as.
@@ -200,44 +202,46 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Flags every daemon started here has: its pins, the API server, the
+    /// node name, health and metrics on free loopback ports, map sizes.
+    pub fn base_args(
+        pin_root: &Path,
+        kubeconfig: &Path,
+        node: &str,
+        sizes: &MapSizes,
+    ) -> Result<Vec<String>> {
+        let mut args = Vec::new();
+        let mut flag = |name: &str, value: String| args.extend([name.to_owned(), value]);
+        flag("--pin-root", pin_root.display().to_string());
+        flag("--kubeconfig", kubeconfig.display().to_string());
+        flag("--hostname-override", node.to_owned());
+        flag(
+            "--healthz-bind-address",
+            format!("127.0.0.1:{}", free_port()?),
+        );
+        flag(
+            "--metrics-bind-address",
+            format!("127.0.0.1:{}", free_port()?),
+        );
+        flag("--max-frontends", sizes.frontends.to_string());
+        flag("--max-backends", sizes.backends.to_string());
+        flag("--max-backend-slots", sizes.backend_slots.to_string());
+        flag("--max-conntrack", sizes.conntrack.to_string());
+        flag("--max-affinity", sizes.affinity.to_string());
+        flag("--max-sockets", sizes.sockets.to_string());
+        Ok(args)
+    }
+
     /// Flags for `bed`'s node: socket hooks on its cgroup, TC on every
     /// pod-facing interface, small maps (tests run side by side).
     pub fn args_for(bed: &Testbed, kubeconfig: &Path, pin_root: &Path) -> Result<Vec<String>> {
-        let healthz = free_port()?;
-        let metrics = free_port()?;
-        let mut args: Vec<String> = [
-            "--pin-root",
-            &pin_root.display().to_string(),
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--hostname-override",
-            NODE_NAME,
-            "--cluster-cidr",
-            "10.244.0.0/16",
-            "--healthz-bind-address",
-            &format!("127.0.0.1:{healthz}"),
-            "--metrics-bind-address",
-            &format!("127.0.0.1:{metrics}"),
-            "--cgroup-path",
-            &bed.cgroup.path().display().to_string(),
-            "--tc-netns",
-            bed.topo.node.name(),
-            "--max-frontends",
-            "4096",
-            "--max-backends",
-            "4096",
-            "--max-backend-slots",
-            "4096",
-            "--max-conntrack",
-            "16384",
-            "--max-affinity",
-            "4096",
-            "--max-sockets",
-            "4096",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut args = Self::base_args(pin_root, kubeconfig, NODE_NAME, &MapSizes::small())?;
+        args.extend(["--cluster-cidr".to_owned(), "10.244.0.0/16".to_owned()]);
+        args.extend([
+            "--cgroup-path".to_owned(),
+            bed.cgroup.path().display().to_string(),
+        ]);
+        args.extend(["--tc-netns".to_owned(), bed.topo.node.name().to_owned()]);
         for iface in bed.topo.host_ifs() {
             args.extend(["--tc-iface".to_owned(), iface.to_owned()]);
         }
@@ -307,24 +311,18 @@ impl Daemon {
 
     /// Waits until `/healthz` answers 200 (first sync done).
     pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(p) = self.proc.as_mut()
-                && let Some(status) = p.exited()
-            {
-                bail!("the daemon exited ({status}):\n{}", self.log());
-            }
-            if let Ok((200, _)) = self.healthz("/healthz") {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the daemon is not healthy after {timeout:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (log, healthz) = (self.log.clone(), self.healthz);
+        let proc = &mut self.proc;
+        poll(
+            timeout,
+            || {
+                if let Some(status) = proc.as_mut().and_then(Proc::exited) {
+                    bail!("the daemon exited ({status}):\n{}", read(&log));
+                }
+                Ok(matches!(http_get(healthz, "/healthz"), Ok((200, _))).then_some(()))
+            },
+            || format!("the daemon is not healthy:\n{}", read(&log)),
+        )
     }
 
     /// The Prometheus exposition text.
@@ -388,20 +386,23 @@ impl Daemon {
             b.sort();
             b
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let now = self.frontend(frontend)?;
-            if now == want {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "frontend {frontend}: maps hold {now:?}, expected {want:?}\ndaemon log:\n{}",
+        let last = std::cell::RefCell::new(None);
+        poll(
+            Duration::from_secs(20),
+            || {
+                let now = self.frontend(frontend)?;
+                let done = now == want;
+                *last.borrow_mut() = Some(now);
+                Ok(done.then_some(()))
+            },
+            || {
+                format!(
+                    "frontend {frontend}: maps hold {:?}, expected {want:?}\ndaemon log:\n{}",
+                    last.borrow(),
                     self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                )
+            },
+        )
     }
 }
 
@@ -448,6 +449,25 @@ impl Cluster {
     /// `ip:port/TCP` of backend pod `b{i}` on `port`.
     pub fn backend(&self, i: usize, port: u16, proto: &str) -> String {
         format!("{}:{port}/{proto}", self.bed.topo.backends[i - 1].ip)
+    }
+}
+
+/// Calls `check` every 50 ms until it returns `Some`, or fails after
+/// `timeout` with `describe()`'s account of what it saw last.
+pub fn poll<T>(
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+    describe: impl Fn() -> String,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("not within {timeout:?}: {}", describe());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -38,20 +38,13 @@ impl Proc {
             .arg(program)
             .args(args);
         let what = format!("{} {} (in {netns})", program.display(), args.join(" "));
-        let mut child = cmd
+        let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot start {what}"))?;
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        let stdin = child.stdin.take();
-        Ok(Self {
-            child,
-            stdout,
-            stdin,
-            what,
-        })
+        Self::adopt(child, what)
     }
 
     /// Starts `program args…` here (root network namespace, own cgroup),
@@ -63,13 +56,17 @@ impl Proc {
             .append(true)
             .open(log)
             .with_context(|| format!("cannot open {}", log.display()))?;
-        let mut child = Command::new(program)
+        let child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("cannot start {what}"))?;
+        Self::adopt(child, what)
+    }
+
+    fn adopt(mut child: Child, what: String) -> Result<Self> {
         let stdout = BufReader::new(child.stdout.take().context("stdout")?);
         let stdin = child.stdin.take();
         Ok(Self {

@@ -72,75 +72,54 @@ fn assert_spread(out: &Outcome, names: &[&str], total: usize) {
     }
 }
 
+/// Applies `yaml` with kubectl and waits until frontend `fe` has exactly
+/// the backends of pods `pods` on port 8080.
+fn converge(c: &Cluster, yaml: &str, fe: &str, pods: &[usize]) {
+    c.kubectl.apply(yaml).unwrap();
+    c.daemon
+        .wait_frontend(fe, Some(&backends(c, pods)))
+        .unwrap();
+}
+
 #[test]
 fn traffic_follows_kubectl_creates_scales_deletes_and_terminating_fallback() {
     privileges::require();
     let c = Cluster::start(3).unwrap();
     let fe = format!("{VIP}:80/TCP");
     let target = format!("{VIP}:80");
+    let web = |endpoints: &[(String, bool, bool, bool)]| slice("web", "http", endpoints);
 
     // Named targetPort `http`, resolved through the slice's port.
-    c.kubectl
-        .apply(&format!(
-            "{}---\n{}",
-            service("web", VIP, "http", ""),
-            slice("web", "http", &ready(&c, &[1]))
-        ))
-        .unwrap();
-    c.daemon
-        .wait_frontend(&fe, Some(&backends(&c, &[1])))
-        .unwrap();
+    let both = format!(
+        "{}---\n{}",
+        service("web", VIP, "http", ""),
+        web(&ready(&c, &[1]))
+    );
+    converge(&c, &both, &fe, &[1]);
     assert_spread(&connect(&c, &target, 20), &["b1"], 20);
 
     // Scale up, then down.
-    c.kubectl
-        .apply(&slice("web", "http", &ready(&c, &[1, 2, 3])))
-        .unwrap();
-    c.daemon
-        .wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3])))
-        .unwrap();
+    converge(&c, &web(&ready(&c, &[1, 2, 3])), &fe, &[1, 2, 3]);
     assert_spread(&connect(&c, &target, 90), &["b1", "b2", "b3"], 90);
-    c.kubectl
-        .apply(&slice("web", "http", &ready(&c, &[2])))
-        .unwrap();
-    c.daemon
-        .wait_frontend(&fe, Some(&backends(&c, &[2])))
-        .unwrap();
+    converge(&c, &web(&ready(&c, &[2])), &fe, &[2]);
     assert_spread(&connect(&c, &target, 20), &["b2"], 20);
 
     // No endpoints: refused at once, as kube-proxy's REJECT.
-    c.kubectl.apply(&slice("web", "http", &[])).unwrap();
-    c.daemon.wait_frontend(&fe, Some(&[])).unwrap();
+    converge(&c, &web(&[]), &fe, &[]);
     let out = connect(&c, &target, 3);
     assert_eq!(out.errors.get("refused"), Some(&3), "{out:?}");
 
     // Only terminating endpoints: the serving one takes the traffic.
     let ip = |i: usize| c.bed.topo.backends[i - 1].ip.to_string();
-    c.kubectl
-        .apply(&slice(
-            "web",
-            "http",
-            &[(ip(1), false, true, true), (ip(3), false, false, true)],
-        ))
-        .unwrap();
-    c.daemon
-        .wait_frontend(&fe, Some(&backends(&c, &[1])))
-        .unwrap();
+    let terminating = [(ip(1), false, true, true), (ip(3), false, false, true)];
+    converge(&c, &web(&terminating), &fe, &[1]);
     assert_spread(&connect(&c, &target, 20), &["b1"], 20);
 
     // Deleted: the frontend leaves the maps; recreated: it comes back.
-    c.kubectl
-        .apply(&slice("web", "http", &ready(&c, &[3])))
-        .unwrap();
-    c.daemon
-        .wait_frontend(&fe, Some(&backends(&c, &[3])))
-        .unwrap();
+    converge(&c, &web(&ready(&c, &[3])), &fe, &[3]);
     c.kubectl.run(&["delete", "service", "web"]).unwrap();
     c.daemon.wait_frontend(&fe, None).unwrap();
-    c.kubectl.apply(&service("web", VIP, "http", "")).unwrap();
-    c.daemon
-        .wait_frontend(&fe, Some(&backends(&c, &[3])))
-        .unwrap();
+    converge(&c, &service("web", VIP, "http", ""), &fe, &[3]);
     assert_spread(&connect(&c, &target, 20), &["b3"], 20);
 
     // Health and metrics as kube-proxy's.

@@ -149,9 +149,6 @@ impl Metrics {
     pub fn render(&self) -> String {
         let m = self.lock();
         let mut out = String::new();
-        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         let name = "kubeproxy_sync_proxy_rules_duration_seconds";
         head(
             &mut out,
@@ -168,100 +165,124 @@ impl Metrics {
             "From an EndpointSlice's last-change-trigger-time to its endpoints being in the maps",
         );
         m.programming_latency.render(&mut out, name);
-        let name = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
-        head(
-            &mut out,
-            name,
-            "gauge",
-            "The last time the maps were successfully synced",
-        );
-        let ts = m
+        let last_sync = m
             .last_sync
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0.0, |d| d.as_secs_f64());
-        let _ = writeln!(out, "{name} {ts}");
-        let name = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
-        head(
-            &mut out,
-            name,
-            "gauge",
-            "Frontends with internalTrafficPolicy Local and no local endpoints",
-        );
-        let _ = writeln!(
-            out,
-            "{name}{{traffic_policy=\"internal\"}} {}",
-            m.no_local_endpoints
-        );
-        let name = "switchyard_syncs_total";
-        head(&mut out, name, "counter", "Recompute-and-reconcile passes");
-        let _ = writeln!(out, "{name} {}", m.syncs);
-        let name = "switchyard_sync_errors_total";
-        head(
-            &mut out,
-            name,
-            "counter",
-            "Passes that left some frontend unwritten (retried)",
-        );
-        let _ = writeln!(out, "{name} {}", m.sync_errors);
-        let name = "switchyard_watch_errors_total";
-        head(
-            &mut out,
-            name,
-            "counter",
-            "Errors of the API watches, by resource (each is retried)",
-        );
-        for (r, n) in &m.watch_errors {
-            let _ = writeln!(out, "{name}{{resource=\"{r}\"}} {n}");
-        }
-        let name = "switchyard_programmed_frontends";
-        head(
-            &mut out,
-            name,
-            "gauge",
-            "Frontends (ClusterIP:port/protocol) in the maps",
-        );
-        let _ = writeln!(out, "{name} {}", m.frontends);
-        let name = "switchyard_programmed_backends";
-        head(&mut out, name, "gauge", "Distinct backends in the maps");
-        let _ = writeln!(out, "{name} {}", m.backends);
-        let name = "switchyard_invalid_objects";
-        head(
-            &mut out,
-            name,
-            "gauge",
-            "Objects skipped because of an invalid address, port, protocol or affinity",
-        );
-        for (k, n) in &m.skipped {
-            let _ = writeln!(out, "{name}{{kind=\"{k}\"}} {n}");
-        }
-        let name = "switchyard_frontends_not_programmed";
-        head(
-            &mut out,
-            name,
-            "gauge",
-            "Frontends left out because the maps are full",
-        );
-        let _ = writeln!(out, "{name}{{reason=\"map_full\"}} {}", m.left_out);
-        let name = "switchyard_udp_flows_flushed_total";
-        head(
-            &mut out,
-            name,
-            "counter",
-            "Conntrack entries of UDP flows whose backend went away",
-        );
-        let _ = writeln!(out, "{name} {}", m.udp_flows_flushed);
-        let name = "switchyard_map_entries";
-        head(&mut out, name, "gauge", "Entries in each eBPF map");
-        for (map, (n, _)) in &m.maps {
-            let _ = writeln!(out, "{name}{{map=\"{map}\"}} {n}");
-        }
-        let name = "switchyard_map_max_entries";
-        head(&mut out, name, "gauge", "Capacity of each eBPF map");
-        for (map, (_, max)) in &m.maps {
-            let _ = writeln!(out, "{name}{{map=\"{map}\"}} {max}");
+        let one = |v: f64| vec![(String::new(), v)];
+        let labelled = |label: &str, values: Vec<(&str, f64)>| {
+            values
+                .into_iter()
+                .map(|(l, v)| (format!("{{{label}=\"{l}\"}}"), v))
+                .collect::<Vec<_>>()
+        };
+        let families = [
+            (
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "gauge",
+                "The last time the maps were successfully synced",
+                one(last_sync),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                "gauge",
+                "Frontends with internalTrafficPolicy Local and no local endpoints",
+                labelled(
+                    "traffic_policy",
+                    vec![("internal", m.no_local_endpoints as f64)],
+                ),
+            ),
+            (
+                "switchyard_syncs_total",
+                "counter",
+                "Recompute-and-reconcile passes",
+                one(m.syncs as f64),
+            ),
+            (
+                "switchyard_sync_errors_total",
+                "counter",
+                "Passes that left some frontend unwritten (retried)",
+                one(m.sync_errors as f64),
+            ),
+            (
+                "switchyard_watch_errors_total",
+                "counter",
+                "Errors of the API watches, by resource (each is retried)",
+                labelled(
+                    "resource",
+                    m.watch_errors
+                        .iter()
+                        .map(|(r, n)| (*r, *n as f64))
+                        .collect(),
+                ),
+            ),
+            (
+                "switchyard_programmed_frontends",
+                "gauge",
+                "Frontends (ClusterIP:port/protocol) in the maps",
+                one(m.frontends as f64),
+            ),
+            (
+                "switchyard_programmed_backends",
+                "gauge",
+                "Distinct backends in the maps",
+                one(m.backends as f64),
+            ),
+            (
+                "switchyard_invalid_objects",
+                "gauge",
+                "Objects skipped because of an invalid address, port, protocol or affinity",
+                labelled(
+                    "kind",
+                    m.skipped.iter().map(|(k, n)| (*k, *n as f64)).collect(),
+                ),
+            ),
+            (
+                "switchyard_frontends_not_programmed",
+                "gauge",
+                "Frontends left out because the maps are full",
+                labelled("reason", vec![("map_full", m.left_out as f64)]),
+            ),
+            (
+                "switchyard_udp_flows_flushed_total",
+                "counter",
+                "Conntrack entries of UDP flows whose backend went away",
+                one(m.udp_flows_flushed as f64),
+            ),
+            (
+                "switchyard_map_entries",
+                "gauge",
+                "Entries in each eBPF map",
+                labelled(
+                    "map",
+                    m.maps.iter().map(|(k, (n, _))| (*k, *n as f64)).collect(),
+                ),
+            ),
+            (
+                "switchyard_map_max_entries",
+                "gauge",
+                "Capacity of each eBPF map",
+                labelled(
+                    "map",
+                    m.maps
+                        .iter()
+                        .map(|(k, (_, max))| (*k, f64::from(*max)))
+                        .collect(),
+                ),
+            ),
+        ];
+        for (name, kind, help, samples) in families {
+            head(&mut out, name, kind, help);
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
         }
         out
     }
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

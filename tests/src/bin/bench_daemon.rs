@@ -31,8 +31,9 @@ use kube::{
     runtime::watcher,
 };
 use nix::sys::signal::Signal;
+use switchyard::datapath::MapSizes;
 use testbed::{
-    cluster::{ApiServer, Daemon, TempDir, free_port},
+    cluster::{ApiServer, Daemon, TempDir},
     fs::PrivateBpffs,
     iptables_baseline::{endpoint_ip, restore_payload, service_ip},
     netns::Netns,
@@ -74,36 +75,15 @@ fn main() -> Result<()> {
     let client = rt.block_on(client(&api.kubeconfig()))?;
     rt.block_on(namespace(&client))?;
     let pin_root = bpffs.path().join("switchyard");
-    let daemon_args = |total: usize| -> Result<Vec<String>> {
-        let cap = (total * 11 / 10 + 1024).to_string();
-        let frontends = (total / 8 + 1024).to_string();
-        Ok([
-            "--pin-root",
-            &pin_root.display().to_string(),
-            "--kubeconfig",
-            &api.kubeconfig().display().to_string(),
-            "--hostname-override",
-            "bench-node",
-            "--healthz-bind-address",
-            &format!("127.0.0.1:{}", free_port()?),
-            "--metrics-bind-address",
-            &format!("127.0.0.1:{}", free_port()?),
-            "--max-frontends",
-            &frontends,
-            "--max-backends",
-            &cap,
-            "--max-backend-slots",
-            &cap,
-            "--max-conntrack",
-            "16384",
-            "--max-affinity",
-            "4096",
-            "--max-sockets",
-            "4096",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect())
+    let daemon_args = |total: usize| {
+        let entries = u32::try_from(total * 11 / 10 + 1024).unwrap_or(u32::MAX);
+        let sizes = MapSizes {
+            frontends: entries / 8,
+            backends: entries,
+            backend_slots: entries,
+            ..MapSizes::small()
+        };
+        Daemon::base_args(&pin_root, &api.kubeconfig(), "bench-node", &sizes)
     };
 
     // Part 1: change → map write.

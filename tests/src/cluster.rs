@@ -109,7 +109,12 @@ impl Kubectl {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new("kubectl");
+        // The preinstalled dispatcher picks the kubectl matching the server.
+        let bin = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("kubectl");
+        let mut c = Command::new(bin);
         c.env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", &self.home);
         c

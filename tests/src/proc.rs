@@ -26,6 +26,7 @@ impl Proc {
         args: &[&str],
     ) -> Result<Self> {
         let mut cmd = Command::new("sh");
+        die_with_parent(&mut cmd);
         let mut script = String::new();
         if let Some(procs) = cgroup_procs {
             script.push_str(&format!("echo $$ > '{}' && ", procs.display()));
@@ -56,7 +57,9 @@ impl Proc {
             .append(true)
             .open(log)
             .with_context(|| format!("cannot open {}", log.display()))?;
-        let child = Command::new(program)
+        let mut cmd = Command::new(program);
+        die_with_parent(&mut cmd);
+        let child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -142,6 +145,20 @@ impl Drop for Proc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A process a test starts must not outlive the test if it is killed: the
+/// kernel ends it when the thread that started it goes (`sh -c … exec`
+/// keeps the setting across the exec).
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+    // and exec here.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

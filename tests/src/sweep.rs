@@ -14,7 +14,9 @@ fn is_stale(name: &str) -> bool {
     owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// Removes namespaces, cgroups and bpffs/cgroup2 mounts of dead test processes.
+/// Removes namespaces, cgroups, bpffs/cgroup2 mounts and temp directories
+/// of dead test processes. (Their daemons and API servers died with them:
+/// see `Proc::spawn_logged`.)
 pub fn stale() {
     if let Ok(list) = run("ip", &["netns", "list"]) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
@@ -27,9 +29,15 @@ pub fn stale() {
     if let Ok(entries) = fs::read_dir(&tmp) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if is_stale(&name) && (name.ends_with("-bpffs") || name.ends_with("-cgroup2")) {
+            if !is_stale(&name) {
+                continue;
+            }
+            if name.ends_with("-bpffs") || name.ends_with("-cgroup2") {
                 let _ = run("umount", &["-l", &e.path().to_string_lossy()]);
                 let _ = fs::remove_dir(e.path());
+            } else {
+                // Cluster directories: API server data, logs, kubeconfigs.
+                let _ = fs::remove_dir_all(e.path());
             }
         }
     }

@@ -122,19 +122,7 @@ impl Kubectl {
 
     /// Runs `kubectl args…`; fails with its stderr.
     pub fn run(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .command()
-            .args(args)
-            .output()
-            .context("cannot run kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.with_stdin(args, "")
     }
 
     /// `kubectl apply -f -` of a YAML text.

@@ -66,16 +66,25 @@ fn sigterm_sigkill_and_restart_drop_no_connection() {
     let vip = "10.96.0.50";
     let target = format!("{vip}:80");
     let fe = format!("{target}/TCP");
-    apply_service(&c, "steady", vip, &[1, 2, 3]);
+    apply_service(&c, "steady", vip, &[1, 2]);
     c.daemon
-        .wait_frontend(&fe, Some(&backends(&c, &[1, 2, 3])))
+        .wait_frontend(&fe, Some(&backends(&c, &[1, 2])))
+        .unwrap();
+    // The per-packet path's connections go to their own Service and
+    // backend: from one pod, a TC-translated flow and a socket-level one may
+    // pick the same source port, and to the same backend they would be the
+    // same 4-tuple on the wire (see "Known limits" in docs/architecture.md).
+    let tc_target = "10.96.0.51:80";
+    apply_service(&c, "held", "10.96.0.51", &[3]);
+    c.daemon
+        .wait_frontend("10.96.0.51:80/TCP", Some(&backends(&c, &[3])))
         .unwrap();
     let maps_before = c.daemon.inspect("services").unwrap();
 
     // Long-lived connections through both datapaths, and a stream of new
     // ones at 250 per second.
     let (mut sock_held, sock_before) = hold(&c, ClientPlacement::InNodeCgroup, &target);
-    let (mut tc_held, tc_before) = hold(&c, ClientPlacement::OutsideCgroup, &target);
+    let (mut tc_held, tc_before) = hold(&c, ClientPlacement::OutsideCgroup, tc_target);
     let mut stream = c
         .bed
         .spawn_client(
@@ -113,7 +122,7 @@ fn sigterm_sigkill_and_restart_drop_no_connection() {
         "only {rate:.0} connections/s ({} in {elapsed:.1}s)",
         out.answers.len()
     );
-    assert_eq!(out.counts().len(), 3, "{:?}", out.counts());
+    assert_eq!(out.counts().len(), 2, "{:?}", out.counts());
     check_held(&mut sock_held, &sock_before);
     check_held(&mut tc_held, &tc_before);
     assert_eq!(
@@ -122,7 +131,7 @@ fn sigterm_sigkill_and_restart_drop_no_connection() {
         "the restarted daemons adopted the maps: same IDs, same slots"
     );
     let log = c.daemon.log();
-    assert_eq!(log.matches("adopted_frontends=1").count(), 2, "{log}");
+    assert_eq!(log.matches("adopted_frontends=2").count(), 2, "{log}");
 
     // The program keeps working with the daemon stopped; `cleanup` removes
     // everything it installed, after which the frontend is not translated.

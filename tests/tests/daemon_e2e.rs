@@ -329,3 +329,99 @@ fn bad_objects_are_skipped_and_full_maps_are_reported() {
     );
     assert!(c.daemon.log().contains("maps are full"));
 }
+
+/// A UDP Service through the per-packet path: when the backend a flow is
+/// pinned to leaves the EndpointSlice, the flow's conntrack is flushed and
+/// its next datagram goes to a remaining backend. The daemon runs from a
+/// `KubeProxyConfiguration` (unused keys reported) with JSON logs.
+#[test]
+fn udp_flows_leave_a_removed_backend_and_config_file_and_json_logs() {
+    privileges::require();
+    let config_dir = std::env::temp_dir().join(format!("sy{}-udp-config", std::process::id()));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let config = config_dir.join("config.conf");
+    std::fs::write(
+        &config,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\nsyncPeriod: 10s\nclusterCIDR: 10.244.0.0/16\nfrobnicate: true\n",
+    )
+    .unwrap();
+    let c = Cluster::start_with(3, |args| {
+        args.extend(["--config".into(), config.display().to_string()]);
+        args.extend(["--log-format".into(), "json".into()]);
+    })
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&config_dir);
+    let ips: Vec<String> = c
+        .bed
+        .topo
+        .backends
+        .iter()
+        .map(|b| b.ip.to_string())
+        .collect();
+    let slice_of = |pods: &[usize]| {
+        let eps: String = pods
+            .iter()
+            .map(|i| format!("- addresses: [{}]\n", ips[i - 1]))
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dns-1, namespace: default, labels: {{kubernetes.io/service-name: dns}}}}\naddressType: IPv4\nports: [{{name: dns, port: 8080, protocol: UDP}}]\nendpoints:\n{eps}"
+        )
+    };
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: default}\nspec:\n  clusterIP: 10.96.0.70\n  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 8080}]\n";
+    let fe = "10.96.0.70:53/UDP";
+    let udp = |pods: &[usize]| {
+        pods.iter()
+            .map(|i| c.backend(*i, 8080, "UDP"))
+            .collect::<Vec<_>>()
+    };
+    c.kubectl
+        .apply(&format!("{svc}---\n{}", slice_of(&[1, 2, 3])))
+        .unwrap();
+    c.daemon.wait_frontend(fe, Some(&udp(&[1, 2, 3]))).unwrap();
+
+    // One flow (fixed source port) from outside the cgroup: the TC path.
+    let flow = [
+        "udp",
+        "--target",
+        "10.96.0.70:53",
+        "--count",
+        "5",
+        "--source-port",
+        "40053",
+    ];
+    let before = c.bed.client(ClientPlacement::OutsideCgroup, &flow).unwrap();
+    assert_eq!(before.error_count(), 0, "{before:?}");
+    let pinned: Vec<String> = before.counts().into_keys().collect();
+    assert_eq!(pinned.len(), 1, "one UDP flow, one backend: {before:?}");
+    let gone: usize = pinned[0][1..].parse().unwrap();
+    let rest: Vec<usize> = (1..=3).filter(|i| *i != gone).collect();
+    c.kubectl.apply(&slice_of(&rest)).unwrap();
+    c.daemon.wait_frontend(fe, Some(&udp(&rest))).unwrap();
+    let after = c.bed.client(ClientPlacement::OutsideCgroup, &flow).unwrap();
+    assert_eq!(after.error_count(), 0, "{after:?}");
+    assert!(
+        !after.counts().contains_key(&pinned[0]),
+        "the flow stayed on removed {}: {after:?}",
+        pinned[0]
+    );
+    assert!(
+        c.daemon
+            .metric("switchyard_udp_flows_flushed_total")
+            .unwrap()
+            >= 1.0
+    );
+
+    // Every log line is a JSON object; the configuration's unused keys are
+    // named, the ones kube-proxy knows marked as such.
+    let log = c.daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let unused: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "configuration key not used by switchyard")
+        .filter_map(|l| l["fields"]["key"].as_str())
+        .collect();
+    assert_eq!(unused, ["mode (ignored)", "frobnicate (unknown)"], "{log}");
+}

@@ -193,7 +193,16 @@ fn a_minute_without_the_api_server_keeps_serving_then_converges() {
     c.daemon
         .set_flag("--kubeconfig", relayed.to_str().unwrap())
         .unwrap();
+    // Started while the API server cannot be reached: no initial list, so
+    // no sync, and the health server says so.
+    relay.cut();
     c.daemon.restart().unwrap();
+    sleep(Duration::from_secs(2));
+    for path in ["/healthz", "/livez"] {
+        let (status, body) = c.daemon.healthz(path).unwrap();
+        assert_eq!(status, 503, "{path} before the first sync: {body}");
+    }
+    relay.restore().unwrap();
     wait_healthy(&mut c.daemon);
 
     apply_service(&c, "gone", "10.96.0.60", &[1]);

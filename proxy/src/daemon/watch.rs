@@ -23,6 +23,8 @@ use tracing::{debug, warn};
 use super::{health::Health, metrics::Metrics};
 use crate::desired::{SERVICE_SELECTOR, SLICE_SELECTOR};
 
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Read handles of the three stores.
 #[derive(Clone)]
 pub struct Stores {
@@ -90,7 +92,16 @@ where
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).backoff(Backoff::default());
+    // The stores keep only what a proxy reads: managedFields and kubectl's
+    // last-applied copy of the whole object are most of an object's size.
+    let slim = watcher(api, config).modify(|o: &mut K| {
+        let meta = o.meta_mut();
+        meta.managed_fields = None;
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove(LAST_APPLIED);
+        }
+    });
+    let stream = reflector::reflector(writer, slim).backoff(Backoff::default());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {

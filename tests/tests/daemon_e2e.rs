@@ -237,9 +237,10 @@ fn wait_affinity(c: &Cluster, fe: &str, want: Option<u64>) {
 #[test]
 fn bad_objects_are_skipped_and_full_maps_are_reported() {
     privileges::require();
-    // Room for two frontends of two backends each (3 entries each).
+    // Room for two frontends of two backends each (3 service entries and
+    // 2 slots each), besides the headroom of one frontend kept for changes.
     let c = Cluster::start_with(3, |args| {
-        for (flag, value) in [("--max-frontends", "2"), ("--max-backend-slots", "4")] {
+        for (flag, value) in [("--max-frontends", "3"), ("--max-backend-slots", "6")] {
             let i = args.iter().position(|a| a == flag).unwrap();
             args[i + 1] = value.to_owned();
         }
@@ -328,6 +329,15 @@ fn bad_objects_are_skipped_and_full_maps_are_reported() {
         "{events}"
     );
     assert!(c.daemon.log().contains("maps are full"));
+
+    // Full maps can still change: a programmed frontend swaps a backend.
+    c.kubectl
+        .apply(&slice("good", "http", &ready(&c, &[1, 3])))
+        .unwrap();
+    c.daemon
+        .wait_frontend("10.96.0.30:80/TCP", Some(&backends(&c, &[1, 3])))
+        .unwrap();
+    assert_spread(&connect(&c, "10.96.0.30:80", 40), &["b1", "b3"], 40);
 }
 
 /// A UDP Service through the per-packet path: when the backend a flow is

@@ -197,11 +197,20 @@ fn a_minute_without_the_api_server_keeps_serving_then_converges() {
     // no sync, and the health server says so.
     relay.cut();
     c.daemon.restart().unwrap();
-    sleep(Duration::from_secs(2));
-    for path in ["/healthz", "/livez"] {
-        let (status, body) = c.daemon.healthz(path).unwrap();
-        assert_eq!(status, 503, "{path} before the first sync: {body}");
-    }
+    let (status, body) = testbed::cluster::poll(
+        Duration::from_secs(30),
+        || Ok(c.daemon.healthz("/healthz").ok()),
+        || "the health server never answered".into(),
+    )
+    .unwrap();
+    assert_eq!(status, 503, "/healthz before the first sync: {body}");
+    sleep(Duration::from_secs(1));
+    assert_eq!(c.daemon.healthz("/healthz").unwrap().0, 503);
+    let (status, body) = c.daemon.healthz("/livez").unwrap();
+    assert_eq!(
+        status, 200,
+        "alive while it waits for the API server: {body}"
+    );
     relay.restore().unwrap();
     wait_healthy(&mut c.daemon);
 

@@ -347,6 +347,9 @@ pub fn parse_cidrs(s: &str) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
     Ok(out)
 }
 
+/// Longest period accepted: anything longer is a typo.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
 /// Go-style durations as Kubernetes configs write them: `30s`, `1m30s`,
 /// `250ms`, `0s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -380,7 +383,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "ns" => 1e-9,
             _ => return Err(format!("`{s}`: unknown unit `{unit}` (h, m, s, ms)")),
         };
-        total += Duration::from_secs_f64(value * secs);
+        total = Duration::try_from_secs_f64(value * secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|d| *d <= MAX_DURATION)
+            .ok_or_else(|| format!("`{s}`: longer than a day"))?;
         rest = next;
     }
     Ok(total)
@@ -401,6 +408,11 @@ mod tests {
             parse_duration("3d")
                 .unwrap_err()
                 .contains("unknown unit `d`")
+        );
+        assert!(
+            parse_duration("99999999999999999999h")
+                .unwrap_err()
+                .contains("longer than a day")
         );
     }
 

@@ -1,8 +1,10 @@
 //! `/healthz` and `/livez` as kube-proxy's proxy health server answers them:
 //! 200 with `{"lastUpdated", "currentTime", "nodeEligible"}` while changes
 //! reach the maps in time; 503 once a change has waited longer than
-//! 2 × syncPeriod, before the first sync, and (healthz only) while this
-//! node is being deleted or drained for deletion.
+//! 2 × syncPeriod. `/healthz` (readiness) is also 503 before the first sync
+//! and while this node is being deleted or drained for deletion; `/livez`
+//! is not: a daemon waiting for an unreachable API server is alive, and
+//! restarting it would not help.
 use std::{
     sync::Mutex,
     time::{Duration, Instant, SystemTime},
@@ -35,7 +37,7 @@ impl Health {
     pub fn new(sync_period: Duration) -> Self {
         Self {
             inner: Mutex::default(),
-            timeout: 2 * sync_period,
+            timeout: sync_period.saturating_mul(2),
         }
     }
 
@@ -85,7 +87,7 @@ impl Health {
             .is_some_and(|t| now.duration_since(t) > self.timeout);
         let synced = h.last_updated.is_some();
         let eligible = !h.node_ineligible;
-        let healthy = synced && !waiting && (!check_node || eligible);
+        let healthy = !waiting && (!check_node || (synced && eligible));
         let stamp = |t: SystemTime| {
             jiff::Timestamp::try_from(t).map_or_else(|_| String::new(), |t| t.to_string())
         };
@@ -108,9 +110,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unhealthy_until_the_first_sync_and_while_changes_wait_too_long() {
+    fn not_ready_until_the_first_sync_and_unhealthy_while_changes_wait_too_long() {
         let h = Health::new(Duration::from_millis(20));
         assert_eq!(h.answer(true).status, 503);
+        assert_eq!(
+            h.answer(false).status,
+            200,
+            "alive while waiting for the API"
+        );
         h.queued();
         h.sync_started();
         h.sync_finished(true);

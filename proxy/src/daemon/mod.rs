@@ -149,8 +149,9 @@ async fn serve(
     loop {
         // The first tick fires at once: the first sync is a full one.
         let full = tokio::select! {
-            _ = changed.notified() => false,
+            biased;
             _ = resync.tick() => true,
+            _ = changed.notified() => false,
             signal = &mut stop => {
                 info!(signal, frontends = syncer.programmed_frontends(), "stopping; maps and links stay pinned");
                 return Ok(());

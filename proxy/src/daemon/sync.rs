@@ -34,6 +34,8 @@ pub struct Syncer {
     left_out: Vec<String>,
     /// resourceVersion of every slice as last programmed.
     slice_versions: BTreeMap<String, String>,
+    /// Trigger times before this are not ours to measure (kube-proxy's rule).
+    started: jiff::Timestamp,
 }
 
 /// What the daemon loop needs to know after a sync.
@@ -56,6 +58,7 @@ impl Syncer {
             warned: BTreeSet::new(),
             left_out: Vec::new(),
             slice_versions: BTreeMap::new(),
+            started: jiff::Timestamp::now(),
         }
     }
 
@@ -87,8 +90,11 @@ impl Syncer {
         self.warned = outcome.skipped.iter().map(ToString::to_string).collect();
         let fitted =
             desired::fit_to_capacity(outcome.table, self.reconciler.maps().capacity(), |k| {
-                self.reconciler.frontend_id(k).is_some()
+                self.reconciler.programmed_spec(k)
             });
+        if !fitted.kept_previous.is_empty() {
+            warn!(frontends = ?fitted.kept_previous, "maps are full: frontends keep their previous endpoints");
+        }
         let newly_left_out = (fitted.left_out != self.left_out && !fitted.left_out.is_empty())
             .then(|| fitted.left_out.clone());
         if let Some(names) = &newly_left_out {
@@ -168,7 +174,7 @@ impl Syncer {
                     .as_ref()
                     .and_then(|a| a.get(TRIGGER_TIME))
                     .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                if let Some(t) = trigger {
+                if let Some(t) = trigger.filter(|t| *t >= self.started) {
                     let d = now.duration_since(t);
                     if let Ok(d) = Duration::try_from(d) {
                         latencies.push(d);
@@ -194,7 +200,8 @@ impl Syncer {
         let max = aya::maps::IterableMap::map(ct)
             .info()
             .map_or(0, |i| i.max_entries());
-        let entries = ct.keys().count();
+        // Bounded: an LRU walk restarts when an entry is evicted under it.
+        let entries = ct.keys().take(max as usize).count();
         self.metrics.set_map(names::CT4, entries, max);
     }
 }

@@ -29,6 +29,7 @@ use crate::model::{
     BackendAddr, DEFAULT_AFFINITY_TIMEOUT_S, DesiredTable, FrontendKey, FrontendSpec,
     MAX_AFFINITY_TIMEOUT_S, Protocol,
 };
+use crate::table_file::MAX_BACKENDS_PER_FRONTEND;
 
 mod fit;
 #[cfg(test)]
@@ -396,6 +397,17 @@ fn add_service(
         // kube-proxy's order ("IP:port" strings), so slot numbers match the
         // order its rules would use.
         backends.sort_by_cached_key(|b| format!("{}:{}", b.addr, b.port));
+        if backends.len() > MAX_BACKENDS_PER_FRONTEND {
+            out.skipped.push(Skipped {
+                kind: Kind::Service,
+                object: name.to_owned(),
+                reason: format!(
+                    "port {frontend_name}: {} endpoints, at most {MAX_BACKENDS_PER_FRONTEND} per port are supported",
+                    backends.len()
+                ),
+            });
+            continue;
+        }
         match out.table.frontends.entry(key) {
             Entry::Vacant(v) => {
                 v.insert(FrontendSpec {
@@ -413,7 +425,9 @@ fn add_service(
     }
 }
 
-/// Endpoints listed by several slices count once; a ready listing wins.
+/// Endpoints listed by several slices count once: the most usable listing
+/// wins (ready, then serving and terminating, then the rest), whatever the
+/// order of the slices.
 fn merge(sources: &[EndpointSource], node: &NodeContext) -> Vec<Endpoint> {
     let mut by_addr: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
     for s in sources {
@@ -428,13 +442,21 @@ fn merge(sources: &[EndpointSource], node: &NodeContext) -> Vec<Endpoint> {
         by_addr
             .entry((s.addr, s.port))
             .and_modify(|seen| {
-                if ep.ready && !seen.ready {
+                if rank(&ep) > rank(seen) {
                     *seen = ep;
                 }
             })
             .or_insert(ep);
     }
     by_addr.into_values().collect()
+}
+
+fn rank(e: &Endpoint) -> u8 {
+    match (e.ready, e.serving && e.terminating) {
+        (true, _) => 2,
+        (false, true) => 1,
+        (false, false) => 0,
+    }
 }
 
 /// Ready endpoints, else serving-and-terminating ones (the terminating

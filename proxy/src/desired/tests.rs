@@ -167,28 +167,106 @@ fn a_frontend_claimed_twice_goes_to_the_first_service_by_name() {
 }
 
 #[test]
-fn the_table_is_fitted_whole_frontends_first_come_programmed_ones() {
+fn the_table_is_fitted_whole_with_headroom_and_programmed_frontends_first() {
     let out = compute_file("multi-port.yaml", None);
-    // Each web frontend needs 1 master + 3 slots; room for one of them.
-    let cap = Capacity {
-        services: 6,
-        backends: 100,
-        aff_match: 100,
-    };
     let metrics_key = FrontendKey {
         addr: "10.96.0.10".parse().unwrap(),
         port: 9090,
         proto: crate::model::Protocol::Tcp,
     };
-    let fitted = fit_to_capacity(out.table.clone(), cap, |k| *k == metrics_key);
+    let programmed = |k: &FrontendKey| (*k == metrics_key).then(|| out.table.frontends[k].clone());
+    // Each web frontend needs 1 master + 3 slots; the largest one (4) is
+    // kept free for transitions, so 10 entries leave room for one.
+    let cap = Capacity {
+        services: 10,
+        backends: 100,
+        aff_match: 100,
+    };
+    let fitted = fit_to_capacity(out.table.clone(), cap, programmed);
     assert_eq!(fitted.left_out, ["shop/web:http"]);
     assert_eq!(
         fitted.table.frontends.keys().copied().collect::<Vec<_>>(),
         [metrics_key]
     );
-    let all = fit_to_capacity(out.table.clone(), Capacity { services: 8, ..cap }, |_| {
-        false
-    });
+    let all = fit_to_capacity(
+        out.table.clone(),
+        Capacity {
+            services: 12,
+            ..cap
+        },
+        |_| None,
+    );
     assert!(all.left_out.is_empty());
     assert_eq!(all.table, out.table);
+
+    // A programmed frontend whose new endpoints do not fit keeps its old ones.
+    let mut small = out.table.frontends[&metrics_key].clone();
+    small.backends.truncate(1);
+    let fitted = fit_to_capacity(out.table.clone(), Capacity { services: 6, ..cap }, |k| {
+        (*k == metrics_key).then(|| small.clone())
+    });
+    assert_eq!(fitted.kept_previous, ["shop/web:metrics"]);
+    assert_eq!(fitted.left_out, ["shop/web:http"]);
+    assert_eq!(
+        fitted.table.frontends[&metrics_key].backends,
+        small.backends
+    );
+    assert_eq!(
+        fitted.table.frontends[&metrics_key].name,
+        "shop/web:metrics"
+    );
+}
+
+#[test]
+fn an_endpoint_listed_twice_takes_its_most_usable_listing_in_any_order() {
+    let (services, slices) = load("terminating.yaml");
+    // api-1 lists 10.244.1.21 serving+terminating; a second slice lists it
+    // as not serving. Either order, it stays a (fallback) backend.
+    let mut twin = (*slices[0]).clone();
+    twin.metadata.name = Some("api-2".into());
+    twin.endpoints.truncate(1);
+    twin.endpoints[0].conditions = Some(Default::default());
+    twin.endpoints[0].conditions.as_mut().unwrap().ready = Some(false);
+    twin.endpoints[0].conditions.as_mut().unwrap().serving = Some(false);
+    for order in [0, 1] {
+        let mut all = slices.clone();
+        all.insert(order, Arc::new(twin.clone()));
+        let out = compute(&services, &all, &NodeContext::default());
+        assert_eq!(
+            lines(&out)[0],
+            "10.96.0.20:443/TCP default/api [10.244.1.21:8443]"
+        );
+    }
+}
+
+#[test]
+fn a_port_with_more_endpoints_than_slots_skips_the_service() {
+    let (services, slices) = load("terminating.yaml");
+    let mut big = (*slices[1]).clone();
+    let template = big.endpoints[1].clone();
+    big.endpoints = (0..=u16::MAX as u32)
+        .map(|i| {
+            let mut e = template.clone();
+            e.addresses = vec![std::net::Ipv4Addr::from(0x0a80_0000 + i).to_string()];
+            e
+        })
+        .collect();
+    let out = compute(
+        &services,
+        &[slices[0].clone(), Arc::new(big)],
+        &NodeContext::default(),
+    );
+    assert_eq!(
+        lines(&out),
+        ["10.96.0.20:443/TCP default/api [10.244.1.21:8443]"]
+    );
+    assert_eq!(
+        out.skipped
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "Service default/cache: port default/cache: 65536 endpoints, at most 65535 per port are supported"
+        ]
+    );
 }

@@ -123,6 +123,24 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
+    /// What the maps hold for `key`, as a spec (named after the key), if it
+    /// is programmed.
+    pub fn programmed_spec(&self, key: &FrontendKey) -> Option<FrontendSpec> {
+        let master = self.observed.services.get(&key.lb4_key(MASTER_SLOT))?;
+        let backends = (1..=master.count)
+            .map(|slot| {
+                let slot = self.observed.services.get(&key.lb4_key(slot))?;
+                BackendAddr::from_lb4_backend(self.observed.backends.get(&slot.backend_id)?)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(FrontendSpec {
+            name: key.to_string(),
+            backends,
+            affinity_timeout_s: (master.flags & SVC_FLAG_AFFINITY != 0)
+                .then_some(master.affinity_timeout_s),
+        })
+    }
+
     /// Frontends programmed.
     pub fn frontend_count(&self) -> usize {
         self.ids.frontend_keys().count()
@@ -279,7 +297,8 @@ impl<M: LbMaps> Reconciler<M> {
                 report,
             )?;
         }
-        for (slot, id) in (1u16..).zip(&ids) {
+        // Slots 1..=65535: the count is a u16 (the desired table never has more).
+        for (slot, id) in (1..=u16::MAX).zip(&ids) {
             let value = Lb4Service {
                 backend_id: *id,
                 rev_nat_id,

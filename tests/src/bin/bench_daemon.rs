@@ -75,19 +75,19 @@ fn main() -> Result<()> {
     let client = rt.block_on(client(&api.kubeconfig()))?;
     rt.block_on(namespace(&client))?;
     let pin_root = bpffs.path().join("switchyard");
-    let daemon_args = |total: usize| {
-        let entries = u32::try_from(total * 11 / 10 + 1024).unwrap_or(u32::MAX);
+    let daemon_args = |services: usize, endpoints: usize| {
+        let fit = |n: usize| u32::try_from(n + n / 10 + 1024).unwrap_or(u32::MAX);
         let sizes = MapSizes {
-            frontends: entries / 8,
-            backends: entries,
-            backend_slots: entries,
+            frontends: fit(services),
+            backends: fit(services * endpoints),
+            backend_slots: fit(services * endpoints),
             ..MapSizes::small()
         };
         Daemon::base_args(&pin_root, &api.kubeconfig(), "bench-node", &sizes)
     };
 
     // Part 1: change → map write.
-    let mut daemon = Daemon::start(daemon_args(1024)?, &dir.path().join("daemon-1.log"))?;
+    let mut daemon = Daemon::start(daemon_args(16, 16)?, &dir.path().join("daemon-1.log"))?;
     daemon.wait_healthy(Duration::from_secs(30))?;
     let (to_map, to_watch) = rt.block_on(change_latency(&client, &pin_root, args.changes))?;
     daemon.stop(Signal::SIGTERM)?;
@@ -117,7 +117,7 @@ fn main() -> Result<()> {
     );
     let log = dir.path().join("daemon-2.log");
     let started = Instant::now();
-    let mut daemon = Daemon::start(daemon_args(n * m)?, &log)?;
+    let mut daemon = Daemon::start(daemon_args(n, m)?, &log)?;
     let target = (n + 1) as f64; // + the Service of part 1
     loop {
         if daemon

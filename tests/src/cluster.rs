@@ -464,9 +464,22 @@ pub fn poll<T>(
     }
 }
 
-/// A port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 right now, below the ephemeral range
+/// (net.ipv4.ip_local_port_range starts at 32768): no outgoing connection
+/// can take it between this check and a daemon's (re)start binding it.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread test processes over the range by PID, then walk it.
+    let base = std::process::id().wrapping_mul(7919);
+    for _ in 0..1000 {
+        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed) * 13);
+        let port = 20_000 + (n % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in 20000..32000 on 127.0.0.1")
 }
 
 /// A minimal HTTP/1.1 GET: (status, body).

@@ -13,6 +13,7 @@
 //! here; [`datapath::loader`] loads, attaches and pins it.
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod daemon;
 pub mod datapath;
 pub mod desired;

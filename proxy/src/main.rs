@@ -8,10 +8,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::{
+    attach::{HookArgs, load_and_attach},
     daemon::{self, DaemonArgs, Settings},
     datapath::{
-        AyaLbMaps, MapSizes,
-        loader::{self, DEFAULT_PIN_ROOT, Dataplane},
+        AyaLbMaps, MapSizeArgs,
+        loader::{self, DEFAULT_PIN_ROOT},
     },
     inspect,
     reconcile::Reconciler,
@@ -77,27 +78,10 @@ enum Inspect {
 
 #[derive(clap::Args)]
 struct AttachArgs {
-    /// cgroup v2 directory whose processes get socket-level load balancing.
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
-    /// Pod-facing interface whose ingress gets the per-packet path (repeatable).
-    #[arg(long = "tc-iface")]
-    tc_ifaces: Vec<String>,
-    /// Network namespace (a /run/netns name or a path) the interfaces live in.
-    #[arg(long)]
-    netns: Option<String>,
-    #[arg(long, default_value_t = MapSizes::default().frontends)]
-    max_frontends: u32,
-    #[arg(long, default_value_t = MapSizes::default().backends)]
-    max_backends: u32,
-    #[arg(long, default_value_t = MapSizes::default().backend_slots)]
-    max_backend_slots: u32,
-    #[arg(long, default_value_t = MapSizes::default().conntrack)]
-    max_conntrack: u32,
-    #[arg(long, default_value_t = MapSizes::default().affinity)]
-    max_affinity: u32,
-    #[arg(long, default_value_t = MapSizes::default().sockets)]
-    max_sockets: u32,
+    #[command(flatten)]
+    hooks: HookArgs,
+    #[command(flatten)]
+    sizes: MapSizeArgs,
 }
 
 fn main() -> Result<()> {
@@ -129,33 +113,11 @@ fn main() -> Result<()> {
 }
 
 fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
-    if args.cgroup.is_none() && args.tc_ifaces.is_empty() {
-        bail!("nothing to attach: give --cgroup and/or --tc-iface");
+    if args.hooks.is_empty() {
+        bail!("nothing to attach: give --cgroup-path and/or --tc-iface");
     }
-    if let Some(ns) = &args.netns {
-        let path = switchyard::netns::path_of(ns);
-        let f = std::fs::File::open(&path)
-            .with_context(|| format!("cannot open network namespace `{}`", path.display()))?;
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("cannot enter network namespace `{}`", path.display()))?;
-    }
-    let sizes = MapSizes {
-        frontends: args.max_frontends,
-        backends: args.max_backends,
-        backend_slots: args.max_backend_slots,
-        conntrack: args.max_conntrack,
-        affinity: args.max_affinity,
-        sockets: args.max_sockets,
-    };
-    let mut dp = Dataplane::load(Some(pin_root), &sizes)?;
-    if let Some(cg) = &args.cgroup {
-        dp.attach_cgroup(cg)?;
-        info!(cgroup = %cg.display(), "socket hooks attached");
-    }
-    for iface in &args.tc_ifaces {
-        dp.attach_tc(iface)?;
-        info!(iface, "tc ingress attached");
-    }
+    // Links are pinned: the programs stay attached when this process exits.
+    load_and_attach(pin_root, &args.sizes.into(), &args.hooks)?;
     Ok(())
 }
 

@@ -439,6 +439,11 @@ impl Cluster {
         })
     }
 
+    /// Address of backend pod `b{i}` (1-based).
+    pub fn pod_ip(&self, i: usize) -> String {
+        self.bed.topo.backends[i - 1].ip.to_string()
+    }
+
     /// `ip:port/TCP` of backend pod `b{i}` on `port`.
     pub fn backend(&self, i: usize, port: u16, proto: &str) -> String {
         format!("{}:{port}/{proto}", self.bed.topo.backends[i - 1].ip)

@@ -48,9 +48,9 @@ impl Cli {
     fn attach(&self, bed: &Testbed) {
         let mut args = vec![
             "attach",
-            "--cgroup",
+            "--cgroup-path",
             bed.cgroup.path().to_str().unwrap(),
-            "--netns",
+            "--tc-netns",
             bed.topo.node.name(),
         ];
         for iface in bed.topo.host_ifs() {
@@ -269,7 +269,7 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
         .expect("bpftool (installed by scripts/setup.sh)");
     assert!(made.success());
     let cgroup = testbed::fs::Cgroup::new(&prefix).unwrap();
-    let out = cli.run(&["attach", "--cgroup", cgroup.path().to_str().unwrap()]);
+    let out = cli.run(&["attach", "--cgroup-path", cgroup.path().to_str().unwrap()]);
     assert!(!out.status.success(), "adopted a map of another layout");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

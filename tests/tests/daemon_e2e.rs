@@ -39,7 +39,7 @@ fn slice(svc: &str, port_name: &str, endpoints: &[(String, bool, bool, bool)]) -
 
 fn ready(c: &Cluster, pods: &[usize]) -> Vec<(String, bool, bool, bool)> {
     pods.iter()
-        .map(|i| (c.bed.topo.backends[i - 1].ip.to_string(), true, true, false))
+        .map(|i| (c.pod_ip(*i), true, true, false))
         .collect()
 }
 
@@ -110,7 +110,7 @@ fn traffic_follows_kubectl_creates_scales_deletes_and_terminating_fallback() {
     assert_eq!(out.errors.get("refused"), Some(&3), "{out:?}");
 
     // Only terminating endpoints: the serving one takes the traffic.
-    let ip = |i: usize| c.bed.topo.backends[i - 1].ip.to_string();
+    let ip = |i: usize| c.pod_ip(i);
     let terminating = [(ip(1), false, true, true), (ip(3), false, false, true)];
     converge(&c, &web(&terminating), &fe, &[1]);
     assert_spread(&connect(&c, &target, 20), &["b1"], 20);
@@ -151,13 +151,7 @@ fn traffic_follows_python_client_port_renames_and_affinity_switches() {
     let vip = "10.96.0.20";
     let fe = format!("{vip}:80/TCP");
     let target = format!("{vip}:80");
-    let ips: Vec<String> = c
-        .bed
-        .topo
-        .backends
-        .iter()
-        .map(|b| b.ip.to_string())
-        .collect();
+    let ips: Vec<String> = (1..=3).map(|i| c.pod_ip(i)).collect();
     let kubeconfig = c.api.kubeconfig();
     let script = |body: &str| {
         let prelude = "from kubernetes import client, config\nconfig.load_kube_config()\ncore = client.CoreV1Api()\ndisc = client.DiscoveryV1Api()\n";
@@ -246,7 +240,7 @@ fn bad_objects_are_skipped_and_full_maps_are_reported() {
         }
     })
     .unwrap();
-    let ip = |i: usize| c.bed.topo.backends[i - 1].ip.to_string();
+    let ip = |i: usize| c.pod_ip(i);
     let mut bad_slice = slice("good", "http", &ready(&c, &[1]));
     bad_slice = bad_slice.replace("name: good-1", "name: good-bad");
     bad_slice = bad_slice.replace(&ip(1), "10.244.1.x");
@@ -361,13 +355,7 @@ fn udp_flows_leave_a_removed_backend_and_config_file_and_json_logs() {
     })
     .unwrap();
     let _ = std::fs::remove_dir_all(&config_dir);
-    let ips: Vec<String> = c
-        .bed
-        .topo
-        .backends
-        .iter()
-        .map(|b| b.ip.to_string())
-        .collect();
+    let ips: Vec<String> = (1..=3).map(|i| c.pod_ip(i)).collect();
     let slice_of = |pods: &[usize]| {
         let eps: String = pods
             .iter()

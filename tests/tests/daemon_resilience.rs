@@ -20,7 +20,7 @@ fn apply_service(c: &Cluster, name: &str, vip: &str, pods: &[usize]) {
     for i in pods {
         eps.push_str(&format!(
             "- addresses: [{}]\n  conditions: {{ready: true}}\n",
-            c.bed.topo.backends[i - 1].ip
+            c.pod_ip(*i)
         ));
     }
     c.kubectl

@@ -7,7 +7,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_yaml::Value;
 
-use crate::datapath::{MapSizes, loader::DEFAULT_PIN_ROOT};
+use crate::{
+    attach::HookArgs,
+    datapath::{MapSizeArgs, MapSizes, loader::DEFAULT_PIN_ROOT},
+};
 
 pub const DEFAULT_HEALTHZ: &str = "0.0.0.0:10256";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
@@ -45,28 +48,10 @@ pub struct DaemonArgs {
     /// Time changes are gathered before a recompute, e.g. `10ms` [default: 2ms].
     #[arg(long, value_parser = parse_duration)]
     pub min_sync_period: Option<Duration>,
-    /// cgroup v2 directory whose processes get socket-level load balancing:
-    /// the host's cgroup2 root on a node.
-    #[arg(long)]
-    pub cgroup_path: Option<PathBuf>,
-    /// Pod-facing interface whose ingress gets the per-packet path (repeatable).
-    #[arg(long = "tc-iface")]
-    pub tc_ifaces: Vec<String>,
-    /// Network namespace (a /run/netns name or a path) of the `--tc-iface`s.
-    #[arg(long)]
-    pub tc_netns: Option<String>,
-    #[arg(long)]
-    pub max_frontends: Option<u32>,
-    #[arg(long)]
-    pub max_backends: Option<u32>,
-    #[arg(long)]
-    pub max_backend_slots: Option<u32>,
-    #[arg(long)]
-    pub max_conntrack: Option<u32>,
-    #[arg(long)]
-    pub max_affinity: Option<u32>,
-    #[arg(long)]
-    pub max_sockets: Option<u32>,
+    #[command(flatten)]
+    pub hooks: HookArgs,
+    #[command(flatten)]
+    pub sizes: MapSizeArgs,
 }
 
 /// Everything the daemon runs with, resolved and validated.
@@ -80,9 +65,7 @@ pub struct Settings {
     pub metrics: SocketAddr,
     pub sync_period: Duration,
     pub min_sync_period: Duration,
-    pub cgroup: Option<PathBuf>,
-    pub tc_ifaces: Vec<String>,
-    pub tc_netns: Option<String>,
+    pub hooks: HookArgs,
     pub sizes: MapSizes,
     /// Keys of the configuration file that Switchyard does not use.
     pub ignored_keys: Vec<String>,
@@ -269,7 +252,6 @@ impl Settings {
             Some(s) => parse_cidrs(&s).context("--cluster-cidr")?,
             None => Vec::new(),
         };
-        let defaults = MapSizes::default();
         Ok(Self {
             pin_root,
             kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
@@ -298,17 +280,8 @@ impl Settings {
                 .min_sync_period
                 .or(file.min_sync_period)
                 .unwrap_or(DEFAULT_MIN_SYNC_PERIOD),
-            cgroup: args.cgroup_path.clone(),
-            tc_ifaces: args.tc_ifaces.clone(),
-            tc_netns: args.tc_netns.clone(),
-            sizes: MapSizes {
-                frontends: args.max_frontends.unwrap_or(defaults.frontends),
-                backends: args.max_backends.unwrap_or(defaults.backends),
-                backend_slots: args.max_backend_slots.unwrap_or(defaults.backend_slots),
-                conntrack: args.max_conntrack.unwrap_or(defaults.conntrack),
-                affinity: args.max_affinity.unwrap_or(defaults.affinity),
-                sockets: args.max_sockets.unwrap_or(defaults.sockets),
-            },
+            hooks: args.hooks.clone(),
+            sizes: args.sizes.into(),
             ignored_keys: file.ignored,
         })
     }

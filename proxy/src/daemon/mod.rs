@@ -18,9 +18,7 @@ use kube::{Client, Config, config::KubeConfigOptions};
 use tokio::{signal::unix::SignalKind, sync::Notify};
 use tracing::{info, warn};
 
-use crate::{
-    datapath::loader::Dataplane, desired::NodeContext, netns::with_netns, reconcile::Reconciler,
-};
+use crate::{attach::load_and_attach, desired::NodeContext, reconcile::Reconciler};
 
 pub mod config;
 mod events;
@@ -42,7 +40,7 @@ pub fn run(settings: Settings) -> Result<()> {
     for key in &settings.ignored_keys {
         warn!(key, "configuration key not used by switchyard");
     }
-    let mut dataplane = attach(&settings)?;
+    let mut dataplane = load_and_attach(&settings.pin_root, &settings.sizes, &settings.hooks)?;
     let reconciler =
         Reconciler::restore(dataplane.lb_maps()?).context("cannot read the pinned maps")?;
     info!(
@@ -60,28 +58,6 @@ pub fn run(settings: Settings) -> Result<()> {
     // pinned, so dropping it detaches nothing.
     drop(dataplane);
     result
-}
-
-/// Loads the programs (adopting pinned maps) and attaches them, make
-/// before break: a restart never leaves a moment without programs.
-fn attach(s: &Settings) -> Result<Dataplane> {
-    let mut dp = Dataplane::load(Some(&s.pin_root), &s.sizes)?;
-    if let Some(cg) = &s.cgroup {
-        dp.attach_cgroup(cg)?;
-        info!(cgroup = %cg.display(), "socket hooks attached");
-    }
-    let attach_tc = |dp: &mut Dataplane| -> Result<()> {
-        for iface in &s.tc_ifaces {
-            dp.attach_tc(iface)?;
-            info!(iface, "tc ingress attached");
-        }
-        Ok(())
-    };
-    match &s.tc_netns {
-        Some(ns) => with_netns(ns, || attach_tc(&mut dp))?,
-        None => attach_tc(&mut dp)?,
-    }
-    Ok(dp)
 }
 
 async fn client(s: &Settings) -> Result<Client> {

@@ -14,7 +14,7 @@ mod sizes;
 
 pub use aya_maps::AyaLbMaps;
 pub use fake::{FakeLbMaps, FaultyLbMaps, Inconsistency};
-pub use sizes::MapSizes;
+pub use sizes::{MapSizeArgs, MapSizes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {

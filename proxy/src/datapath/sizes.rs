@@ -64,3 +64,52 @@ impl MapSizes {
         ]
     }
 }
+
+/// The map-size flags of `switchyard attach` and the daemon.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct MapSizeArgs {
+    #[arg(long, default_value_t = MapSizes::default().frontends)]
+    pub max_frontends: u32,
+    #[arg(long, default_value_t = MapSizes::default().backends)]
+    pub max_backends: u32,
+    #[arg(long, default_value_t = MapSizes::default().backend_slots)]
+    pub max_backend_slots: u32,
+    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    pub max_conntrack: u32,
+    #[arg(long, default_value_t = MapSizes::default().affinity)]
+    pub max_affinity: u32,
+    #[arg(long, default_value_t = MapSizes::default().sockets)]
+    pub max_sockets: u32,
+}
+
+impl Default for MapSizeArgs {
+    fn default() -> Self {
+        MapSizes::default().into()
+    }
+}
+
+impl From<MapSizes> for MapSizeArgs {
+    fn from(s: MapSizes) -> Self {
+        Self {
+            max_frontends: s.frontends,
+            max_backends: s.backends,
+            max_backend_slots: s.backend_slots,
+            max_conntrack: s.conntrack,
+            max_affinity: s.affinity,
+            max_sockets: s.sockets,
+        }
+    }
+}
+
+impl From<MapSizeArgs> for MapSizes {
+    fn from(a: MapSizeArgs) -> Self {
+        Self {
+            frontends: a.max_frontends,
+            backends: a.max_backends,
+            backend_slots: a.max_backend_slots,
+            conntrack: a.max_conntrack,
+            affinity: a.max_affinity,
+            sockets: a.max_sockets,
+        }
+    }
+}

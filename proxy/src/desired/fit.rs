@@ -50,6 +50,18 @@ pub fn fit_to_capacity(
         (capacity.aff_match as usize).saturating_sub(reserve.1),
         (capacity.backends as usize).saturating_sub(reserve.2),
     );
+    // The usual case, every sync: the whole table fits, and no frontend's
+    // programmed state needs looking up.
+    let slots = desired.slot_count();
+    if desired.frontends.len() + slots <= room.0
+        && slots <= room.1
+        && desired.backend_count() <= room.2
+    {
+        return Fitted {
+            table: desired,
+            ..Fitted::default()
+        };
+    }
     let (programmed, new): (Vec<_>, Vec<_>) = desired
         .frontends
         .into_iter()

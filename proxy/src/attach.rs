@@ -1,0 +1,55 @@
+//! Where the programs go, and putting them there: shared by
+//! `switchyard attach` and the daemon, so both take the same flags.
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use tracing::info;
+
+use crate::{
+    datapath::{MapSizes, loader::Dataplane},
+    netns::with_netns,
+};
+
+/// The hooks to attach to.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct HookArgs {
+    /// cgroup v2 directory whose processes get socket-level load balancing
+    /// (the host's cgroup2 root on a node).
+    #[arg(long)]
+    pub cgroup_path: Option<PathBuf>,
+    /// Pod-facing interface whose ingress gets the per-packet path (repeatable).
+    #[arg(long = "tc-iface")]
+    pub tc_ifaces: Vec<String>,
+    /// Network namespace (a /run/netns name or a path) of the `--tc-iface`s.
+    #[arg(long)]
+    pub tc_netns: Option<String>,
+}
+
+impl HookArgs {
+    pub fn is_empty(&self) -> bool {
+        self.cgroup_path.is_none() && self.tc_ifaces.is_empty()
+    }
+}
+
+/// Loads the programs (adopting the maps pinned under `pin_root`) and
+/// attaches them to `hooks`. A second call, e.g. by a restarted daemon, is
+/// make before break: there is never a moment without programs.
+pub fn load_and_attach(pin_root: &Path, sizes: &MapSizes, hooks: &HookArgs) -> Result<Dataplane> {
+    let mut dp = Dataplane::load(Some(pin_root), sizes)?;
+    if let Some(cg) = &hooks.cgroup_path {
+        dp.attach_cgroup(cg)?;
+        info!(cgroup = %cg.display(), "socket hooks attached");
+    }
+    let attach_tc = |dp: &mut Dataplane| -> Result<()> {
+        for iface in &hooks.tc_ifaces {
+            dp.attach_tc(iface)?;
+            info!(iface, "tc ingress attached");
+        }
+        Ok(())
+    };
+    match &hooks.tc_netns {
+        Some(ns) => with_netns(ns, || attach_tc(&mut dp))?,
+        None => attach_tc(&mut dp)?,
+    }
+    Ok(dp)
+}

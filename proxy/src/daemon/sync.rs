@@ -36,6 +36,8 @@ pub struct Syncer {
     slice_versions: BTreeMap<String, String>,
     /// Trigger times before this are not ours to measure (kube-proxy's rule).
     started: jiff::Timestamp,
+    /// The reconciler has just read the maps; the first sync need not.
+    just_restored: bool,
 }
 
 /// What the daemon loop needs to know after a sync.
@@ -59,6 +61,7 @@ impl Syncer {
             left_out: Vec::new(),
             slice_versions: BTreeMap::new(),
             started: jiff::Timestamp::now(),
+            just_restored: true,
         }
     }
 
@@ -74,11 +77,14 @@ impl Syncer {
         full: bool,
     ) -> Done {
         let started = Instant::now();
-        if full {
-            // Re-read the maps: repairs anything changed behind our back.
-            if let Err(e) = self.reconciler.refresh() {
-                warn!(error = %e, "cannot re-read the maps");
-            }
+        // Re-read the maps on a full sync (repairs anything changed behind
+        // our back), except right after `Reconciler::restore` read them.
+        let just_restored = std::mem::replace(&mut self.just_restored, false);
+        if full
+            && !just_restored
+            && let Err(e) = self.reconciler.refresh()
+        {
+            warn!(error = %e, "cannot re-read the maps");
         }
         let outcome = desired::compute(services, slices, &self.node);
         for s in &outcome.skipped {

@@ -51,5 +51,9 @@ pub fn load_and_attach(pin_root: &Path, sizes: &MapSizes, hooks: &HookArgs) -> R
         Some(ns) => with_netns(ns, || attach_tc(&mut dp))?,
         None => attach_tc(&mut dp)?,
     }
+    let obsolete = dp.remove_obsolete_maps()?;
+    if obsolete > 0 {
+        info!(maps = obsolete, "removed the pins of an older version's maps");
+    }
     Ok(dp)
 }

@@ -162,40 +162,74 @@ fn print_inspect(pin_root: &Path, what: Inspect, json: bool) -> Result<()> {
         Inspect::Services => emit!(
             inspect::services(&dir)?,
             format!(
-                "{:<24} {:>6} {:>10}  BACKENDS",
-                "FRONTEND", "ID", "AFFINITY"
+                "{:<24} {:<12} {:>6} {:>10}  BACKENDS",
+                "FRONTEND", "KIND", "ID", "AFFINITY"
             ),
-            |r: &inspect::ServiceRow| format!(
-                "{:<24} {:>6} {:>10}  {}",
-                r.frontend,
-                r.id,
-                r.affinity_timeout_s
-                    .map_or_else(|| "-".into(), |t| format!("{t}s")),
-                if r.backends.is_empty() {
-                    "(none: reject)".into()
-                } else {
-                    r.backends.join(", ")
+            |r: &inspect::ServiceRow| {
+                let mut line = format!(
+                    "{:<24} {:<12} {:>6} {:>10}  {}",
+                    r.frontend,
+                    r.kind,
+                    r.id,
+                    r.affinity_timeout_s
+                        .map_or_else(|| "-".into(), |t| format!("{t}s")),
+                    if r.backends.is_empty() {
+                        format!("(none: {})", r.when_empty)
+                    } else {
+                        r.backends.join(", ")
+                    }
+                );
+                if let Some(local) = &r.local_backends {
+                    line.push_str(&format!(
+                        "\n{:<55}external traffic (Local): {}",
+                        "",
+                        if local.is_empty() {
+                            "(none: drop)".to_owned()
+                        } else {
+                            local.join(", ")
+                        }
+                    ));
                 }
-            )
+                if !r.source_ranges.is_empty() {
+                    line.push_str(&format!(
+                        "\n{:<55}sources: {}",
+                        "",
+                        r.source_ranges.join(", ")
+                    ));
+                }
+                line
+            }
         ),
         Inspect::Backends => emit!(
             inspect::backends(&dir)?,
-            format!("{:>6}  BACKEND", "ID"),
-            |r: &inspect::BackendRow| format!("{:>6}  {}", r.id, r.backend)
+            format!("{:>6}  {:<24} LOCAL", "ID", "BACKEND"),
+            |r: &inspect::BackendRow| format!(
+                "{:>6}  {:<24} {}",
+                r.id,
+                r.backend,
+                if r.local { "yes" } else { "-" }
+            )
         ),
         Inspect::Conntrack => emit!(
             inspect::conntrack(&dir)?,
             format!(
-                "{:<5} {:<22} {:<22} {:<22} {:>8}",
-                "PROTO", "CLIENT", "FRONTEND", "BACKEND", "AGE"
+                "{:<5} {:<22} {:<22} {:<22} {:<22} {:<5} {:<12} {:>8}",
+                "PROTO", "CLIENT", "FRONTEND", "SOURCE-SEEN", "BACKEND", "PATH", "STATE", "EXPIRES"
             ),
             |r: &inspect::ConntrackRow| format!(
-                "{:<5} {:<22} {:<22} {:<22} {:>7}s",
+                "{:<5} {:<22} {:<22} {:<22} {:<22} {:<5} {:<12} {:>7}s",
                 r.protocol,
                 r.client,
                 r.frontend,
+                if r.snat {
+                    format!("{} (snat)", r.source_seen)
+                } else {
+                    r.source_seen.clone()
+                },
                 r.backend,
-                r.age_ms / 1000
+                r.path,
+                r.state,
+                r.expires_in_s
             )
         ),
         Inspect::Affinity => emit!(

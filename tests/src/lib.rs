@@ -12,6 +12,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod privileges;
+pub mod prog_test;
 pub mod probe;
 pub mod proc;
 pub mod relay;

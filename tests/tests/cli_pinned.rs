@@ -247,8 +247,8 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
     let cli = Cli::new(&bpffs);
     let maps = cli.pin_root.join("maps");
     std::fs::create_dir_all(&maps).unwrap();
-    // A conntrack map as an older, incompatible version might have left it.
-    let stale = maps.join("SY_CT4");
+    // A conntrack map of another layout under this version's name.
+    let stale = maps.join("SY_CT4_V2");
     let made = Command::new("bpftool")
         .args([
             "map",
@@ -263,7 +263,7 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
             "entries",
             "64",
             "name",
-            "SY_CT4",
+            "SY_CT4_V2",
         ])
         .status()
         .expect("bpftool (installed by scripts/setup.sh)");
@@ -273,10 +273,10 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
     assert!(!out.status.success(), "adopted a map of another layout");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("SY_CT4") && err.contains("8-byte values") && err.contains("24-byte values"),
+        err.contains("SY_CT4_V2") && err.contains("8-byte values") && err.contains("32-byte values"),
         "{err}"
     );
     // Every pin is checked before anything is created or attached.
-    assert!(!maps.join("SY_LB4_SVC").exists(), "no map was created");
+    assert!(!maps.join("SY_LB4_SVC_V2").exists(), "no map was created");
     assert!(!cli.pin_root.join("links").exists(), "nothing was attached");
 }

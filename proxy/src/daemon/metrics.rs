@@ -61,7 +61,8 @@ struct Inner {
     udp_flows_flushed: u64,
     frontends: usize,
     backends: usize,
-    no_local_endpoints: usize,
+    /// Frontends without local endpoints: (internal, external) policy.
+    no_local_endpoints: (usize, usize),
     skipped: BTreeMap<&'static str, usize>,
     left_out: usize,
     /// Map name → (entries, max_entries).
@@ -85,7 +86,7 @@ impl Default for Metrics {
             udp_flows_flushed: 0,
             frontends: 0,
             backends: 0,
-            no_local_endpoints: 0,
+            no_local_endpoints: (0, 0),
             skipped: BTreeMap::new(),
             left_out: 0,
             maps: BTreeMap::new(),
@@ -100,7 +101,8 @@ pub struct SyncRecord {
     pub ok: bool,
     pub frontends: usize,
     pub backends: usize,
-    pub no_local_endpoints: usize,
+    /// Frontends without local endpoints: (internal, external) policy.
+    pub no_local_endpoints: (usize, usize),
     pub skipped_services: usize,
     pub skipped_slices: usize,
     pub left_out: usize,
@@ -186,10 +188,13 @@ impl Metrics {
             (
                 "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
                 "gauge",
-                "Frontends with internalTrafficPolicy Local and no local endpoints",
+                "Frontends with a Local traffic policy and no local endpoints",
                 labelled(
                     "traffic_policy",
-                    vec![("internal", m.no_local_endpoints as f64)],
+                    vec![
+                        ("internal", m.no_local_endpoints.0 as f64),
+                        ("external", m.no_local_endpoints.1 as f64),
+                    ],
                 ),
             ),
             (

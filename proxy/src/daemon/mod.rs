@@ -95,6 +95,7 @@ async fn serve(
     let events = NodeEvents::new(client, &settings.node_name);
     let node = NodeContext {
         name: Some(settings.node_name.clone()),
+        ..NodeContext::default()
     };
     let mut syncer = Syncer::new(reconciler, node, Arc::clone(&metrics));
 

@@ -201,14 +201,15 @@ impl Syncer {
         self.metrics
             .set_map(names::LB4_BACKENDS, counts.backends, cap.backends);
         self.metrics
-            .set_map(names::LB4_AFF_MATCH, counts.aff_match, cap.aff_match);
+            .set_map(names::LB4_MEMBERS, counts.members, cap.members);
+        self.metrics.set_map(
+            names::LB4_SOURCE_RANGES,
+            counts.source_ranges,
+            cap.source_ranges,
+        );
         let ct = self.reconciler.maps_mut().conntrack_mut();
-        let max = aya::maps::IterableMap::map(ct)
-            .info()
-            .map_or(0, |i| i.max_entries());
-        // Bounded: an LRU walk restarts when an entry is evicted under it.
-        let entries = ct.keys().take(max as usize).count();
-        self.metrics.set_map(names::CT4, entries, max);
+        let entries = ct.entries().map_or(0, |e| e.len());
+        self.metrics.set_map(names::CT4, entries, ct.capacity());
     }
 }
 

@@ -2,18 +2,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
-    lb::{Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service, MASTER_SLOT},
+    config::Node4Config,
+    lb::{Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, SVC_FLAG_SOURCE_RANGES},
     map_names as names,
 };
 
-use super::{Capacity, LbMaps, MapError, MapSizes, Result};
+use super::{Capacity, LbMaps, MapError, MapSizes, Result, SourceRange};
 
 /// Maps held in memory, with the kernel's capacity checks.
 #[derive(Clone, Debug, Default)]
 pub struct FakeLbMaps {
     pub services: BTreeMap<Lb4Key, Lb4Service>,
     pub backends: BTreeMap<u32, Lb4Backend>,
-    pub aff_match: BTreeSet<Lb4AffMatchKey>,
+    pub members: BTreeSet<Lb4MemberKey>,
+    pub source_ranges: BTreeSet<SourceRange>,
+    pub node: Node4Config,
     pub sizes: MapSizes,
     /// Every (frontend, backend) pair whose UDP flows were flushed.
     pub flushed: BTreeSet<(u32, u32)>,
@@ -32,23 +35,31 @@ impl FakeLbMaps {
     }
 
     /// Checks what the eBPF programs rely on: every visible frontend (a
-    /// master entry) has slots `1..=count`, each naming an existing backend
-    /// with an affinity-match entry. Anything else is a half-written frontend.
+    /// master entry) has slots `1..=count+local_count`, each naming an
+    /// existing backend with a membership entry, and source ranges when its
+    /// flags say it is restricted. Anything else is a half-written frontend.
     pub fn check_consistent(&self) -> Result<(), Inconsistency> {
         for (key, master) in self
             .services
             .iter()
             .filter(|(k, _)| k.backend_slot == MASTER_SLOT)
         {
-            for slot in 1..=master.count {
+            if master.flags & SVC_FLAG_SOURCE_RANGES != 0
+                && !self.source_ranges.iter().any(|(id, _)| *id == master.frontend_id)
+            {
+                return Err(Inconsistency(format!(
+                    "{key:?} is restricted to source ranges but has none"
+                )));
+            }
+            for slot in 1..=master.count + master.local_count {
                 let slot_key = Lb4Key {
                     backend_slot: slot,
                     ..*key
                 };
                 let Some(s) = self.services.get(&slot_key) else {
                     return Err(Inconsistency(format!(
-                        "{key:?} count {} but slot {slot} missing",
-                        master.count
+                        "{key:?} count {}+{} but slot {slot} missing",
+                        master.count, master.local_count
                     )));
                 };
                 if !self.backends.contains_key(&s.backend_id) {
@@ -57,13 +68,13 @@ impl FakeLbMaps {
                         s.backend_id
                     )));
                 }
-                let m = Lb4AffMatchKey {
+                let m = Lb4MemberKey {
                     backend_id: s.backend_id,
-                    rev_nat_id: master.rev_nat_id,
+                    frontend_id: master.frontend_id,
                 };
-                if !self.aff_match.contains(&m) {
+                if !self.members.contains(&m) {
                     return Err(Inconsistency(format!(
-                        "{key:?} slot {slot} has no affinity-match entry"
+                        "{key:?} slot {slot} has no membership entry"
                     )));
                 }
             }
@@ -109,13 +120,33 @@ impl LbMaps for FakeLbMaps {
         Ok(())
     }
 
-    fn update_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
-        self.aff_match.insert(*key);
+    fn update_member(&mut self, key: &Lb4MemberKey) -> Result<()> {
+        self.members.insert(*key);
         Ok(())
     }
 
-    fn delete_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
-        self.aff_match.remove(key);
+    fn delete_member(&mut self, key: &Lb4MemberKey) -> Result<()> {
+        self.members.remove(key);
+        Ok(())
+    }
+
+    fn update_source_range(&mut self, range: &SourceRange) -> Result<()> {
+        if !self.source_ranges.contains(range)
+            && self.source_ranges.len() >= self.sizes.source_ranges as usize
+        {
+            return Err(Self::full(names::LB4_SOURCE_RANGES, format!("{range:?}")));
+        }
+        self.source_ranges.insert(*range);
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, range: &SourceRange) -> Result<()> {
+        self.source_ranges.remove(range);
+        Ok(())
+    }
+
+    fn set_node(&mut self, node: &Node4Config) -> Result<()> {
+        self.node = *node;
         Ok(())
     }
 
@@ -132,8 +163,16 @@ impl LbMaps for FakeLbMaps {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_aff_match(&self) -> Result<Vec<Lb4AffMatchKey>> {
-        Ok(self.aff_match.iter().copied().collect())
+    fn dump_members(&self) -> Result<Vec<Lb4MemberKey>> {
+        Ok(self.members.iter().copied().collect())
+    }
+
+    fn dump_source_ranges(&self) -> Result<Vec<SourceRange>> {
+        Ok(self.source_ranges.iter().copied().collect())
+    }
+
+    fn node(&self) -> Result<Node4Config> {
+        Ok(self.node)
     }
 
     fn capacity(&self) -> Capacity {
@@ -212,11 +251,24 @@ impl LbMaps for FaultyLbMaps {
     fn delete_service(&mut self, k: &Lb4Key) -> Result<()> {
         self.write(names::LB4_SERVICES, "delete", |m| m.delete_service(k))
     }
-    fn update_aff_match(&mut self, k: &Lb4AffMatchKey) -> Result<()> {
-        self.write(names::LB4_AFF_MATCH, "update", |m| m.update_aff_match(k))
+    fn update_member(&mut self, k: &Lb4MemberKey) -> Result<()> {
+        self.write(names::LB4_MEMBERS, "update", |m| m.update_member(k))
     }
-    fn delete_aff_match(&mut self, k: &Lb4AffMatchKey) -> Result<()> {
-        self.write(names::LB4_AFF_MATCH, "delete", |m| m.delete_aff_match(k))
+    fn delete_member(&mut self, k: &Lb4MemberKey) -> Result<()> {
+        self.write(names::LB4_MEMBERS, "delete", |m| m.delete_member(k))
+    }
+    fn update_source_range(&mut self, r: &SourceRange) -> Result<()> {
+        self.write(names::LB4_SOURCE_RANGES, "update", |m| {
+            m.update_source_range(r)
+        })
+    }
+    fn delete_source_range(&mut self, r: &SourceRange) -> Result<()> {
+        self.write(names::LB4_SOURCE_RANGES, "delete", |m| {
+            m.delete_source_range(r)
+        })
+    }
+    fn set_node(&mut self, n: &Node4Config) -> Result<()> {
+        self.write(names::NODE4, "update", |m| m.set_node(n))
     }
     fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
         let mut n = 0;
@@ -233,8 +285,14 @@ impl LbMaps for FaultyLbMaps {
     fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
         self.inner.dump_backends()
     }
-    fn dump_aff_match(&self) -> Result<Vec<Lb4AffMatchKey>> {
-        self.inner.dump_aff_match()
+    fn dump_members(&self) -> Result<Vec<Lb4MemberKey>> {
+        self.inner.dump_members()
+    }
+    fn dump_source_ranges(&self) -> Result<Vec<SourceRange>> {
+        self.inner.dump_source_ranges()
+    }
+    fn node(&self) -> Result<Node4Config> {
+        self.inner.node()
     }
     fn capacity(&self) -> Capacity {
         self.inner.capacity()

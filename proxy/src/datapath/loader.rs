@@ -6,6 +6,8 @@
 //! <pin-root>/maps/SY_*              every map; a new process adopts them
 //! <pin-root>/links/cgroup-<hook>    sock_addr links of the node cgroup
 //! <pin-root>/links/tc-ingress-<if>  tcx links of pod-facing interfaces
+//! <pin-root>/links/tc-node-ingress-<if>, tc-node-egress-<if>
+//!                                   tcx links of node-facing interfaces
 //! ```
 //!
 //! Pinned links keep the programs attached after the process exits, so
@@ -25,7 +27,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use proxy_common::{map_names, program_names as progs};
+use proxy_common::{config::DatapathConfig, global_names, map_names, program_names as progs};
 
 use tracing::warn;
 
@@ -92,6 +94,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The TC programs: pod-facing ingress, node-facing ingress and egress.
+const TC_PROGRAMS: [&str; 3] = [progs::TC_INGRESS, progs::TC_NODE_INGRESS, progs::TC_NODE_EGRESS];
+
 /// The sock_addr programs and the hook each attaches to.
 const SOCK_PROGRAMS: [(&str, &str); 4] = [
     (progs::CONNECT4, "connect4"),
@@ -109,11 +114,23 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the object and its programs. With a `pin_root`, maps already
-    /// pinned there are adopted (their contents and sizes kept) and new ones
-    /// are pinned; without, everything lives as long as this value.
+    /// Loads the object and its programs with the default
+    /// [`DatapathConfig`]. With a `pin_root`, maps already pinned there are
+    /// adopted (their contents and sizes kept) and new ones are pinned;
+    /// without, everything lives as long as this value.
     pub fn load(pin_root: Option<&Path>, sizes: &MapSizes) -> Result<Self> {
+        Self::load_with(pin_root, sizes, &DatapathConfig::DEFAULT)
+    }
+
+    /// [`Self::load`] with conntrack lifetimes and the source-NAT port range
+    /// of `config`, fixed for the programs' lifetime.
+    pub fn load_with(
+        pin_root: Option<&Path>,
+        sizes: &MapSizes,
+        config: &DatapathConfig,
+    ) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        loader.override_global(global_names::CONFIG, config, true);
         for (name, entries) in sizes.max_entries() {
             loader.map_max_entries(name, entries);
         }
@@ -135,10 +152,11 @@ impl Dataplane {
                 .load()
                 .map_err(|source| Error::LoadProgram { name, source })?;
         }
-        let tc = progs::TC_INGRESS;
-        program::<SchedClassifier>(&mut ebpf, tc)?
-            .load()
-            .map_err(|source| Error::LoadProgram { name: tc, source })?;
+        for name in TC_PROGRAMS {
+            program::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::LoadProgram { name, source })?;
+        }
         Ok(Self {
             ebpf,
             pin_root: pin_root.map(Path::to_path_buf),
@@ -175,24 +193,51 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the TC program to the ingress of `iface` (in the calling
-    /// thread's network namespace), with tcx where the kernel has it.
+    /// Attaches the pod-facing program to the ingress of `iface` (in the
+    /// calling thread's network namespace), with tcx where the kernel has it.
     pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
-        let name = progs::TC_INGRESS;
+        self.attach_tc_program(progs::TC_INGRESS, iface, TcAttachType::Ingress, "tc-ingress")
+    }
+
+    /// Attaches the node-facing programs to the ingress and egress of
+    /// `iface`: an interface the node's NodePort addresses (and its traffic
+    /// with other nodes) use.
+    pub fn attach_node_iface(&mut self, iface: &str) -> Result<()> {
+        self.attach_tc_program(
+            progs::TC_NODE_INGRESS,
+            iface,
+            TcAttachType::Ingress,
+            "tc-node-ingress",
+        )?;
+        self.attach_tc_program(
+            progs::TC_NODE_EGRESS,
+            iface,
+            TcAttachType::Egress,
+            "tc-node-egress",
+        )
+    }
+
+    fn attach_tc_program(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        hook: TcAttachType,
+        pin_prefix: &str,
+    ) -> Result<()> {
         let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
         let failed = |source| Error::Attach {
             name,
-            target: format!("ingress of `{iface}`"),
+            target: format!("{hook:?} of `{iface}`"),
             source,
         };
         // Kernels before 6.6 need the clsact qdisc; it may already exist.
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
-        let id = prog.attach(iface, TcAttachType::Ingress).map_err(&failed)?;
+        let id = prog.attach(iface, hook).map_err(&failed)?;
         if self.pin_root.is_some() {
             let link = prog.take_link(id).map_err(&failed)?;
             // tcx links (6.6+) can be pinned; netlink filters before cannot.
             if <&FdLink>::try_from(&link).is_ok() {
-                self.pin(link, &format!("tc-ingress-{iface}"))?;
+                self.pin(link, &format!("{pin_prefix}-{iface}"))?;
             } else {
                 warn!(
                     iface,
@@ -202,6 +247,30 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Removes the pins of maps earlier versions used under other names
+    /// (their layout changed): call once the new programs are attached, so
+    /// nothing references them any more.
+    pub fn remove_obsolete_maps(&self) -> Result<usize> {
+        let Some(root) = &self.pin_root else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for name in map_names::OBSOLETE {
+            let path = root.join("maps").join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::PinDir {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Pins `link` as `<pin-root>/links/<file>`, replacing what was pinned
@@ -238,7 +307,7 @@ impl Dataplane {
 
 /// Type, key size and value size of every map in this build.
 fn layout(name: &str) -> Option<(MapType, usize, usize)> {
-    use proxy_common::{ct::*, lb::*, sock::*};
+    use proxy_common::{config::*, ct::*, lb::*, sock::*};
     let l = match name {
         n if n == map_names::LB4_SERVICES => {
             (MapType::Hash, size_of::<Lb4Key>(), size_of::<Lb4Service>())
@@ -246,9 +315,21 @@ fn layout(name: &str) -> Option<(MapType, usize, usize)> {
         n if n == map_names::LB4_BACKENDS => {
             (MapType::Hash, size_of::<u32>(), size_of::<Lb4Backend>())
         }
-        n if n == map_names::LB4_AFF_MATCH => {
-            (MapType::Hash, size_of::<Lb4AffMatchKey>(), size_of::<u8>())
+        n if n == map_names::LB4_MEMBERS => {
+            (MapType::Hash, size_of::<Lb4MemberKey>(), size_of::<u8>())
         }
+        // The trie's key is the prefix length (u32) and the data.
+        n if n == map_names::LB4_SOURCE_RANGES => (
+            MapType::LpmTrie,
+            4 + size_of::<Lb4SourceRangeKey>(),
+            size_of::<u8>(),
+        ),
+        n if n == map_names::FRAG4 => (
+            MapType::LruHash,
+            size_of::<Frag4Key>(),
+            size_of::<Frag4Value>(),
+        ),
+        n if n == map_names::NODE4 => (MapType::Array, 4, size_of::<Node4Config>()),
         n if n == map_names::LB4_AFFINITY => (
             MapType::LruHash,
             size_of::<Lb4AffinityKey>(),

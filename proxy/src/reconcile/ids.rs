@@ -1,4 +1,4 @@
-//! Frontend (`rev_nat_id`) and backend ID allocation, rebuilt from the maps.
+//! Frontend (ID) and backend ID allocation, rebuilt from the maps.
 use std::collections::BTreeMap;
 
 use proxy_common::lb::{Lb4Backend, Lb4Key, Lb4Service};
@@ -24,9 +24,9 @@ impl Ids {
         let mut ids = Self::default();
         for (k, v) in services {
             if let Some(key) = FrontendKey::from_lb4_key(k) {
-                ids.frontends.entry(key).or_insert(v.rev_nat_id);
+                ids.frontends.entry(key).or_insert(v.frontend_id);
             }
-            ids.next_frontend = ids.next_frontend.max(v.rev_nat_id);
+            ids.next_frontend = ids.next_frontend.max(v.frontend_id);
         }
         for (id, b) in backends {
             if let Some(addr) = BackendAddr::from_lb4_backend(b) {

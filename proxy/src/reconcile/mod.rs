@@ -1,22 +1,29 @@
 //! Makes the maps hold a [`DesiredTable`], through [`LbMaps`].
 //!
 //! Invariant, kept after every single write: a frontend visible to the eBPF
-//! programs (its master entry exists) is complete — slots `1..=count` exist,
-//! name written backends and carry affinity-match entries. So writes go
-//! backends → affinity-match → slots → master; a shrink lowers the master's
-//! count before stale slots go; removals come last. Every step compares
+//! programs (its master entry exists) is complete — its slots exist, name
+//! written backends that carry membership entries, and its source ranges are
+//! in place. So writes go backends → memberships → slots → source ranges →
+//! master; a shrink lowers the master's counts before stale slots go;
+//! removals come last. Every step compares
 //! against `observed` (the map contents as last read or written) and is
 //! skipped when already done, so a failed pass is simply run again.
 use std::collections::{BTreeMap, BTreeSet};
 
-use proxy_common::lb::{
-    Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY,
+use proxy_common::{
+    config::Node4Config,
+    lb::{
+        Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY,
+        SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES,
+    },
 };
 use tracing::{debug, warn};
 
 use crate::{
-    datapath::{LbMaps, MapError},
-    model::{BackendAddr, DesiredTable, FrontendKey, FrontendSpec},
+    datapath::{LbMaps, MapError, SourceRange},
+    model::{
+        BackendAddr, DesiredTable, FrontendKey, FrontendKind, FrontendSpec, Ipv4Cidr, addr_be,
+    },
 };
 
 mod ids;
@@ -25,39 +32,61 @@ mod tests;
 
 use ids::Ids;
 
+/// Why a pass did not (fully) apply.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The maps could not be read.
     #[error("cannot read the current maps")]
     Restore(#[source] MapError),
+    /// The table does not fit; nothing was written.
     #[error(
         "the table needs {needed} `{map}` entries but the map holds {capacity}; nothing was applied"
     )]
     Capacity {
+        /// The map that is too small.
         map: &'static str,
+        /// Entries the table needs.
         needed: usize,
+        /// Entries the map holds.
         capacity: u32,
     },
+    /// Some frontends failed; each keeps its previous, consistent state.
     #[error("{} frontend(s) could not be fully written; first: {}: {}", .failed.len(), .failed[0].0, .failed[0].1)]
-    Incomplete { failed: Vec<(String, MapError)> },
+    Incomplete {
+        /// What failed (a frontend's name, or another part), and why.
+        failed: Vec<(String, MapError)>,
+    },
 }
 
+/// Result of reconciler operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What one pass changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// Map entries written.
     pub writes: usize,
+    /// Map entries deleted.
     pub deletes: usize,
     /// Conntrack entries of UDP flows whose backend left their frontend.
     pub flushed_flows: usize,
+    /// (frontend ID, backend) of every UDP membership this pass removed:
+    /// sockets connected to such a backend through the socket path must be
+    /// told (the daemon closes them).
+    pub departed_udp: Vec<(u32, BackendAddr)>,
 }
 
 /// Entries held by the maps the reconciler writes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EntryCounts {
+    /// Frontend master entries and slots.
     pub services: usize,
+    /// Backends.
     pub backends: usize,
-    pub aff_match: usize,
+    /// Memberships.
+    pub members: usize,
+    /// Source ranges.
+    pub source_ranges: usize,
 }
 
 /// The map contents as this process last read or wrote them.
@@ -65,11 +94,15 @@ pub struct EntryCounts {
 struct Observed {
     services: BTreeMap<Lb4Key, Lb4Service>,
     backends: BTreeMap<u32, Lb4Backend>,
-    /// Affinity-match entries as `(rev_nat_id, backend_id)`: ordered by
-    /// frontend, so one frontend's members are a range.
-    aff_match: BTreeSet<(u32, u32)>,
+    /// Memberships as `(frontend_id, backend_id)`: ordered by frontend, so
+    /// one frontend's members are a range.
+    members: BTreeSet<(u32, u32)>,
+    /// Source ranges as `(frontend_id, cidr)`, ordered the same way.
+    source_ranges: BTreeSet<SourceRange>,
+    node: Node4Config,
 }
 
+/// Keeps the maps equal to a [`DesiredTable`] (see the module docs).
 pub struct Reconciler<M> {
     maps: M,
     ids: Ids,
@@ -108,17 +141,25 @@ impl<M: LbMaps> Reconciler<M> {
             .map_err(Error::Restore)?
             .into_iter()
             .collect();
-        let aff_match = maps
-            .dump_aff_match()
+        let members = maps
+            .dump_members()
             .map_err(Error::Restore)?
             .into_iter()
-            .map(|m| (m.rev_nat_id, m.backend_id))
+            .map(|m| (m.frontend_id, m.backend_id))
             .collect();
+        let source_ranges = maps
+            .dump_source_ranges()
+            .map_err(Error::Restore)?
+            .into_iter()
+            .collect();
+        let node = maps.node().map_err(Error::Restore)?;
         self.ids = Ids::restore(&services, &backends);
         self.observed = Observed {
             services,
             backends,
-            aff_match,
+            members,
+            source_ranges,
+            node,
         };
         Ok(())
     }
@@ -127,17 +168,35 @@ impl<M: LbMaps> Reconciler<M> {
     /// is programmed.
     pub fn programmed_spec(&self, key: &FrontendKey) -> Option<FrontendSpec> {
         let master = self.observed.services.get(&key.lb4_key(MASTER_SLOT))?;
+        let backend_at = |slot: u16| {
+            let slot = self.observed.services.get(&key.lb4_key(slot))?;
+            BackendAddr::from_lb4_backend(self.observed.backends.get(&slot.backend_id)?)
+        };
         let backends = (1..=master.count)
-            .map(|slot| {
-                let slot = self.observed.services.get(&key.lb4_key(slot))?;
-                BackendAddr::from_lb4_backend(self.observed.backends.get(&slot.backend_id)?)
-            })
+            .map(backend_at)
             .collect::<Option<Vec<_>>>()?;
+        let local_backends = if master.flags & SVC_FLAG_EXT_LOCAL != 0 {
+            Some(
+                (master.count + 1..=master.count + master.local_count)
+                    .map(backend_at)
+                    .collect::<Option<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        let source_ranges = self
+            .ranges_of(master.frontend_id)
+            .map(|(_, cidr)| cidr)
+            .collect();
         Some(FrontendSpec {
             name: key.to_string(),
+            kind: FrontendKind::from_flags(master.flags),
             backends,
+            local_backends,
             affinity_timeout_s: (master.flags & SVC_FLAG_AFFINITY != 0)
                 .then_some(master.affinity_timeout_s),
+            drop_when_empty: master.flags & SVC_FLAG_DROP_EMPTY != 0,
+            source_ranges,
         })
     }
 
@@ -156,19 +215,22 @@ impl<M: LbMaps> Reconciler<M> {
         EntryCounts {
             services: self.observed.services.len(),
             backends: self.observed.backends.len(),
-            aff_match: self.observed.aff_match.len(),
+            members: self.observed.members.len(),
+            source_ranges: self.observed.source_ranges.len(),
         }
     }
 
+    /// The maps.
     pub fn maps(&self) -> &M {
         &self.maps
     }
 
+    /// The maps, mutably (tests and the daemon reach the conntrack map).
     pub fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
     }
 
-    /// Frontend ID (`rev_nat_id`) of a programmed frontend.
+    /// Frontend ID of a programmed frontend.
     pub fn frontend_id(&self, key: &FrontendKey) -> Option<u32> {
         self.ids.frontend(key)
     }
@@ -180,10 +242,13 @@ impl<M: LbMaps> Reconciler<M> {
         self.check_capacity(desired)?;
         let mut report = Report::default();
         let mut failed = Vec::new();
+        if let Err(e) = self.write_node(desired, &mut report) {
+            failed.push(("the node entry".to_owned(), e));
+        }
         let mut wanted_backends = BTreeSet::new();
         for (key, spec) in &desired.frontends {
-            wanted_backends.extend(spec.backends.iter().copied());
-            if let Err(e) = self.upsert_frontend(key, spec, &mut report) {
+            wanted_backends.extend(spec.all_backends().copied());
+            if let Err(e) = self.upsert_frontend(key, spec, desired, &mut report) {
                 warn!(frontend = %spec.name, key = %key, error = %e, "frontend not fully written; will retry");
                 failed.push((spec.name.clone(), e));
             }
@@ -230,6 +295,7 @@ impl<M: LbMaps> Reconciler<M> {
                     total.writes += r.writes;
                     total.deletes += r.deletes;
                     total.flushed_flows += r.flushed_flows;
+                    total.departed_udp.extend(r.departed_udp);
                     return Ok(total);
                 }
                 Err(Error::Incomplete { failed }) if attempt < attempts => {
@@ -250,15 +316,19 @@ impl<M: LbMaps> Reconciler<M> {
     fn check_capacity(&self, desired: &DesiredTable) -> Result<()> {
         use proxy_common::map_names as names;
         let cap = self.maps.capacity();
-        let slots = desired.slot_count();
         let checks = [
             (
                 names::LB4_SERVICES,
-                desired.frontends.len() + slots,
+                desired.frontends.len() + desired.slot_count(),
                 cap.services,
             ),
             (names::LB4_BACKENDS, desired.backend_count(), cap.backends),
-            (names::LB4_AFF_MATCH, slots, cap.aff_match),
+            (names::LB4_MEMBERS, desired.member_count(), cap.members),
+            (
+                names::LB4_SOURCE_RANGES,
+                desired.source_range_count(),
+                cap.source_ranges,
+            ),
         ];
         for (map, needed, capacity) in checks {
             if needed > capacity as usize {
@@ -272,55 +342,83 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
+    fn write_node(&mut self, desired: &DesiredTable, report: &mut Report) -> Result<(), MapError> {
+        let want = Node4Config {
+            addr_be: desired.node.address.map_or(0, addr_be),
+            _pad: 0,
+        };
+        if self.observed.node != want {
+            self.maps.set_node(&want)?;
+            self.observed.node = want;
+            report.writes += 1;
+        }
+        Ok(())
+    }
+
     fn upsert_frontend(
         &mut self,
         key: &FrontendKey,
         spec: &FrontendSpec,
+        desired: &DesiredTable,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let rev_nat_id = self.ids.frontend_or_allocate(*key);
-        let ids: Vec<u32> = spec
-            .backends
+        let frontend_id = self.ids.frontend_or_allocate(*key);
+        let local = spec.local_backends.as_deref().unwrap_or_default();
+        // Slot order: the cluster range, then the local range.
+        let slot_backends: Vec<&BackendAddr> = spec.backends.iter().chain(local).collect();
+        let ids: Vec<u32> = slot_backends
             .iter()
-            .map(|b| self.ids.backend_or_allocate(*b))
+            .map(|b| self.ids.backend_or_allocate(**b))
             .collect();
 
-        for (id, b) in ids.iter().zip(&spec.backends) {
-            self.write_backend(*id, b, report)?;
+        for (id, b) in ids.iter().zip(&slot_backends) {
+            let on_node = desired.node.local_endpoints.contains(&b.addr);
+            self.write_backend(*id, b, on_node, report)?;
         }
         for id in &ids {
-            self.write_aff_match(
-                Lb4AffMatchKey {
+            self.write_member(
+                Lb4MemberKey {
                     backend_id: *id,
-                    rev_nat_id,
+                    frontend_id,
                 },
                 report,
             )?;
         }
-        // Slots 1..=65535: the count is a u16 (the desired table never has more).
+        // Slots 1..=65535: the counts are u16 (the desired table never has more).
         for (slot, id) in (1..=u16::MAX).zip(&ids) {
             let value = Lb4Service {
                 backend_id: *id,
-                rev_nat_id,
+                frontend_id,
                 ..Lb4Service::default()
             };
             self.write_service(key.lb4_key(slot), value, report)?;
         }
+        for cidr in &spec.source_ranges {
+            self.write_source_range((frontend_id, *cidr), report)?;
+        }
+        let mut flags = spec.kind.bits();
+        for (on, flag) in [
+            (spec.affinity_timeout_s.is_some(), SVC_FLAG_AFFINITY),
+            (spec.local_backends.is_some(), SVC_FLAG_EXT_LOCAL),
+            (!spec.source_ranges.is_empty(), SVC_FLAG_SOURCE_RANGES),
+            (spec.drop_when_empty, SVC_FLAG_DROP_EMPTY),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
         let master = Lb4Service {
             backend_id: 0,
-            rev_nat_id,
+            frontend_id,
             affinity_timeout_s: spec.affinity_timeout_s.unwrap_or(0),
-            count: ids.len() as u16,
-            flags: if spec.affinity_timeout_s.is_some() {
-                SVC_FLAG_AFFINITY
-            } else {
-                0
-            },
+            count: spec.backends.len() as u16,
+            local_count: local.len() as u16,
+            flags,
             _pad: 0,
         };
         self.write_service(key.lb4_key(MASTER_SLOT), master, report)?;
 
-        // Break only after make: stale slots and memberships go last.
+        // Break only after make: stale slots, memberships and ranges go last.
         let stale_slots: Vec<Lb4Key> = self
             .slots_of(key)
             .filter(|k| usize::from(k.backend_slot) > ids.len())
@@ -329,11 +427,14 @@ impl<M: LbMaps> Reconciler<M> {
             self.delete_service(&k, report)?;
         }
         let wanted: BTreeSet<u32> = ids.iter().copied().collect();
-        self.delete_members(
-            rev_nat_id,
-            |backend_id| !wanted.contains(&backend_id),
-            report,
-        )?;
+        self.delete_members(frontend_id, |backend_id| !wanted.contains(&backend_id), report)?;
+        let stale_ranges: Vec<SourceRange> = self
+            .ranges_of(frontend_id)
+            .filter(|(_, cidr)| !spec.source_ranges.contains(cidr))
+            .collect();
+        for r in stale_ranges {
+            self.delete_source_range(&r, report)?;
+        }
         Ok(())
     }
 
@@ -344,8 +445,12 @@ impl<M: LbMaps> Reconciler<M> {
         for k in slots {
             self.delete_service(&k, report)?;
         }
-        if let Some(rev_nat_id) = self.ids.frontend(key) {
-            self.delete_members(rev_nat_id, |_| true, report)?;
+        if let Some(frontend_id) = self.ids.frontend(key) {
+            self.delete_members(frontend_id, |_| true, report)?;
+            let ranges: Vec<SourceRange> = self.ranges_of(frontend_id).collect();
+            for r in ranges {
+                self.delete_source_range(&r, report)?;
+            }
         }
         self.ids.release_frontend(key);
         Ok(())
@@ -404,13 +509,26 @@ impl<M: LbMaps> Reconciler<M> {
             })
     }
 
+    fn ranges_of(&self, frontend_id: u32) -> impl Iterator<Item = SourceRange> + '_ {
+        let lowest = Ipv4Cidr {
+            addr: std::net::Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+        };
+        self.observed
+            .source_ranges
+            .range((frontend_id, lowest)..)
+            .take_while(move |(id, _)| *id == frontend_id)
+            .copied()
+    }
+
     fn write_backend(
         &mut self,
         id: u32,
         b: &BackendAddr,
+        on_node: bool,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let want = b.lb4_backend();
+        let want = b.lb4_backend(on_node);
         if self.observed.backends.get(&id) != Some(&want) {
             self.maps.update_backend(id, &want)?;
             self.observed.backends.insert(id, want);
@@ -419,42 +537,69 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
-    /// Deletes the affinity-match entries of frontend `rev_nat_id` whose
-    /// backend `doomed` selects.
+    /// Deletes the memberships of frontend `frontend_id` whose backend
+    /// `doomed` selects, remembering them for the UDP conntrack flush and
+    /// the daemon's socket cleanup.
     fn delete_members(
         &mut self,
-        rev_nat_id: u32,
+        frontend_id: u32,
         doomed: impl Fn(u32) -> bool,
         report: &mut Report,
     ) -> Result<(), MapError> {
         let members: Vec<u32> = self
             .observed
-            .aff_match
-            .range((rev_nat_id, 0)..=(rev_nat_id, u32::MAX))
+            .members
+            .range((frontend_id, 0)..=(frontend_id, u32::MAX))
             .map(|(_, backend_id)| *backend_id)
             .filter(|b| doomed(*b))
             .collect();
         for backend_id in members {
-            self.maps.delete_aff_match(&Lb4AffMatchKey {
+            self.maps.delete_member(&Lb4MemberKey {
                 backend_id,
-                rev_nat_id,
+                frontend_id,
             })?;
-            self.observed.aff_match.remove(&(rev_nat_id, backend_id));
-            self.departed.insert((rev_nat_id, backend_id));
+            self.observed.members.remove(&(frontend_id, backend_id));
+            self.departed.insert((frontend_id, backend_id));
+            let addr = self
+                .observed
+                .backends
+                .get(&backend_id)
+                .and_then(BackendAddr::from_lb4_backend);
+            if let Some(addr) = addr.filter(|a| a.proto == crate::model::Protocol::Udp) {
+                report.departed_udp.push((frontend_id, addr));
+            }
             report.deletes += 1;
         }
         Ok(())
     }
 
-    fn write_aff_match(&mut self, m: Lb4AffMatchKey, report: &mut Report) -> Result<(), MapError> {
+    fn write_member(&mut self, m: Lb4MemberKey, report: &mut Report) -> Result<(), MapError> {
         if !self
             .observed
-            .aff_match
-            .contains(&(m.rev_nat_id, m.backend_id))
+            .members
+            .contains(&(m.frontend_id, m.backend_id))
         {
-            self.maps.update_aff_match(&m)?;
-            self.observed.aff_match.insert((m.rev_nat_id, m.backend_id));
+            self.maps.update_member(&m)?;
+            self.observed.members.insert((m.frontend_id, m.backend_id));
             report.writes += 1;
+        }
+        Ok(())
+    }
+
+    fn write_source_range(&mut self, r: SourceRange, report: &mut Report) -> Result<(), MapError> {
+        if !self.observed.source_ranges.contains(&r) {
+            self.maps.update_source_range(&r)?;
+            self.observed.source_ranges.insert(r);
+            report.writes += 1;
+        }
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, r: &SourceRange, report: &mut Report) -> Result<(), MapError> {
+        if self.observed.source_ranges.contains(r) {
+            self.maps.delete_source_range(r)?;
+            self.observed.source_ranges.remove(r);
+            report.deletes += 1;
         }
         Ok(())
     }

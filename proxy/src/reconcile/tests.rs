@@ -5,7 +5,7 @@ use proxy_common::lb::MASTER_SLOT;
 use super::*;
 use crate::{
     datapath::{FakeLbMaps, FaultyLbMaps, MapSizes},
-    model::Protocol,
+    model::{FrontendKind, Protocol},
     table_file,
 };
 
@@ -32,12 +32,12 @@ fn key() -> FrontendKey {
     }
 }
 
-/// The backends the maps route `key` to, in slot order.
+/// The backends the maps route `key` to, in slot order (both ranges).
 fn routed(maps: &FakeLbMaps, key: &FrontendKey) -> Vec<String> {
     let Some(master) = maps.services.get(&key.lb4_key(MASTER_SLOT)) else {
         return Vec::new();
     };
-    (1..=master.count)
+    (1..=master.count + master.local_count)
         .map(|s| {
             let id = maps.services[&key.lb4_key(s)].backend_id;
             BackendAddr::from_lb4_backend(&maps.backends[&id])
@@ -100,7 +100,7 @@ fn shrinking_removes_backend_slot_and_membership_last() {
         ["10.244.1.2:8080/TCP", "10.244.1.4:8080/TCP"]
     );
     assert_eq!(r.maps().backends.len(), 3, "web's two plus dns's one");
-    assert_eq!(r.maps().aff_match.len(), 3);
+    assert_eq!(r.maps().members.len(), 3);
     assert_eq!(r.maps().services.len(), 2 + 2 + 1);
     // The departed backend's UDP flows, and only its, were flushed.
     let web_id = r.frontend_id(&key()).unwrap();
@@ -127,7 +127,7 @@ fn removed_frontend_and_its_backends_disappear_and_empty_frontend_stays_visible(
         "only web's master, count 0 (reject)"
     );
     assert_eq!(maps.services[&key().lb4_key(MASTER_SLOT)].count, 0);
-    assert!(maps.backends.is_empty() && maps.aff_match.is_empty());
+    assert!(maps.backends.is_empty() && maps.members.is_empty());
     r.apply(&DesiredTable::default()).unwrap();
     assert!(r.maps().services.is_empty());
 }
@@ -158,6 +158,77 @@ fn restart_adopts_ids_instead_of_renumbering() {
         );
     }
     assert_eq!(after.backends.len(), before.backends.len() + 1);
+}
+
+/// A NodePort with `externalTrafficPolicy: Local` and a LoadBalancer IP
+/// restricted to `ranges`, on a node with 10.244.1.0/24 local.
+fn north_south(cluster: &[&str], local: &[&str], ranges: &str) -> DesiredTable {
+    let list = |l: &[&str]| l.join(", ");
+    table(&format!(
+        "node: {{address: 192.168.0.11, localEndpoints: [10.244.1.5, 10.244.1.6]}}\nfrontends:\n  - {{name: np, kind: NodePort, address: 192.168.0.11, port: 30443, backends: [{}], localBackends: [{}]}}\n  - {{name: lb, kind: LoadBalancer, address: 203.0.113.10, port: 443, backends: [{}], sourceRanges: {ranges}}}\n",
+        list(cluster),
+        list(local),
+        list(cluster)
+    ))
+}
+
+#[test]
+fn north_south_frontends_write_both_ranges_flags_and_the_node() {
+    use proxy_common::lb::{
+        BACKEND_FLAG_LOCAL, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES, SVC_KIND_SHIFT,
+    };
+    let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes::small())).unwrap();
+    let desired = north_south(
+        &["10.244.1.5:8443", "10.244.2.5:8443"],
+        &["10.244.1.5:8443"],
+        "[192.0.2.0/24]",
+    );
+    r.apply(&desired).unwrap();
+    let np = FrontendKey {
+        addr: Ipv4Addr::new(192, 168, 0, 11),
+        port: 30443,
+        proto: Protocol::Tcp,
+    };
+    let maps = r.maps();
+    let master = maps.services[&np.lb4_key(MASTER_SLOT)];
+    assert_eq!((master.count, master.local_count), (2, 1));
+    assert_ne!(master.flags & SVC_FLAG_EXT_LOCAL, 0);
+    assert_eq!(FrontendKind::from_flags(master.flags), FrontendKind::NodePort);
+    assert_eq!(
+        routed(maps, &np),
+        ["10.244.1.5:8443/TCP", "10.244.2.5:8443/TCP", "10.244.1.5:8443/TCP"]
+    );
+    assert_eq!(maps.node.addr_be, addr_be(Ipv4Addr::new(192, 168, 0, 11)));
+    let local: Vec<bool> = maps
+        .backends
+        .values()
+        .map(|b| b.flags & BACKEND_FLAG_LOCAL != 0)
+        .collect();
+    assert_eq!(local, [true, false], "10.244.1.5 is on this node");
+    let lb = FrontendKey {
+        addr: Ipv4Addr::new(203, 0, 113, 10),
+        port: 443,
+        proto: Protocol::Tcp,
+    };
+    let lb_master = maps.services[&lb.lb4_key(MASTER_SLOT)];
+    assert_ne!(lb_master.flags & SVC_FLAG_SOURCE_RANGES, 0);
+    assert_eq!(lb_master.flags >> SVC_KIND_SHIFT, 3, "LoadBalancer");
+    assert_eq!(maps.source_ranges.len(), 1);
+    // What the maps hold reads back as the spec that was written.
+    let spec = r.programmed_spec(&np).unwrap();
+    assert_eq!(spec.local_backends, desired.frontends[&np].local_backends);
+    assert_eq!(
+        r.programmed_spec(&lb).unwrap().source_ranges,
+        desired.frontends[&lb].source_ranges
+    );
+    // Lifting the restriction removes the ranges after the flag.
+    r.apply(&north_south(&["10.244.2.5:8443"], &[], "[]")).unwrap();
+    let maps = r.maps();
+    assert!(maps.source_ranges.is_empty());
+    assert_eq!(maps.services[&lb.lb4_key(MASTER_SLOT)].flags & SVC_FLAG_SOURCE_RANGES, 0);
+    let master = maps.services[&np.lb4_key(MASTER_SLOT)];
+    assert_eq!((master.count, master.local_count), (1, 0));
+    assert_eq!(maps.services.len(), 4, "two masters, one slot each");
 }
 
 #[test]
@@ -202,6 +273,9 @@ fn converge_through_faults(fail: impl FnMut(u64) -> bool + Send + 'static) {
             "10.244.1.7:8080",
         ]),
         table("frontends:\n  - {address: 10.96.0.99, port: 443, backends: [10.244.1.5:8443]}\n"),
+        north_south(&["10.244.1.5:8443", "10.244.2.5:8443"], &["10.244.1.5:8443"], "[192.0.2.0/24]"),
+        north_south(&["10.244.2.5:8443"], &[], "[192.0.2.0/24, 198.51.100.0/24]"),
+        north_south(&["10.244.1.6:8443", "10.244.2.5:8443"], &["10.244.1.6:8443"], "[]"),
         DesiredTable::default(),
     ];
     let faulty = FaultyLbMaps::new(FakeLbMaps::new(MapSizes::small()), fail);
@@ -217,10 +291,18 @@ fn converge_through_faults(fail: impl FnMut(u64) -> bool + Send + 'static) {
         clean.apply(desired).unwrap();
         for k in desired.frontends.keys() {
             assert_eq!(routed(&r.maps().inner, k), routed(clean.maps(), k));
+            let (got, want) = (r.programmed_spec(k).unwrap(), clean.programmed_spec(k).unwrap());
+            assert_eq!(got.source_ranges, want.source_ranges);
+            assert_eq!(got.local_backends, want.local_backends);
         }
         assert_eq!(r.maps().inner.services.len(), clean.maps().services.len());
         assert_eq!(r.maps().inner.backends.len(), clean.maps().backends.len());
-        assert_eq!(r.maps().inner.aff_match.len(), clean.maps().aff_match.len());
+        assert_eq!(r.maps().inner.members.len(), clean.maps().members.len());
+        assert_eq!(
+            r.maps().inner.source_ranges.len(),
+            clean.maps().source_ranges.len()
+        );
+        assert_eq!(r.maps().inner.node, clean.maps().node);
     }
     let maps = r.maps();
     assert!(maps.failures > 0, "the test injected failures");
@@ -277,7 +359,7 @@ fn a_large_table_is_written_consistently_and_then_left_alone() {
     assert_eq!(r.maps().services.len(), 10_000 * 11);
     assert_eq!(
         first.writes,
-        r.maps().services.len() + r.maps().backends.len() + r.maps().aff_match.len()
+        r.maps().services.len() + r.maps().backends.len() + r.maps().members.len()
     );
     r.maps().check_consistent().unwrap();
     assert_eq!(r.apply(&desired).unwrap(), Report::default());

@@ -248,7 +248,7 @@ async fn change_latency(
             let rows = switchyard::inspect::services(&maps)?;
             if rows
                 .iter()
-                .any(|r| r.frontend == frontend && r.backends.iter().any(|b| *b == want))
+                .any(|r| r.frontend == frontend && r.backends.contains(&want))
             {
                 return Ok(());
             }

@@ -20,6 +20,7 @@ pub mod desired;
 pub mod inspect;
 pub mod model;
 pub mod netns;
+pub mod node;
 pub mod reconcile;
 pub mod table_file;
 

@@ -7,9 +7,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_yaml::Value;
 
+use proxy_common::config::DatapathConfig;
+
 use crate::{
     attach::HookArgs,
     datapath::{MapSizeArgs, MapSizes, loader::DEFAULT_PIN_ROOT},
+    model::Ipv4Cidr,
+    node::NodePortAddresses,
 };
 
 pub const DEFAULT_HEALTHZ: &str = "0.0.0.0:10256";
@@ -48,6 +52,28 @@ pub struct DaemonArgs {
     /// Time changes are gathered before a recompute, e.g. `10ms` [default: 2ms].
     #[arg(long, value_parser = parse_duration)]
     pub min_sync_period: Option<Duration>,
+    /// Which node addresses serve NodePorts: comma-separated CIDRs, or
+    /// `primary` (the Node's InternalIP) [default: every address of the
+    /// node except loopback].
+    #[arg(long)]
+    pub nodeport_addresses: Option<String>,
+    /// Lifetime of an idle established TCP flow on the per-packet paths
+    /// [default: 24h].
+    #[arg(long = "conntrack-tcp-timeout-established", value_parser = parse_duration)]
+    pub tcp_established_timeout: Option<Duration>,
+    /// Lifetime of a TCP flow after a FIN one way [default: 1h].
+    #[arg(long = "conntrack-tcp-timeout-close-wait", value_parser = parse_duration)]
+    pub tcp_close_wait_timeout: Option<Duration>,
+    /// Lifetime of an unanswered UDP flow [default: 30s].
+    #[arg(long = "conntrack-udp-timeout", value_parser = parse_duration)]
+    pub udp_timeout: Option<Duration>,
+    /// Lifetime of an answered UDP flow [default: 2m].
+    #[arg(long = "conntrack-udp-timeout-stream", value_parser = parse_duration)]
+    pub udp_stream_timeout: Option<Duration>,
+    /// Ports source NAT may use, `FIRST-LAST` [default: 20000-29999]: keep it
+    /// outside the kernel's ephemeral range and the NodePort range.
+    #[arg(long)]
+    pub snat_port_range: Option<String>,
     #[command(flatten)]
     pub hooks: HookArgs,
     #[command(flatten)]
@@ -60,13 +86,17 @@ pub struct Settings {
     pub pin_root: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     pub node_name: String,
-    pub cluster_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    pub cluster_cidrs: Vec<Ipv4Cidr>,
     pub healthz: SocketAddr,
     pub metrics: SocketAddr,
     pub sync_period: Duration,
     pub min_sync_period: Duration,
     pub hooks: HookArgs,
     pub sizes: MapSizes,
+    /// Which node addresses serve NodePorts.
+    pub nodeport_addresses: NodePortAddresses,
+    /// Conntrack lifetimes and the source-NAT port range.
+    pub datapath: DatapathConfig,
     /// Keys of the configuration file that Switchyard does not use.
     pub ignored_keys: Vec<String>,
 }
@@ -81,6 +111,12 @@ pub struct FileConfig {
     pub metrics_bind_address: Option<String>,
     pub sync_period: Option<Duration>,
     pub min_sync_period: Option<Duration>,
+    pub nodeport_addresses: Option<Vec<String>>,
+    pub pod_interface_name_prefix: Option<String>,
+    pub tcp_established_timeout: Option<Duration>,
+    pub tcp_close_wait_timeout: Option<Duration>,
+    pub udp_timeout: Option<Duration>,
+    pub udp_stream_timeout: Option<Duration>,
     /// Dotted paths of keys present but not used, e.g. `ipvs.scheduler`.
     pub ignored: Vec<String>,
 }
@@ -106,7 +142,6 @@ const KNOWN_IGNORED: &[&str] = &[
     "logging",
     "mode",
     "nftables",
-    "nodePortAddresses",
     "oomScoreAdj",
     "portRange",
     "showHiddenMetricsForVersion",
@@ -159,6 +194,20 @@ impl FileConfig {
             Some(d) => Some(d),
             None => duration_at("iptables.minSyncPeriod")?,
         };
+        let nodeport_addresses = match doc.get("nodePortAddresses") {
+            None | Some(Value::Null) => None,
+            Some(Value::Sequence(items)) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        Value::String(s) => Ok(s.clone()),
+                        other => bail!("`nodePortAddresses[{i}]`: expected a string, found {other:?}"),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Some(other) => bail!("`nodePortAddresses`: expected a list, found {other:?}"),
+        };
         let used = [
             "apiVersion",
             "kind",
@@ -171,6 +220,12 @@ impl FileConfig {
             "minSyncPeriod",
             "iptables.syncPeriod",
             "iptables.minSyncPeriod",
+            "nodePortAddresses",
+            "detectLocal.interfaceNamePrefix",
+            "conntrack.tcpEstablishedTimeout",
+            "conntrack.tcpCloseWaitTimeout",
+            "conntrack.udpTimeout",
+            "conntrack.udpStreamTimeout",
         ];
         let mut ignored = Vec::new();
         collect_unused(map, "", &used, &mut ignored);
@@ -184,6 +239,13 @@ impl FileConfig {
             metrics_bind_address: str_at("metricsBindAddress")?.filter(|s| !s.is_empty()),
             sync_period,
             min_sync_period,
+            nodeport_addresses,
+            pod_interface_name_prefix: str_at("detectLocal.interfaceNamePrefix")?
+                .filter(|s| !s.is_empty()),
+            tcp_established_timeout: duration_at("conntrack.tcpEstablishedTimeout")?,
+            tcp_close_wait_timeout: duration_at("conntrack.tcpCloseWaitTimeout")?,
+            udp_timeout: duration_at("conntrack.udpTimeout")?,
+            udp_stream_timeout: duration_at("conntrack.udpStreamTimeout")?,
             ignored,
         })
     }
@@ -235,6 +297,16 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        let datapath = datapath_config(args, &file)?;
+        let nodeport_addresses = match &args.nodeport_addresses {
+            Some(flag) => NodePortAddresses::parse(flag.split(','))
+                .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?,
+            None => match &file.nodeport_addresses {
+                Some(list) => NodePortAddresses::parse(list.iter().map(String::as_str))
+                    .map_err(|e| anyhow::anyhow!("nodePortAddresses: {e}"))?,
+                None => NodePortAddresses::All,
+            },
+        };
         let node_name = match args.hostname_override.clone().or(file.hostname_override) {
             Some(n) => n,
             None => hostname()?,
@@ -280,11 +352,83 @@ impl Settings {
                 .min_sync_period
                 .or(file.min_sync_period)
                 .unwrap_or(DEFAULT_MIN_SYNC_PERIOD),
-            hooks: args.hooks.clone(),
+            hooks: HookArgs {
+                pod_interface_name_prefix: args
+                    .hooks
+                    .pod_interface_name_prefix
+                    .clone()
+                    .or(file.pod_interface_name_prefix.clone()),
+                ..args.hooks.clone()
+            },
             sizes: args.sizes.into(),
+            nodeport_addresses,
+            datapath,
             ignored_keys: file.ignored,
         })
     }
+}
+
+/// Conntrack lifetimes (flags over file over kube-proxy's defaults; 0, as
+/// kube-proxy's "leave the kernel's value", keeps the default) and the
+/// source-NAT port range.
+fn datapath_config(args: &DaemonArgs, file: &FileConfig) -> Result<DatapathConfig> {
+    let mut c = DatapathConfig::DEFAULT;
+    let seconds = |flag: &str, v: Option<Duration>, default: u32| -> Result<u32> {
+        match v {
+            None => Ok(default),
+            Some(d) if d.is_zero() => Ok(default),
+            Some(d) if d < Duration::from_secs(1) => {
+                bail!("{flag}: {d:?} is under a second, the conntrack clock's tick")
+            }
+            Some(d) => Ok(d.as_secs() as u32),
+        }
+    };
+    c.tcp_established_s = seconds(
+        "--conntrack-tcp-timeout-established",
+        args.tcp_established_timeout.or(file.tcp_established_timeout),
+        c.tcp_established_s,
+    )?;
+    c.tcp_close_wait_s = seconds(
+        "--conntrack-tcp-timeout-close-wait",
+        args.tcp_close_wait_timeout.or(file.tcp_close_wait_timeout),
+        c.tcp_close_wait_s,
+    )?;
+    c.udp_s = seconds(
+        "--conntrack-udp-timeout",
+        args.udp_timeout.or(file.udp_timeout),
+        c.udp_s,
+    )?;
+    c.udp_stream_s = seconds(
+        "--conntrack-udp-timeout-stream",
+        args.udp_stream_timeout.or(file.udp_stream_timeout),
+        c.udp_stream_s,
+    )?;
+    if let Some(range) = &args.snat_port_range {
+        let (first, last) = parse_port_range(range)
+            .with_context(|| format!("--snat-port-range: `{range}`"))?;
+        c.snat_port_min = first;
+        c.snat_port_max = last;
+    }
+    Ok(c)
+}
+
+/// `FIRST-LAST`, both in 1..=65535, FIRST ≤ LAST, at least 16 ports.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s
+        .split_once('-')
+        .context("expected FIRST-LAST, e.g. 20000-29999")?;
+    let port = |p: &str| -> Result<u16> {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .with_context(|| format!("`{p}` is not a port (1-65535)"))
+    };
+    let (first, last) = (port(a)?, port(b)?);
+    if last < first || last - first < 15 {
+        bail!("the range must hold at least 16 ports, first before last");
+    }
+    Ok((first, last))
 }
 
 /// Default pin root, for the CLI.
@@ -298,20 +442,20 @@ fn hostname() -> Result<String> {
 }
 
 /// `10.244.0.0/16,10.245.0.0/16`; IPv6 CIDRs are accepted and left aside.
-pub fn parse_cidrs(s: &str) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
+pub fn parse_cidrs(s: &str) -> Result<Vec<Ipv4Cidr>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (ip, len) = part
             .split_once('/')
             .with_context(|| format!("`{part}` is not a CIDR (ADDRESS/LENGTH)"))?;
         match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(v4)) => {
-                let len: u8 = len
+            Ok(std::net::IpAddr::V4(_)) => {
+                let _: u8 = len
                     .parse()
                     .ok()
                     .filter(|l| *l <= 32)
                     .with_context(|| format!("`{part}`: prefix length must be 0..=32"))?;
-                out.push((v4, len));
+                out.push(part.parse::<Ipv4Cidr>()?);
             }
             Ok(std::net::IpAddr::V6(_)) => {}
             Err(_) => bail!("`{part}`: `{ip}` is not an IP address"),

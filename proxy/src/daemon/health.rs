@@ -76,6 +76,11 @@ impl Health {
         self.lock().node_ineligible = ineligible;
     }
 
+    /// Whether `/healthz` answers 200: kube-proxy's `serviceProxyHealthy`.
+    pub fn is_healthy(&self) -> bool {
+        self.answer(true).status == 200
+    }
+
     /// `/healthz` (`check_node`) or `/livez`.
     pub fn answer(&self, check_node: bool) -> Answer {
         let h = self.lock();

@@ -59,6 +59,7 @@ struct Inner {
     sync_errors: u64,
     watch_errors: BTreeMap<&'static str, u64>,
     udp_flows_flushed: u64,
+    conntrack_collected: u64,
     frontends: usize,
     backends: usize,
     /// Frontends without local endpoints: (internal, external) policy.
@@ -84,6 +85,7 @@ impl Default for Metrics {
             sync_errors: 0,
             watch_errors: BTreeMap::new(),
             udp_flows_flushed: 0,
+            conntrack_collected: 0,
             frontends: 0,
             backends: 0,
             no_local_endpoints: (0, 0),
@@ -141,6 +143,11 @@ impl Metrics {
 
     pub fn watch_error(&self, resource: &'static str) {
         *self.lock().watch_errors.entry(resource).or_default() += 1;
+    }
+
+    /// Expired conntrack entries the garbage collector removed.
+    pub fn conntrack_collected(&self, n: usize) {
+        self.lock().conntrack_collected += n as u64;
     }
 
     pub fn set_map(&self, name: &'static str, entries: usize, max_entries: u32) {
@@ -253,6 +260,12 @@ impl Metrics {
                 "counter",
                 "Conntrack entries of UDP flows whose backend went away",
                 one(m.udp_flows_flushed as f64),
+            ),
+            (
+                "switchyard_conntrack_expired_total",
+                "counter",
+                "Conntrack entries of idle flows removed by garbage collection",
+                one(m.conntrack_collected as f64),
             ),
             (
                 "switchyard_map_entries",

@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 
 use super::metrics::{Metrics, SyncRecord};
 use crate::{
-    datapath::{AyaLbMaps, LbMaps as _},
-    desired::{self, Kind, NodeContext},
+    datapath::{AyaLbMaps, LbMaps as _, sockets::Departure},
+    desired::{self, HealthCheck, Kind, NodeContext},
     reconcile::{self, Reconciler},
 };
 
@@ -27,7 +27,6 @@ const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 pub struct Syncer {
     reconciler: Reconciler<AyaLbMaps>,
-    node: NodeContext,
     metrics: Arc<Metrics>,
     /// Skipped objects already warned about: warn once per problem.
     warned: BTreeSet<String>,
@@ -45,17 +44,16 @@ pub struct Done {
     pub ok: bool,
     /// Frontends newly left out because the maps are full (for an Event).
     pub newly_left_out: Option<Vec<String>>,
+    /// Health-check servers the node must run.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+    /// UDP backends that left a frontend: their connected sockets go.
+    pub departed_udp: Vec<Departure>,
 }
 
 impl Syncer {
-    pub fn new(
-        reconciler: Reconciler<AyaLbMaps>,
-        node: NodeContext,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(reconciler: Reconciler<AyaLbMaps>, metrics: Arc<Metrics>) -> Self {
         Self {
             reconciler,
-            node,
             metrics,
             warned: BTreeSet::new(),
             left_out: Vec::new(),
@@ -74,6 +72,7 @@ impl Syncer {
         &mut self,
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
+        node: &NodeContext,
         full: bool,
     ) -> Done {
         let started = Instant::now();
@@ -86,7 +85,7 @@ impl Syncer {
         {
             warn!(error = %e, "cannot re-read the maps");
         }
-        let outcome = desired::compute(services, slices, &self.node);
+        let outcome = desired::compute(services, slices, node);
         for s in &outcome.skipped {
             let line = s.to_string();
             if !self.warned.contains(&line) {
@@ -111,6 +110,7 @@ impl Syncer {
             .reconciler
             .apply_with_retry(&fitted.table, 3, Duration::from_millis(20));
         let ok = result.is_ok();
+        let mut departed_udp = Vec::new();
         let mut record = SyncRecord {
             ok,
             frontends: self.reconciler.frontend_count(),
@@ -132,6 +132,7 @@ impl Syncer {
         match result {
             Ok(report) => {
                 record.udp_flows_flushed = report.flushed_flows;
+                departed_udp = report.departed_udp;
                 record.programming_latencies = self.programming_latencies(slices);
                 if report.writes + report.deletes > 0 || full {
                     info!(
@@ -160,7 +161,12 @@ impl Syncer {
         if full {
             self.record_occupancy();
         }
-        Done { ok, newly_left_out }
+        Done {
+            ok,
+            newly_left_out,
+            health_checks: outcome.health_checks,
+            departed_udp,
+        }
     }
 
     /// Latencies of slices changed since the last sync that carry a trigger
@@ -207,10 +213,20 @@ impl Syncer {
             counts.source_ranges,
             cap.source_ranges,
         );
-        let ct = self.reconciler.maps_mut().conntrack_mut();
-        let entries = ct.entries().map_or(0, |e| e.len());
-        self.metrics.set_map(names::CT4, entries, ct.capacity());
+        // Conntrack occupancy comes from its garbage collector, off this
+        // thread: a walk of up to a million entries must not hold up syncs.
     }
+}
+
+/// The Node's InternalIP addresses (IPv4): its primary addresses.
+pub fn internal_ips(node: Option<&Node>) -> Vec<std::net::Ipv4Addr> {
+    node.and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
 }
 
 /// Whether the Node asks proxies to stop taking traffic (being deleted, or

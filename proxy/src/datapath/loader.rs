@@ -110,7 +110,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pin_root: Option<PathBuf>,
     /// Links that could not be pinned, kept attached for our lifetime.
-    unpinnable: Vec<Box<dyn std::any::Any>>,
+    unpinnable: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Dataplane {
@@ -197,6 +197,38 @@ impl Dataplane {
     /// calling thread's network namespace), with tcx where the kernel has it.
     pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
         self.attach_tc_program(progs::TC_INGRESS, iface, TcAttachType::Ingress, "tc-ingress")
+    }
+
+    /// Detaches what [`Self::attach_tc`] (`node: false`) or
+    /// [`Self::attach_node_iface`] (`node: true`) attached to `iface`, by
+    /// removing the pins. An interface that is gone has lost its programs
+    /// already; this removes the pins it left. Missing pins are fine.
+    pub fn detach_iface(&self, iface: &str, node: bool) -> Result<()> {
+        let Some(root) = &self.pin_root else {
+            return Ok(());
+        };
+        let files: &[&str] = if node {
+            &["tc-node-ingress", "tc-node-egress"]
+        } else {
+            &["tc-ingress"]
+        };
+        for prefix in files {
+            let path = root.join("links").join(format!("{prefix}-{iface}"));
+            match PinnedLink::from_pin(&path) {
+                Ok(link) => drop(link.unpin()),
+                Err(_) => match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(Error::PinDir {
+                            path: path.display().to_string(),
+                            source,
+                        });
+                    }
+                },
+            }
+        }
+        Ok(())
     }
 
     /// Attaches the node-facing programs to the ingress and egress of

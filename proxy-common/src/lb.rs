@@ -132,10 +132,17 @@ pub struct Lb4AffinityValue {
 }
 const _: () = assert!(size_of::<Lb4AffinityValue>() == 16);
 
-/// Key of [`crate::map_names::LB4_MEMBERS`]: present while `backend_id` is a
-/// backend of frontend `frontend_id` (in either slot range), so an affinity
-/// entry or a socket naming a removed backend is noticed without scanning
-/// the frontend's slots.
+/// Value bit of [`crate::map_names::LB4_MEMBERS`]: the backend is in the
+/// frontend's cluster slots.
+pub const MEMBER_CLUSTER: u8 = 1 << 0;
+/// Value bit of [`crate::map_names::LB4_MEMBERS`]: the backend is in the
+/// frontend's local slots (`externalTrafficPolicy: Local`).
+pub const MEMBER_LOCAL: u8 = 1 << 1;
+
+/// Key of [`crate::map_names::LB4_MEMBERS`], whose value holds the
+/// `MEMBER_*` bits of the slot ranges `backend_id` is in for frontend
+/// `frontend_id`: so an affinity entry or a socket naming a backend that
+/// left (that range) is noticed without scanning the frontend's slots.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(C)]
 pub struct Lb4MemberKey {

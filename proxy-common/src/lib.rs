@@ -40,7 +40,8 @@ pub mod map_names {
     pub const LB4_BACKENDS: &str = "SY_LB4_BE";
     /// Session affinity, LRU ([`crate::lb::Lb4AffinityKey`] → [`crate::lb::Lb4AffinityValue`]).
     pub const LB4_AFFINITY: &str = "SY_LB4_AFF";
-    /// Which backends belong to which frontend ([`crate::lb::Lb4MemberKey`] → `u8`).
+    /// Which backends belong to which frontend, and in which slot ranges
+    /// ([`crate::lb::Lb4MemberKey`] → `MEMBER_*` bits).
     pub const LB4_MEMBERS: &str = "SY_LB4_MEMBER";
     /// `loadBalancerSourceRanges`, an LPM trie ([`crate::lb::Lb4SourceRangeKey`] → `u8`).
     pub const LB4_SOURCE_RANGES: &str = "SY_LB4_SRCRANGE";

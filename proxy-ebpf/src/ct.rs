@@ -69,13 +69,7 @@ pub enum Hit {
 /// Applies a packet to its entry: TCP flags move the flow's state (in both
 /// entries), traffic refreshes the lifetime (at most one write a second).
 #[inline(always)]
-pub fn on_packet(
-    key: &Ct4Key,
-    entry: *mut Ct4Value,
-    ports: &Ports,
-    has_l4: bool,
-    now: u32,
-) -> Hit {
+pub fn on_packet(key: &Ct4Key, entry: *mut Ct4Value, ports: &Ports, has_l4: bool, now: u32) -> Hit {
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { *entry };
     if now > e.expires_s {
@@ -95,7 +89,7 @@ pub fn on_packet(
             if reply {
                 return Hit::Pass;
             }
-            if e.backend_id != 0 && !lb::is_member(e.backend_id, e.frontend_id) {
+            if e.backend_id != 0 && lb::member_ranges(e.backend_id, e.frontend_id) == 0 {
                 return Hit::Stale(e);
             }
         } else if f & TCP_SYN != 0 {
@@ -207,7 +201,5 @@ fn claim(key: &Ct4Key, value: &Ct4Value, now: u32) -> bool {
         }
         forget(key, &old);
     }
-    SY_CT4_V2
-        .insert(key, value, u64::from(BPF_NOEXIST))
-        .is_ok()
+    SY_CT4_V2.insert(key, value, u64::from(BPF_NOEXIST)).is_ok()
 }

@@ -5,7 +5,8 @@ use aya_ebpf::{
 };
 use proxy_common::lb::{
     Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service,
-    Lb4SourceRangeKey, MASTER_SLOT, SOURCE_RANGE_ID_BITS, SVC_FLAG_AFFINITY,
+    Lb4SourceRangeKey, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL, SOURCE_RANGE_ID_BITS,
+    SVC_FLAG_AFFINITY,
 };
 
 use crate::maps::{SY_LB4_AFF, SY_LB4_BE, SY_LB4_MEMBER, SY_LB4_SRCRANGE, SY_LB4_SVC_V2};
@@ -23,6 +24,8 @@ pub struct Frontend {
 pub struct Slots {
     pub first: u16,
     pub count: u16,
+    /// The `MEMBER_*` bit of this range.
+    pub member: u8,
 }
 
 impl Frontend {
@@ -32,6 +35,7 @@ impl Frontend {
         Slots {
             first: 1,
             count: self.master.count,
+            member: MEMBER_CLUSTER,
         }
     }
 
@@ -41,6 +45,7 @@ impl Frontend {
         Slots {
             first: self.master.count.wrapping_add(1),
             count: self.master.local_count,
+            member: MEMBER_LOCAL,
         }
     }
 
@@ -79,14 +84,16 @@ pub fn backend(backend_id: u32) -> Option<Lb4Backend> {
     unsafe { SY_LB4_BE.get(backend_id).copied() }
 }
 
-/// True while `backend_id` is still a backend of frontend `frontend_id`.
+/// The slot ranges (`MEMBER_*` bits) `backend_id` is in for frontend
+/// `frontend_id`; 0 once it has left the frontend.
 #[inline(always)]
-pub fn is_member(backend_id: u32, frontend_id: u32) -> bool {
+pub fn member_ranges(backend_id: u32, frontend_id: u32) -> u8 {
     let key = Lb4MemberKey {
         backend_id,
         frontend_id,
     };
-    SY_LB4_MEMBER.get_ptr(key).is_some()
+    // SAFETY: copied out at once.
+    unsafe { SY_LB4_MEMBER.get(key).copied().unwrap_or(0) }
 }
 
 /// `loadBalancerSourceRanges`: whether `saddr_be` may use frontend `fe`.
@@ -114,7 +121,7 @@ pub fn select_backend(fe: &Frontend, slots: Slots, client: Client) -> Option<(u3
         flags: client.flags,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    if affinity && let Some(found) = affine_backend(&aff_key, fe, now) {
+    if affinity && let Some(found) = affine_backend(&aff_key, fe, slots, now) {
         return Some(found);
     }
     let offset = (unsafe { bpf_get_prandom_u32() } % u32::from(slots.count)) as u16;
@@ -138,13 +145,21 @@ pub fn select_backend(fe: &Frontend, slots: Slots, client: Client) -> Option<(u3
 }
 
 #[inline(always)]
-fn affine_backend(key: &Lb4AffinityKey, fe: &Frontend, now: u64) -> Option<(u32, Lb4Backend)> {
+fn affine_backend(
+    key: &Lb4AffinityKey,
+    fe: &Frontend,
+    slots: Slots,
+    now: u64,
+) -> Option<(u32, Lb4Backend)> {
     let entry = SY_LB4_AFF.get_ptr_mut(key)?;
     // SAFETY: the pointer is valid for this program run; racing writers can
     // at worst move `last_used_ns` a little.
     let (backend_id, last_used) = unsafe { ((*entry).backend_id, (*entry).last_used_ns) };
     let timeout = u64::from(fe.master.affinity_timeout_s) * NS_PER_SEC;
-    if now.saturating_sub(last_used) > timeout || !is_member(backend_id, fe.master.frontend_id) {
+    // The affine backend must still be in the slots this client may use.
+    if now.saturating_sub(last_used) > timeout
+        || member_ranges(backend_id, fe.master.frontend_id) & slots.member == 0
+    {
         return None;
     }
     let be = backend(backend_id)?;

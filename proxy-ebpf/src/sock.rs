@@ -7,7 +7,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    lb::{AFF_CLIENT_NETNS, Lb4Backend, SVC_FLAG_DROP_EMPTY, SVC_FLAG_SOURCE_RANGES},
+    lb::{
+        AFF_CLIENT_NETNS, Lb4Backend, MEMBER_CLUSTER, SVC_FLAG_DROP_EMPTY, SVC_FLAG_SOURCE_RANGES,
+    },
     proto,
     sock::{Sock4FwdKey, Sock4RevNatKey, Sock4RevNatValue},
 };
@@ -45,9 +47,7 @@ fn translate(ctx: &SockAddrContext, unconnected: bool) -> i32 {
     // Two verdicts need the packet's source address, which a socket does not
     // have yet: `loadBalancerSourceRanges`, and kube-proxy's silent DROP for
     // a policy that leaves no endpoint here. The per-packet path decides.
-    if fe.has(SVC_FLAG_SOURCE_RANGES)
-        || (fe.master.count == 0 && fe.has(SVC_FLAG_DROP_EMPTY))
-    {
+    if fe.has(SVC_FLAG_SOURCE_RANGES) || (fe.master.count == 0 && fe.has(SVC_FLAG_DROP_EMPTY)) {
         return ALLOW;
     }
     if fe.master.count == 0 {
@@ -105,7 +105,7 @@ fn sticky_backend(
         _pad: 0,
     };
     if let Some(id) = unsafe { SY_SK4_FWD.get(key).copied() }
-        && lb::is_member(id, fe.master.frontend_id)
+        && lb::member_ranges(id, fe.master.frontend_id) & MEMBER_CLUSTER != 0
         && let Some(be) = lb::backend(id)
     {
         return Some((id, be));

@@ -31,9 +31,7 @@ use proxy_common::{
         CT_FLAG_NAT, CT_FLAG_NODE_PATH, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_OPENED,
         CT_STATE_REPLIED, Ct4Key, Ct4Value,
     },
-    lb::{
-        BACKEND_FLAG_LOCAL, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES,
-    },
+    lb::{BACKEND_FLAG_LOCAL, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES},
     proto,
 };
 
@@ -290,14 +288,7 @@ fn egress_ifindex(ctx: &TcContext, src_be: u32, dst_be: u32, ingress: u32) -> Op
     p.ifindex = ingress;
     p.__bindgen_anon_3.ipv4_src = src_be;
     p.__bindgen_anon_4.ipv4_dst = dst_be;
-    let r = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut p,
-            size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let r = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
     (r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || r == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH))
         .then_some(p.ifindex)
 }

@@ -81,7 +81,10 @@ pub fn load_and_attach(pin_root: &Path, sizes: &MapSizes, hooks: &HookArgs) -> R
     }
     let obsolete = dp.remove_obsolete_maps()?;
     if obsolete > 0 {
-        info!(maps = obsolete, "removed the pins of an older version's maps");
+        info!(
+            maps = obsolete,
+            "removed the pins of an older version's maps"
+        );
     }
     Ok(dp)
 }

@@ -9,9 +9,8 @@ use proxy_common::{
         CT_STATE_FIN_REPLY, CT_STATE_REPLIED, Ct4Key, Ct4Value,
     },
     lb::{
-        AFF_CLIENT_NETNS, BACKEND_FLAG_LOCAL, Lb4AffinityKey, Lb4AffinityValue, Lb4Backend,
-        Lb4Key, Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY,
-        SVC_FLAG_EXT_LOCAL,
+        AFF_CLIENT_NETNS, BACKEND_FLAG_LOCAL, Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key,
+        Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL,
     },
     map_names as names, proto,
 };
@@ -166,8 +165,11 @@ pub fn service_rows(
                     None => format!("<slot {s} missing>"),
                 }
             };
-            let local_backends = (m.flags & SVC_FLAG_EXT_LOCAL != 0)
-                .then(|| (m.count + 1..=m.count + m.local_count).map(slot_backend).collect());
+            let local_backends = (m.flags & SVC_FLAG_EXT_LOCAL != 0).then(|| {
+                (m.count + 1..=m.count + m.local_count)
+                    .map(slot_backend)
+                    .collect()
+            });
             ServiceRow {
                 frontend,
                 kind: FrontendKind::from_flags(m.flags).to_string(),

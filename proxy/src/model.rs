@@ -173,7 +173,9 @@ pub struct Ipv4Cidr {
 impl Ipv4Cidr {
     /// Whether `ip` lies inside the network.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
         u32::from(ip) & mask == u32::from(self.addr)
     }
 }
@@ -197,7 +199,10 @@ impl FromStr for Ipv4Cidr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || BadCidr(s.to_owned());
         let (ip, prefix) = match s.trim().split_once('/') {
-            Some((ip, p)) => (ip, p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(bad)?),
+            Some((ip, p)) => (
+                ip,
+                p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(bad)?,
+            ),
             None => (s.trim(), 32),
         };
         let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
@@ -277,7 +282,10 @@ impl DesiredTable {
 
     /// Number of (frontend, backend) memberships.
     pub fn member_count(&self) -> usize {
-        self.frontends.values().map(|f| f.all_backends().count()).sum()
+        self.frontends
+            .values()
+            .map(|f| f.all_backends().count())
+            .sum()
     }
 
     /// Number of source-range entries.

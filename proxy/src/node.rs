@@ -3,11 +3,7 @@
 //! address source NAT uses, and which interfaces get the node-facing
 //! programs. The addresses themselves come from the kernel (rtnetlink, in
 //! the daemon).
-use std::{
-    collections::BTreeSet,
-    fmt,
-    net::Ipv4Addr,
-};
+use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
 
 use crate::model::Ipv4Cidr;
 
@@ -50,7 +46,9 @@ impl NodePortAddresses {
                 continue;
             }
             if !item.contains('/') {
-                return Err(format!("`{item}` is not a CIDR (ADDRESS/LENGTH) or `primary`"));
+                return Err(format!(
+                    "`{item}` is not a CIDR (ADDRESS/LENGTH) or `primary`"
+                ));
             }
             cidrs.push(item.parse::<Ipv4Cidr>().map_err(|e| e.to_string())?);
         }
@@ -190,7 +188,11 @@ mod tests {
             ips(&s.nodeport),
             ["10.0.0.11", "10.244.1.1", "169.254.1.1", "192.168.0.11"]
         );
-        assert_eq!(s.snat, Some("192.168.0.11".parse().unwrap()), "first real interface");
+        assert_eq!(
+            s.snat,
+            Some("192.168.0.11".parse().unwrap()),
+            "first real interface"
+        );
         assert_eq!(
             s.node_ifaces.into_iter().collect::<Vec<_>>(),
             ["eth0", "eth1"]
@@ -204,7 +206,10 @@ mod tests {
         assert_eq!(ips(&s.nodeport), ["10.0.0.11", "10.244.1.1"]);
         assert_eq!(s.node_ifaces.into_iter().collect::<Vec<_>>(), ["eth1"]);
         let loopback = NodePortAddresses::parse(["127.0.0.0/8"]).unwrap();
-        assert!(select(&loopback, &node(), &[]).nodeport.is_empty(), "never localhost");
+        assert!(
+            select(&loopback, &node(), &[]).nodeport.is_empty(),
+            "never localhost"
+        );
         let internal = ["10.0.0.11".parse().unwrap()];
         let s = select(&NodePortAddresses::Primary, &node(), &internal);
         assert_eq!(ips(&s.nodeport), ["10.0.0.11"]);
@@ -215,7 +220,11 @@ mod tests {
     fn a_node_with_addresses_on_loopback_only_still_has_a_snat_address() {
         let lo_only = &node()[..3];
         let s = select(&NodePortAddresses::All, lo_only, &[]);
-        assert_eq!(s.snat, Some("10.244.1.1".parse().unwrap()), "not link-local");
+        assert_eq!(
+            s.snat,
+            Some("10.244.1.1".parse().unwrap()),
+            "not link-local"
+        );
         assert!(s.node_ifaces.is_empty());
     }
 
@@ -225,8 +234,15 @@ mod tests {
             NodePortAddresses::parse(["primary", "10.0.0.0/8"]).unwrap_err(),
             "`primary` cannot be combined with CIDRs"
         );
-        assert!(NodePortAddresses::parse(["10.0.0.1"]).unwrap_err().contains("`10.0.0.1`"));
+        assert!(
+            NodePortAddresses::parse(["10.0.0.1"])
+                .unwrap_err()
+                .contains("`10.0.0.1`")
+        );
         assert!(NodePortAddresses::parse(["10.0.0.0/33"]).is_err());
-        assert_eq!(NodePortAddresses::parse([""]).unwrap(), NodePortAddresses::All);
+        assert_eq!(
+            NodePortAddresses::parse([""]).unwrap(),
+            NodePortAddresses::All
+        );
     }
 }

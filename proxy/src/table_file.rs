@@ -25,8 +25,8 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path};
 use serde::Deserialize;
 
 use crate::model::{
-    BackendAddr, DEFAULT_AFFINITY_TIMEOUT_S, DesiredTable, FrontendKey, FrontendKind,
-    FrontendSpec, Ipv4Cidr, MAX_AFFINITY_TIMEOUT_S, NodeDataplane, Protocol,
+    BackendAddr, DEFAULT_AFFINITY_TIMEOUT_S, DesiredTable, FrontendKey, FrontendKind, FrontendSpec,
+    Ipv4Cidr, MAX_AFFINITY_TIMEOUT_S, NodeDataplane, Protocol,
 };
 
 /// Most backends one frontend can have (the slot count is a `u16`).
@@ -229,7 +229,10 @@ impl Checker<'_> {
     }
 
     fn node(&mut self, n: NodeEntry) -> NodeDataplane {
-        let address = n.address.as_ref().and_then(|a| self.address_at("address", a));
+        let address = n
+            .address
+            .as_ref()
+            .and_then(|a| self.address_at("address", a));
         let local_endpoints = n
             .local_endpoints
             .iter()
@@ -340,7 +343,9 @@ impl Checker<'_> {
             other => {
                 self.problem(
                     "kind",
-                    format!("`{other}` is not one of ClusterIP, NodePort, ExternalIP, LoadBalancer"),
+                    format!(
+                        "`{other}` is not one of ClusterIP, NodePort, ExternalIP, LoadBalancer"
+                    ),
                 );
                 None
             }
@@ -444,12 +449,7 @@ impl Checker<'_> {
         }
     }
 
-    fn backend(
-        &mut self,
-        list: &str,
-        i: usize,
-        v: &serde_yaml::Value,
-    ) -> Option<(Ipv4Addr, u16)> {
+    fn backend(&mut self, list: &str, i: usize, v: &serde_yaml::Value) -> Option<(Ipv4Addr, u16)> {
         let field = format!("{list}[{i}]");
         let text = scalar(v);
         let Some((addr, port)) = text.rsplit_once(':') else {

@@ -371,6 +371,35 @@ impl Daemon {
             }))
     }
 
+    /// Waits until `inspect services` has a row for `frontend` that
+    /// `pred` accepts (the row as JSON).
+    pub fn wait_row(&self, frontend: &str, pred: impl Fn(&Value) -> bool) -> Result<()> {
+        let last = std::cell::RefCell::new(Value::Null);
+        poll(
+            Duration::from_secs(20),
+            || {
+                let rows = self.inspect("services")?;
+                let row = rows
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["frontend"] == frontend)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let done = !row.is_null() && pred(&row);
+                *last.borrow_mut() = row;
+                Ok(done.then_some(()))
+            },
+            || {
+                format!(
+                    "frontend {frontend}: last row {}\ndaemon log:\n{}",
+                    last.borrow(),
+                    self.log()
+                )
+            },
+        )
+    }
+
     /// Waits until the maps hold `frontend` with exactly `backends`
     /// (`None`: until it is gone).
     pub fn wait_frontend(&self, frontend: &str, backends: Option<&[String]>) -> Result<()> {

@@ -252,5 +252,11 @@ pub fn reassembled_checksum_ok(frags: &[&[u8]]) -> bool {
         let v = View::new(f);
         l4.extend_from_slice(v.l4());
     }
-    checksum(&[pseudo(first.src_ip(), first.dst_ip(), first.proto(), l4.len()), l4].concat()) == 0
+    checksum(
+        &[
+            pseudo(first.src_ip(), first.dst_ip(), first.proto(), l4.len()),
+            l4,
+        ]
+        .concat(),
+    ) == 0
 }

@@ -70,7 +70,10 @@ impl Harness {
         let n = netns.name();
         // A node forwards for its pods; the programs' FIB lookups rely on it.
         crate::cmd::sysctl_in(n, "net.ipv4.ip_forward", "1")?;
-        ip_in(n, &["link", "add", "v0", "type", "veth", "peer", "name", "v1"])?;
+        ip_in(
+            n,
+            &["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+        )?;
         ip_in(n, &["addr", "add", "192.168.0.11/24", "dev", "v0"])?;
         ip_in(n, &["link", "set", "v0", "up"])?;
         ip_in(n, &["link", "set", "v1", "up"])?;

@@ -273,7 +273,9 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
     assert!(!out.status.success(), "adopted a map of another layout");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("SY_CT4_V2") && err.contains("8-byte values") && err.contains("32-byte values"),
+        err.contains("SY_CT4_V2")
+            && err.contains("8-byte values")
+            && err.contains("32-byte values"),
         "{err}"
     );
     // Every pin is checked before anything is created or attached.

@@ -107,7 +107,10 @@ fn a_syn_after_the_flow_ended_chooses_afresh() {
         seen.insert(View::new(&out).dst());
         h.run(&tcp(CLIENT, VIP, TCP_RST | TCP_ACK));
     }
-    assert!(seen.len() > 1, "every new connection on the tuple stuck: {seen:?}");
+    assert!(
+        seen.len() > 1,
+        "every new connection on the tuple stuck: {seen:?}"
+    );
 }
 
 #[test]
@@ -149,7 +152,11 @@ fn an_expired_flow_translates_nothing() {
     h.edit_conntrack(|v| v.expires_s = past);
     let late = Builder::udp(backend, sa(CLIENT)).build();
     let (_, out) = h.run(&late);
-    assert_eq!(View::new(&out).src(), backend, "a dead flow's reply is not translated");
+    assert_eq!(
+        View::new(&out).src(),
+        backend,
+        "a dead flow's reply is not translated"
+    );
     // The client's next datagram starts a new flow.
     let (_, out) = h.run(&dgram);
     assert_eq!(View::new(&out).dst(), backend);
@@ -178,7 +185,10 @@ fn garbage_collection_removes_dead_flows_and_keeps_live_ones() {
         .conntrack_mut()
         .collect_garbage(now_s())
         .unwrap();
-    assert_eq!(report.removed, 2, "both entries of the dead flow: {report:?}");
+    assert_eq!(
+        report.removed, 2,
+        "both entries of the dead flow: {report:?}"
+    );
     assert!(h.entry_of(&live).is_some());
     assert!(h.entry_of(&dead).is_none());
     assert_eq!(h.conntrack().len(), 2, "the live flow's two entries remain");

@@ -56,7 +56,10 @@ fn nodeport_to_a_backend_on_another_node_is_source_natted_and_translated_back() 
     assert_eq!(v.dst(), sa(REMOTE_BE));
     assert_eq!(v.src_ip().to_string(), NODE_ADDR, "source NAT to the node");
     let nat_port = v.src().port();
-    assert!(snat_port_ok(nat_port), "port {nat_port} outside 20000-29999");
+    assert!(
+        snat_port_ok(nat_port),
+        "port {nat_port} outside 20000-29999"
+    );
     assert_checksums(&out);
     // Later packets of the flow take the same translation.
     let ack = Builder::tcp(sa(CLIENT), sa(&node_port(30080)), TCP_ACK).build();
@@ -65,9 +68,16 @@ fn nodeport_to_a_backend_on_another_node_is_source_natted_and_translated_back() 
     // The reply comes back from the other node to the node's address.
     let reply = Builder::tcp(sa(REMOTE_BE), v.src(), TCP_SYN | TCP_ACK).build();
     let (verdict, out) = h.run_on(Hook::NodeIn, &reply);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "back out where the request came in");
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "back out where the request came in"
+    );
     let r = View::new(&out);
-    assert_eq!(r.src(), sa(&node_port(30080)), "the client sees what it dialled");
+    assert_eq!(
+        r.src(),
+        sa(&node_port(30080)),
+        "the client sees what it dialled"
+    );
     assert_eq!(r.dst(), sa(CLIENT));
     assert_checksums(&out);
     // `switchyard inspect conntrack` shows the source-NAT entry.
@@ -76,7 +86,10 @@ fn nodeport_to_a_backend_on_another_node_is_source_natted_and_translated_back() 
         .iter()
         .find(|r| r.client == CLIENT)
         .expect("the flow is listed");
-    assert!(row.snat && row.path == "node" && row.state == "established", "{row:?}");
+    assert!(
+        row.snat && row.path == "node" && row.state == "established",
+        "{row:?}"
+    );
     assert_eq!(row.source_seen, format!("{NODE_ADDR}:{nat_port}"));
     assert_eq!(row.backend, REMOTE_BE);
 }
@@ -157,7 +170,11 @@ fn load_balancer_source_ranges_filter_the_load_balancer_ip_only() {
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(View::new(&out).dst(), sa(LOCAL_BE));
     let other = Builder::tcp(sa("192.168.0.201:40000"), lb, TCP_SYN).build();
-    assert_eq!(h.run_on(Hook::NodeIn, &other).0, TC_ACT_SHOT, "not in the ranges");
+    assert_eq!(
+        h.run_on(Hook::NodeIn, &other).0,
+        TC_ACT_SHOT,
+        "not in the ranges"
+    );
     // Pods are filtered by their address too.
     let pod_in = Builder::tcp(sa(POD), lb, TCP_SYN).build();
     assert_eq!(h.run_on(Hook::Pod, &pod_in).0, TC_ACT_OK);
@@ -185,7 +202,11 @@ fn no_endpoints_rejects_and_a_starved_local_policy_drops() {
     assert_eq!(verdict, TC_ACT_REDIRECT, "answered where it came from");
     let v = View::new(&out);
     assert_eq!(v.proto(), ICMP);
-    assert_eq!(&v.l4()[..2], &[3, 3], "port unreachable: kube-proxy's REJECT");
+    assert_eq!(
+        &v.l4()[..2],
+        &[3, 3],
+        "port unreachable: kube-proxy's REJECT"
+    );
     let syn = Builder::tcp(sa(POD), sa("10.96.0.20:80"), TCP_SYN).build();
     assert_eq!(h.run_on(Hook::Pod, &syn).0, TC_ACT_SHOT);
 }
@@ -199,7 +220,11 @@ fn a_pod_reaching_itself_through_its_service_is_source_natted() {
     assert_eq!(verdict, TC_ACT_REDIRECT, "back into the pod it came from");
     let v = View::new(&out);
     assert_eq!(v.dst(), sa(LOCAL_BE));
-    assert_eq!(v.src_ip().to_string(), NODE_ADDR, "the pod sees the node as its peer");
+    assert_eq!(
+        v.src_ip().to_string(),
+        NODE_ADDR,
+        "the pod sees the node as its peer"
+    );
     assert_checksums(&out);
     let reply = Builder::tcp(sa(LOCAL_BE), v.src(), TCP_SYN | TCP_ACK).build();
     let (_, out) = h.run_on(Hook::Pod, &reply);
@@ -244,7 +269,11 @@ fn an_icmp_error_about_a_source_natted_flow_reaches_the_client() {
     assert_eq!(v.dst_ip(), *sa(CLIENT).ip(), "to the client");
     assert_eq!(v.src_ip().to_string(), NODE_ADDR, "from what it dialled");
     let inner = &v.l4()[8..];
-    assert_eq!(&inner[12..16], &sa(CLIENT).ip().octets(), "quoting its own datagram");
+    assert_eq!(
+        &inner[12..16],
+        &sa(CLIENT).ip().octets(),
+        "quoting its own datagram"
+    );
     assert_eq!(&inner[20..22], &40000u16.to_be_bytes());
     assert_eq!(&inner[16..20], &sa(&node_port(30080)).ip().octets());
     assert_eq!(&inner[22..24], &30080u16.to_be_bytes());

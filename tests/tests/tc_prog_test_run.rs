@@ -252,7 +252,10 @@ fn tc_lb4_icmp_error_from_a_backend_is_rewritten_to_the_frontend() {
     icmp.extend_from_slice(quoted);
     let err = ipv4(*backend.ip(), *sa(CLIENT).ip(), ICMP, &[], 0, icmp, true);
     let (verdict, out) = h.run(&err);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "to the client, like the flow's replies");
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "to the client, like the flow's replies"
+    );
     let v = View::new(&out);
     assert_eq!(v.src_ip(), *vip53.ip(), "error comes from the frontend");
     let inner = &v.l4()[8..];

@@ -161,7 +161,14 @@ mod tests {
 
     #[test]
     fn pods_by_name_and_prefix_nodes_by_their_addresses() {
-        let s = snap(&[(1, "lo"), (2, "eth0"), (3, "h0"), (4, "veth1"), (5, "h1"), (6, "eth1")]);
+        let s = snap(&[
+            (1, "lo"),
+            (2, "eth0"),
+            (3, "h0"),
+            (4, "veth1"),
+            (5, "h1"),
+            (6, "eth1"),
+        ]);
         let node = BTreeSet::from(["eth0".to_owned(), "veth1".to_owned()]);
         let p = plan(&s, &hooks(), &node, &BTreeMap::new());
         let got: Vec<(Role, &str, u32)> = p
@@ -171,7 +178,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [(Role::Pod, "h0", 3), (Role::Pod, "veth1", 4), (Role::Node, "eth0", 2)],
+            [
+                (Role::Pod, "h0", 3),
+                (Role::Pod, "veth1", 4),
+                (Role::Node, "eth0", 2)
+            ],
             "veth1 is a pod's even if it held a NodePort address"
         );
         assert!(p.detach.is_empty());
@@ -197,7 +208,10 @@ mod tests {
         );
         assert_eq!(
             p.detach,
-            [(Role::Pod, "veth2".to_owned()), (Role::Node, "eth0".to_owned())]
+            [
+                (Role::Pod, "veth2".to_owned()),
+                (Role::Node, "eth0".to_owned())
+            ]
         );
         // Nothing changed: nothing to do.
         let now = BTreeMap::from([((Role::Pod, "veth1".to_owned()), 7)]);

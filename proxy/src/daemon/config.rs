@@ -202,7 +202,9 @@ impl FileConfig {
                     .enumerate()
                     .map(|(i, v)| match v {
                         Value::String(s) => Ok(s.clone()),
-                        other => bail!("`nodePortAddresses[{i}]`: expected a string, found {other:?}"),
+                        other => {
+                            bail!("`nodePortAddresses[{i}]`: expected a string, found {other:?}")
+                        }
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
@@ -385,7 +387,8 @@ fn datapath_config(args: &DaemonArgs, file: &FileConfig) -> Result<DatapathConfi
     };
     c.tcp_established_s = seconds(
         "--conntrack-tcp-timeout-established",
-        args.tcp_established_timeout.or(file.tcp_established_timeout),
+        args.tcp_established_timeout
+            .or(file.tcp_established_timeout),
         c.tcp_established_s,
     )?;
     c.tcp_close_wait_s = seconds(
@@ -404,8 +407,8 @@ fn datapath_config(args: &DaemonArgs, file: &FileConfig) -> Result<DatapathConfi
         c.udp_stream_s,
     )?;
     if let Some(range) = &args.snat_port_range {
-        let (first, last) = parse_port_range(range)
-            .with_context(|| format!("--snat-port-range: `{range}`"))?;
+        let (first, last) =
+            parse_port_range(range).with_context(|| format!("--snat-port-range: `{range}`"))?;
         c.snat_port_min = first;
         c.snat_port_max = last;
     }
@@ -602,5 +605,96 @@ frobnicate: true
             Settings::resolve(&args, default_pin_root()).unwrap_err()
         );
         assert!(e.contains("prefix length"), "{e}");
+    }
+
+    #[test]
+    fn north_south_settings_from_the_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("sy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kube-proxy.yaml");
+        std::fs::write(
+            &path,
+            r#"
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+hostnameOverride: node-3
+nodePortAddresses: ["192.168.0.0/24", "fd00::/64"]
+detectLocal:
+  interfaceNamePrefix: veth
+conntrack:
+  tcpEstablishedTimeout: 2h
+  tcpCloseWaitTimeout: 0s
+  udpTimeout: 45s
+  maxPerCore: 32768
+"#,
+        )
+        .unwrap();
+        let args = DaemonArgs {
+            config: Some(path.clone()),
+            snat_port_range: Some("40000-40999".into()),
+            ..DaemonArgs::default()
+        };
+        let s = Settings::resolve(&args, default_pin_root()).unwrap();
+        assert_eq!(
+            s.nodeport_addresses,
+            NodePortAddresses::Cidrs(vec!["192.168.0.0/24".parse().unwrap()])
+        );
+        assert_eq!(s.hooks.pod_interface_name_prefix.as_deref(), Some("veth"));
+        assert_eq!(s.datapath.tcp_established_s, 7200);
+        assert_eq!(
+            s.datapath.tcp_close_wait_s,
+            DatapathConfig::DEFAULT.tcp_close_wait_s,
+            "0 keeps the default, as kube-proxy leaves the kernel's"
+        );
+        assert_eq!(s.datapath.udp_s, 45);
+        assert_eq!(
+            (s.datapath.snat_port_min, s.datapath.snat_port_max),
+            (40000, 40999)
+        );
+        assert_eq!(s.ignored_keys, ["conntrack.maxPerCore (ignored)"]);
+        // A flag wins over the file.
+        let args = DaemonArgs {
+            config: Some(path),
+            nodeport_addresses: Some("primary".into()),
+            ..DaemonArgs::default()
+        };
+        let s = Settings::resolve(&args, default_pin_root()).unwrap();
+        assert_eq!(s.nodeport_addresses, NodePortAddresses::Primary);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_north_south_settings_name_the_flag() {
+        let resolve = |args: DaemonArgs| {
+            format!(
+                "{:#}",
+                Settings::resolve(
+                    &DaemonArgs {
+                        hostname_override: Some("n1".into()),
+                        ..args
+                    },
+                    default_pin_root()
+                )
+                .unwrap_err()
+            )
+        };
+        let e = resolve(DaemonArgs {
+            nodeport_addresses: Some("10.0.0.1".into()),
+            ..DaemonArgs::default()
+        });
+        assert!(
+            e.contains("--nodeport-addresses") && e.contains("10.0.0.1"),
+            "{e}"
+        );
+        let e = resolve(DaemonArgs {
+            snat_port_range: Some("30000-20000".into()),
+            ..DaemonArgs::default()
+        });
+        assert!(e.contains("--snat-port-range"), "{e}");
+        let e = resolve(DaemonArgs {
+            udp_timeout: Some(Duration::from_millis(100)),
+            ..DaemonArgs::default()
+        });
+        assert!(e.contains("--conntrack-udp-timeout"), "{e}");
     }
 }

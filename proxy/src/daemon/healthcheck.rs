@@ -80,8 +80,9 @@ impl HealthCheckServers {
         }
         for (port, check) in checks {
             if let Some(s) = self.servers.get(port) {
-                *s.check.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    check.clone();
+                *s.check
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = check.clone();
                 continue;
             }
             match self.start(*port, check.clone()) {
@@ -89,7 +90,9 @@ impl HealthCheckServers {
                     info!(port, service = %format!("{}/{}", check.namespace, check.name), "health check server started");
                     self.servers.insert(*port, s);
                 }
-                Err(e) => warn!(port, error = %format!("{e:#}"), "cannot open health check node port"),
+                Err(e) => {
+                    warn!(port, error = %format!("{e:#}"), "cannot open health check node port")
+                }
             }
         }
     }

@@ -11,9 +11,7 @@ use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::{
-    AddressFamily, RouteNetlinkMessage,
-    address::AddressAttribute,
-    link::LinkAttribute,
+    AddressFamily, RouteNetlinkMessage, address::AddressAttribute, link::LinkAttribute,
 };
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::watch;
@@ -53,7 +51,9 @@ pub async fn watch(netns: Option<&str>) -> Result<watch::Receiver<Snapshot>> {
     };
     tokio::spawn(conn);
     tokio::spawn(events_conn);
-    let first = dump(&handle).await.context("cannot list the node's interfaces")?;
+    let first = dump(&handle)
+        .await
+        .context("cannot list the node's interfaces")?;
     let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
         while let Some((msg, _)) = events.next().await {
@@ -74,13 +74,19 @@ pub async fn watch(netns: Option<&str>) -> Result<watch::Receiver<Snapshot>> {
                     tx.send_if_modified(|old| {
                         let changed = *old != now;
                         if changed {
-                            debug!(links = now.links.len(), addrs = now.addrs.len(), "node interfaces changed");
+                            debug!(
+                                links = now.links.len(),
+                                addrs = now.addrs.len(),
+                                "node interfaces changed"
+                            );
                             *old = now;
                         }
                         changed
                     });
                 }
-                Err(e) => warn!(error = %e, "cannot list the node's interfaces; will retry on the next change"),
+                Err(e) => {
+                    warn!(error = %e, "cannot list the node's interfaces; will retry on the next change")
+                }
             }
         }
         warn!("rtnetlink notifications ended; interfaces are no longer followed");

@@ -60,8 +60,11 @@ pub fn run(settings: Settings) -> Result<()> {
     for key in &settings.ignored_keys {
         warn!(key, "configuration key not used by switchyard");
     }
-    let mut dataplane =
-        Dataplane::load_with(Some(&settings.pin_root), &settings.sizes, &settings.datapath)?;
+    let mut dataplane = Dataplane::load_with(
+        Some(&settings.pin_root),
+        &settings.sizes,
+        &settings.datapath,
+    )?;
     if let Some(cg) = &settings.hooks.cgroup_path {
         dataplane.attach_cgroup(cg)?;
         info!(cgroup = %cg.display(), "socket hooks attached");
@@ -222,8 +225,7 @@ async fn serve(
             address: addressing.snat,
         };
         let (services, slices) = (stores.services.state(), stores.slices.state());
-        let done =
-            tokio::task::block_in_place(|| syncer.sync(&services, &slices, &node_ctx, full));
+        let done = tokio::task::block_in_place(|| syncer.sync(&services, &slices, &node_ctx, full));
         health.sync_finished(done.ok);
         health_checks.update(&done.health_checks);
         if !done.departed_udp.is_empty()
@@ -233,8 +235,13 @@ async fn serve(
             tokio::task::spawn_blocking(move || {
                 match sockets::close_departed(&dir, &cgroup, &departed) {
                     Ok(0) => {}
-                    Ok(n) => info!(sockets = n, "closed connected UDP sockets of departed backends"),
-                    Err(e) => warn!(error = %format!("{e:#}"), "cannot close sockets of departed backends"),
+                    Ok(n) => info!(
+                        sockets = n,
+                        "closed connected UDP sockets of departed backends"
+                    ),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "cannot close sockets of departed backends")
+                    }
                 }
             });
         }
@@ -305,7 +312,11 @@ fn spawn_conntrack_gc(maps_dir: &std::path::Path, every: Duration, metrics: Arc<
                     );
                     metrics.conntrack_collected(r.removed);
                     if r.removed > 0 {
-                        tracing::debug!(removed = r.removed, scanned = r.scanned, "conntrack garbage collected");
+                        tracing::debug!(
+                            removed = r.removed,
+                            scanned = r.scanned,
+                            "conntrack garbage collected"
+                        );
                     }
                 }
                 Err(e) => warn!(error = %e, "conntrack garbage collection failed; retrying"),

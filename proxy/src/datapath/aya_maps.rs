@@ -7,9 +7,7 @@ use aya::maps::{
 };
 use proxy_common::{
     config::Node4Config,
-    lb::{
-        Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, Lb4SourceRangeKey, SOURCE_RANGE_ID_BITS,
-    },
+    lb::{Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, Lb4SourceRangeKey, SOURCE_RANGE_ID_BITS},
     map_names as names,
 };
 
@@ -181,9 +179,9 @@ impl LbMaps for AyaLbMaps {
         absent_ok(self.services.remove(key)).map_err(write_err("delete", names::LB4_SERVICES, key))
     }
 
-    fn update_member(&mut self, key: &Lb4MemberKey) -> Result<()> {
+    fn update_member(&mut self, key: &Lb4MemberKey, ranges: u8) -> Result<()> {
         self.members
-            .insert(key, 1, 0)
+            .insert(key, ranges, 0)
             .map_err(write_err("update", names::LB4_MEMBERS, key))
     }
 
@@ -219,11 +217,8 @@ impl LbMaps for AyaLbMaps {
         dump(&self.backends, names::LB4_BACKENDS)
     }
 
-    fn dump_members(&self) -> Result<Vec<Lb4MemberKey>> {
-        Ok(dump(&self.members, names::LB4_MEMBERS)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect())
+    fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>> {
+        dump(&self.members, names::LB4_MEMBERS)
     }
 
     fn dump_source_ranges(&self) -> Result<Vec<SourceRange>> {
@@ -235,7 +230,10 @@ impl LbMaps for AyaLbMaps {
         for key in self.source_ranges.keys() {
             let key = key.map_err(read)?;
             let data = key.data();
-            let prefix = key.prefix_len().saturating_sub(SOURCE_RANGE_ID_BITS).min(32) as u8;
+            let prefix = key
+                .prefix_len()
+                .saturating_sub(SOURCE_RANGE_ID_BITS)
+                .min(32) as u8;
             out.push((
                 u32::from_be(data.frontend_id_be),
                 Ipv4Cidr {

@@ -187,7 +187,10 @@ mod tests {
 
     #[test]
     fn a_flow_goes_only_when_both_entries_expired() {
-        assert!(dead_flows(&flow(100, 100), 100).is_empty(), "not yet expired");
+        assert!(
+            dead_flows(&flow(100, 100), 100).is_empty(),
+            "not yet expired"
+        );
         assert_eq!(dead_flows(&flow(99, 99), 100).len(), 2, "both expired");
         assert!(
             dead_flows(&flow(99, 150), 100).is_empty(),

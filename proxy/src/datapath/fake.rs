@@ -3,7 +3,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
     config::Node4Config,
-    lb::{Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, SVC_FLAG_SOURCE_RANGES},
+    lb::{
+        Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL,
+        SVC_FLAG_SOURCE_RANGES,
+    },
     map_names as names,
 };
 
@@ -14,7 +17,7 @@ use super::{Capacity, LbMaps, MapError, MapSizes, Result, SourceRange};
 pub struct FakeLbMaps {
     pub services: BTreeMap<Lb4Key, Lb4Service>,
     pub backends: BTreeMap<u32, Lb4Backend>,
-    pub members: BTreeSet<Lb4MemberKey>,
+    pub members: BTreeMap<Lb4MemberKey, u8>,
     pub source_ranges: BTreeSet<SourceRange>,
     pub node: Node4Config,
     pub sizes: MapSizes,
@@ -45,7 +48,10 @@ impl FakeLbMaps {
             .filter(|(k, _)| k.backend_slot == MASTER_SLOT)
         {
             if master.flags & SVC_FLAG_SOURCE_RANGES != 0
-                && !self.source_ranges.iter().any(|(id, _)| *id == master.frontend_id)
+                && !self
+                    .source_ranges
+                    .iter()
+                    .any(|(id, _)| *id == master.frontend_id)
             {
                 return Err(Inconsistency(format!(
                     "{key:?} is restricted to source ranges but has none"
@@ -72,9 +78,14 @@ impl FakeLbMaps {
                     backend_id: s.backend_id,
                     frontend_id: master.frontend_id,
                 };
-                if !self.members.contains(&m) {
+                let range = if slot <= master.count {
+                    MEMBER_CLUSTER
+                } else {
+                    MEMBER_LOCAL
+                };
+                if self.members.get(&m).is_none_or(|bits| bits & range == 0) {
                     return Err(Inconsistency(format!(
-                        "{key:?} slot {slot} has no membership entry"
+                        "{key:?} slot {slot} has no membership entry for its range"
                     )));
                 }
             }
@@ -120,8 +131,8 @@ impl LbMaps for FakeLbMaps {
         Ok(())
     }
 
-    fn update_member(&mut self, key: &Lb4MemberKey) -> Result<()> {
-        self.members.insert(*key);
+    fn update_member(&mut self, key: &Lb4MemberKey, ranges: u8) -> Result<()> {
+        self.members.insert(*key, ranges);
         Ok(())
     }
 
@@ -163,8 +174,8 @@ impl LbMaps for FakeLbMaps {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_members(&self) -> Result<Vec<Lb4MemberKey>> {
-        Ok(self.members.iter().copied().collect())
+    fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>> {
+        Ok(self.members.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
     fn dump_source_ranges(&self) -> Result<Vec<SourceRange>> {
@@ -251,8 +262,8 @@ impl LbMaps for FaultyLbMaps {
     fn delete_service(&mut self, k: &Lb4Key) -> Result<()> {
         self.write(names::LB4_SERVICES, "delete", |m| m.delete_service(k))
     }
-    fn update_member(&mut self, k: &Lb4MemberKey) -> Result<()> {
-        self.write(names::LB4_MEMBERS, "update", |m| m.update_member(k))
+    fn update_member(&mut self, k: &Lb4MemberKey, ranges: u8) -> Result<()> {
+        self.write(names::LB4_MEMBERS, "update", |m| m.update_member(k, ranges))
     }
     fn delete_member(&mut self, k: &Lb4MemberKey) -> Result<()> {
         self.write(names::LB4_MEMBERS, "delete", |m| m.delete_member(k))
@@ -285,7 +296,7 @@ impl LbMaps for FaultyLbMaps {
     fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
         self.inner.dump_backends()
     }
-    fn dump_members(&self) -> Result<Vec<Lb4MemberKey>> {
+    fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>> {
         self.inner.dump_members()
     }
     fn dump_source_ranges(&self) -> Result<Vec<SourceRange>> {

@@ -95,7 +95,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The TC programs: pod-facing ingress, node-facing ingress and egress.
-const TC_PROGRAMS: [&str; 3] = [progs::TC_INGRESS, progs::TC_NODE_INGRESS, progs::TC_NODE_EGRESS];
+const TC_PROGRAMS: [&str; 3] = [
+    progs::TC_INGRESS,
+    progs::TC_NODE_INGRESS,
+    progs::TC_NODE_EGRESS,
+];
 
 /// The sock_addr programs and the hook each attaches to.
 const SOCK_PROGRAMS: [(&str, &str); 4] = [
@@ -196,7 +200,12 @@ impl Dataplane {
     /// Attaches the pod-facing program to the ingress of `iface` (in the
     /// calling thread's network namespace), with tcx where the kernel has it.
     pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
-        self.attach_tc_program(progs::TC_INGRESS, iface, TcAttachType::Ingress, "tc-ingress")
+        self.attach_tc_program(
+            progs::TC_INGRESS,
+            iface,
+            TcAttachType::Ingress,
+            "tc-ingress",
+        )
     }
 
     /// Detaches what [`Self::attach_tc`] (`node: false`) or

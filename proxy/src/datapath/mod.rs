@@ -16,8 +16,8 @@ mod aya_maps;
 pub mod conntrack;
 mod fake;
 pub mod loader;
-pub mod sockets;
 mod sizes;
+pub mod sockets;
 
 pub use aya_maps::AyaLbMaps;
 pub use fake::{FakeLbMaps, FaultyLbMaps, Inconsistency};
@@ -83,8 +83,9 @@ pub trait LbMaps {
     fn update_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<()>;
     /// Deletes one frontend slot (or its master entry).
     fn delete_service(&mut self, key: &Lb4Key) -> Result<()>;
-    /// Records that a backend belongs to a frontend.
-    fn update_member(&mut self, key: &Lb4MemberKey) -> Result<()>;
+    /// Records that a backend belongs to a frontend, in the slot ranges
+    /// `ranges` (`MEMBER_*` bits).
+    fn update_member(&mut self, key: &Lb4MemberKey, ranges: u8) -> Result<()>;
     /// Forgets that a backend belongs to a frontend.
     fn delete_member(&mut self, key: &Lb4MemberKey) -> Result<()>;
     /// Allows a source network to use a frontend.
@@ -106,8 +107,8 @@ pub trait LbMaps {
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>>;
     /// Every backend.
     fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>>;
-    /// Every membership.
-    fn dump_members(&self) -> Result<Vec<Lb4MemberKey>>;
+    /// Every membership, with its `MEMBER_*` bits.
+    fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>>;
     /// Every source range.
     fn dump_source_ranges(&self) -> Result<Vec<SourceRange>>;
     /// The node entry.

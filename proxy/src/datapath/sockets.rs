@@ -53,9 +53,13 @@ pub fn close_departed(maps_dir: &Path, cgroup: &Path, departed: &[Departure]) ->
     }
     let mut closed = 0;
     for ns in namespaces_of(cgroup)? {
-        match with_netns(&ns.display().to_string(), || destroy_in_current_netns(&cookies)) {
+        match with_netns(&ns.display().to_string(), || {
+            destroy_in_current_netns(&cookies)
+        }) {
             Ok(n) => closed += n,
-            Err(e) => tracing::debug!(netns = %ns.display(), error = %format!("{e:#}"), "skipping a namespace"),
+            Err(e) => {
+                tracing::debug!(netns = %ns.display(), error = %format!("{e:#}"), "skipping a namespace")
+            }
         }
     }
     Ok(closed)
@@ -68,7 +72,8 @@ fn departed_cookies(
     departed: &[Departure],
 ) -> Result<BTreeMap<u64, (Ipv4Addr, u16)>> {
     let path = maps_dir.join(map_names::SOCK4_REVNAT);
-    let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let map: HashMap<_, Sock4RevNatKey, Sock4RevNatValue> =
         HashMap::try_from(aya::maps::Map::from_map_data(data)?)?;
     let wanted: BTreeSet<(u32, Ipv4Addr, u16)> = departed
@@ -183,7 +188,9 @@ fn dump_udp(sock: &mut Socket) -> Result<Vec<SocketId>> {
     let mut ids = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = sock.recv(&mut &mut buf[..], 0).context("sock_diag receive")?;
+        let n = sock
+            .recv(&mut &mut buf[..], 0)
+            .context("sock_diag receive")?;
         let mut off = 0;
         while off < n {
             let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[off..n])
@@ -213,7 +220,9 @@ fn destroy(sock: &mut Socket, id: SocketId) -> Result<bool> {
         SockDiagDestroy::new(SockDiagMessage::InetRequest(request(id))),
     )?;
     let mut buf = vec![0u8; 8192];
-    let n = sock.recv(&mut &mut buf[..], 0).context("sock_diag receive")?;
+    let n = sock
+        .recv(&mut &mut buf[..], 0)
+        .context("sock_diag receive")?;
     match NetlinkMessage::<SockDiagMessage>::deserialize(&buf[..n])
         .context("sock_diag answer")?
         .payload

@@ -408,7 +408,11 @@ impl ServiceView {
             match ip.parse::<IpAddr>() {
                 Ok(IpAddr::V4(v4)) => external.push((v4, FrontendKind::ExternalIp)),
                 Ok(IpAddr::V6(_)) => {}
-                Err(_) => return Err(format!("spec.externalIPs[{i}]: `{ip}` is not an IP address")),
+                Err(_) => {
+                    return Err(format!(
+                        "spec.externalIPs[{i}]: `{ip}` is not an IP address"
+                    ));
+                }
             }
         }
         let is_lb = type_ == "LoadBalancer";
@@ -437,7 +441,12 @@ impl ServiceView {
             }
         }
         let mut source_ranges = Vec::new();
-        for (i, r) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+        for (i, r) in spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+        {
             // Upstream accepts surrounding spaces; IPv6 ranges are the IPv6 dataplane's.
             let r = r.trim();
             if r.contains(':') {
@@ -450,9 +459,9 @@ impl ServiceView {
         }
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let health_check_node_port = match spec.health_check_node_port {
-            Some(p) if is_lb && external_local && p != 0 => Some(
-                parse_port(p).map_err(|e| format!("spec.healthCheckNodePort: {e}"))?,
-            ),
+            Some(p) if is_lb && external_local && p != 0 => {
+                Some(parse_port(p).map_err(|e| format!("spec.healthCheckNodePort: {e}"))?)
+            }
             _ => None,
         };
         Ok(Some(Self {
@@ -498,7 +507,9 @@ fn add_service(
                 local_ready.insert(e.addr);
             }
         }
-        let usable_anywhere = candidates.iter().any(|e| e.ready || (e.serving && e.terminating));
+        let usable_anywhere = candidates
+            .iter()
+            .any(|e| e.ready || (e.serving && e.terminating));
         let to_backends = |eps: Vec<Endpoint>| -> Vec<BackendAddr> {
             let mut b: Vec<BackendAddr> = eps
                 .iter()
@@ -605,7 +616,11 @@ fn add_service(
         out.health_checks.insert(
             port,
             HealthCheck {
-                namespace: svc_obj.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                namespace: svc_obj
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
                 name: svc_obj.metadata.name.clone().unwrap_or_default(),
                 local_endpoints: local_ready.len(),
             },

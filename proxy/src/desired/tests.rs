@@ -52,8 +52,10 @@ fn lines(out: &Outcome) -> Vec<String> {
                 line.push_str(&format!(" {}", f.kind));
             }
             if let Some(local) = &f.local_backends {
-                let local: Vec<String> =
-                    local.iter().map(|b| format!("{}:{}", b.addr, b.port)).collect();
+                let local: Vec<String> = local
+                    .iter()
+                    .map(|b| format!("{}:{}", b.addr, b.port))
+                    .collect();
                 line.push_str(&format!(" local=[{}]", local.join(" ")));
             }
             if let Some(t) = f.affinity_timeout_s {
@@ -178,7 +180,9 @@ fn a_frontend_claimed_twice_goes_to_the_first_service_by_name() {
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
-        ["Service default/zz-clash: ClusterIP frontend 10.96.0.20:443/TCP already belongs to default/api (ClusterIP)"]
+        [
+            "Service default/zz-clash: ClusterIP frontend 10.96.0.20:443/TCP already belongs to default/api (ClusterIP)"
+        ]
     );
 }
 
@@ -354,7 +358,7 @@ fn north_south_frontends_with_both_traffic_policies() {
         port: 443,
         proto: crate::model::Protocol::Tcp,
     }]
-    .clone();
+        .clone();
     assert_eq!(edge_lb.local_backends.unwrap().len(), 2);
     assert_eq!(out.health_checks[&32000].local_endpoints, 2);
     assert_eq!(out.health_checks[&32001].local_endpoints, 0);
@@ -379,5 +383,10 @@ fn invalid_north_south_fields_skip_the_service_by_name() {
             "Service shop/legacy: spec.externalIPs[0]: `not-an-ip` is not an IP address",
         ]
     );
-    assert!(out.table.frontends.values().all(|f| f.name.starts_with("shop/web") || f.name == "shop/internal-lb"));
+    assert!(
+        out.table
+            .frontends
+            .values()
+            .all(|f| f.name.starts_with("shop/web") || f.name == "shop/internal-lb")
+    );
 }

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proxy_common::{
     config::Node4Config,
     lb::{
-        Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY,
-        SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES,
+        Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL,
+        SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES,
     },
 };
 use tracing::{debug, warn};
@@ -94,9 +94,9 @@ pub struct EntryCounts {
 struct Observed {
     services: BTreeMap<Lb4Key, Lb4Service>,
     backends: BTreeMap<u32, Lb4Backend>,
-    /// Memberships as `(frontend_id, backend_id)`: ordered by frontend, so
-    /// one frontend's members are a range.
-    members: BTreeSet<(u32, u32)>,
+    /// Memberships as `(frontend_id, backend_id)` → `MEMBER_*` bits:
+    /// ordered by frontend, so one frontend's members are a range.
+    members: BTreeMap<(u32, u32), u8>,
     /// Source ranges as `(frontend_id, cidr)`, ordered the same way.
     source_ranges: BTreeSet<SourceRange>,
     node: Node4Config,
@@ -145,7 +145,7 @@ impl<M: LbMaps> Reconciler<M> {
             .dump_members()
             .map_err(Error::Restore)?
             .into_iter()
-            .map(|m| (m.frontend_id, m.backend_id))
+            .map(|(m, bits)| ((m.frontend_id, m.backend_id), bits))
             .collect();
         let source_ranges = maps
             .dump_source_ranges()
@@ -375,12 +375,30 @@ impl<M: LbMaps> Reconciler<M> {
             let on_node = desired.node.local_endpoints.contains(&b.addr);
             self.write_backend(*id, b, on_node, report)?;
         }
-        for id in &ids {
+        let mut ranges: BTreeMap<u32, u8> = BTreeMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let bit = if i < spec.backends.len() {
+                MEMBER_CLUSTER
+            } else {
+                MEMBER_LOCAL
+            };
+            *ranges.entry(*id).or_default() |= bit;
+        }
+        // A backend moving between ranges keeps its old bits until the
+        // master entry has moved the ranges too.
+        for (id, bits) in &ranges {
+            let old = self
+                .observed
+                .members
+                .get(&(frontend_id, *id))
+                .copied()
+                .unwrap_or(0);
             self.write_member(
                 Lb4MemberKey {
                     backend_id: *id,
                     frontend_id,
                 },
+                bits | old,
                 report,
             )?;
         }
@@ -419,6 +437,16 @@ impl<M: LbMaps> Reconciler<M> {
         self.write_service(key.lb4_key(MASTER_SLOT), master, report)?;
 
         // Break only after make: stale slots, memberships and ranges go last.
+        for (id, bits) in &ranges {
+            self.write_member(
+                Lb4MemberKey {
+                    backend_id: *id,
+                    frontend_id,
+                },
+                *bits,
+                report,
+            )?;
+        }
         let stale_slots: Vec<Lb4Key> = self
             .slots_of(key)
             .filter(|k| usize::from(k.backend_slot) > ids.len())
@@ -427,7 +455,11 @@ impl<M: LbMaps> Reconciler<M> {
             self.delete_service(&k, report)?;
         }
         let wanted: BTreeSet<u32> = ids.iter().copied().collect();
-        self.delete_members(frontend_id, |backend_id| !wanted.contains(&backend_id), report)?;
+        self.delete_members(
+            frontend_id,
+            |backend_id| !wanted.contains(&backend_id),
+            report,
+        )?;
         let stale_ranges: Vec<SourceRange> = self
             .ranges_of(frontend_id)
             .filter(|(_, cidr)| !spec.source_ranges.contains(cidr))
@@ -550,7 +582,7 @@ impl<M: LbMaps> Reconciler<M> {
             .observed
             .members
             .range((frontend_id, 0)..=(frontend_id, u32::MAX))
-            .map(|(_, backend_id)| *backend_id)
+            .map(|((_, backend_id), _)| *backend_id)
             .filter(|b| doomed(*b))
             .collect();
         for backend_id in members {
@@ -573,14 +605,16 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
-    fn write_member(&mut self, m: Lb4MemberKey, report: &mut Report) -> Result<(), MapError> {
-        if !self
-            .observed
-            .members
-            .contains(&(m.frontend_id, m.backend_id))
-        {
-            self.maps.update_member(&m)?;
-            self.observed.members.insert((m.frontend_id, m.backend_id));
+    fn write_member(
+        &mut self,
+        m: Lb4MemberKey,
+        bits: u8,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
+        let key = (m.frontend_id, m.backend_id);
+        if self.observed.members.get(&key) != Some(&bits) {
+            self.maps.update_member(&m, bits)?;
+            self.observed.members.insert(key, bits);
             report.writes += 1;
         }
         Ok(())
@@ -595,7 +629,11 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
-    fn delete_source_range(&mut self, r: &SourceRange, report: &mut Report) -> Result<(), MapError> {
+    fn delete_source_range(
+        &mut self,
+        r: &SourceRange,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
         if self.observed.source_ranges.contains(r) {
             self.maps.delete_source_range(r)?;
             self.observed.source_ranges.remove(r);

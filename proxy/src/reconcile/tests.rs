@@ -193,10 +193,17 @@ fn north_south_frontends_write_both_ranges_flags_and_the_node() {
     let master = maps.services[&np.lb4_key(MASTER_SLOT)];
     assert_eq!((master.count, master.local_count), (2, 1));
     assert_ne!(master.flags & SVC_FLAG_EXT_LOCAL, 0);
-    assert_eq!(FrontendKind::from_flags(master.flags), FrontendKind::NodePort);
+    assert_eq!(
+        FrontendKind::from_flags(master.flags),
+        FrontendKind::NodePort
+    );
     assert_eq!(
         routed(maps, &np),
-        ["10.244.1.5:8443/TCP", "10.244.2.5:8443/TCP", "10.244.1.5:8443/TCP"]
+        [
+            "10.244.1.5:8443/TCP",
+            "10.244.2.5:8443/TCP",
+            "10.244.1.5:8443/TCP"
+        ]
     );
     assert_eq!(maps.node.addr_be, addr_be(Ipv4Addr::new(192, 168, 0, 11)));
     let local: Vec<bool> = maps
@@ -222,10 +229,14 @@ fn north_south_frontends_write_both_ranges_flags_and_the_node() {
         desired.frontends[&lb].source_ranges
     );
     // Lifting the restriction removes the ranges after the flag.
-    r.apply(&north_south(&["10.244.2.5:8443"], &[], "[]")).unwrap();
+    r.apply(&north_south(&["10.244.2.5:8443"], &[], "[]"))
+        .unwrap();
     let maps = r.maps();
     assert!(maps.source_ranges.is_empty());
-    assert_eq!(maps.services[&lb.lb4_key(MASTER_SLOT)].flags & SVC_FLAG_SOURCE_RANGES, 0);
+    assert_eq!(
+        maps.services[&lb.lb4_key(MASTER_SLOT)].flags & SVC_FLAG_SOURCE_RANGES,
+        0
+    );
     let master = maps.services[&np.lb4_key(MASTER_SLOT)];
     assert_eq!((master.count, master.local_count), (1, 0));
     assert_eq!(maps.services.len(), 4, "two masters, one slot each");
@@ -273,9 +284,17 @@ fn converge_through_faults(fail: impl FnMut(u64) -> bool + Send + 'static) {
             "10.244.1.7:8080",
         ]),
         table("frontends:\n  - {address: 10.96.0.99, port: 443, backends: [10.244.1.5:8443]}\n"),
-        north_south(&["10.244.1.5:8443", "10.244.2.5:8443"], &["10.244.1.5:8443"], "[192.0.2.0/24]"),
+        north_south(
+            &["10.244.1.5:8443", "10.244.2.5:8443"],
+            &["10.244.1.5:8443"],
+            "[192.0.2.0/24]",
+        ),
         north_south(&["10.244.2.5:8443"], &[], "[192.0.2.0/24, 198.51.100.0/24]"),
-        north_south(&["10.244.1.6:8443", "10.244.2.5:8443"], &["10.244.1.6:8443"], "[]"),
+        north_south(
+            &["10.244.1.6:8443", "10.244.2.5:8443"],
+            &["10.244.1.6:8443"],
+            "[]",
+        ),
         DesiredTable::default(),
     ];
     let faulty = FaultyLbMaps::new(FakeLbMaps::new(MapSizes::small()), fail);
@@ -291,7 +310,10 @@ fn converge_through_faults(fail: impl FnMut(u64) -> bool + Send + 'static) {
         clean.apply(desired).unwrap();
         for k in desired.frontends.keys() {
             assert_eq!(routed(&r.maps().inner, k), routed(clean.maps(), k));
-            let (got, want) = (r.programmed_spec(k).unwrap(), clean.programmed_spec(k).unwrap());
+            let (got, want) = (
+                r.programmed_spec(k).unwrap(),
+                clean.programmed_spec(k).unwrap(),
+            );
             assert_eq!(got.source_ranges, want.source_ranges);
             assert_eq!(got.local_backends, want.local_backends);
         }

@@ -1,6 +1,6 @@
 //! The pure core of the daemon: from the watched Services and EndpointSlices
 //! to the [`DesiredTable`], with kube-proxy's semantics
-//! (../shared/reference/kube-proxy-reference.md §1):
+//! (kube-proxy's `pkg/proxy` service port and endpoint handling):
 //!
 //! - every port of a Service is a frontend `clusterIP:port/protocol`, named
 //!   `namespace/name:portname` (`namespace/name` when the port is unnamed);

@@ -202,7 +202,8 @@ fn connect_latency(args: &Args) -> Result<SockFigures> {
                 &["connect-latency", "--target", target, "--count", &count],
             )?
             .finish()?;
-        Ok(serde_json::from_str(out.trim())?)
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        Ok(serde_json::from_value(v["connect_ns"].clone())?)
     };
     let direct_target = bed.backend(1);
     let (mut hook, mut direct) = (Vec::new(), Vec::new());

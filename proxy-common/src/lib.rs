@@ -17,6 +17,7 @@
 pub mod config;
 pub mod ct;
 pub mod lb;
+pub mod legacy;
 pub mod sock;
 
 /// IP protocol numbers as they appear in the IPv4 header.
@@ -70,9 +71,17 @@ pub mod map_names {
         SOCK4_FWD,
     ];
 
+    /// Version 1 of [`LB4_SERVICES`] ([`crate::legacy::Lb4ServiceV1`]).
+    pub const LB4_SERVICES_V1: &str = "SY_LB4_SVC";
+    /// Version 1 of [`LB4_MEMBERS`] (same key, value always 1).
+    pub const LB4_MEMBERS_V1: &str = "SY_LB4_AFFM";
+    /// Version 1 of [`CT4`] ([`crate::legacy::Ct4KeyV1`] → [`crate::legacy::Ct4ValueV1`]).
+    pub const CT4_V1: &str = "SY_CT4";
+
     /// Maps earlier versions pinned under names this version no longer
-    /// uses (their layout changed): removed once the new programs run.
-    pub const OBSOLETE: [&str; 3] = ["SY_LB4_SVC", "SY_LB4_AFFM", "SY_CT4"];
+    /// uses (their layout changed): their contents are carried over, and
+    /// their pins removed once the new programs run.
+    pub const OBSOLETE: [&str; 3] = [LB4_SERVICES_V1, LB4_MEMBERS_V1, CT4_V1];
 }
 
 /// Globals of the eBPF object, set at load time.

@@ -130,7 +130,10 @@ pub fn nodeport_payload(ports: &[(u16, u16)], backend: std::net::Ipv4Addr, local
                 "-A {ext} -m comment --comment \"route LOCAL traffic for {spn} external destinations\" -m addrtype --src-type LOCAL -j {svc}"
             );
             let _ = writeln!(rules, "-A {ext} -j {svl}");
-            let _ = writeln!(rules, "-A {svl} -m comment --comment \"{spn} -> {backend}:{target}\" -j {sep}");
+            let _ = writeln!(
+                rules,
+                "-A {svl} -m comment --comment \"{spn} -> {backend}:{target}\" -j {sep}"
+            );
         } else {
             let _ = writeln!(
                 rules,
@@ -138,8 +141,14 @@ pub fn nodeport_payload(ports: &[(u16, u16)], backend: std::net::Ipv4Addr, local
             );
             let _ = writeln!(rules, "-A {ext} -j {svc}");
         }
-        let _ = writeln!(rules, "-A {svc} -m comment --comment \"{spn} -> {backend}:{target}\" -j {sep}");
-        let _ = writeln!(rules, "-A {sep} -m comment --comment {spn} -s {backend} -j KUBE-MARK-MASQ");
+        let _ = writeln!(
+            rules,
+            "-A {svc} -m comment --comment \"{spn} -> {backend}:{target}\" -j {sep}"
+        );
+        let _ = writeln!(
+            rules,
+            "-A {sep} -m comment --comment {spn} -s {backend} -j KUBE-MARK-MASQ"
+        );
         let _ = writeln!(
             rules,
             "-A {sep} -m comment --comment {spn} -m tcp -p tcp -j DNAT --to-destination {backend}:{target}"

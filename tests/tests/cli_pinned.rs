@@ -282,3 +282,137 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
     assert!(!maps.join("SY_LB4_SVC_V2").exists(), "no map was created");
     assert!(!cli.pin_root.join("links").exists(), "nothing was attached");
 }
+
+/// `bpftool map create` of a pinned map, then `update`s with hex bytes.
+fn pinned_map(
+    path: &std::path::Path,
+    kind: &str,
+    key: usize,
+    value: usize,
+    entries: &[(&str, &str)],
+) {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let (k, v) = (key.to_string(), value.to_string());
+    let made = Command::new("bpftool")
+        .args([
+            "map",
+            "create",
+            path.to_str().unwrap(),
+            "type",
+            kind,
+            "key",
+            &k,
+            "value",
+            &v,
+            "entries",
+            "64",
+            "name",
+            name,
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create {name}");
+    for (key, value) in entries {
+        let mut args = vec![
+            "map",
+            "update",
+            "pinned",
+            path.to_str().unwrap(),
+            "key",
+            "hex",
+        ];
+        args.extend(key.split_whitespace());
+        args.extend(["value", "hex"]);
+        args.extend(value.split_whitespace());
+        assert!(
+            Command::new("bpftool")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success(),
+            "update {name}"
+        );
+    }
+}
+
+#[test]
+fn an_upgrade_carries_the_previous_layouts_over() {
+    privileges::require();
+    let prefix = testbed::unique_prefix();
+    let bpffs = PrivateBpffs::new(&prefix).unwrap();
+    let cli = Cli::new(&bpffs);
+    let maps = cli.pin_root.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    // What version 1 pinned for 10.96.0.10:80/TCP → 10.244.1.11:8080, and
+    // one per-packet flow from 10.244.1.10:40000 through it.
+    let master = "0a 60 00 0a 00 50 00 00 06 00 00 00";
+    let slot1 = "0a 60 00 0a 00 50 01 00 06 00 00 00";
+    pinned_map(
+        &maps.join("SY_LB4_SVC"),
+        "hash",
+        12,
+        16,
+        &[
+            (master, "00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00"),
+            (slot1, "01 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00"),
+        ],
+    );
+    pinned_map(
+        &maps.join("SY_LB4_BE"),
+        "hash",
+        4,
+        8,
+        &[("01 00 00 00", "0a f4 01 0b 1f 90 06 00")],
+    );
+    pinned_map(
+        &maps.join("SY_LB4_AFFM"),
+        "hash",
+        8,
+        1,
+        &[("01 00 00 00 01 00 00 00", "01")],
+    );
+    let zero8 = "00 00 00 00 00 00 00 00";
+    pinned_map(
+        &maps.join("SY_CT4"),
+        "lru_hash",
+        16,
+        24,
+        &[
+            (
+                "0a f4 01 0a 0a 60 00 0a 9c 40 00 50 06 00 00 00",
+                &format!("0a f4 01 0b 1f 90 00 00 01 00 00 00 01 00 00 00 {zero8}"),
+            ),
+            (
+                "0a f4 01 0b 0a f4 01 0a 1f 90 9c 40 06 01 00 00",
+                &format!("0a 60 00 0a 00 50 00 00 01 00 00 00 01 00 00 00 {zero8}"),
+            ),
+        ],
+    );
+    let cgroup = testbed::fs::Cgroup::new(&prefix).unwrap();
+    cli.ok(&["attach", "--cgroup-path", cgroup.path().to_str().unwrap()]);
+    let services: Value =
+        serde_json::from_str(&cli.ok(&["inspect", "services", "--json"])).unwrap();
+    assert_eq!(services[0]["frontend"], "10.96.0.10:80/TCP", "{services}");
+    assert_eq!(services[0]["kind"], "ClusterIP");
+    assert_eq!(services[0]["backends"][0], "10.244.1.11:8080/TCP");
+    let flows: Value = serde_json::from_str(&cli.ok(&["inspect", "conntrack", "--json"])).unwrap();
+    assert_eq!(flows.as_array().unwrap().len(), 1, "{flows}");
+    assert_eq!(flows[0]["client"], "10.244.1.10:40000");
+    assert_eq!(flows[0]["backend"], "10.244.1.11:8080");
+    assert_eq!(flows[0]["state"], "established");
+    for old in ["SY_LB4_SVC", "SY_LB4_AFFM", "SY_CT4"] {
+        assert!(!maps.join(old).exists(), "{old} is left behind");
+    }
+    // The reconciler adopts the carried-over frontend under its old ID.
+    let table = std::env::temp_dir().join(format!("{prefix}-upgrade.yaml"));
+    std::fs::write(
+        &table,
+        "frontends:\n  - {address: 10.96.0.10, port: 80, backends: [10.244.1.11:8080]}\n",
+    )
+    .unwrap();
+    cli.ok(&["apply-file", table.to_str().unwrap()]);
+    let again: Value = serde_json::from_str(&cli.ok(&["inspect", "services", "--json"])).unwrap();
+    assert_eq!(again[0]["id"], services[0]["id"]);
+    let _ = std::fs::remove_file(&table);
+    cli.ok(&["cleanup"]);
+}

@@ -113,6 +113,7 @@ const SOCK_PROGRAMS: [(&str, &str); 4] = [
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_root: Option<PathBuf>,
+    config: DatapathConfig,
     /// Links that could not be pinned, kept attached for our lifetime.
     unpinnable: Vec<Box<dyn std::any::Any + Send>>,
 }
@@ -161,9 +162,22 @@ impl Dataplane {
                 .load()
                 .map_err(|source| Error::LoadProgram { name, source })?;
         }
+        // An earlier version's maps, before any of our programs attaches.
+        if let Some(root) = pin_root {
+            let carried = super::migrate::carry_over(&root.join("maps"), config)?;
+            if carried.any() {
+                tracing::info!(
+                    services = carried.services,
+                    members = carried.members,
+                    conntrack = carried.conntrack,
+                    "carried an earlier version's maps over"
+                );
+            }
+        }
         Ok(Self {
             ebpf,
             pin_root: pin_root.map(Path::to_path_buf),
+            config: *config,
             unpinnable: Vec::new(),
         })
     }
@@ -297,6 +311,8 @@ impl Dataplane {
         let Some(root) = &self.pin_root else {
             return Ok(0);
         };
+        // Flows the old programs made until ours took over.
+        super::migrate::carry_conntrack(&root.join("maps"), &self.config)?;
         let mut removed = 0;
         for name in map_names::OBSOLETE {
             let path = root.join("maps").join(name);

@@ -96,7 +96,13 @@ fn main() -> Result<()> {
     // The floor dials pods directly: the external client needs a route.
     ip_in(
         net.external.name(),
-        &["route", "add", "10.244.0.0/16", "via", &net.node(1).addr.to_string()],
+        &[
+            "route",
+            "add",
+            "10.244.0.0/16",
+            "via",
+            &net.node(1).addr.to_string(),
+        ],
     )?;
     let _iperf: Vec<Proc> = [1, 2]
         .into_iter()
@@ -138,18 +144,28 @@ fn main() -> Result<()> {
             }
         }
     }
-    println!("iptables mode: `{iptables}`; {} rounds interleaved\n", args.rounds);
-    println!("| NodePort from outside | Switchyard | kube-proxy iptables | ratio | floor (routing only) |");
+    println!(
+        "iptables mode: `{iptables}`; {} rounds interleaved\n",
+        args.rounds
+    );
+    println!(
+        "| NodePort from outside | Switchyard | kube-proxy iptables | ratio | floor (routing only) |"
+    );
     println!("|---|---|---|---|---|");
     for scenario in [Scenario::ClusterRemote, Scenario::Local] {
         let get = |m: Mode| &results[&(scenario as u8, m as u8)];
         let (s, i, f) = (get(Mode::Switchyard), get(Mode::Iptables), get(Mode::Floor));
-        let rows: [(&str, fn(&Figures) -> f64, bool); 5] = [
+        type Row = (&'static str, fn(&Figures) -> f64, bool);
+        let rows: [Row; 5] = [
             ("new connections/s", |f| median(&f.rates), true),
             ("connect p50 (µs)", |f| pct(&f.latencies_ns, 0.50), false),
             ("connect p99 (µs)", |f| pct(&f.latencies_ns, 0.99), false),
             ("iperf3 throughput (Gbit/s)", |f| median(&f.gbits), true),
-            ("CPU per Gbit (CPU-s/Gbit)", |f| median(&f.cpu_s_per_gbit), false),
+            (
+                "CPU per Gbit (CPU-s/Gbit)",
+                |f| median(&f.cpu_s_per_gbit),
+                false,
+            ),
         ];
         for (what, value, higher_is_better) in rows {
             let (sv, iv, fv) = (value(s), value(i), value(f));
@@ -164,9 +180,10 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Whatever a mode installs on the nodes, removed on drop.
+/// Whatever a mode installs on the nodes, removed on drop (Switchyard's
+/// programs and maps live as long as the value).
 enum Setup {
-    Switchyard(Vec<(Dataplane, Reconciler<AyaLbMaps>)>),
+    Switchyard(#[allow(dead_code)] Vec<(Dataplane, Reconciler<AyaLbMaps>)>),
     Iptables(String),
     Floor,
 }
@@ -288,7 +305,13 @@ fn connects(net: &Network, target: &str, count: usize) -> Result<(f64, Vec<u64>)
         net.external.name(),
         None,
         &netprobe()?,
-        &["connect-latency", "--target", target, "--count", &count.to_string()],
+        &[
+            "connect-latency",
+            "--target",
+            target,
+            "--count",
+            &count.to_string(),
+        ],
     )?
     .finish()?;
     let v: serde_json::Value = serde_json::from_str(out.trim())?;

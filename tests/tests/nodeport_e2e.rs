@@ -1083,3 +1083,30 @@ fn pod_interfaces_created_after_the_daemon_started_get_the_per_packet_path() {
     ok(&out, "the late pod");
     assert_eq!(names(&out), set(&["n1b1", "n2b1"]));
 }
+
+#[test]
+fn nodeports_follow_the_nodes_addresses() {
+    let c = cluster();
+    web(&c, "");
+    let node1 = c.net.node(1).netns.name().to_owned();
+    // An address added to node-1 serves the NodePort within moments…
+    testbed::cmd::ip_in(&node1, &["addr", "add", "192.168.0.21/24", "dev", "eth0"]).unwrap();
+    let both = [backend(&c, 1, 1, "TCP"), backend(&c, 2, 1, "TCP")];
+    programmed(&c, 1, "192.168.0.21:30080/TCP", &both);
+    let out = c
+        .net
+        .from_external(&args(&tcp("192.168.0.21:30080", 10)))
+        .unwrap();
+    ok(&out, "the new address");
+    // …and stops when it is removed.
+    testbed::cmd::ip_in(&node1, &["addr", "del", "192.168.0.21/24", "dev", "eth0"]).unwrap();
+    c.daemon(1)
+        .wait_frontend("192.168.0.21:30080/TCP", None)
+        .unwrap();
+    ok(
+        &c.net
+            .from_external(&args(&tcp(&format!("{NODE1}:30080"), 5)))
+            .unwrap(),
+        "the other address still serves",
+    );
+}

@@ -137,7 +137,7 @@ fn source_ranges(maps_dir: &Path) -> Result<BTreeMap<u32, Vec<String>>, MapError
     let maps = crate::datapath::AyaLbMaps::from_pins(maps_dir)?;
     let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for (id, cidr) in maps.dump_source_ranges()? {
-        out.entry(id).or_default().push(cidr.to_string());
+        out.entry(id.0).or_default().push(cidr.to_string());
     }
     Ok(out)
 }

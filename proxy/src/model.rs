@@ -12,6 +12,9 @@ use proxy_common::proto;
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// Upper bound upstream validation allows for the affinity timeout (one day).
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
+/// Most backend slots one frontend can have, both ranges together: slot
+/// numbers and the master entry's counts are `u16`.
+pub const MAX_SLOTS_PER_FRONTEND: usize = u16::MAX as usize;
 
 /// Transport protocol of a Service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +84,29 @@ pub struct FrontendKey {
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// A frontend's ID in the maps ([`proxy_common::lb::Lb4Service::frontend_id`]):
+/// it names the frontend in conntrack, membership, affinity and
+/// source-range entries. Allocated by the reconciler; never 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendId(pub u32);
+
+/// A backend's ID in the maps (the key of `SY_LB4_BE`), shared by every
+/// frontend that uses the backend. Allocated by the reconciler; never 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub u32);
+
+impl fmt::Display for FrontendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "frontend #{}", self.0)
+    }
+}
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backend #{}", self.0)
     }
 }
 

@@ -30,7 +30,7 @@ use crate::model::{
 };
 
 /// Most backends one frontend can have (the slot count is a `u16`).
-pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
+pub const MAX_BACKENDS_PER_FRONTEND: usize = crate::model::MAX_SLOTS_PER_FRONTEND;
 
 /// Why a table file was not applied.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use proxy_common::{
 };
 
 use super::{Capacity, LbMaps, MapError, Result, SourceRange, conntrack::Conntrack};
-use crate::model::{Ipv4Cidr, addr_be, addr_from_be};
+use crate::model::{BackendId, FrontendId, Ipv4Cidr, addr_be, addr_from_be};
 
 /// The maps the reconciler writes, and the conntrack map it flushes.
 pub struct AyaLbMaps {
@@ -148,25 +148,25 @@ fn lpm_key(&(frontend_id, cidr): &SourceRange) -> Key<Lb4SourceRangeKey> {
     Key::new(
         SOURCE_RANGE_ID_BITS + u32::from(cidr.prefix),
         Lb4SourceRangeKey {
-            frontend_id_be: frontend_id.to_be(),
+            frontend_id_be: frontend_id.0.to_be(),
             addr_be: addr_be(cidr.addr),
         },
     )
 }
 
 impl LbMaps for AyaLbMaps {
-    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
         self.conntrack.flush_udp(pairs)
     }
 
-    fn update_backend(&mut self, id: u32, backend: &Lb4Backend) -> Result<()> {
+    fn update_backend(&mut self, id: BackendId, backend: &Lb4Backend) -> Result<()> {
         self.backends
-            .insert(id, backend, 0)
+            .insert(id.0, backend, 0)
             .map_err(write_err("update", names::LB4_BACKENDS, id))
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<()> {
-        absent_ok(self.backends.remove(&id)).map_err(write_err("delete", names::LB4_BACKENDS, id))
+    fn delete_backend(&mut self, id: BackendId) -> Result<()> {
+        absent_ok(self.backends.remove(&id.0)).map_err(write_err("delete", names::LB4_BACKENDS, id))
     }
 
     fn update_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<()> {
@@ -213,8 +213,11 @@ impl LbMaps for AyaLbMaps {
         dump(&self.services, names::LB4_SERVICES)
     }
 
-    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
-        dump(&self.backends, names::LB4_BACKENDS)
+    fn dump_backends(&self) -> Result<Vec<(BackendId, Lb4Backend)>> {
+        Ok(dump(&self.backends, names::LB4_BACKENDS)?
+            .into_iter()
+            .map(|(id, b)| (BackendId(id), b))
+            .collect())
     }
 
     fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>> {
@@ -235,7 +238,7 @@ impl LbMaps for AyaLbMaps {
                 .saturating_sub(SOURCE_RANGE_ID_BITS)
                 .min(32) as u8;
             out.push((
-                u32::from_be(data.frontend_id_be),
+                FrontendId(u32::from_be(data.frontend_id_be)),
                 Ipv4Cidr {
                     addr: addr_from_be(data.addr_be),
                     prefix,

@@ -18,6 +18,7 @@ use super::{
     MapError, Result,
     aya_maps::{absent_ok, io_error, write_err},
 };
+use crate::model::{BackendId, FrontendId};
 
 /// The conntrack map, opened on its own file descriptor so that scans can
 /// run off the thread that programs the other maps.
@@ -95,12 +96,13 @@ impl Conntrack {
     /// Deletes every UDP entry whose (frontend, backend) pair is in `pairs`
     /// (both entries of a flow carry the pair). A read error ends the call
     /// with that error: the caller keeps the pairs and tries again.
-    pub fn flush_udp(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+    pub fn flush_udp(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
         let entries = self.entries()?;
         let doomed: Vec<Ct4Key> = entries
             .iter()
             .filter(|(k, v)| {
-                k.proto == proto::UDP && pairs.contains(&(v.frontend_id, v.backend_id))
+                k.proto == proto::UDP
+                    && pairs.contains(&(FrontendId(v.frontend_id), BackendId(v.backend_id)))
             })
             .map(|(k, _)| *k)
             .collect();

@@ -11,18 +11,19 @@ use proxy_common::{
 };
 
 use super::{Capacity, LbMaps, MapError, MapSizes, Result, SourceRange};
+use crate::model::{BackendId, FrontendId};
 
 /// Maps held in memory, with the kernel's capacity checks.
 #[derive(Clone, Debug, Default)]
 pub struct FakeLbMaps {
     pub services: BTreeMap<Lb4Key, Lb4Service>,
-    pub backends: BTreeMap<u32, Lb4Backend>,
+    pub backends: BTreeMap<BackendId, Lb4Backend>,
     pub members: BTreeMap<Lb4MemberKey, u8>,
     pub source_ranges: BTreeSet<SourceRange>,
     pub node: Node4Config,
     pub sizes: MapSizes,
     /// Every (frontend, backend) pair whose UDP flows were flushed.
-    pub flushed: BTreeSet<(u32, u32)>,
+    pub flushed: BTreeSet<(FrontendId, BackendId)>,
 }
 
 /// A state the datapath could observe that would misroute traffic.
@@ -51,7 +52,7 @@ impl FakeLbMaps {
                 && !self
                     .source_ranges
                     .iter()
-                    .any(|(id, _)| *id == master.frontend_id)
+                    .any(|(id, _)| id.0 == master.frontend_id)
             {
                 return Err(Inconsistency(format!(
                     "{key:?} is restricted to source ranges but has none"
@@ -68,7 +69,7 @@ impl FakeLbMaps {
                         master.count, master.local_count
                     )));
                 };
-                if !self.backends.contains_key(&s.backend_id) {
+                if !self.backends.contains_key(&BackendId(s.backend_id)) {
                     return Err(Inconsistency(format!(
                         "{key:?} slot {slot} names missing backend {}",
                         s.backend_id
@@ -104,15 +105,15 @@ impl FakeLbMaps {
 }
 
 impl LbMaps for FakeLbMaps {
-    fn update_backend(&mut self, id: u32, backend: &Lb4Backend) -> Result<()> {
+    fn update_backend(&mut self, id: BackendId, backend: &Lb4Backend) -> Result<()> {
         if !self.backends.contains_key(&id) && self.backends.len() >= self.sizes.backends as usize {
-            return Err(Self::full(names::LB4_BACKENDS, id.to_string()));
+            return Err(Self::full(names::LB4_BACKENDS, id.0.to_string()));
         }
         self.backends.insert(id, *backend);
         Ok(())
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<()> {
+    fn delete_backend(&mut self, id: BackendId) -> Result<()> {
         self.backends.remove(&id);
         Ok(())
     }
@@ -161,7 +162,7 @@ impl LbMaps for FakeLbMaps {
         Ok(())
     }
 
-    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
         self.flushed.extend(pairs.iter().copied());
         Ok(0)
     }
@@ -170,7 +171,7 @@ impl LbMaps for FakeLbMaps {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
+    fn dump_backends(&self) -> Result<Vec<(BackendId, Lb4Backend)>> {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
@@ -250,10 +251,10 @@ impl FaultyLbMaps {
 }
 
 impl LbMaps for FaultyLbMaps {
-    fn update_backend(&mut self, id: u32, b: &Lb4Backend) -> Result<()> {
+    fn update_backend(&mut self, id: BackendId, b: &Lb4Backend) -> Result<()> {
         self.write(names::LB4_BACKENDS, "update", |m| m.update_backend(id, b))
     }
-    fn delete_backend(&mut self, id: u32) -> Result<()> {
+    fn delete_backend(&mut self, id: BackendId) -> Result<()> {
         self.write(names::LB4_BACKENDS, "delete", |m| m.delete_backend(id))
     }
     fn update_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<()> {
@@ -281,7 +282,7 @@ impl LbMaps for FaultyLbMaps {
     fn set_node(&mut self, n: &Node4Config) -> Result<()> {
         self.write(names::NODE4, "update", |m| m.set_node(n))
     }
-    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
         let mut n = 0;
         self.write(names::CT4, "flush", |m| {
             n = m.flush_udp_flows(pairs)?;
@@ -293,7 +294,7 @@ impl LbMaps for FaultyLbMaps {
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
         self.inner.dump_services()
     }
-    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
+    fn dump_backends(&self) -> Result<Vec<(BackendId, Lb4Backend)>> {
         self.inner.dump_backends()
     }
     fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>> {

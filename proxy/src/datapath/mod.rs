@@ -10,7 +10,7 @@ use proxy_common::{
     lb::{Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service},
 };
 
-use crate::model::Ipv4Cidr;
+use crate::model::{BackendId, FrontendId, Ipv4Cidr};
 
 mod aya_maps;
 pub mod conntrack;
@@ -55,6 +55,12 @@ pub enum MapError {
         /// The map's pinned name.
         map: &'static str,
     },
+    /// Every ID of a map's ID space is taken (4 billion: a corrupt map).
+    #[error("no free ID is left for `{map}`")]
+    IdsExhausted {
+        /// The map whose IDs ran out.
+        map: &'static str,
+    },
     /// The map's type, key or value size is not this version's.
     #[error("map `{map}` does not have the layout this version expects")]
     Layout {
@@ -70,16 +76,16 @@ pub enum MapError {
 pub type Result<T, E = MapError> = std::result::Result<T, E>;
 
 /// One `loadBalancerSourceRanges` entry: a frontend ID and a CIDR.
-pub type SourceRange = (u32, Ipv4Cidr);
+pub type SourceRange = (FrontendId, Ipv4Cidr);
 
 /// The load-balancing maps as the reconciler sees them.
 ///
 /// Deletes of absent keys succeed, so every operation can be retried.
 pub trait LbMaps {
     /// Writes backend `id`.
-    fn update_backend(&mut self, id: u32, backend: &Lb4Backend) -> Result<()>;
+    fn update_backend(&mut self, id: BackendId, backend: &Lb4Backend) -> Result<()>;
     /// Deletes backend `id`.
-    fn delete_backend(&mut self, id: u32) -> Result<()>;
+    fn delete_backend(&mut self, id: BackendId) -> Result<()>;
     /// Writes one frontend slot (or its master entry).
     fn update_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<()>;
     /// Deletes one frontend slot (or its master entry).
@@ -96,18 +102,18 @@ pub trait LbMaps {
     /// Writes what the programs know of the node.
     fn set_node(&mut self, node: &Node4Config) -> Result<()>;
 
-    /// Forgets the UDP flows the per-packet paths track from frontend
-    /// `frontend_id` to backend `backend_id`, for each `(frontend_id,
-    /// backend_id)` pair: a UDP client whose backend left moves on with its
-    /// next datagram, as kube-proxy's conntrack flush makes it. Returns how
-    /// many conntrack entries went; a scan that cannot finish is an error
-    /// (the pairs are then flushed again by the next pass).
-    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize>;
+    /// Forgets the UDP flows the per-packet paths track from
+    /// a frontend to a backend, for each (frontend, backend) pair: a UDP
+    /// client whose backend left moves on with its next datagram, as
+    /// kube-proxy's conntrack flush makes it. Returns how many conntrack
+    /// entries went; a scan that cannot finish is an error (the pairs are
+    /// then flushed again by the next pass).
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize>;
 
     /// Every frontend slot.
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>>;
     /// Every backend.
-    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>>;
+    fn dump_backends(&self) -> Result<Vec<(BackendId, Lb4Backend)>>;
     /// Every membership, with its `MEMBER_*` bits.
     fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>>;
     /// Every source range.

@@ -37,10 +37,13 @@ use proxy_common::{
     sock::{Sock4RevNatKey, Sock4RevNatValue},
 };
 
-use crate::{model::BackendAddr, netns::with_netns};
+use crate::{
+    model::{BackendAddr, FrontendId},
+    netns::with_netns,
+};
 
 /// A backend that left a frontend: (frontend ID, backend).
-pub type Departure = (u32, BackendAddr);
+pub type Departure = (FrontendId, BackendAddr);
 
 /// Destroys the UDP sockets the socket path connected to a departed
 /// backend through its frontend, in every network namespace of the
@@ -78,7 +81,7 @@ fn departed_cookies(
         HashMap::try_from(aya::maps::Map::from_map_data(data)?)?;
     let wanted: BTreeSet<(u32, Ipv4Addr, u16)> = departed
         .iter()
-        .map(|(id, b)| (*id, b.addr, b.port))
+        .map(|(id, b)| (id.0, b.addr, b.port))
         .collect();
     let mut out = BTreeMap::new();
     for entry in map.iter() {

@@ -22,7 +22,8 @@ use tracing::{debug, warn};
 use crate::{
     datapath::{LbMaps, MapError, SourceRange},
     model::{
-        BackendAddr, DesiredTable, FrontendKey, FrontendKind, FrontendSpec, Ipv4Cidr, addr_be,
+        BackendAddr, BackendId, DesiredTable, FrontendId, FrontendKey, FrontendKind, FrontendSpec,
+        Ipv4Cidr, addr_be,
     },
 };
 
@@ -50,6 +51,19 @@ pub enum Error {
         /// Entries the map holds.
         capacity: u32,
     },
+    /// A frontend has more backends than its slots can number; nothing was
+    /// applied.
+    #[error(
+        "frontend {frontend} has {slots} backend slots, at most {max} are possible; nothing was applied"
+    )]
+    TooManyBackends {
+        /// The frontend's name.
+        frontend: String,
+        /// Slots it needs (both ranges).
+        slots: usize,
+        /// [`crate::model::MAX_SLOTS_PER_FRONTEND`].
+        max: usize,
+    },
     /// Some frontends failed; each keeps its previous, consistent state.
     #[error("{} frontend(s) could not be fully written; first: {}: {}", .failed.len(), .failed[0].0, .failed[0].1)]
     Incomplete {
@@ -73,7 +87,7 @@ pub struct Report {
     /// (frontend ID, backend) of every UDP membership this pass removed:
     /// sockets connected to such a backend through the socket path must be
     /// told (the daemon closes them).
-    pub departed_udp: Vec<(u32, BackendAddr)>,
+    pub departed_udp: Vec<(FrontendId, BackendAddr)>,
 }
 
 /// Entries held by the maps the reconciler writes.
@@ -93,10 +107,10 @@ pub struct EntryCounts {
 #[derive(Debug, Default)]
 struct Observed {
     services: BTreeMap<Lb4Key, Lb4Service>,
-    backends: BTreeMap<u32, Lb4Backend>,
-    /// Memberships as `(frontend_id, backend_id)` → `MEMBER_*` bits:
-    /// ordered by frontend, so one frontend's members are a range.
-    members: BTreeMap<(u32, u32), u8>,
+    backends: BTreeMap<BackendId, Lb4Backend>,
+    /// Memberships → `MEMBER_*` bits: ordered by frontend, so one
+    /// frontend's members are a range.
+    members: BTreeMap<(FrontendId, BackendId), u8>,
     /// Source ranges as `(frontend_id, cidr)`, ordered the same way.
     source_ranges: BTreeSet<SourceRange>,
     node: Node4Config,
@@ -109,7 +123,7 @@ pub struct Reconciler<M> {
     observed: Observed,
     /// (frontend, backend) memberships removed whose UDP flows are not yet
     /// flushed; kept across passes so a failed flush is retried.
-    departed: BTreeSet<(u32, u32)>,
+    departed: BTreeSet<(FrontendId, BackendId)>,
 }
 
 impl<M: LbMaps> Reconciler<M> {
@@ -145,7 +159,7 @@ impl<M: LbMaps> Reconciler<M> {
             .dump_members()
             .map_err(Error::Restore)?
             .into_iter()
-            .map(|(m, bits)| ((m.frontend_id, m.backend_id), bits))
+            .map(|(m, bits)| ((FrontendId(m.frontend_id), BackendId(m.backend_id)), bits))
             .collect();
         let source_ranges = maps
             .dump_source_ranges()
@@ -170,7 +184,7 @@ impl<M: LbMaps> Reconciler<M> {
         let master = self.observed.services.get(&key.lb4_key(MASTER_SLOT))?;
         let backend_at = |slot: u16| {
             let slot = self.observed.services.get(&key.lb4_key(slot))?;
-            BackendAddr::from_lb4_backend(self.observed.backends.get(&slot.backend_id)?)
+            BackendAddr::from_lb4_backend(self.observed.backends.get(&BackendId(slot.backend_id))?)
         };
         let backends = (1..=master.count)
             .map(backend_at)
@@ -185,7 +199,7 @@ impl<M: LbMaps> Reconciler<M> {
             None
         };
         let source_ranges = self
-            .ranges_of(master.frontend_id)
+            .ranges_of(FrontendId(master.frontend_id))
             .map(|(_, cidr)| cidr)
             .collect();
         Some(FrontendSpec {
@@ -231,7 +245,7 @@ impl<M: LbMaps> Reconciler<M> {
     }
 
     /// Frontend ID of a programmed frontend.
-    pub fn frontend_id(&self, key: &FrontendKey) -> Option<u32> {
+    pub fn frontend_id(&self, key: &FrontendKey) -> Option<FrontendId> {
         self.ids.frontend(key)
     }
 
@@ -315,6 +329,17 @@ impl<M: LbMaps> Reconciler<M> {
 
     fn check_capacity(&self, desired: &DesiredTable) -> Result<()> {
         use proxy_common::map_names as names;
+        if let Some(f) = desired
+            .frontends
+            .values()
+            .find(|f| f.slot_count() > crate::model::MAX_SLOTS_PER_FRONTEND)
+        {
+            return Err(Error::TooManyBackends {
+                frontend: f.name.clone(),
+                slots: f.slot_count(),
+                max: crate::model::MAX_SLOTS_PER_FRONTEND,
+            });
+        }
         let cap = self.maps.capacity();
         let checks = [
             (
@@ -362,20 +387,25 @@ impl<M: LbMaps> Reconciler<M> {
         desired: &DesiredTable,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let frontend_id = self.ids.frontend_or_allocate(*key);
+        let exhausted = |map| MapError::IdsExhausted { map };
+        let frontend_id = self
+            .ids
+            .frontend_or_allocate(*key)
+            .ok_or_else(|| exhausted(proxy_common::map_names::LB4_SERVICES))?;
         let local = spec.local_backends.as_deref().unwrap_or_default();
         // Slot order: the cluster range, then the local range.
         let slot_backends: Vec<&BackendAddr> = spec.backends.iter().chain(local).collect();
-        let ids: Vec<u32> = slot_backends
+        let ids: Vec<BackendId> = slot_backends
             .iter()
             .map(|b| self.ids.backend_or_allocate(**b))
-            .collect();
+            .collect::<Option<_>>()
+            .ok_or_else(|| exhausted(proxy_common::map_names::LB4_BACKENDS))?;
 
         for (id, b) in ids.iter().zip(&slot_backends) {
             let on_node = desired.node.local_endpoints.contains(&b.addr);
             self.write_backend(*id, b, on_node, report)?;
         }
-        let mut ranges: BTreeMap<u32, u8> = BTreeMap::new();
+        let mut ranges: BTreeMap<BackendId, u8> = BTreeMap::new();
         for (i, id) in ids.iter().enumerate() {
             let bit = if i < spec.backends.len() {
                 MEMBER_CLUSTER
@@ -393,20 +423,13 @@ impl<M: LbMaps> Reconciler<M> {
                 .get(&(frontend_id, *id))
                 .copied()
                 .unwrap_or(0);
-            self.write_member(
-                Lb4MemberKey {
-                    backend_id: *id,
-                    frontend_id,
-                },
-                bits | old,
-                report,
-            )?;
+            self.write_member(frontend_id, *id, bits | old, report)?;
         }
         // Slots 1..=65535: the counts are u16 (the desired table never has more).
         for (slot, id) in (1..=u16::MAX).zip(&ids) {
             let value = Lb4Service {
-                backend_id: *id,
-                frontend_id,
+                backend_id: id.0,
+                frontend_id: frontend_id.0,
                 ..Lb4Service::default()
             };
             self.write_service(key.lb4_key(slot), value, report)?;
@@ -427,7 +450,7 @@ impl<M: LbMaps> Reconciler<M> {
         }
         let master = Lb4Service {
             backend_id: 0,
-            frontend_id,
+            frontend_id: frontend_id.0,
             affinity_timeout_s: spec.affinity_timeout_s.unwrap_or(0),
             count: spec.backends.len() as u16,
             local_count: local.len() as u16,
@@ -438,14 +461,7 @@ impl<M: LbMaps> Reconciler<M> {
 
         // Break only after make: stale slots, memberships and ranges go last.
         for (id, bits) in &ranges {
-            self.write_member(
-                Lb4MemberKey {
-                    backend_id: *id,
-                    frontend_id,
-                },
-                *bits,
-                report,
-            )?;
+            self.write_member(frontend_id, *id, *bits, report)?;
         }
         let stale_slots: Vec<Lb4Key> = self
             .slots_of(key)
@@ -454,7 +470,7 @@ impl<M: LbMaps> Reconciler<M> {
         for k in stale_slots {
             self.delete_service(&k, report)?;
         }
-        let wanted: BTreeSet<u32> = ids.iter().copied().collect();
+        let wanted: BTreeSet<BackendId> = ids.iter().copied().collect();
         self.delete_members(
             frontend_id,
             |backend_id| !wanted.contains(&backend_id),
@@ -496,15 +512,15 @@ impl<M: LbMaps> Reconciler<M> {
         report: &mut Report,
         failed: &mut Vec<(String, MapError)>,
     ) {
-        let mut used: BTreeSet<u32> = self
+        let mut used: BTreeSet<BackendId> = self
             .observed
             .services
             .iter()
             .filter(|(k, _)| k.backend_slot != MASTER_SLOT)
-            .map(|(_, v)| v.backend_id)
+            .map(|(_, v)| BackendId(v.backend_id))
             .collect();
         used.extend(wanted.iter().filter_map(|b| self.ids.backend(b)));
-        let orphans: Vec<u32> = self
+        let orphans: Vec<BackendId> = self
             .observed
             .backends
             .keys()
@@ -518,7 +534,7 @@ impl<M: LbMaps> Reconciler<M> {
                     self.ids.release_backend(id);
                     report.deletes += 1;
                 }
-                Err(e) => failed.push((format!("backend {id}"), e)),
+                Err(e) => failed.push((id.to_string(), e)),
             }
         }
         // IDs allocated for frontends that failed before any write.
@@ -541,7 +557,7 @@ impl<M: LbMaps> Reconciler<M> {
             })
     }
 
-    fn ranges_of(&self, frontend_id: u32) -> impl Iterator<Item = SourceRange> + '_ {
+    fn ranges_of(&self, frontend_id: FrontendId) -> impl Iterator<Item = SourceRange> + '_ {
         let lowest = Ipv4Cidr {
             addr: std::net::Ipv4Addr::UNSPECIFIED,
             prefix: 0,
@@ -555,7 +571,7 @@ impl<M: LbMaps> Reconciler<M> {
 
     fn write_backend(
         &mut self,
-        id: u32,
+        id: BackendId,
         b: &BackendAddr,
         on_node: bool,
         report: &mut Report,
@@ -574,21 +590,21 @@ impl<M: LbMaps> Reconciler<M> {
     /// the daemon's socket cleanup.
     fn delete_members(
         &mut self,
-        frontend_id: u32,
-        doomed: impl Fn(u32) -> bool,
+        frontend_id: FrontendId,
+        doomed: impl Fn(BackendId) -> bool,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let members: Vec<u32> = self
+        let members: Vec<BackendId> = self
             .observed
             .members
-            .range((frontend_id, 0)..=(frontend_id, u32::MAX))
+            .range((frontend_id, BackendId(0))..=(frontend_id, BackendId(u32::MAX)))
             .map(|((_, backend_id), _)| *backend_id)
             .filter(|b| doomed(*b))
             .collect();
         for backend_id in members {
             self.maps.delete_member(&Lb4MemberKey {
-                backend_id,
-                frontend_id,
+                backend_id: backend_id.0,
+                frontend_id: frontend_id.0,
             })?;
             self.observed.members.remove(&(frontend_id, backend_id));
             self.departed.insert((frontend_id, backend_id));
@@ -607,12 +623,17 @@ impl<M: LbMaps> Reconciler<M> {
 
     fn write_member(
         &mut self,
-        m: Lb4MemberKey,
+        frontend_id: FrontendId,
+        backend_id: BackendId,
         bits: u8,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let key = (m.frontend_id, m.backend_id);
+        let key = (frontend_id, backend_id);
         if self.observed.members.get(&key) != Some(&bits) {
+            let m = Lb4MemberKey {
+                backend_id: backend_id.0,
+                frontend_id: frontend_id.0,
+            };
             self.maps.update_member(&m, bits)?;
             self.observed.members.insert(key, bits);
             report.writes += 1;

@@ -5,7 +5,7 @@ use proxy_common::lb::MASTER_SLOT;
 use super::*;
 use crate::{
     datapath::{FakeLbMaps, FaultyLbMaps, MapSizes},
-    model::{FrontendKind, Protocol},
+    model::{BackendId, FrontendKind, Protocol},
     table_file,
 };
 
@@ -40,7 +40,7 @@ fn routed(maps: &FakeLbMaps, key: &FrontendKey) -> Vec<String> {
     (1..=master.count + master.local_count)
         .map(|s| {
             let id = maps.services[&key.lb4_key(s)].backend_id;
-            BackendAddr::from_lb4_backend(&maps.backends[&id])
+            BackendAddr::from_lb4_backend(&maps.backends[&BackendId(id)])
                 .unwrap()
                 .to_string()
         })
@@ -385,4 +385,78 @@ fn a_large_table_is_written_consistently_and_then_left_alone() {
     );
     r.maps().check_consistent().unwrap();
     assert_eq!(r.apply(&desired).unwrap(), Report::default());
+}
+
+#[test]
+fn a_frontend_with_more_backends_than_slots_is_refused_before_any_write() {
+    let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes {
+        backends: 70_000,
+        backend_slots: 70_000,
+        ..MapSizes::small()
+    }))
+    .unwrap();
+    let mut desired = web(&["10.244.1.2:8080"]);
+    let spec = desired.frontends.get_mut(&key()).unwrap();
+    spec.backends = (0..65_536u32)
+        .map(|i| BackendAddr {
+            addr: Ipv4Addr::from(0x0a80_0000 + i),
+            port: 8080,
+            proto: Protocol::Tcp,
+        })
+        .collect();
+    let err = r.apply(&desired).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooManyBackends {
+                slots: 65_536,
+                max: 65_535,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        r.maps().services.is_empty() && r.maps().backends.is_empty(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn pinned_state_with_the_largest_ids_is_adopted_without_a_panic() {
+    use proxy_common::lb::{Lb4Backend, Lb4Service};
+    // A foreign (or corrupt) frontend and backend holding ID u32::MAX.
+    let mut maps = FakeLbMaps::new(MapSizes::small());
+    let foreign = FrontendKey {
+        addr: Ipv4Addr::new(10, 96, 9, 9),
+        port: 9,
+        proto: Protocol::Tcp,
+    };
+    maps.services.insert(
+        foreign.lb4_key(MASTER_SLOT),
+        Lb4Service {
+            frontend_id: u32::MAX,
+            ..Lb4Service::default()
+        },
+    );
+    maps.backends.insert(
+        BackendId(u32::MAX),
+        Lb4Backend {
+            addr_be: 0x0101_0101,
+            port_be: 80u16.to_be(),
+            proto: 6,
+            flags: 0,
+        },
+    );
+    let mut r = Reconciler::restore(maps).unwrap();
+    r.apply(&web(&["10.244.1.2:8080", "10.244.1.3:8080"]))
+        .unwrap();
+    let id = r.frontend_id(&key()).unwrap();
+    assert!(id.0 >= 1 && id.0 < u32::MAX, "{id}");
+    assert_eq!(routed(r.maps(), &key()).len(), 2);
+    assert!(r.maps().check_consistent().is_ok());
+    assert!(
+        !r.maps().backends.contains_key(&BackendId(u32::MAX)),
+        "the foreign backend, referenced by nothing, is cleaned up"
+    );
 }

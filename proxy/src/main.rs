@@ -13,6 +13,7 @@ use switchyard::{
     datapath::{
         AyaLbMaps, MapSizeArgs,
         loader::{self, DEFAULT_PIN_ROOT},
+        lock::PinRootLock,
     },
     inspect,
     reconcile::Reconciler,
@@ -105,6 +106,7 @@ fn main() -> Result<()> {
         Command::ApplyFile { file } => apply_file(&cli.pin_root, &file),
         Command::Inspect { what, json } => print_inspect(&cli.pin_root, what, json),
         Command::Cleanup => {
+            let _lock = PinRootLock::acquire(&cli.pin_root, Duration::ZERO)?;
             let removed = loader::cleanup(&cli.pin_root)?;
             info!(links = removed.links, maps = removed.maps, pin_root = %cli.pin_root.display(), "cleaned up");
             Ok(())
@@ -116,6 +118,7 @@ fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
     if args.hooks.is_empty() {
         bail!("nothing to attach: give --cgroup-path and/or --tc-iface");
     }
+    let _lock = PinRootLock::acquire(pin_root, Duration::ZERO)?;
     // Links are pinned: the programs stay attached when this process exits.
     load_and_attach(pin_root, &args.sizes.into(), &args.hooks)?;
     Ok(())
@@ -124,6 +127,13 @@ fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
 fn apply_file(pin_root: &Path, file: &Path) -> Result<()> {
     // Validate everything before touching a map: a bad file applies nothing.
     let desired = table_file::load(file)?;
+    if !pin_root.join("maps").is_dir() {
+        bail!(
+            "no Switchyard maps under `{}`: run `switchyard attach` first",
+            pin_root.display()
+        );
+    }
+    let _lock = PinRootLock::acquire(pin_root, Duration::ZERO)?;
     let maps = AyaLbMaps::from_pins(&pin_root.join("maps")).with_context(|| {
         format!(
             "no Switchyard maps under `{}`: run `switchyard attach` first",

@@ -416,3 +416,107 @@ fn an_upgrade_carries_the_previous_layouts_over() {
     let _ = std::fs::remove_file(&table);
     cli.ok(&["cleanup"]);
 }
+
+#[test]
+fn a_failed_link_replacement_keeps_the_old_program_and_one_writer_at_a_time() {
+    privileges::require();
+    let bed = Testbed::new(2).unwrap();
+    let bpffs = PrivateBpffs::new(&bed.prefix).unwrap();
+    let cli = Cli::new(&bpffs);
+    let dir = tempdir(&bed.prefix);
+    cli.attach(&bed);
+    let table = write_table(
+        &dir,
+        "web.yaml",
+        &format!(
+            "frontends:\n  - {{address: 10.96.0.10, port: 80, backends: [{}, {}]}}\n",
+            bed.backend(1),
+            bed.backend(2)
+        ),
+    );
+    cli.ok(&["apply-file", table.to_str().unwrap()]);
+    let traffic = |what: &str| {
+        for placement in [
+            ClientPlacement::InNodeCgroup,
+            ClientPlacement::OutsideCgroup,
+        ] {
+            let out = bed
+                .client(
+                    placement,
+                    &["tcp", "--target", "10.96.0.10:80", "--count", "20"],
+                )
+                .unwrap();
+            assert_eq!(out.error_count(), 0, "{what}, {placement:?}: {out:?}");
+        }
+    };
+    traffic("before");
+    let mut held = bed
+        .spawn_client(
+            ClientPlacement::InNodeCgroup,
+            &["hold", "--target", "10.96.0.10:80", "--count", "5"],
+        )
+        .unwrap();
+    let held_before: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
+
+    // Pinning the replacement of one hook fails (something sits where its
+    // new pin is staged): the attach fails, naming the pin, and the old
+    // programs keep serving.
+    let blocker = cli.pin_root.join("pinning").join("cgroup-connect4");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let out = cli.run(&[
+        "attach",
+        "--cgroup-path",
+        bed.cgroup.path().to_str().unwrap(),
+        "--tc-netns",
+        bed.topo.node.name(),
+        "--tc-iface",
+        "h0",
+        "--max-conntrack",
+        "16384",
+        "--max-sockets",
+        "4096",
+        "--max-affinity",
+        "4096",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the injected pin failure went unnoticed"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cgroup-connect4"), "{err}");
+    assert!(
+        cli.pin_root.join("links/cgroup-connect4").exists(),
+        "the old pin stays"
+    );
+    traffic("after the failed replacement");
+    held.write_line("check").unwrap();
+    let check: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
+    assert_eq!(
+        check.answers, held_before.answers,
+        "held connections unharmed"
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    cli.attach(&bed);
+    traffic("after a good replacement");
+
+    // One writer at a time: while another process holds the pin root,
+    // apply-file, attach and cleanup refuse, naming it, and change nothing.
+    let before = cli.services();
+    let lock =
+        switchyard::datapath::lock::PinRootLock::acquire(&cli.pin_root, std::time::Duration::ZERO)
+            .unwrap();
+    for args in [vec!["apply-file", table.to_str().unwrap()], vec!["cleanup"]] {
+        let out = cli.run(&args);
+        assert!(!out.status.success(), "{args:?} ran beside another writer");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("in use by another switchyard process"),
+            "{err}"
+        );
+    }
+    assert_eq!(cli.services(), before);
+    drop(lock);
+    cli.ok(&["apply-file", table.to_str().unwrap()]);
+    drop(held);
+    cli.ok(&["cleanup"]);
+}

@@ -31,9 +31,16 @@ pub struct DaemonArgs {
     /// A `KubeProxyConfiguration` YAML file; flags override its values.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// kubeconfig of the API server; default: in-cluster, then $KUBECONFIG.
+    /// kubeconfig of the API server; without it (and without --master),
+    /// the in-cluster service account (kube-proxy's order).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The API server's address (`https://HOST:PORT`), overriding the
+    /// kubeconfig's: a node without a Service proxy cannot reach the
+    /// `kubernetes` Service's ClusterIP, so a DaemonSet names the real
+    /// endpoint (kube-proxy's flag).
+    #[arg(long)]
+    pub master: Option<String>,
     /// This node's name, as the Node object and EndpointSlices spell it.
     #[arg(long)]
     pub hostname_override: Option<String>,
@@ -85,6 +92,8 @@ pub struct DaemonArgs {
 pub struct Settings {
     pub pin_root: PathBuf,
     pub kubeconfig: Option<PathBuf>,
+    /// `--master`: the API server's address, over the kubeconfig's.
+    pub master: Option<String>,
     pub node_name: String,
     pub cluster_cidrs: Vec<Ipv4Cidr>,
     pub healthz: SocketAddr,
@@ -329,6 +338,7 @@ impl Settings {
         Ok(Self {
             pin_root,
             kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+            master: args.master.clone().filter(|m| !m.is_empty()),
             node_name,
             cluster_cidrs,
             healthz: addr(

@@ -28,7 +28,7 @@ use tokio::{signal::unix::SignalKind, sync::Notify};
 use tracing::{info, warn};
 
 use crate::{
-    datapath::{conntrack::Conntrack, loader::Dataplane, sockets},
+    datapath::{conntrack::Conntrack, loader::Dataplane, lock::PinRootLock, sockets},
     desired::NodeContext,
     node,
     reconcile::Reconciler,
@@ -60,6 +60,8 @@ pub fn run(settings: Settings) -> Result<()> {
     for key in &settings.ignored_keys {
         warn!(key, "configuration key not used by switchyard");
     }
+    // One writer per pin root; a daemon being replaced gets its grace period.
+    let _lock = PinRootLock::acquire(&settings.pin_root, Duration::from_secs(30))?;
     let mut dataplane = Dataplane::load_with(
         Some(&settings.pin_root),
         &settings.sizes,
@@ -87,19 +89,33 @@ pub fn run(settings: Settings) -> Result<()> {
     runtime.block_on(serve(settings, reconciler, dataplane))
 }
 
+/// The API client, as kube-proxy finds its server: `--kubeconfig` (its
+/// server replaced by `--master` when given), else `--master` alone, else
+/// the in-cluster service account. `$KUBECONFIG` is not read.
 async fn client(s: &Settings) -> Result<Client> {
-    let config = match &s.kubeconfig {
-        Some(path) => {
+    let mut config = match (&s.kubeconfig, &s.master) {
+        (Some(path), _) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig `{}`", path.display()))?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("--kubeconfig `{}`", path.display()))?
         }
-        None => Config::infer()
-            .await
-            .context("no --kubeconfig, and neither in-cluster config nor $KUBECONFIG")?,
+        (None, Some(master)) => Config::new(
+            master
+                .parse()
+                .with_context(|| format!("--master `{master}` is not a URL"))?,
+        ),
+        (None, None) => Config::incluster().context(
+            "no --kubeconfig or --master, and no in-cluster service account \
+             (KUBERNETES_SERVICE_HOST and /var/run/secrets/kubernetes.io/serviceaccount)",
+        )?,
     };
+    if let Some(master) = &s.master {
+        config.cluster_url = master
+            .parse()
+            .with_context(|| format!("--master `{master}` is not a URL"))?;
+    }
     Ok(Client::try_from(config)?)
 }
 

@@ -24,6 +24,8 @@ pub struct FakeLbMaps {
     pub sizes: MapSizes,
     /// Every (frontend, backend) pair whose UDP flows were flushed.
     pub flushed: BTreeSet<(FrontendId, BackendId)>,
+    /// Flushes that fail (a conntrack scan cut short) before one succeeds.
+    pub failing_flushes: u32,
 }
 
 /// A state the datapath could observe that would misroute traffic.
@@ -163,6 +165,13 @@ impl LbMaps for FakeLbMaps {
     }
 
     fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
+        if self.failing_flushes > 0 {
+            self.failing_flushes -= 1;
+            return Err(MapError::Read {
+                map: names::CT4,
+                source: std::io::Error::from_raw_os_error(libc::EINTR),
+            });
+        }
         self.flushed.extend(pairs.iter().copied());
         Ok(0)
     }

@@ -8,6 +8,7 @@
 //! <pin-root>/links/tc-ingress-<if>  tcx links of pod-facing interfaces
 //! <pin-root>/links/tc-node-ingress-<if>, tc-node-egress-<if>
 //!                                   tcx links of node-facing interfaces
+//! <pin-root>/pinning/               a link on its way in (make-before-break)
 //! ```
 //!
 //! Pinned links keep the programs attached after the process exits, so
@@ -41,6 +42,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "pin root `{path}` is in use by another switchyard process (a daemon, attach, apply-file or cleanup): one writer at a time"
+    )]
+    PinRootBusy { path: String },
     #[error("`{path}` is not on a bpf filesystem; mount one with `mount -t bpf bpf {path}`")]
     NotBpffs { path: String },
     #[error("cannot create or read pin directory `{path}`")]
@@ -460,22 +465,43 @@ where
         .ok_or(Error::MissingProgram { name })
 }
 
+/// Pins `link` at `path`, make-before-break: it is pinned under the same
+/// name in [`PINNING_DIR`] first, then renamed over the old pin (bpffs
+/// renames atomically), so the hook always has a program: the old link
+/// detaches only once the new one holds the name. If pinning fails, the old
+/// pin stays, and the new link (dropped) detaches. (bpffs allows no `.` in
+/// names, hence a directory rather than a suffix.)
 fn pin_replacing(link: FdLink, path: &Path) -> Result<()> {
     let dir = path.parent().expect("link paths have a parent");
     ensure_pin_dir(dir)?;
-    let old = PinnedLink::from_pin(path).ok();
-    if let Some(old) = old {
-        // Unpinning drops the last reference: the old program detaches.
-        let _ = old.unpin();
+    let staging = dir
+        .parent()
+        .expect("the links directory has a parent")
+        .join(PINNING_DIR);
+    ensure_pin_dir(&staging)?;
+    let tmp = staging.join(path.file_name().expect("link paths have a file name"));
+    // A pin a crashed predecessor left half-way is ours to replace.
+    if let Ok(stale) = PinnedLink::from_pin(&tmp) {
+        let _ = stale.unpin();
     }
-    link.pin(path).map_err(|e| Error::PinLink {
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
         path: path.display().to_string(),
-        source: Box::new(e),
-    })?;
+        source,
+    };
+    let pinned = link.pin(&tmp).map_err(|e| pin_err(Box::new(e)))?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        // Leave the old pin as it was; the new link goes with `pinned`.
+        let _ = pinned.unpin();
+        return Err(pin_err(Box::new(e)));
+    }
     Ok(())
 }
 
-fn ensure_pin_dir(dir: &Path) -> Result<()> {
+/// Directory under the pin root where a link is pinned on its way in (see
+/// [`pin_replacing`]).
+pub const PINNING_DIR: &str = "pinning";
+
+pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
     let err = |source| Error::PinDir {
         path: dir.display().to_string(),
         source,
@@ -505,8 +531,10 @@ pub fn cleanup(pin_root: &Path) -> Result<Removed> {
         let path = path.display().to_string();
         move |source| Error::PinDir { path, source }
     };
-    let links = pin_root.join("links");
-    if links.is_dir() {
+    for links in [pin_root.join("links"), pin_root.join(PINNING_DIR)] {
+        if !links.is_dir() {
+            continue;
+        }
         for entry in fs::read_dir(&links).map_err(dir_err(&links))? {
             let path = entry.map_err(dir_err(&links))?.path();
             match PinnedLink::from_pin(&path) {

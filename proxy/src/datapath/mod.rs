@@ -16,6 +16,7 @@ mod aya_maps;
 pub mod conntrack;
 mod fake;
 pub mod loader;
+pub mod lock;
 pub mod migrate;
 mod sizes;
 pub mod sockets;

@@ -460,3 +460,25 @@ fn pinned_state_with_the_largest_ids_is_adopted_without_a_panic() {
         "the foreign backend, referenced by nothing, is cleaned up"
     );
 }
+
+#[test]
+fn a_failed_udp_flush_is_reported_and_retried() {
+    let mut maps = FakeLbMaps::new(MapSizes::small());
+    maps.failing_flushes = 1;
+    let mut r = Reconciler::restore(maps).unwrap();
+    let dns = |backend: &str| {
+        table(&format!(
+            "frontends:\n  - {{name: dns, address: 10.96.0.53, port: 53, protocol: UDP, backends: [{backend}]}}\n"
+        ))
+    };
+    r.apply(&dns("10.244.2.2:53")).unwrap();
+    let err = r.apply(&dns("10.244.2.3:53")).unwrap_err();
+    assert!(
+        matches!(&err, Error::Incomplete { failed } if failed[0].0.contains("UDP flows")),
+        "the cut-short scan is an error: {err}"
+    );
+    assert!(r.maps().flushed.is_empty());
+    // The next pass flushes what the failed one left.
+    r.apply(&dns("10.244.2.3:53")).unwrap();
+    assert_eq!(r.maps().flushed.len(), 1, "{:?}", r.maps().flushed);
+}

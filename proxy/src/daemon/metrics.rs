@@ -145,6 +145,11 @@ impl Metrics {
         *self.lock().watch_errors.entry(resource).or_default() += 1;
     }
 
+    /// Conntrack entries of UDP flows of departed backends, flushed.
+    pub fn udp_flows_flushed(&self, n: usize) {
+        self.lock().udp_flows_flushed += n as u64;
+    }
+
     /// Expired conntrack entries the garbage collector removed.
     pub fn conntrack_collected(&self, n: usize) {
         self.lock().conntrack_collected += n as u64;

@@ -28,7 +28,7 @@ use tokio::{signal::unix::SignalKind, sync::Notify};
 use tracing::{info, warn};
 
 use crate::{
-    datapath::{conntrack::Conntrack, loader::Dataplane, lock::PinRootLock, sockets},
+    datapath::{loader::Dataplane, lock::PinRootLock, sockets},
     desired::NodeContext,
     node,
     reconcile::Reconciler,
@@ -36,6 +36,7 @@ use crate::{
 
 mod attacher;
 pub mod config;
+mod conntrack_worker;
 mod events;
 pub mod health;
 mod healthcheck;
@@ -48,8 +49,8 @@ mod watch;
 pub use config::{DaemonArgs, Settings};
 
 use self::{
-    attacher::Attacher, events::NodeEvents, health::Health, healthcheck::HealthCheckServers,
-    metrics::Metrics, sync::Syncer,
+    attacher::Attacher, conntrack_worker::ConntrackWorker, events::NodeEvents, health::Health,
+    healthcheck::HealthCheckServers, metrics::Metrics, sync::Syncer,
 };
 
 /// Delay before retrying a sync that left something unwritten.
@@ -71,8 +72,9 @@ pub fn run(settings: Settings) -> Result<()> {
         dataplane.attach_cgroup(cg)?;
         info!(cgroup = %cg.display(), "socket hooks attached");
     }
-    let reconciler =
-        Reconciler::restore(dataplane.lb_maps()?).context("cannot read the pinned maps")?;
+    let reconciler = Reconciler::restore(dataplane.lb_maps()?)
+        .context("cannot read the pinned maps")?
+        .defer_conntrack_flush();
     info!(
         node = %settings.node_name,
         adopted_frontends = reconciler.frontend_count(),
@@ -167,7 +169,7 @@ async fn serve(
         Ok(n) => info!(maps = n, "removed the pins of an older version's maps"),
         Err(e) => warn!(error = %e, "cannot remove an older version's map pins"),
     }
-    spawn_conntrack_gc(&maps_dir, settings.sync_period, Arc::clone(&metrics));
+    let conntrack = ConntrackWorker::start(&maps_dir, settings.sync_period, Arc::clone(&metrics));
 
     let client = client(&settings).await?;
     let changed = Arc::new(Notify::new());
@@ -243,6 +245,7 @@ async fn serve(
         let (services, slices) = (stores.services.state(), stores.slices.state());
         let done = tokio::task::block_in_place(|| syncer.sync(&services, &slices, &node_ctx, full));
         health.sync_finished(done.ok);
+        conntrack.flush(syncer.take_departed());
         health_checks.update(&done.health_checks);
         if !done.departed_udp.is_empty()
             && let Some(cgroup) = settings.hooks.cgroup_path.clone()
@@ -303,40 +306,4 @@ async fn reattach(
     tokio::task::spawn_blocking(move || lock(&a).reconcile(&s, &n))
         .await
         .unwrap_or_else(|e| vec![format!("attacher task: {e}")])
-}
-
-/// Removes expired conntrack entries every `every`, on a thread of its own
-/// with its own handle on the map, and reports the map's occupancy.
-fn spawn_conntrack_gc(maps_dir: &std::path::Path, every: Duration, metrics: Arc<Metrics>) {
-    let dir = maps_dir.to_path_buf();
-    std::thread::spawn(move || {
-        let mut ct = match Conntrack::from_pins(&dir) {
-            Ok(ct) => ct,
-            Err(e) => {
-                warn!(error = %e, "conntrack garbage collection is off");
-                return;
-            }
-        };
-        loop {
-            std::thread::sleep(every);
-            match ct.collect_garbage(crate::datapath::conntrack::now_s()) {
-                Ok(r) => {
-                    metrics.set_map(
-                        proxy_common::map_names::CT4,
-                        r.scanned - r.removed,
-                        ct.capacity(),
-                    );
-                    metrics.conntrack_collected(r.removed);
-                    if r.removed > 0 {
-                        tracing::debug!(
-                            removed = r.removed,
-                            scanned = r.scanned,
-                            "conntrack garbage collected"
-                        );
-                    }
-                }
-                Err(e) => warn!(error = %e, "conntrack garbage collection failed; retrying"),
-            }
-        }
-    });
 }

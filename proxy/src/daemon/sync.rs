@@ -63,6 +63,12 @@ impl Syncer {
         }
     }
 
+    /// Memberships removed since the last call, whose UDP conntrack
+    /// entries are still to be flushed.
+    pub fn take_departed(&mut self) -> super::conntrack_worker::Departed {
+        self.reconciler.take_departed()
+    }
+
     /// Frontends the maps hold now.
     pub fn programmed_frontends(&self) -> usize {
         self.reconciler.frontend_count()

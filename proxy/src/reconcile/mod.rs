@@ -124,6 +124,8 @@ pub struct Reconciler<M> {
     /// (frontend, backend) memberships removed whose UDP flows are not yet
     /// flushed; kept across passes so a failed flush is retried.
     departed: BTreeSet<(FrontendId, BackendId)>,
+    /// Whether `apply` leaves the UDP conntrack flush to its caller.
+    defer_flush: bool,
 }
 
 impl<M: LbMaps> Reconciler<M> {
@@ -135,10 +137,32 @@ impl<M: LbMaps> Reconciler<M> {
             maps,
             ids: Ids::default(),
             departed: BTreeSet::new(),
+            defer_flush: false,
             observed: Observed::default(),
         };
         r.refresh()?;
         Ok(r)
+    }
+
+    /// Leaves the UDP conntrack flush to the caller, who takes the
+    /// departed memberships with [`Self::take_departed`] after each pass
+    /// (whatever its outcome) instead of `apply` scanning conntrack itself.
+    /// The daemon flushes on another thread, so a change's way to the maps
+    /// never waits for a scan of up to a million entries.
+    pub fn defer_conntrack_flush(mut self) -> Self {
+        self.defer_flush = true;
+        self
+    }
+
+    /// The (frontend, backend) memberships removed since the last call,
+    /// whose UDP conntrack entries are still to be flushed (with
+    /// [`Self::defer_conntrack_flush`]; empty otherwise).
+    pub fn take_departed(&mut self) -> BTreeSet<(FrontendId, BackendId)> {
+        if self.defer_flush {
+            std::mem::take(&mut self.departed)
+        } else {
+            BTreeSet::new()
+        }
     }
 
     /// Re-reads the maps, forgetting what this process believed they hold:
@@ -278,7 +302,7 @@ impl<M: LbMaps> Reconciler<M> {
             }
         }
         self.remove_orphans(&wanted_backends, &mut report, &mut failed);
-        if !self.departed.is_empty() {
+        if !self.defer_flush && !self.departed.is_empty() {
             match self.maps.flush_udp_flows(&self.departed) {
                 Ok(n) => {
                     report.flushed_flows += n;

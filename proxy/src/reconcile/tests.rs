@@ -482,3 +482,23 @@ fn a_failed_udp_flush_is_reported_and_retried() {
     r.apply(&dns("10.244.2.3:53")).unwrap();
     assert_eq!(r.maps().flushed.len(), 1, "{:?}", r.maps().flushed);
 }
+
+#[test]
+fn a_deferred_flush_hands_every_departed_membership_to_the_caller() {
+    let mut maps = FakeLbMaps::new(MapSizes::small());
+    maps.failing_flushes = 10;
+    let mut r = Reconciler::restore(maps).unwrap().defer_conntrack_flush();
+    let dns = |backend: &str| {
+        table(&format!(
+            "frontends:\n  - {{name: dns, address: 10.96.0.53, port: 53, protocol: UDP, backends: [{backend}]}}\n"
+        ))
+    };
+    r.apply(&dns("10.244.2.2:53")).unwrap();
+    assert!(r.take_departed().is_empty());
+    // The pass itself never scans conntrack (the failing fake is not called).
+    r.apply(&dns("10.244.2.3:53")).unwrap();
+    let departed = r.take_departed();
+    assert_eq!(departed.len(), 1, "{departed:?}");
+    assert!(r.take_departed().is_empty(), "handed over once");
+    assert!(r.maps().flushed.is_empty());
+}

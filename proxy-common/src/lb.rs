@@ -3,12 +3,21 @@
 //!
 //! A frontend (one Service IP, port and protocol) is a set of entries in
 //! [`crate::map_names::LB4_SERVICES`]: slot [`MASTER_SLOT`] describes it, slots
-//! `1..=count` name the backends every client may use (the "cluster" set) and
-//! slots `count+1..=count+local_count` the backends external traffic uses
-//! under `externalTrafficPolicy: Local` (this node's endpoints).
+//! `1..=count` of scope [`SLOT_SCOPE_CLUSTER`] name the backends every client
+//! may use (the "cluster" set) and slots `1..=local_count` of scope
+//! [`SLOT_SCOPE_LOCAL`] the backends external traffic uses under
+//! `externalTrafficPolicy: Local` (this node's endpoints). The two ranges
+//! live in separate key spaces so that resizing one never moves the other:
+//! while the master entry still holds the old counts, every slot either
+//! range can reach names a backend of that range.
 
 /// `backend_slot` of a frontend's master entry.
 pub const MASTER_SLOT: u16 = 0;
+
+/// [`Lb4Key::scope`] of the master entry and the cluster slots.
+pub const SLOT_SCOPE_CLUSTER: u8 = 0;
+/// [`Lb4Key::scope`] of the local slots (`externalTrafficPolicy: Local`).
+pub const SLOT_SCOPE_LOCAL: u8 = 1;
 
 /// [`Lb4Service::flags`]: `sessionAffinity: ClientIP` is on for this frontend.
 pub const SVC_FLAG_AFFINITY: u16 = 1 << 0;
@@ -50,7 +59,8 @@ pub struct Lb4Key {
     pub backend_slot: u16,
     /// IP protocol ([`crate::proto`]).
     pub proto: u8,
-    /// Reserved, always 0.
+    /// Which slot range: [`SLOT_SCOPE_CLUSTER`] (also the master entry's)
+    /// or [`SLOT_SCOPE_LOCAL`].
     pub scope: u8,
     /// Explicit padding, always 0.
     pub _pad: [u8; 2],
@@ -71,10 +81,10 @@ pub struct Lb4Service {
     pub frontend_id: u32,
     /// Session affinity timeout in seconds (master entry only).
     pub affinity_timeout_s: u32,
-    /// Backends every client may use: slots `1..=count`.
+    /// Backends every client may use: cluster slots `1..=count`.
     pub count: u16,
-    /// Backends of external traffic under [`SVC_FLAG_EXT_LOCAL`]: slots
-    /// `count+1..=count+local_count`.
+    /// Backends of external traffic under [`SVC_FLAG_EXT_LOCAL`]: local
+    /// slots `1..=local_count`.
     pub local_count: u16,
     /// `SVC_FLAG_*` bits and the kind (master entry only).
     pub flags: u16,

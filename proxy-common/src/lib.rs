@@ -19,6 +19,7 @@ pub mod ct;
 pub mod lb;
 pub mod legacy;
 pub mod sock;
+pub mod stats;
 
 /// IP protocol numbers as they appear in the IPv4 header.
 pub mod proto {
@@ -56,9 +57,11 @@ pub mod map_names {
     pub const SOCK4_REVNAT: &str = "SY_SK4_RNAT";
     /// Backends of unconnected UDP sockets, LRU ([`crate::sock::Sock4FwdKey`] → `u32`).
     pub const SOCK4_FWD: &str = "SY_SK4_FWD";
+    /// Packet counters of the per-packet paths, per CPU (`u32` → `u64`, see [`crate::stats`]).
+    pub const STATS4: &str = "SY_STATS4";
 
     /// Every map Switchyard pins, for cleanup and inspection.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         LB4_SERVICES,
         LB4_BACKENDS,
         LB4_AFFINITY,
@@ -69,6 +72,7 @@ pub mod map_names {
         NODE4,
         SOCK4_REVNAT,
         SOCK4_FWD,
+        STATS4,
     ];
 
     /// Version 1 of [`LB4_SERVICES`] ([`crate::legacy::Lb4ServiceV1`]).
@@ -104,6 +108,7 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "sy_tc_ingress";
     /// TC ingress of node-facing interfaces (NodePort and other traffic from outside).
     pub const TC_NODE_INGRESS: &str = "sy_tc_node_in";
-    /// TC egress of node-facing interfaces (replies of the node's own processes).
-    pub const TC_NODE_EGRESS: &str = "sy_tc_node_out";
+    /// TC egress of pod- and node-facing interfaces (replies of the node's
+    /// own processes to translated flows).
+    pub const TC_EGRESS: &str = "sy_tc_egress";
 }

@@ -15,6 +15,7 @@ use proxy_common::{
 };
 
 use crate::{
+    ct,
     maps::SY_CT4_V2,
     packet::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Ipv4, ptr_at},
 };
@@ -23,6 +24,8 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_HLEN: usize = 8;
 const IPV4_HLEN: usize = 20;
+/// The fragment-offset bits of the IPv4 flags/offset field.
+const FRAG_OFFSET_MASK: u16 = 0x1fff;
 
 /// Rewrites an ICMP error whose quoted packet belongs to a translated flow.
 /// Anything else passes unchanged.
@@ -56,6 +59,10 @@ fn try_translate(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, ()> {
     if inner[0] != 0x45 || (inner_proto != proto::TCP && inner_proto != proto::UDP) {
         return Ok(None);
     }
+    // A later fragment quotes payload where the ports would be.
+    if u16::from_be_bytes([inner[6], inner[7]]) & FRAG_OFFSET_MASK != 0 {
+        return Ok(None);
+    }
     let q_saddr = u32::from_ne_bytes([inner[12], inner[13], inner[14], inner[15]]);
     let q_daddr = u32::from_ne_bytes([inner[16], inner[17], inner[18], inner[19]]);
     let q_sport = u16::from_ne_bytes([inner[20], inner[21]]);
@@ -74,7 +81,7 @@ fn try_translate(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, ()> {
     let Some(ct) = (unsafe { SY_CT4_V2.get(key).copied() }) else {
         return Ok(None);
     };
-    if ct.flags & CT_FLAG_NAT == 0 {
+    if ct.flags & CT_FLAG_NAT == 0 || ct::now_s() > ct.expires_s {
         return Ok(None);
     }
     // New quoted tuple: the reverse of the entry's translated tuple.

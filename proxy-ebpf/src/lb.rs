@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use proxy_common::lb::{
     Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service,
-    Lb4SourceRangeKey, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL, SOURCE_RANGE_ID_BITS,
-    SVC_FLAG_AFFINITY,
+    Lb4SourceRangeKey, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL, SLOT_SCOPE_CLUSTER,
+    SLOT_SCOPE_LOCAL, SOURCE_RANGE_ID_BITS, SVC_FLAG_AFFINITY,
 };
 
 use crate::maps::{SY_LB4_AFF, SY_LB4_BE, SY_LB4_MEMBER, SY_LB4_SRCRANGE, SY_LB4_SVC_V2};
@@ -19,10 +19,10 @@ pub struct Frontend {
     pub master: Lb4Service,
 }
 
-/// A contiguous range of a frontend's backend slots.
+/// One of a frontend's two slot ranges: slots `1..=count` of `scope`.
 #[derive(Clone, Copy)]
 pub struct Slots {
-    pub first: u16,
+    pub scope: u8,
     pub count: u16,
     /// The `MEMBER_*` bit of this range.
     pub member: u8,
@@ -33,7 +33,7 @@ impl Frontend {
     #[inline(always)]
     pub fn cluster_slots(&self) -> Slots {
         Slots {
-            first: 1,
+            scope: SLOT_SCOPE_CLUSTER,
             count: self.master.count,
             member: MEMBER_CLUSTER,
         }
@@ -43,7 +43,7 @@ impl Frontend {
     #[inline(always)]
     pub fn local_slots(&self) -> Slots {
         Slots {
-            first: self.master.count.wrapping_add(1),
+            scope: SLOT_SCOPE_LOCAL,
             count: self.master.local_count,
             member: MEMBER_LOCAL,
         }
@@ -69,7 +69,7 @@ pub fn lookup_frontend(addr_be: u32, port_be: u16, proto: u8) -> Option<Frontend
         port_be,
         backend_slot: MASTER_SLOT,
         proto,
-        scope: 0,
+        scope: SLOT_SCOPE_CLUSTER,
         _pad: [0; 2],
     };
     // SAFETY: the value is copied out at once; a concurrent update can only
@@ -126,7 +126,8 @@ pub fn select_backend(fe: &Frontend, slots: Slots, client: Client) -> Option<(u3
     }
     let offset = (unsafe { bpf_get_prandom_u32() } % u32::from(slots.count)) as u16;
     let slot_key = Lb4Key {
-        backend_slot: slots.first.wrapping_add(offset),
+        backend_slot: offset + 1,
+        scope: slots.scope,
         ..fe.key
     };
     // SAFETY: copied out at once.

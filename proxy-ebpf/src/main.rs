@@ -58,10 +58,11 @@ pub fn sy_tc_node_in(ctx: TcContext) -> i32 {
     tc::run(&ctx, tc::Hook::NodeIn)
 }
 
-/// Egress of node-facing interfaces: replies of the node's own processes.
+/// Egress of pod- and node-facing interfaces: replies of the node's own
+/// processes (host-network backends).
 #[classifier]
-pub fn sy_tc_node_out(ctx: TcContext) -> i32 {
-    tc::run(&ctx, tc::Hook::NodeOut)
+pub fn sy_tc_egress(ctx: TcContext) -> i32 {
+    tc::run(&ctx, tc::Hook::Egress)
 }
 
 #[cfg(not(test))]

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     config::{DatapathConfig, Node4Config},
@@ -51,6 +51,18 @@ pub static SY_SK4_RNAT: LruHashMap<Sock4RevNatKey, Sock4RevNatValue> =
 
 #[map]
 pub static SY_SK4_FWD: LruHashMap<Sock4FwdKey, u32> = LruHashMap::with_max_entries(1, 0);
+
+#[map]
+pub static SY_STATS4: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counts one packet under `stat` (a `proxy_common::stats::STAT_*`).
+#[inline(always)]
+pub fn count(stat: u32) {
+    if let Some(c) = SY_STATS4.get_ptr_mut(stat) {
+        // SAFETY: this CPU's slot; programs do not migrate mid-run.
+        unsafe { *c += 1 };
+    }
+}
 
 /// Set by the loader (`proxy_common::global_names::CONFIG`); read-only.
 #[unsafe(no_mangle)]

@@ -11,12 +11,13 @@
 //!   `loadBalancerSourceRanges` applied, and source-NATed to the node when
 //!   the backend is on another node; replies from other nodes are
 //!   translated back.
-//! - node-facing egress ([`Hook::NodeOut`]): replies of the node's own
-//!   processes (host-network backends) to flows translated on the way in.
+//! - egress of both kinds ([`Hook::Egress`]): replies of the node's own
+//!   processes (host-network backends) to flows translated on the way in,
+//!   from pods or from outside.
 //!
-//! Every TCP and UDP flow that crosses a hook is tracked (`ct`), so the
-//! first packet of a flow decides its translation and each later packet —
-//! each fragment too — costs one conntrack lookup.
+//! Every Service flow, and every other TCP and UDP flow of a local pod, is
+//! tracked (`ct`), so the first packet of a flow decides its translation
+//! and each later packet — each fragment too — costs one conntrack lookup.
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -33,6 +34,10 @@ use proxy_common::{
     },
     lb::{BACKEND_FLAG_LOCAL, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES},
     proto,
+    stats::{
+        STAT_NO_ALLOWED_ENDPOINTS, STAT_NO_ENDPOINTS, STAT_NO_ROUTE_TO_BACKEND,
+        STAT_REWRITE_FAILED, STAT_SLOT_WITHOUT_BACKEND, STAT_SOURCE_RANGE_DENIED,
+    },
 };
 
 use crate::{
@@ -54,7 +59,7 @@ const AF_INET: u8 = 2;
 pub enum Hook {
     Pod,
     NodeIn,
-    NodeOut,
+    Egress,
 }
 
 #[inline(always)]
@@ -71,7 +76,7 @@ fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     };
     match ip.proto {
         proto::TCP | proto::UDP => {}
-        proto::ICMP => return Ok(icmp::translate_error(ctx, &ip, hook != Hook::NodeOut)),
+        proto::ICMP => return Ok(icmp::translate_error(ctx, &ip, hook != Hook::Egress)),
         _ => return Ok(PASS),
     }
     let ports = match ip.fragment {
@@ -93,20 +98,23 @@ fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     if let Some(entry) = SY_CT4_V2.get_ptr_mut(&key) {
         let has_l4 = ip.fragment != Fragment::Later;
         match ct::on_packet(&key, entry, &ports, has_l4, now) {
-            Hit::Use(v) => return apply(ctx, &ip, &key, &v, hook != Hook::NodeOut),
+            Hit::Use(v) => return apply(ctx, &ip, &key, &v, hook != Hook::Egress),
             Hit::Pass => return Ok(PASS),
             Hit::Stale(v) => ct::forget(&key, &v),
         }
     }
     // Egress only translates flows tracked on the way in; a later fragment
     // without its flow has nothing to go by.
-    if hook == Hook::NodeOut || ip.fragment == Fragment::Later {
+    if hook == Hook::Egress || ip.fragment == Fragment::Later {
         return Ok(PASS);
     }
     if let Some(fe) = lb::lookup_frontend(ip.daddr_be, ports.dport_be, ip.proto) {
         return service_flow(ctx, &ip, &ports, &key, &fe, hook == Hook::NodeIn, now);
     }
-    untranslated_flow(ctx, &ip, &ports, &key, hook == Hook::NodeIn, now)
+    if hook == Hook::NodeIn {
+        return Ok(PASS);
+    }
+    untranslated_flow(ctx, &ip, &ports, &key, now)
 }
 
 /// Translates a packet as its conntrack entry says, and redirects it when
@@ -133,7 +141,10 @@ fn apply(
             sport_be: v.sport_be,
             dport_be: v.dport_be,
         };
-        nat::rewrite(ctx, ip, &from, &to).map_err(|()| DROP)?;
+        nat::rewrite(ctx, ip, &from, &to).map_err(|()| {
+            maps::count(STAT_REWRITE_FAILED);
+            DROP
+        })?;
     }
     if may_redirect && v.ifindex != 0 {
         return Ok(unsafe { bpf_redirect_neigh(v.ifindex, core::ptr::null_mut(), 0, 0) } as i32);
@@ -155,6 +166,7 @@ fn service_flow(
     // kube-proxy filters LoadBalancer IPs by source for every client, pods
     // included (the socket path leaves such frontends to this path).
     if fe.has(SVC_FLAG_SOURCE_RANGES) && !lb::source_allowed(fe, ip.saddr_be) {
+        maps::count(STAT_SOURCE_RANGE_DENIED);
         return Err(DROP);
     }
     let external_local = node_path && fe.has(SVC_FLAG_EXT_LOCAL);
@@ -172,8 +184,10 @@ fn service_flow(
             fe.has(SVC_FLAG_DROP_EMPTY)
         };
         return Ok(if drop {
+            maps::count(STAT_NO_ALLOWED_ENDPOINTS);
             DROP
         } else {
+            maps::count(STAT_NO_ENDPOINTS);
             reject::port_unreachable(ctx, ip)
         });
     }
@@ -183,7 +197,10 @@ fn service_flow(
     };
     // No backend behind a slot means the maps are mid-update by a crashed
     // writer; dropping lets the client retry rather than leak the VIP.
-    let (backend_id, be) = lb::select_backend(fe, slots, client).ok_or(DROP)?;
+    let (backend_id, be) = lb::select_backend(fe, slots, client).ok_or_else(|| {
+        maps::count(STAT_SLOT_WITHOUT_BACKEND);
+        DROP
+    })?;
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
     let node_addr = maps::node_addr_be();
     // A pod reaching itself must see the node as the peer (kube-proxy's
@@ -218,11 +235,16 @@ fn service_flow(
         fwd.ifindex = if hairpin {
             ingress
         } else {
-            egress_ifindex(ctx, node_addr, be.addr_be, ingress).ok_or(DROP)?
+            egress_ifindex(ctx, node_addr, be.addr_be, ingress).ok_or_else(|| {
+                maps::count(STAT_NO_ROUTE_TO_BACKEND);
+                DROP
+            })?
         };
     }
-    // Replies go back out where the request came in: their new source (a
-    // NodePort's node address) may be local to the node.
+    // Replies go straight back out where the request came in: their new
+    // source (a frontend) may be an address of the node, and is none the
+    // kernel's reverse-path filter would accept on the backend's side. (A
+    // pod interface that is a bridge port is a fine target too.)
     let mut rev = Ct4Value {
         saddr_be: ip.daddr_be,
         daddr_be: ip.saddr_be,
@@ -232,27 +254,28 @@ fn service_flow(
         flags: CT_FLAG_REPLY | CT_FLAG_NAT | path,
         ..fwd
     };
-    ct::track(key, &mut fwd, &mut rev, snat, now).map_err(|()| DROP)?;
+    let fwd = ct::track(key, &mut fwd, &mut rev, snat, now).map_err(|()| DROP)?;
     apply(ctx, ip, key, &fwd, true)
 }
 
-/// The first packet of a flow that is no Service's: tracked untranslated,
-/// unless its reply tuple belongs to a live translated flow, in which case
-/// its source port is remapped.
+/// The first packet of a flow from a local pod that is no Service's:
+/// tracked untranslated, unless its reply tuple belongs to a live
+/// translated flow, in which case its source port is remapped. Traffic from
+/// outside the node that is no Service's is left alone: tracking it would
+/// let anyone on the network fill the conntrack map, and translated flows
+/// only ever need tuples that lead to this node's pods or the node.
 #[inline(always)]
 fn untranslated_flow(
     ctx: &TcContext,
     ip: &Ipv4,
     ports: &Ports,
     key: &Ct4Key,
-    node_path: bool,
     now: u32,
 ) -> Result<i32, i32> {
     // A TCP flow starts with a SYN; anything else is mid-stream or an answer.
     if ip.proto == proto::TCP && !ports.syn_only() {
         return Ok(PASS);
     }
-    let path = if node_path { CT_FLAG_NODE_PATH } else { 0 };
     let mut fwd = Ct4Value {
         saddr_be: key.saddr_be,
         daddr_be: key.daddr_be,
@@ -262,7 +285,7 @@ fn untranslated_flow(
         frontend_id: 0,
         expires_s: now.wrapping_add(ct::lifetime(ip.proto, CT_STATE_OPENED)),
         ifindex: 0,
-        flags: path,
+        flags: 0,
         state: CT_STATE_OPENED,
         _pad: [0; 2],
     };
@@ -271,10 +294,10 @@ fn untranslated_flow(
         daddr_be: key.saddr_be,
         sport_be: key.dport_be,
         dport_be: key.sport_be,
-        flags: CT_FLAG_REPLY | path,
+        flags: CT_FLAG_REPLY,
         ..fwd
     };
-    ct::track(key, &mut fwd, &mut rev, false, now).map_err(|()| DROP)?;
+    let fwd = ct::track(key, &mut fwd, &mut rev, false, now).map_err(|()| DROP)?;
     apply(ctx, ip, key, &fwd, false)
 }
 

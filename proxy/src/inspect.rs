@@ -10,7 +10,8 @@ use proxy_common::{
     },
     lb::{
         AFF_CLIENT_NETNS, BACKEND_FLAG_LOCAL, Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key,
-        Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL,
+        Lb4Service, MASTER_SLOT, SLOT_SCOPE_CLUSTER, SLOT_SCOPE_LOCAL, SVC_FLAG_AFFINITY,
+        SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL,
     },
     map_names as names, proto,
 };
@@ -154,9 +155,10 @@ pub fn service_rows(
         .map(|(k, m)| {
             let frontend =
                 FrontendKey::from_lb4_key(k).map_or_else(|| format!("{k:?}"), |f| f.to_string());
-            let slot_backend = |s: u16| {
+            let slot_backend = |scope: u8, s: u16| {
                 let slot = svc.get(&Lb4Key {
                     backend_slot: s,
+                    scope,
                     ..*k
                 });
                 match slot.and_then(|v| be.get(&v.backend_id)) {
@@ -166,15 +168,17 @@ pub fn service_rows(
                 }
             };
             let local_backends = (m.flags & SVC_FLAG_EXT_LOCAL != 0).then(|| {
-                (m.count + 1..=m.count + m.local_count)
-                    .map(slot_backend)
+                (1..=m.local_count)
+                    .map(|s| slot_backend(SLOT_SCOPE_LOCAL, s))
                     .collect()
             });
             ServiceRow {
                 frontend,
                 kind: FrontendKind::from_flags(m.flags).to_string(),
                 id: m.frontend_id,
-                backends: (1..=m.count).map(slot_backend).collect(),
+                backends: (1..=m.count)
+                    .map(|s| slot_backend(SLOT_SCOPE_CLUSTER, s))
+                    .collect(),
                 local_backends,
                 affinity_timeout_s: (m.flags & SVC_FLAG_AFFINITY != 0)
                     .then_some(m.affinity_timeout_s),

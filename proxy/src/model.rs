@@ -337,7 +337,7 @@ impl DesiredTable {
 mod to_maps {
     use std::net::Ipv4Addr;
 
-    use proxy_common::lb::{Lb4Backend, Lb4Key};
+    use proxy_common::lb::{Lb4Backend, Lb4Key, SLOT_SCOPE_CLUSTER, SLOT_SCOPE_LOCAL};
 
     use super::{BackendAddr, FrontendKey, Protocol};
 
@@ -350,13 +350,25 @@ mod to_maps {
     }
 
     impl FrontendKey {
+        /// The key of the master entry
+        /// ([`proxy_common::lb::MASTER_SLOT`]) or of cluster slot
+        /// `backend_slot`.
         pub fn lb4_key(&self, backend_slot: u16) -> Lb4Key {
+            self.lb4_key_in(SLOT_SCOPE_CLUSTER, backend_slot)
+        }
+
+        /// The key of local slot `backend_slot` (`1..`).
+        pub fn lb4_local_key(&self, backend_slot: u16) -> Lb4Key {
+            self.lb4_key_in(SLOT_SCOPE_LOCAL, backend_slot)
+        }
+
+        fn lb4_key_in(&self, scope: u8, backend_slot: u16) -> Lb4Key {
             Lb4Key {
                 addr_be: addr_be(self.addr),
                 port_be: self.port.to_be(),
                 backend_slot,
                 proto: self.proto.number(),
-                scope: 0,
+                scope,
                 _pad: [0; 2],
             }
         }

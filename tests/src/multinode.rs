@@ -16,6 +16,9 @@
 //! Node `i`'s pods are `c` (a client, 10.244.i.10) and `b1…bn` (servers,
 //! 10.244.i.11…, named `n<i>b<k>`), behind veths `h0…hn` — the daemon finds
 //! them by the `h` prefix, and its NodePort interface (eth0) by its address.
+//! With [`PodNetwork::Bridge`] the pods' veths are instead ports of a bridge
+//! `cni0` holding 10.244.i.1/24 (the bridge CNI plugin's layout, flannel's
+//! too), and the nodes filter by reverse path strictly.
 //! The API server runs on loopback in the root namespace, as in
 //! [`crate::cluster`]; the daemons run there too and reach into their node
 //! with `--node-netns`.
@@ -44,6 +47,19 @@ pub const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 200);
 /// Every pod's default gateway, held by its node.
 const GATEWAY: &str = "169.254.1.1";
 
+/// How pods are wired to their node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// A veth per pod with a /32 route, a link-local gateway (Calico's
+    /// and Cilium's layout).
+    PointToPoint,
+    /// Veths enslaved to the bridge `cni0` (the bridge plugin's layout).
+    Bridge,
+}
+
+/// The bridge of [`PodNetwork::Bridge`].
+pub const POD_BRIDGE: &str = "cni0";
+
 /// A pod: its namespace and the node end of its veth.
 pub struct Pod {
     // The server goes before the namespace it runs in.
@@ -66,6 +82,8 @@ pub struct Node {
     pub index: u8,
     /// Its underlay address, 192.168.0.(10+i).
     pub addr: Ipv4Addr,
+    /// How its pods are wired.
+    pub pod_network: PodNetwork,
 }
 
 impl Node {
@@ -102,8 +120,13 @@ pub struct Network {
 }
 
 impl Network {
-    /// `nodes` nodes with `backends` server pods each.
+    /// `nodes` nodes with `backends` server pods each, point-to-point.
     pub fn build(nodes: u8, backends: u8) -> Result<Self> {
+        Self::build_with(nodes, backends, PodNetwork::PointToPoint)
+    }
+
+    /// `nodes` nodes with `backends` server pods each, wired as `pods`.
+    pub fn build_with(nodes: u8, backends: u8, pods: PodNetwork) -> Result<Self> {
         let prefix = unique_prefix();
         let underlay = Netns::new(&format!("{prefix}-ul"))?;
         let u = underlay.name().to_owned();
@@ -116,16 +139,26 @@ impl Network {
             plug(&u, &ns, &format!("p{i}"), addr)?;
             let n = ns.name().to_owned();
             sysctl_in(&n, "net.ipv4.ip_forward", "1")?;
-            sysctl_in(&n, "net.ipv4.conf.all.rp_filter", "0")?;
-            sysctl_in(&n, "net.ipv4.conf.default.rp_filter", "0")?;
+            // Bridged nodes filter strictly, as RHEL's defaults do: replies
+            // rewritten to a frontend must never meet the input path's check.
+            let rp_filter = if pods == PodNetwork::Bridge { "1" } else { "0" };
+            sysctl_in(&n, "net.ipv4.conf.all.rp_filter", rp_filter)?;
+            sysctl_in(&n, "net.ipv4.conf.default.rp_filter", rp_filter)?;
             // A node answering for its pods on the shared underlay must not
             // tell the others to route around it.
             sysctl_in(&n, "net.ipv4.conf.all.send_redirects", "0")?;
-            ip_in(
-                &n,
-                &["addr", "add", &format!("10.244.{i}.1/32"), "dev", "lo"],
-            )?;
-            ip_in(&n, &["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
+            if pods == PodNetwork::Bridge {
+                ip_in(&n, &["link", "add", POD_BRIDGE, "type", "bridge"])?;
+                let gw = format!("10.244.{i}.1/24");
+                ip_in(&n, &["addr", "add", &gw, "dev", POD_BRIDGE])?;
+                ip_in(&n, &["link", "set", POD_BRIDGE, "up"])?;
+            } else {
+                ip_in(
+                    &n,
+                    &["addr", "add", &format!("10.244.{i}.1/32"), "dev", "lo"],
+                )?;
+                ip_in(&n, &["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
+            }
             for j in 1..=nodes {
                 if j != i {
                     ip_in(
@@ -147,6 +180,7 @@ impl Network {
                 name: format!("node-{i}"),
                 index: i,
                 addr,
+                pod_network: pods,
             };
             node.add_pod(&prefix, "c", false)?;
             for k in 1..=backends {
@@ -277,18 +311,26 @@ fn make_pod(node: &Node, prefix: &str, name: &str, k: u8, serve: bool) -> Result
             "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", pn,
         ],
     )?;
-    ip_in(pn, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-    ip_in(pn, &["link", "set", "eth0", "up"])?;
-    ip_in(
-        pn,
-        &["route", "add", GATEWAY, "dev", "eth0", "scope", "link"],
-    )?;
-    ip_in(
-        pn,
-        &["route", "add", "default", "via", GATEWAY, "dev", "eth0"],
-    )?;
-    ip_in(nn, &["link", "set", &host_if, "up"])?;
-    ip_in(nn, &["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
+    if node.pod_network == PodNetwork::Bridge {
+        let gateway = format!("10.244.{}.1", node.index);
+        ip_in(pn, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ip_in(pn, &["link", "set", "eth0", "up"])?;
+        ip_in(pn, &["route", "add", "default", "via", &gateway])?;
+        ip_in(nn, &["link", "set", &host_if, "master", POD_BRIDGE, "up"])?;
+    } else {
+        ip_in(pn, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        ip_in(pn, &["link", "set", "eth0", "up"])?;
+        ip_in(
+            pn,
+            &["route", "add", GATEWAY, "dev", "eth0", "scope", "link"],
+        )?;
+        ip_in(
+            pn,
+            &["route", "add", "default", "via", GATEWAY, "dev", "eth0"],
+        )?;
+        ip_in(nn, &["link", "set", &host_if, "up"])?;
+        ip_in(nn, &["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
+    }
     let server = if serve {
         let port = BACKEND_PORT.to_string();
         let mut p = Proc::spawn_in(
@@ -352,7 +394,18 @@ impl Cluster {
         backends: u8,
         edit: impl Fn(&Node, &mut Vec<String>),
     ) -> Result<Self> {
-        let net = Network::build(nodes, backends)?;
+        Self::start_on(Network::build(nodes, backends)?, edit)
+    }
+
+    /// The same on pods bridged by `cni0` ([`PodNetwork::Bridge`]).
+    pub fn start_bridged(nodes: u8, backends: u8) -> Result<Self> {
+        Self::start_on(
+            Network::build_with(nodes, backends, PodNetwork::Bridge)?,
+            |_, _| {},
+        )
+    }
+
+    fn start_on(net: Network, edit: impl Fn(&Node, &mut Vec<String>)) -> Result<Self> {
         let dir = TempDir::new(&net.prefix, "cluster")?;
         let bpffs = PrivateBpffs::new(&net.prefix)?;
         let api_dir = dir.path().join("apiserver");

@@ -13,7 +13,7 @@ use proxy_common::{
     program_names,
 };
 use switchyard::{
-    datapath::{AyaLbMaps, MapSizes, loader::Dataplane},
+    datapath::{AyaLbMaps, MapSizes, drops::DropCounters, loader::Dataplane},
     reconcile::Reconciler,
     table_file,
 };
@@ -42,8 +42,8 @@ pub enum Hook {
     Pod,
     /// Ingress of a node-facing interface.
     NodeIn,
-    /// Egress of a node-facing interface.
-    NodeOut,
+    /// Egress of a pod- or node-facing interface.
+    Egress,
 }
 
 impl Hook {
@@ -51,7 +51,7 @@ impl Hook {
         match self {
             Self::Pod => program_names::TC_INGRESS,
             Self::NodeIn => program_names::TC_NODE_INGRESS,
-            Self::NodeOut => program_names::TC_NODE_EGRESS,
+            Self::Egress => program_names::TC_EGRESS,
         }
     }
 }
@@ -59,6 +59,7 @@ impl Hook {
 /// A loaded object, its maps, and the namespace its programs run in.
 pub struct Harness {
     reconciler: Reconciler<AyaLbMaps>,
+    drops: DropCounters,
     dp: Dataplane,
     netns: Netns,
 }
@@ -83,6 +84,7 @@ impl Harness {
         reconciler.apply(&table_file::parse(yaml)?)?;
         Ok(Self {
             reconciler,
+            drops: dp.drop_counters()?,
             dp,
             netns,
         })
@@ -151,6 +153,12 @@ impl Harness {
             edit(&mut v);
             ct.insert(&k, &v).expect("write conntrack");
         }
+    }
+
+    /// Packets the programs counted under drop `reason`
+    /// (`proxy_common::stats::STAT_NAMES`).
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.drops.get(reason).expect("read the drop counters")
     }
 
     /// The reconciler (for garbage collection and map reads).

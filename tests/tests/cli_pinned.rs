@@ -179,8 +179,8 @@ fn attach_apply_restart_inspect_cleanup() {
         .count();
     assert_eq!(
         links,
-        4 + 4,
-        "four socket hooks and four interfaces, each pinned once"
+        4 + 4 * 2,
+        "four socket hooks and four interfaces (ingress and egress), each pinned once"
     );
     let out = bed
         .client(
@@ -363,6 +363,18 @@ fn an_upgrade_carries_the_previous_layouts_over() {
         4,
         8,
         &[("01 00 00 00", "0a f4 01 0b 1f 90 06 00")],
+    );
+    // An earlier attempt was interrupted after carrying the slot over: the
+    // upgrade resumes rather than leaving the frontend without its master.
+    pinned_map(
+        &maps.join("SY_LB4_SVC_V2"),
+        "hash",
+        12,
+        20,
+        &[(
+            slot1,
+            "01 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+        )],
     );
     pinned_map(
         &maps.join("SY_LB4_AFFM"),

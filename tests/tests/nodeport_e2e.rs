@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use testbed::{
     cluster::{http_get, poll},
-    multinode::{Cluster, EXTERNAL_ADDR, slice_yaml},
+    multinode::{Cluster, EXTERNAL_ADDR, POD_BRIDGE, slice_yaml},
     netns::InNetns,
     privileges,
     probe::{Outcome, StreamEvent},
@@ -380,6 +380,18 @@ fn load_balancer_source_ranges_filter_the_load_balancer_ip_not_the_node_port() {
     load_balancer(&c, "[10.244.0.0/16]");
     let out = c.net.from_external(&args(&tcp(lb, 1))).unwrap();
     assert_eq!(out.errors.get("timeout"), Some(&1), "dropped: {out:?}");
+    // Each refused SYN (retransmissions too) is counted, by reason.
+    let denied: f64 = [1, 2]
+        .iter()
+        .map(|&i| {
+            c.daemon(i)
+                .metric(
+                    r#"switchyard_datapath_dropped_packets_total{reason="source_range_denied"}"#,
+                )
+                .unwrap()
+        })
+        .sum();
+    assert!(denied >= 3.0, "{denied} drops counted");
     ok(
         &c.net.from_pod(1, 0, false, &args(&tcp(lb, 5))).unwrap(),
         "pod in the ranges",
@@ -1108,5 +1120,70 @@ fn nodeports_follow_the_nodes_addresses() {
             .from_external(&args(&tcp(&format!("{NODE1}:30080"), 5)))
             .unwrap(),
         "the other address still serves",
+    );
+}
+
+/// Pods on a bridge (the bridge CNI's `cni0`, which holds the pods'
+/// gateway and so a NodePort address), nodes filtering by reverse path
+/// strictly: the per-packet path serves ClusterIPs (local and remote
+/// backends, hairpin) and NodePorts, and `cni0` is not taken for a
+/// node-facing interface.
+#[test]
+fn pods_on_a_bridge_get_cluster_ips_nodeports_and_hairpin() {
+    privileges::require();
+    let c = Cluster::start_bridged(2, 2).expect("start the bridged cluster");
+    web(&c, "");
+    let vip = format!("{}:80", jsonpath(&c, "web", ".spec.clusterIP"));
+    programmed(
+        &c,
+        1,
+        &format!("{vip}/TCP"),
+        &[backend(&c, 1, 1, "TCP"), backend(&c, 2, 1, "TCP")],
+    );
+    // The client pod, outside the cgroup: the per-packet path. Replies of
+    // the local backend come back rewritten to the ClusterIP, which strict
+    // reverse-path filtering would drop if they met the input path.
+    let out = c.net.from_pod(1, 0, false, &args(&tcp(&vip, 40))).unwrap();
+    ok(&out, "bridged pod to its ClusterIP");
+    assert_eq!(names(&out), set(&["n1b1", "n2b1"]), "both backends answer");
+    // Hairpin: a backend reaching itself.
+    service(
+        &c,
+        "self",
+        "  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    );
+    endpoints(&c, "self", "http", "TCP", &ready(&[(1, 1)]));
+    let self_vip = format!("{}:80", jsonpath(&c, "self", ".spec.clusterIP"));
+    programmed(
+        &c,
+        1,
+        &format!("{self_vip}/TCP"),
+        &[backend(&c, 1, 1, "TCP")],
+    );
+    let out = c
+        .net
+        .from_pod(1, 1, false, &args(&tcp(&self_vip, 5)))
+        .unwrap();
+    ok(&out, "bridged hairpin");
+    // From outside, through either node.
+    for node in [NODE1, NODE2] {
+        let out = c
+            .net
+            .from_external(&args(&tcp(&format!("{node}:30080"), 20)))
+            .unwrap();
+        ok(&out, &format!("NodePort on {node}"));
+    }
+    // cni0 holds a NodePort address, yet got no node-facing programs.
+    let links: Vec<String> = std::fs::read_dir(c.bpffs.path().join("node-1").join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        links.iter().any(|l| l == "tc-node-ingress-eth0"),
+        "{links:?}"
+    );
+    assert!(
+        !links.iter().any(|l| l.ends_with(POD_BRIDGE)),
+        "the pods' bridge is not node-facing: {links:?}"
     );
 }

@@ -14,7 +14,7 @@ use proxy_common::{
 use switchyard::datapath::conntrack::now_s;
 use testbed::{
     packet::{Builder, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, View},
-    prog_test::{Harness, TC_ACT_OK, assert_checksums, key_of, sa},
+    prog_test::{Harness, Hook, TC_ACT_OK, TC_ACT_SHOT, assert_checksums, key_of, sa},
 };
 
 const VIP: &str = "10.96.0.10:80";
@@ -246,4 +246,205 @@ fn two_live_flows_never_share_a_wire_tuple() {
         let expect_src = if direct_first { sa(B1) } else { sa(VIP) };
         assert_eq!(View::new(&back).src(), expect_src);
     }
+}
+
+// An LRU map can evict one entry of a flow's pair. What is left must never
+// let two flows share a wire tuple, nor make one flow's packets change
+// another's entries.
+
+/// A node with one remote UDP NodePort backend and a source-NAT range of a
+/// single port, so every source-NATed flow wants the same wire tuple.
+const ONE_PORT_TABLE: &str = "
+node: {address: 192.168.0.11, localEndpoints: [10.244.1.11]}
+frontends:
+  - {name: remote-udp, kind: NodePort, address: 192.168.0.11, port: 30080, protocol: UDP, backends: [10.244.2.21:8080]}
+";
+
+fn one_port_harness() -> Harness {
+    testbed::privileges::require();
+    let mut c = DatapathConfig::DEFAULT;
+    c.snat_port_min = 20000;
+    c.snat_port_max = 20000;
+    Harness::with_config(ONE_PORT_TABLE, &c).expect("harness")
+}
+
+/// Makes `pkt`'s entry look written more than a second ago, so its next
+/// packet refreshes it (and checks its links).
+fn age(h: &mut Harness, pkt: &[u8]) {
+    let key = key_of(pkt);
+    let ct = h.reconciler().maps_mut().conntrack_mut();
+    let mut v = ct.get(&key).expect("entry to age");
+    v.expires_s -= 2;
+    ct.insert(&key, &v).expect("write conntrack");
+}
+
+fn evict(h: &mut Harness, pkt: &[u8]) {
+    let key = key_of(pkt);
+    h.reconciler()
+        .maps_mut()
+        .conntrack_mut()
+        .remove_all([&key])
+        .expect("evict");
+}
+
+#[test]
+fn a_flow_whose_reply_entry_was_evicted_gives_up_its_wire_tuple() {
+    let mut c = DatapathConfig::DEFAULT;
+    c.snat_port_min = 20000;
+    c.snat_port_max = 20001;
+    testbed::privileges::require();
+    let mut h = Harness::with_config(ONE_PORT_TABLE, &c).expect("harness");
+    let backend = "10.244.2.21:8080";
+    let c1 = Builder::udp(sa("192.168.0.200:40000"), sa("192.168.0.11:30080")).build();
+    let (_, o1) = h.run_on(Hook::NodeIn, &c1);
+    let w1 = View::new(&o1).src();
+    evict(&mut h, &Builder::udp(sa(backend), w1).build());
+    // Another client now gets client 1's old wire tuple...
+    let c2 = Builder::udp(sa("192.168.0.201:40000"), sa("192.168.0.11:30080")).build();
+    let mut w2 = w1;
+    for _ in 0..64 {
+        // (the port is random among two; retry from scratch until it collides)
+        let (_, o2) = h.run_on(Hook::NodeIn, &c2);
+        w2 = View::new(&o2).src();
+        if w2 == w1 {
+            break;
+        }
+        let e = h.entry_of(&c2).unwrap();
+        h.reconciler()
+            .maps_mut()
+            .conntrack_mut()
+            .remove_all([&key_of(&c2), &e.partner_key(17)])
+            .unwrap();
+    }
+    assert_eq!(w2, w1, "client 2 never drew the freed port");
+    // ...and client 1's next refresh moves it to another.
+    age(&mut h, &c1);
+    let (_, o1b) = h.run_on(Hook::NodeIn, &c1);
+    let w1b = View::new(&o1b).src();
+    assert_ne!(w1b, w2, "two clients' datagrams share one wire tuple");
+    for (wire, client) in [(w2, "192.168.0.201:40000"), (w1b, "192.168.0.200:40000")] {
+        let reply = Builder::udp(sa(backend), wire).build();
+        let (_, back) = h.run_on(Hook::NodeIn, &reply);
+        assert_eq!(
+            View::new(&back).dst(),
+            sa(client),
+            "reply to {wire} misdelivered"
+        );
+    }
+}
+
+#[test]
+fn a_flow_whose_forward_entry_was_evicted_adopts_its_reply_entry() {
+    let mut h = Harness::new(&table(&[B1]));
+    h.run(&tcp(CLIENT, VIP, TCP_SYN));
+    h.run(&tcp(B1, CLIENT, TCP_SYN | TCP_ACK));
+    let ack = tcp(CLIENT, VIP, TCP_ACK);
+    evict(&mut h, &ack);
+    let (_, out) = h.run(&ack);
+    let w = View::new(&out);
+    assert_eq!(
+        (w.src(), w.dst()),
+        (sa(CLIENT), sa(B1)),
+        "the flow's own tuple was remapped"
+    );
+    let (_, back) = h.run(&tcp(B1, CLIENT, TCP_ACK));
+    assert_eq!(
+        View::new(&back).src(),
+        sa(VIP),
+        "replies still come from the frontend"
+    );
+}
+
+#[test]
+fn forgetting_a_stale_flow_never_deletes_another_flows_entry() {
+    let mut h = one_port_harness();
+    let c1 = Builder::udp(sa("192.168.0.200:40000"), sa("192.168.0.11:30080")).build();
+    let (_, o1) = h.run_on(Hook::NodeIn, &c1);
+    let w1 = View::new(&o1).src();
+    evict(&mut h, &Builder::udp(sa("10.244.2.21:8080"), w1).build());
+    let c2 = Builder::udp(sa("192.168.0.201:40000"), sa("192.168.0.11:30080")).build();
+    let (_, o2) = h.run_on(Hook::NodeIn, &c2);
+    assert_eq!(View::new(&o2).src(), w1, "the only port went to client 2");
+    // Client 1's forward entry expires; its next datagram forgets it, and
+    // must leave client 2's reply entry (its old partner's key) alone. The
+    // only port is taken, so that datagram is dropped, and counted.
+    let mut v = h.entry_of(&c1).unwrap();
+    v.expires_s = 1;
+    h.reconciler()
+        .maps_mut()
+        .conntrack_mut()
+        .insert(&key_of(&c1), &v)
+        .unwrap();
+    let before = h.drops("no_free_tuple");
+    assert_eq!(h.run_on(Hook::NodeIn, &c1).0, TC_ACT_SHOT);
+    assert_eq!(h.drops("no_free_tuple"), before + 1, "the drop is counted");
+    let reply = Builder::udp(sa("10.244.2.21:8080"), w1).build();
+    let (_, back) = h.run_on(Hook::NodeIn, &reply);
+    assert_eq!(
+        View::new(&back).dst(),
+        sa("192.168.0.201:40000"),
+        "client 2's reply went elsewhere"
+    );
+}
+
+#[test]
+fn a_small_source_nat_range_is_searched_before_a_flow_is_dropped() {
+    // Eight ports, eight clients: random draws alone would collide, the
+    // probe after them finds the last free ports.
+    testbed::privileges::require();
+    let mut c = DatapathConfig::DEFAULT;
+    c.snat_port_min = 20000;
+    c.snat_port_max = 20007;
+    let mut h = Harness::with_config(ONE_PORT_TABLE, &c).expect("harness");
+    let mut ports = BTreeSet::new();
+    for i in 0..8 {
+        let c = Builder::udp(
+            sa(&format!("192.168.0.{}:40000", 200 + i)),
+            sa("192.168.0.11:30080"),
+        )
+        .build();
+        let (verdict, out) = h.run_on(Hook::NodeIn, &c);
+        assert_ne!(
+            verdict, TC_ACT_SHOT,
+            "client {i} dropped with free ports left"
+        );
+        ports.insert(View::new(&out).src().port());
+    }
+    assert_eq!(
+        ports.len(),
+        8,
+        "every client has a port of its own: {ports:?}"
+    );
+    let ninth = Builder::udp(sa("192.168.0.250:40000"), sa("192.168.0.11:30080")).build();
+    assert_eq!(
+        h.run_on(Hook::NodeIn, &ninth).0,
+        TC_ACT_SHOT,
+        "the range is full"
+    );
+    assert_eq!(h.drops("no_free_tuple"), 1);
+}
+
+#[test]
+fn traffic_from_outside_that_is_no_services_is_not_tracked() {
+    let mut h = Harness::new(&table(&[B1]));
+    // A pod's flow, translated at its interface, then seen again on a
+    // node-facing hook (a bridge holding the pods' gateway): untouched.
+    let (_, out) = h.run(&tcp(CLIENT, VIP, TCP_SYN));
+    let (verdict, again) = h.run_on(Hook::NodeIn, &out);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        again, out,
+        "a node-facing hook rewrote the pod's translated flow"
+    );
+    // Datagrams from anywhere to anything that is no Service leave no entry.
+    let before = h.conntrack().len();
+    for i in 0..16 {
+        let d = Builder::udp(sa(&format!("198.51.100.{i}:5000")), sa("10.244.1.11:9")).build();
+        assert_eq!(h.run_on(Hook::NodeIn, &d).0, TC_ACT_OK);
+    }
+    assert_eq!(
+        h.conntrack().len(),
+        before,
+        "outside traffic filled conntrack"
+    );
 }

@@ -1,7 +1,8 @@
 //! The north-south translations on crafted packets (BPF_PROG_TEST_RUN):
 //! NodePort with source NAT to another node's backend, local backends that
 //! keep the client's address, `externalTrafficPolicy: Local`,
-//! `loadBalancerSourceRanges`, hairpin, host-network backends (egress),
+//! `loadBalancerSourceRanges`, hairpin, host-network backends (egress of
+//! node- and pod-facing interfaces),
 //! ICMP errors about source-NATed flows, and fragmented datagrams.
 use std::collections::BTreeSet;
 
@@ -31,6 +32,7 @@ frontends:
   - {name: empty, kind: NodePort, address: 192.168.0.11, port: 30085, backends: []}
   - {name: itp-local, address: 10.96.0.20, port: 80, backends: [], dropWhenEmpty: true}
   - {name: hostnet, kind: NodePort, address: 192.168.0.11, port: 30086, backends: ['192.168.0.11:10250']}
+  - {name: hostnet-cluster-ip, address: 10.96.0.30, port: 443, backends: ['192.168.0.11:6443']}
   - {name: self, address: 10.96.0.10, port: 80, backends: [10.244.1.11:8080]}
   - {name: dns, address: 10.96.0.10, port: 53, protocol: UDP, backends: [10.244.1.11:5353]}
 ";
@@ -180,6 +182,7 @@ fn load_balancer_source_ranges_filter_the_load_balancer_ip_only() {
     assert_eq!(h.run_on(Hook::Pod, &pod_in).0, TC_ACT_OK);
     let pod_out = Builder::tcp(sa("10.244.1.12:45000"), lb, TCP_SYN).build();
     assert_eq!(h.run_on(Hook::Pod, &pod_out).0, TC_ACT_SHOT);
+    assert_eq!(h.drops("source_range_denied"), 2, "both refusals counted");
     // The same Service's NodePort is not subject to the ranges.
     let np = Builder::tcp(sa("192.168.0.201:40000"), sa(&node_port(30084)), TCP_SYN).build();
     let (verdict, out) = h.run_on(Hook::NodeIn, &np);
@@ -209,6 +212,9 @@ fn no_endpoints_rejects_and_a_starved_local_policy_drops() {
     );
     let syn = Builder::tcp(sa(POD), sa("10.96.0.20:80"), TCP_SYN).build();
     assert_eq!(h.run_on(Hook::Pod, &syn).0, TC_ACT_SHOT);
+    // Each verdict is counted under its reason.
+    assert_eq!(h.drops("no_endpoints"), 1);
+    assert_eq!(h.drops("no_allowed_endpoints"), 1);
 }
 
 #[test]
@@ -242,14 +248,35 @@ fn replies_of_a_host_network_backend_are_translated_on_egress() {
     let v = View::new(&out);
     assert_eq!((v.src(), v.dst()), (sa(CLIENT), sa("192.168.0.11:10250")));
     let reply = Builder::tcp(sa("192.168.0.11:10250"), sa(CLIENT), TCP_SYN | TCP_ACK).build();
-    let (verdict, out) = h.run_on(Hook::NodeOut, &reply);
+    let (verdict, out) = h.run_on(Hook::Egress, &reply);
     assert_eq!(verdict, TC_ACT_OK, "already on its way out");
     let r = View::new(&out);
     assert_eq!((r.src(), r.dst()), (sa(&node_port(30086)), sa(CLIENT)));
     assert_checksums(&out);
     // Egress never starts a flow of its own.
     let other = Builder::tcp(sa("192.168.0.11:5000"), sa(&node_port(30080)), TCP_SYN).build();
-    assert_eq!(h.run_on(Hook::NodeOut, &other), (TC_ACT_OK, other.clone()));
+    assert_eq!(h.run_on(Hook::Egress, &other), (TC_ACT_OK, other.clone()));
+}
+
+#[test]
+fn replies_of_a_host_network_backend_to_a_pod_are_translated_on_the_pods_egress() {
+    let mut h = Harness::new(TABLE);
+    let syn = Builder::tcp(sa(POD), sa("10.96.0.30:443"), TCP_SYN).build();
+    let (verdict, out) = h.run_on(Hook::Pod, &syn);
+    assert_eq!(
+        verdict, TC_ACT_OK,
+        "a ClusterIP flow is left to the kernel's routing"
+    );
+    let v = View::new(&out);
+    assert_eq!((v.src(), v.dst()), (sa(POD), sa("192.168.0.11:6443")));
+    // The node's own process answers: the reply leaves through the pod's
+    // interface without crossing any ingress hook.
+    let reply = Builder::tcp(sa("192.168.0.11:6443"), sa(POD), TCP_SYN | TCP_ACK).build();
+    let (verdict, out) = h.run_on(Hook::Egress, &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    let r = View::new(&out);
+    assert_eq!((r.src(), r.dst()), (sa("10.96.0.30:443"), sa(POD)));
+    assert_checksums(&out);
 }
 
 #[test]

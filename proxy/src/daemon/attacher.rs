@@ -1,9 +1,16 @@
-//! Keeps the TC programs on the node's interfaces: the pod-facing program
+//! Keeps the TC programs on the node's interfaces: the pod-facing programs
 //! on every pod interface (`--tc-iface`, `--pod-interface-name-prefix`), the
 //! node-facing programs on every interface holding a NodePort address (and
 //! `--node-iface`). It follows interfaces appearing and going: a pod
 //! created while the daemon runs gets the per-packet path, and an interface
 //! recreated under the same name (a new index) is attached again.
+//!
+//! Only Ethernet devices get programs (they parse an Ethernet header). A
+//! bridge with pod interfaces as ports (a bridge CNI's `cni0`, holding the
+//! pods' gateway address) is not node-facing, even when it holds a NodePort
+//! address: pod traffic crosses it after its pod interface, and must not
+//! be taken for traffic from outside. Name it with `--node-iface` to
+//! override.
 use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{info, warn};
@@ -31,6 +38,8 @@ pub struct Plan {
     pub attach: Vec<Attachment>,
     /// To detach and forget.
     pub detach: Vec<(Role, String)>,
+    /// Interfaces named by a flag that cannot get programs, with why.
+    pub refused: Vec<(String, &'static str)>,
 }
 
 /// The pure part: from what exists (`snap`), what is asked for (`hooks`,
@@ -44,17 +53,32 @@ pub fn plan(
     attached: &BTreeMap<(Role, String), u32>,
 ) -> Plan {
     let mut wanted: BTreeMap<(Role, String), u32> = BTreeMap::new();
-    for (index, name) in &snap.links {
-        if name == "lo" {
+    let mut plan = Plan::default();
+    let has_pod_ports = |bridge: u32| {
+        snap.links
+            .values()
+            .any(|l| l.master == Some(bridge) && hooks.is_pod_iface(&l.name))
+    };
+    for (index, link) in &snap.links {
+        let name = &link.name;
+        let named = hooks.tc_ifaces.contains(name) || hooks.node_ifaces.contains(name);
+        if !link.ethernet {
+            if named {
+                plan.refused.push((
+                    name.clone(),
+                    "not an Ethernet device (the programs parse Ethernet frames)",
+                ));
+            }
             continue;
         }
         if hooks.is_pod_iface(name) {
             wanted.insert((Role::Pod, name.clone()), *index);
-        } else if node_ifaces.contains(name) || hooks.node_ifaces.contains(name) {
+        } else if hooks.node_ifaces.contains(name)
+            || (node_ifaces.contains(name) && !(link.bridge && has_pod_ports(*index)))
+        {
             wanted.insert((Role::Node, name.clone()), *index);
         }
     }
-    let mut plan = Plan::default();
     for (key, index) in &wanted {
         if attached.get(key) != Some(index) {
             plan.attach.push((key.clone(), *index));
@@ -90,7 +114,11 @@ impl Attacher {
     /// proceed.
     pub fn reconcile(&mut self, snap: &Snapshot, node_ifaces: &BTreeSet<String>) -> Vec<String> {
         let plan = plan(snap, &self.hooks, node_ifaces, &self.attached);
-        let mut failed = Vec::new();
+        let mut failed: Vec<String> = plan
+            .refused
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect();
         for (role, name) in plan.detach {
             match self.dataplane.detach_iface(&name, role == Role::Node) {
                 Ok(()) => {
@@ -143,10 +171,22 @@ impl Attacher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::interfaces::Link;
 
+    /// Ethernet links, but `lo`.
     fn snap(links: &[(u32, &str)]) -> Snapshot {
         Snapshot {
-            links: links.iter().map(|(i, n)| (*i, (*n).to_owned())).collect(),
+            links: links
+                .iter()
+                .map(|(i, n)| {
+                    let link = Link {
+                        name: (*n).to_owned(),
+                        ethernet: *n != "lo",
+                        ..Link::default()
+                    };
+                    (*i, link)
+                })
+                .collect(),
             addrs: Vec::new(),
         }
     }
@@ -186,6 +226,51 @@ mod tests {
             "veth1 is a pod's even if it held a NodePort address"
         );
         assert!(p.detach.is_empty());
+    }
+
+    #[test]
+    fn a_bridge_of_pods_is_not_node_facing_and_l3_devices_get_nothing() {
+        let mut s = snap(&[
+            (2, "eth0"),
+            (3, "cni0"),
+            (4, "veth1"),
+            (5, "br0"),
+            (6, "eth1"),
+            (7, "wg0"),
+        ]);
+        s.links.get_mut(&3).unwrap().bridge = true;
+        s.links.get_mut(&4).unwrap().master = Some(3);
+        s.links.get_mut(&5).unwrap().bridge = true;
+        s.links.get_mut(&6).unwrap().master = Some(5);
+        s.links.get_mut(&7).unwrap().ethernet = false;
+        // Every interface holds a NodePort address (nodePortAddresses unset).
+        let node = s.links.values().map(|l| l.name.clone()).collect();
+        let p = plan(&s, &hooks(), &node, &BTreeMap::new());
+        let got: Vec<(Role, &str)> = p
+            .attach
+            .iter()
+            .map(|((r, n), _)| (*r, n.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Role::Pod, "veth1"),
+                (Role::Node, "br0"),
+                (Role::Node, "eth0"),
+                (Role::Node, "eth1"),
+            ],
+            "cni0 bridges pods; br0 bridges the node's own port; wg0 has no Ethernet header"
+        );
+        assert!(p.refused.is_empty(), "nothing was named explicitly");
+        // Named by a flag: cni0 is node-facing after all; wg0 is refused.
+        let named = HookArgs {
+            node_ifaces: vec!["cni0".into(), "wg0".into()],
+            ..hooks()
+        };
+        let p = plan(&s, &named, &node, &BTreeMap::new());
+        assert!(p.attach.contains(&((Role::Node, "cni0".to_owned()), 3)));
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].0, "wg0");
     }
 
     #[test]

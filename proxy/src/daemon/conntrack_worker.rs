@@ -17,7 +17,10 @@ use tracing::{debug, warn};
 
 use super::metrics::Metrics;
 use crate::{
-    datapath::conntrack::{Conntrack, now_s},
+    datapath::{
+        MapError,
+        conntrack::{Conntrack, now_s},
+    },
     model::{BackendId, FrontendId},
 };
 
@@ -33,19 +36,23 @@ pub struct ConntrackWorker {
 }
 
 impl ConntrackWorker {
-    /// Starts the thread on the conntrack map pinned in `maps_dir`. Without
-    /// the map (it cannot be opened) the thread logs why and ends.
-    pub fn start(maps_dir: &Path, every: Duration, metrics: Arc<Metrics>) -> Self {
+    /// Starts the thread on the conntrack map pinned in `maps_dir`.
+    ///
+    /// # Errors
+    /// The map cannot be opened: without the flush, UDP clients would keep
+    /// sending to departed backends, so the daemon must not run without it.
+    pub fn start(
+        maps_dir: &Path,
+        every: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, MapError> {
+        let ct = Conntrack::from_pins(maps_dir)?;
         let (tx, rx) = mpsc::channel::<Departed>();
-        let dir = maps_dir.to_path_buf();
         std::thread::Builder::new()
             .name("conntrack".into())
-            .spawn(move || match Conntrack::from_pins(&dir) {
-                Ok(ct) => run(ct, &rx, every, &metrics),
-                Err(e) => warn!(error = %e, "conntrack flush and garbage collection are off"),
-            })
+            .spawn(move || run(ct, &rx, every, &metrics))
             .expect("spawn the conntrack thread");
-        Self { tx }
+        Ok(Self { tx })
     }
 
     /// Queues the UDP flows of `departed` memberships for flushing.

@@ -11,19 +11,37 @@ use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::{
-    AddressFamily, RouteNetlinkMessage, address::AddressAttribute, link::LinkAttribute,
+    AddressFamily, RouteNetlinkMessage,
+    address::AddressAttribute,
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType},
 };
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{netns::with_netns, node::NodeAddress};
+
+/// One network interface, as far as attaching programs cares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// The interface's name.
+    pub name: String,
+    /// Frames carry an Ethernet header (`ARPHRD_ETHER`): the only kind the
+    /// TC programs parse. Loopback and L3 devices (WireGuard, tun, IPIP)
+    /// have none.
+    pub ethernet: bool,
+    /// A Linux bridge (`IFLA_INFO_KIND` "bridge").
+    pub bridge: bool,
+    /// The index of the bridge (or bond) this interface is a port of
+    /// (`IFLA_MASTER`).
+    pub master: Option<u32>,
+}
 
 /// What the kernel says the node has.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Interface names by index.
-    pub links: BTreeMap<u32, String>,
+    /// Interfaces by index.
+    pub links: BTreeMap<u32, Link>,
     /// Every IPv4 address, with its interface.
     pub addrs: Vec<NodeAddress>,
 }
@@ -89,7 +107,10 @@ pub async fn watch(netns: Option<&str>) -> Result<watch::Receiver<Snapshot>> {
                 }
             }
         }
-        warn!("rtnetlink notifications ended; interfaces are no longer followed");
+        // The socket only ends with a kernel or memory failure; a daemon
+        // that no longer follows interfaces would silently miss new pods.
+        error!("rtnetlink notifications ended: exiting so that the node restarts the daemon");
+        std::process::exit(1);
     });
     Ok(rx)
 }
@@ -99,12 +120,24 @@ async fn dump(handle: &Handle) -> Result<Snapshot> {
     let mut snap = Snapshot::default();
     let mut links = handle.link().get().execute();
     while let Some(link) = links.try_next().await? {
-        let name = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        });
-        if let Some(name) = name {
-            snap.links.insert(link.header.index, name);
+        let mut l = Link {
+            ethernet: link.header.link_layer_type == LinkLayerType::Ether,
+            ..Link::default()
+        };
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name.clone_from(n),
+                LinkAttribute::Controller(m) => l.master = Some(*m),
+                LinkAttribute::LinkInfo(infos) => {
+                    l.bridge |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                }
+                _ => {}
+            }
+        }
+        if !l.name.is_empty() {
+            snap.links.insert(link.header.index, l);
         }
     }
     let mut addrs = handle.address().get().execute();
@@ -124,12 +157,12 @@ async fn dump(handle: &Handle) -> Result<Snapshot> {
                 _ => None,
             })
         });
-        let (Some(addr), Some(ifname)) = (addr, snap.links.get(&a.header.index)) else {
+        let (Some(addr), Some(link)) = (addr, snap.links.get(&a.header.index)) else {
             continue;
         };
         snap.addrs.push(NodeAddress {
             ifindex: a.header.index,
-            ifname: ifname.clone(),
+            ifname: link.name.clone(),
             addr,
         });
     }

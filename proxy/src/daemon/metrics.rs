@@ -9,6 +9,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::datapath::drops::DropCounters;
+
 /// A histogram with fixed upper bounds (seconds).
 #[derive(Debug, Clone)]
 struct Histogram {
@@ -68,6 +70,10 @@ struct Inner {
     left_out: usize,
     /// Map name → (entries, max_entries).
     maps: BTreeMap<&'static str, (usize, u32)>,
+    /// The datapath's drop counters, read at each scrape.
+    drops: Option<DropCounters>,
+    socket_close_failures: u64,
+    interfaces_not_attached: usize,
 }
 
 /// Every metric the daemon exports.
@@ -92,6 +98,9 @@ impl Default for Metrics {
             skipped: BTreeMap::new(),
             left_out: 0,
             maps: BTreeMap::new(),
+            drops: None,
+            socket_close_failures: 0,
+            interfaces_not_attached: 0,
         }))
     }
 }
@@ -153,6 +162,22 @@ impl Metrics {
     /// Expired conntrack entries the garbage collector removed.
     pub fn conntrack_collected(&self, n: usize) {
         self.lock().conntrack_collected += n as u64;
+    }
+
+    /// Exports the per-packet paths' drop counters from now on.
+    pub fn set_drop_counters(&self, drops: DropCounters) {
+        self.lock().drops = Some(drops);
+    }
+
+    /// Interfaces that want programs but could not get them, as of the last
+    /// attempt.
+    pub fn set_interfaces_not_attached(&self, n: usize) {
+        self.lock().interfaces_not_attached = n;
+    }
+
+    /// Network namespaces whose departed UDP sockets could not be closed.
+    pub fn socket_close_failed(&self, namespaces: usize) {
+        self.lock().socket_close_failures += namespaces as u64;
     }
 
     pub fn set_map(&self, name: &'static str, entries: usize, max_entries: u32) {
@@ -271,6 +296,31 @@ impl Metrics {
                 "counter",
                 "Conntrack entries of idle flows removed by garbage collection",
                 one(m.conntrack_collected as f64),
+            ),
+            (
+                "switchyard_datapath_dropped_packets_total",
+                "counter",
+                "Packets the per-packet paths dropped or rejected, by reason",
+                labelled(
+                    "reason",
+                    m.drops
+                        .as_ref()
+                        .and_then(|d| d.read().ok())
+                        .map(|all| all.iter().map(|(r, n)| (*r, *n as f64)).collect())
+                        .unwrap_or_default(),
+                ),
+            ),
+            (
+                "switchyard_interfaces_not_attached",
+                "gauge",
+                "Pod- or node-facing interfaces the TC programs could not be attached to (retried on every interface change)",
+                one(m.interfaces_not_attached as f64),
+            ),
+            (
+                "switchyard_udp_socket_close_failures_total",
+                "counter",
+                "Network namespaces whose sockets connected to a departed UDP backend could not be closed",
+                one(m.socket_close_failures as f64),
             ),
             (
                 "switchyard_map_entries",

@@ -147,12 +147,12 @@ async fn serve(
     // there is a mistake worth stopping for.
     let snapshot = ifaces.borrow_and_update().clone();
     let mut addressing = node::select(&settings.nodeport_addresses, &snapshot.addrs, &[]);
-    let failed = reattach(&attacher, &snapshot, &addressing.node_ifaces).await;
+    let failed = reattach(&attacher, &snapshot, &addressing.node_ifaces, &metrics).await;
     let missing: Vec<&String> = settings
         .hooks
         .tc_ifaces
         .iter()
-        .filter(|i| !snapshot.links.values().any(|n| n == *i))
+        .filter(|i| !snapshot.links.values().any(|l| l.name == **i))
         .collect();
     if !missing.is_empty() || !failed.is_empty() && !settings.hooks.tc_ifaces.is_empty() {
         bail!(
@@ -169,7 +169,12 @@ async fn serve(
         Ok(n) => info!(maps = n, "removed the pins of an older version's maps"),
         Err(e) => warn!(error = %e, "cannot remove an older version's map pins"),
     }
-    let conntrack = ConntrackWorker::start(&maps_dir, settings.sync_period, Arc::clone(&metrics));
+    match lock(&attacher).dataplane_mut().drop_counters() {
+        Ok(d) => metrics.set_drop_counters(d),
+        Err(e) => warn!(error = %e, "datapath drop counters are not exported"),
+    }
+    let conntrack = ConntrackWorker::start(&maps_dir, settings.sync_period, Arc::clone(&metrics))
+        .context("cannot open the conntrack map")?;
 
     let client = client(&settings).await?;
     let changed = Arc::new(Notify::new());
@@ -234,7 +239,7 @@ async fn serve(
             }
             addressing = now;
         }
-        reattach(&attacher, &snapshot, &addressing.node_ifaces).await;
+        reattach(&attacher, &snapshot, &addressing.node_ifaces, &metrics).await;
         health.set_node_ineligible(sync::node_ineligible(node_obj.as_deref()));
         health.sync_started();
         let node_ctx = NodeContext {
@@ -245,20 +250,31 @@ async fn serve(
         let (services, slices) = (stores.services.state(), stores.slices.state());
         let done = tokio::task::block_in_place(|| syncer.sync(&services, &slices, &node_ctx, full));
         health.sync_finished(done.ok);
-        conntrack.flush(syncer.take_departed());
+        let departed = syncer.take_departed();
+        conntrack.flush(departed.memberships);
         health_checks.update(&done.health_checks);
-        if !done.departed_udp.is_empty()
+        if !departed.udp_backends.is_empty()
             && let Some(cgroup) = settings.hooks.cgroup_path.clone()
         {
-            let (dir, departed) = (maps_dir.clone(), done.departed_udp);
+            let dir = maps_dir.clone();
+            let departed: Vec<_> = departed.udp_backends.into_iter().collect();
+            let metrics = Arc::clone(&metrics);
             tokio::task::spawn_blocking(move || {
                 match sockets::close_departed(&dir, &cgroup, &departed) {
-                    Ok(0) => {}
-                    Ok(n) => info!(
-                        sockets = n,
-                        "closed connected UDP sockets of departed backends"
-                    ),
+                    Ok(closed) => {
+                        if closed.sockets > 0 {
+                            info!(
+                                sockets = closed.sockets,
+                                "closed connected UDP sockets of departed backends"
+                            );
+                        }
+                        for (netns, error) in &closed.failed {
+                            warn!(netns = %netns.display(), %error, "cannot close sockets of departed backends in a namespace");
+                        }
+                        metrics.socket_close_failed(closed.failed.len());
+                    }
                     Err(e) => {
+                        metrics.socket_close_failed(1);
                         warn!(error = %format!("{e:#}"), "cannot close sockets of departed backends")
                     }
                 }
@@ -301,9 +317,12 @@ async fn reattach(
     attacher: &Arc<Mutex<Attacher>>,
     snapshot: &interfaces::Snapshot,
     node_ifaces: &BTreeSet<String>,
+    metrics: &Metrics,
 ) -> Vec<String> {
     let (a, s, n) = (Arc::clone(attacher), snapshot.clone(), node_ifaces.clone());
-    tokio::task::spawn_blocking(move || lock(&a).reconcile(&s, &n))
+    let failed = tokio::task::spawn_blocking(move || lock(&a).reconcile(&s, &n))
         .await
-        .unwrap_or_else(|e| vec![format!("attacher task: {e}")])
+        .unwrap_or_else(|e| vec![format!("attacher task: {e}")]);
+    metrics.set_interfaces_not_attached(failed.len());
+    failed
 }

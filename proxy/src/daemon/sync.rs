@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::metrics::{Metrics, SyncRecord};
 use crate::{
-    datapath::{AyaLbMaps, LbMaps as _, sockets::Departure},
+    datapath::{AyaLbMaps, LbMaps as _},
     desired::{self, HealthCheck, Kind, NodeContext},
     reconcile::{self, Reconciler},
 };
@@ -46,8 +46,6 @@ pub struct Done {
     pub newly_left_out: Option<Vec<String>>,
     /// Health-check servers the node must run.
     pub health_checks: BTreeMap<u16, HealthCheck>,
-    /// UDP backends that left a frontend: their connected sockets go.
-    pub departed_udp: Vec<Departure>,
 }
 
 impl Syncer {
@@ -63,9 +61,9 @@ impl Syncer {
         }
     }
 
-    /// Memberships removed since the last call, whose UDP conntrack
-    /// entries are still to be flushed.
-    pub fn take_departed(&mut self) -> super::conntrack_worker::Departed {
+    /// Memberships removed since the last call (failed syncs included),
+    /// whose UDP conntrack entries and connected sockets are still to go.
+    pub fn take_departed(&mut self) -> crate::reconcile::Departures {
         self.reconciler.take_departed()
     }
 
@@ -116,7 +114,6 @@ impl Syncer {
             .reconciler
             .apply_with_retry(&fitted.table, 3, Duration::from_millis(20));
         let ok = result.is_ok();
-        let mut departed_udp = Vec::new();
         let mut record = SyncRecord {
             ok,
             frontends: self.reconciler.frontend_count(),
@@ -138,7 +135,6 @@ impl Syncer {
         match result {
             Ok(report) => {
                 record.udp_flows_flushed = report.flushed_flows;
-                departed_udp = report.departed_udp;
                 record.programming_latencies = self.programming_latencies(slices);
                 if report.writes + report.deletes > 0 || full {
                     info!(
@@ -171,7 +167,6 @@ impl Syncer {
             ok,
             newly_left_out,
             health_checks: outcome.health_checks,
-            departed_udp,
         }
     }
 

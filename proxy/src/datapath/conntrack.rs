@@ -57,18 +57,41 @@ impl Conntrack {
             .map_or(0, |i| i.max_entries())
     }
 
-    /// Every entry. The walk is bounded by the map's size: an LRU walk
-    /// restarts when an entry is evicted under it.
+    /// Every entry, each once (see [`Self::scan`]; a cut-short walk
+    /// returns what it saw).
     pub fn entries(&self) -> Result<Vec<(Ct4Key, Ct4Value)>> {
+        Ok(self.scan()?.entries)
+    }
+
+    /// Walks the map. The kernel's walk (`BPF_MAP_GET_NEXT_KEY`) starts
+    /// over from the first bucket when the entry it stands on is deleted or
+    /// evicted meanwhile, so keys can come twice: each is kept once, and
+    /// the walk gives up after visiting twice the map's size, saying so.
+    pub fn scan(&self) -> Result<Scan> {
         let max = self.capacity() as usize;
-        self.map
-            .iter()
-            .take(max)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| MapError::Read {
+        let mut seen = std::collections::HashSet::with_capacity(max.min(1 << 20));
+        let mut entries = Vec::new();
+        let mut visits = 0usize;
+        for item in self.map.iter() {
+            let (k, v) = item.map_err(|e| MapError::Read {
                 map: names::CT4,
                 source: io_error(e),
-            })
+            })?;
+            visits += 1;
+            if visits > 2 * max {
+                return Ok(Scan {
+                    entries,
+                    complete: false,
+                });
+            }
+            if seen.insert(k) {
+                entries.push((k, v));
+            }
+        }
+        Ok(Scan {
+            entries,
+            complete: true,
+        })
     }
 
     /// The entry at `key`, if any.
@@ -93,32 +116,75 @@ impl Conntrack {
         Ok(n)
     }
 
-    /// Deletes every UDP entry whose (frontend, backend) pair is in `pairs`
-    /// (both entries of a flow carry the pair). A read error ends the call
-    /// with that error: the caller keeps the pairs and tries again.
-    pub fn flush_udp(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
-        let entries = self.entries()?;
-        let doomed: Vec<Ct4Key> = entries
-            .iter()
-            .filter(|(k, v)| {
-                k.proto == proto::UDP
-                    && pairs.contains(&(FrontendId(v.frontend_id), BackendId(v.backend_id)))
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        self.remove_all(&doomed)
+    /// Removes each of `keys` whose entry, read again now, `still_doomed`
+    /// says must go: between a walk and its deletes the programs may have
+    /// given the key to a new flow, which must stay. Returns how many went.
+    fn remove_if<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a Ct4Key>,
+        still_doomed: impl Fn(&Ct4Key, &Ct4Value) -> bool,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for k in keys {
+            if self.get(k).is_some_and(|v| still_doomed(k, &v)) {
+                absent_ok(self.map.remove(k)).map_err(write_err("delete", names::CT4, k))?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
-    /// Removes the flows that expired before `now_s` (see [`dead_flows`]).
+    /// Deletes every UDP entry whose (frontend, backend) pair is in `pairs`
+    /// (both entries of a flow carry the pair).
+    ///
+    /// # Errors
+    /// A read error, or a walk cut short by evictions: the caller keeps the
+    /// pairs and tries again.
+    pub fn flush_udp(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
+        let departed = |k: &Ct4Key, v: &Ct4Value| {
+            k.proto == proto::UDP
+                && pairs.contains(&(FrontendId(v.frontend_id), BackendId(v.backend_id)))
+        };
+        let scan = self.scan()?;
+        let doomed: Vec<Ct4Key> = scan
+            .entries
+            .iter()
+            .filter(|(k, v)| departed(k, v))
+            .map(|(k, _)| *k)
+            .collect();
+        let removed = self.remove_if(&doomed, departed)?;
+        if !scan.complete {
+            return Err(MapError::Read {
+                map: names::CT4,
+                source: std::io::Error::other(
+                    "the walk kept starting over (entries evicted under it); some flows may remain",
+                ),
+            });
+        }
+        Ok(removed)
+    }
+
+    /// Removes the flows that expired before `now_s` (see [`dead_flows`]);
+    /// a walk cut short collects what it saw.
     pub fn collect_garbage(&mut self, now_s: u32) -> Result<GcReport> {
-        let entries = self.entries()?;
+        let entries = self.scan()?.entries;
         let doomed = dead_flows(&entries, now_s);
-        let removed = self.remove_all(&doomed)?;
+        let removed = self.remove_if(&doomed, |_, v| now_s > v.expires_s)?;
         Ok(GcReport {
             scanned: entries.len(),
             removed,
         })
     }
+}
+
+/// A walk of the conntrack map.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Every entry seen, each once.
+    pub entries: Vec<(Ct4Key, Ct4Value)>,
+    /// Whether the walk reached the end; `false` when concurrent evictions
+    /// kept restarting it (entries may be missing).
+    pub complete: bool,
 }
 
 /// The entries of flows that are dead at `now_s`: an entry goes once it has

@@ -5,7 +5,7 @@ use proxy_common::{
     config::Node4Config,
     lb::{
         Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL,
-        SVC_FLAG_SOURCE_RANGES,
+        SLOT_SCOPE_CLUSTER, SLOT_SCOPE_LOCAL, SVC_FLAG_SOURCE_RANGES,
     },
     map_names as names,
 };
@@ -41,7 +41,8 @@ impl FakeLbMaps {
     }
 
     /// Checks what the eBPF programs rely on: every visible frontend (a
-    /// master entry) has slots `1..=count+local_count`, each naming an
+    /// master entry) has cluster slots `1..=count` and local slots
+    /// `1..=local_count`, each naming an
     /// existing backend with a membership entry, and source ranges when its
     /// flags say it is restricted. Anything else is a half-written frontend.
     pub fn check_consistent(&self) -> Result<(), Inconsistency> {
@@ -60,14 +61,17 @@ impl FakeLbMaps {
                     "{key:?} is restricted to source ranges but has none"
                 )));
             }
-            for slot in 1..=master.count + master.local_count {
+            let cluster = (1..=master.count).map(|s| (SLOT_SCOPE_CLUSTER, s, MEMBER_CLUSTER));
+            let local = (1..=master.local_count).map(|s| (SLOT_SCOPE_LOCAL, s, MEMBER_LOCAL));
+            for (scope, slot, range) in cluster.chain(local) {
                 let slot_key = Lb4Key {
                     backend_slot: slot,
+                    scope,
                     ..*key
                 };
                 let Some(s) = self.services.get(&slot_key) else {
                     return Err(Inconsistency(format!(
-                        "{key:?} count {}+{} but slot {slot} missing",
+                        "{key:?} count {}+{} but slot {slot} of scope {scope} missing",
                         master.count, master.local_count
                     )));
                 };
@@ -80,11 +84,6 @@ impl FakeLbMaps {
                 let m = Lb4MemberKey {
                     backend_id: s.backend_id,
                     frontend_id: master.frontend_id,
-                };
-                let range = if slot <= master.count {
-                    MEMBER_CLUSTER
-                } else {
-                    MEMBER_LOCAL
                 };
                 if self.members.get(&m).is_none_or(|bits| bits & range == 0) {
                     return Err(Inconsistency(format!(

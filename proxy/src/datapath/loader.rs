@@ -5,7 +5,8 @@
 //! ```text
 //! <pin-root>/maps/SY_*              every map; a new process adopts them
 //! <pin-root>/links/cgroup-<hook>    sock_addr links of the node cgroup
-//! <pin-root>/links/tc-ingress-<if>  tcx links of pod-facing interfaces
+//! <pin-root>/links/tc-ingress-<if>, tc-egress-<if>
+//!                                   tcx links of pod-facing interfaces
 //! <pin-root>/links/tc-node-ingress-<if>, tc-node-egress-<if>
 //!                                   tcx links of node-facing interfaces
 //! <pin-root>/pinning/               a link on its way in (make-before-break)
@@ -100,11 +101,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The TC programs: pod-facing ingress, node-facing ingress and egress.
-const TC_PROGRAMS: [&str; 3] = [
-    progs::TC_INGRESS,
-    progs::TC_NODE_INGRESS,
-    progs::TC_NODE_EGRESS,
-];
+const TC_PROGRAMS: [&str; 3] = [progs::TC_INGRESS, progs::TC_NODE_INGRESS, progs::TC_EGRESS];
 
 /// The sock_addr programs and the hook each attaches to.
 const SOCK_PROGRAMS: [(&str, &str); 4] = [
@@ -216,9 +213,12 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the pod-facing program to the ingress of `iface` (in the
-    /// calling thread's network namespace), with tcx where the kernel has it.
+    /// Attaches the pod-facing programs to the egress and ingress of
+    /// `iface` (in the calling thread's network namespace), with tcx where
+    /// the kernel has it. Egress first: no flow is translated on the way in
+    /// before its replies can be translated on the way back.
     pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
+        self.attach_tc_program(progs::TC_EGRESS, iface, TcAttachType::Egress, "tc-egress")?;
         self.attach_tc_program(
             progs::TC_INGRESS,
             iface,
@@ -238,7 +238,7 @@ impl Dataplane {
         let files: &[&str] = if node {
             &["tc-node-ingress", "tc-node-egress"]
         } else {
-            &["tc-ingress"]
+            &["tc-ingress", "tc-egress"]
         };
         for prefix in files {
             let path = root.join("links").join(format!("{prefix}-{iface}"));
@@ -264,16 +264,16 @@ impl Dataplane {
     /// with other nodes) use.
     pub fn attach_node_iface(&mut self, iface: &str) -> Result<()> {
         self.attach_tc_program(
+            progs::TC_EGRESS,
+            iface,
+            TcAttachType::Egress,
+            "tc-node-egress",
+        )?;
+        self.attach_tc_program(
             progs::TC_NODE_INGRESS,
             iface,
             TcAttachType::Ingress,
             "tc-node-ingress",
-        )?;
-        self.attach_tc_program(
-            progs::TC_NODE_EGRESS,
-            iface,
-            TcAttachType::Egress,
-            "tc-node-egress",
         )
     }
 
@@ -361,6 +361,20 @@ impl Dataplane {
         }
     }
 
+    /// The drop counters of the per-packet paths.
+    pub fn drop_counters(&mut self) -> Result<super::drops::DropCounters> {
+        let map = match &self.pin_root {
+            Some(root) => super::open_pinned(&root.join("maps"), map_names::STATS4)?,
+            None => self
+                .ebpf
+                .take_map(map_names::STATS4)
+                .ok_or(MapError::Missing {
+                    map: map_names::STATS4,
+                })?,
+        };
+        Ok(super::drops::DropCounters::from_map(map)?)
+    }
+
     /// The loaded object, e.g. to take the conntrack map or run programs.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
@@ -392,6 +406,7 @@ fn layout(name: &str) -> Option<(MapType, usize, usize)> {
             size_of::<Frag4Value>(),
         ),
         n if n == map_names::NODE4 => (MapType::Array, 4, size_of::<Node4Config>()),
+        n if n == map_names::STATS4 => (MapType::PerCpuArray, 4, size_of::<u64>()),
         n if n == map_names::LB4_AFFINITY => (
             MapType::LruHash,
             size_of::<Lb4AffinityKey>(),

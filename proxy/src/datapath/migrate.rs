@@ -12,11 +12,15 @@
 //!   destination rewrite, each reply entry a source rewrite, both taken as
 //!   established flows (version 1 tracked no state).
 //!
-//! Services and memberships are carried over only into empty maps (an
-//! interrupted upgrade is simply run again); conntrack entries never
-//! replace one the new programs already made. Run before the new programs
-//! attach, and conntrack once more right after (flows the old programs
-//! made meanwhile), before the old pins are removed.
+//! Nothing carried over replaces an entry already there, so an interrupted
+//! upgrade is simply run again. Memberships go first, then backend slots,
+//! then masters: a frontend the new programs can see is complete. Once
+//! both are carried, the old services and memberships pins are removed at
+//! once (the old programs keep their maps through their own references),
+//! so a later start never carries them over state this version has changed
+//! since. Run before the new programs attach, and conntrack once more right
+//! after (flows the old programs made meanwhile), before the old conntrack
+//! pin is removed.
 use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData};
@@ -24,8 +28,8 @@ use proxy_common::{
     config::DatapathConfig,
     ct::{CT_FLAG_NAT, CT_FLAG_REPLY, CT_STATE_OPENED, CT_STATE_REPLIED, Ct4Key, Ct4Value},
     lb::{
-        Lb4Key, Lb4MemberKey, Lb4Service, MEMBER_CLUSTER, SVC_FLAG_AFFINITY, SVC_KIND_CLUSTER_IP,
-        SVC_KIND_SHIFT,
+        Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, MEMBER_CLUSTER, SVC_FLAG_AFFINITY,
+        SVC_KIND_CLUSTER_IP, SVC_KIND_SHIFT,
     },
     legacy::{CT_V1_DIR_FORWARD, Ct4KeyV1, Ct4ValueV1, Lb4ServiceV1},
     map_names as names, proto,
@@ -78,16 +82,50 @@ fn entries<K: aya::Pod, V: aya::Pod>(
         })
 }
 
-/// Carries version-1 services and memberships over into this version's
-/// maps pinned in `dir`, if those are empty, and version-1 conntrack.
+/// Inserts unless the key exists: `Ok(true)` when inserted.
+fn insert_new<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    k: K,
+    v: V,
+) -> Result<bool> {
+    const BPF_NOEXIST: u64 = 1;
+    match map.insert(k, v, BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(write_err("update", name, &k)(e)),
+    }
+}
+
+/// Carries version-1 memberships and services over into this version's
+/// maps pinned in `dir`, removes their old pins, and carries version-1
+/// conntrack over.
 pub fn carry_over(dir: &Path, config: &DatapathConfig) -> Result<Carried> {
     let mut carried = Carried::default();
+    let old_members = open::<Lb4MemberKey, u8>(dir, names::LB4_MEMBERS_V1)?;
     if let (Some(old), Some(mut new)) = (
-        open::<Lb4Key, Lb4ServiceV1>(dir, names::LB4_SERVICES_V1)?,
+        &old_members,
+        open::<Lb4MemberKey, u8>(dir, names::LB4_MEMBERS)?,
+    ) {
+        for (k, _) in entries(old, names::LB4_MEMBERS_V1)? {
+            if insert_new(&mut new, names::LB4_MEMBERS, k, MEMBER_CLUSTER)? {
+                carried.members += 1;
+            }
+        }
+    }
+    let old_services = open::<Lb4Key, Lb4ServiceV1>(dir, names::LB4_SERVICES_V1)?;
+    if let (Some(old), Some(mut new)) = (
+        &old_services,
         open::<Lb4Key, Lb4Service>(dir, names::LB4_SERVICES)?,
-    ) && new.keys().next().is_none()
-    {
-        for (k, v) in entries(&old, names::LB4_SERVICES_V1)? {
+    ) {
+        let mut all = entries(old, names::LB4_SERVICES_V1)?;
+        // Slots before masters.
+        all.sort_by_key(|(k, _)| k.backend_slot == MASTER_SLOT);
+        for (k, v) in all {
             let flags = if v.flags & 1 != 0 {
                 SVC_FLAG_AFFINITY
             } else {
@@ -102,20 +140,23 @@ pub fn carry_over(dir: &Path, config: &DatapathConfig) -> Result<Carried> {
                 flags,
                 _pad: 0,
             };
-            new.insert(k, value, 0)
-                .map_err(write_err("update", names::LB4_SERVICES, k))?;
-            carried.services += 1;
+            if insert_new(&mut new, names::LB4_SERVICES, k, value)? {
+                carried.services += 1;
+            }
         }
     }
-    if let (Some(old), Some(mut new)) = (
-        open::<Lb4MemberKey, u8>(dir, names::LB4_MEMBERS_V1)?,
-        open::<Lb4MemberKey, u8>(dir, names::LB4_MEMBERS)?,
-    ) && new.keys().next().is_none()
-    {
-        for (k, _) in entries(&old, names::LB4_MEMBERS_V1)? {
-            new.insert(k, MEMBER_CLUSTER, 0)
-                .map_err(write_err("update", names::LB4_MEMBERS, k))?;
-            carried.members += 1;
+    for (present, name) in [
+        (old_members.is_some(), names::LB4_MEMBERS_V1),
+        (old_services.is_some(), names::LB4_SERVICES_V1),
+    ] {
+        if present {
+            let path = dir.join(name);
+            std::fs::remove_file(&path).map_err(|source| MapError::Write {
+                op: "unpin",
+                map: name,
+                key: path.display().to_string(),
+                source,
+            })?;
         }
     }
     carried.conntrack = carry_conntrack(dir, config)?;

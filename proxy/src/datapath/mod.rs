@@ -14,6 +14,7 @@ use crate::model::{BackendId, FrontendId, Ipv4Cidr};
 
 mod aya_maps;
 pub mod conntrack;
+pub mod drops;
 mod fake;
 pub mod loader;
 pub mod lock;
@@ -31,7 +32,7 @@ pub enum MapError {
     /// An update or delete failed.
     #[error("failed to {op} `{map}` entry {key}")]
     Write {
-        /// `update`, `delete` or `flush`.
+        /// `update`, `delete`, `flush` or `unpin`.
         op: &'static str,
         /// The map's pinned name.
         map: &'static str,

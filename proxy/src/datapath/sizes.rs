@@ -65,8 +65,8 @@ impl MapSizes {
         }
     }
 
-    /// `max_entries` of every map, by map name (the node map always has one).
-    pub fn max_entries(&self) -> [(&'static str, u32); 10] {
+    /// `max_entries` of every map, by map name (the node map always has one, the counters one per `STAT_*`).
+    pub fn max_entries(&self) -> [(&'static str, u32); 11] {
         [
             (names::LB4_SERVICES, self.frontends + self.backend_slots),
             (names::LB4_BACKENDS, self.backends),
@@ -78,6 +78,7 @@ impl MapSizes {
             (names::NODE4, 1),
             (names::SOCK4_REVNAT, self.sockets),
             (names::SOCK4_FWD, self.sockets),
+            (names::STATS4, proxy_common::stats::STAT_COUNT),
         ]
     }
 }

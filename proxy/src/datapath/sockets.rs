@@ -45,24 +45,37 @@ use crate::{
 /// A backend that left a frontend: (frontend ID, backend).
 pub type Departure = (FrontendId, BackendAddr);
 
+/// What [`close_departed`] did.
+#[derive(Debug, Default)]
+pub struct Closed {
+    /// Sockets destroyed.
+    pub sockets: usize,
+    /// Namespaces whose sockets could not be dumped or destroyed, with why
+    /// (a process that exited meanwhile takes its namespace's path along).
+    pub failed: Vec<(PathBuf, String)>,
+}
+
 /// Destroys the UDP sockets the socket path connected to a departed
 /// backend through its frontend, in every network namespace of the
-/// processes under `cgroup`. Returns how many were destroyed. Namespaces
-/// that cannot be entered (their processes exited meanwhile) are skipped.
-pub fn close_departed(maps_dir: &Path, cgroup: &Path, departed: &[Departure]) -> Result<usize> {
+/// processes under `cgroup` (entering them needs `CAP_SYS_ADMIN` and the
+/// host's PID namespace). A namespace that fails is reported in
+/// [`Closed::failed`] and the others are still visited.
+///
+/// # Errors
+/// The reverse-translation map cannot be read, or `cgroup` itself cannot
+/// be listed.
+pub fn close_departed(maps_dir: &Path, cgroup: &Path, departed: &[Departure]) -> Result<Closed> {
     let cookies = departed_cookies(maps_dir, departed)?;
+    let mut closed = Closed::default();
     if cookies.is_empty() {
-        return Ok(0);
+        return Ok(closed);
     }
-    let mut closed = 0;
     for ns in namespaces_of(cgroup)? {
         match with_netns(&ns.display().to_string(), || {
             destroy_in_current_netns(&cookies)
         }) {
-            Ok(n) => closed += n,
-            Err(e) => {
-                tracing::debug!(netns = %ns.display(), error = %format!("{e:#}"), "skipping a namespace")
-            }
+            Ok(n) => closed.sockets += n,
+            Err(e) => closed.failed.push((ns, format!("{e:#}"))),
         }
     }
     Ok(closed)
@@ -102,8 +115,15 @@ fn namespaces_of(cgroup: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut dirs = vec![cgroup.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let procs = fs::read_to_string(dir.join("cgroup.procs"))
-            .with_context(|| format!("cannot read {}/cgroup.procs", dir.display()))?;
+        let procs = match fs::read_to_string(dir.join("cgroup.procs")) {
+            Ok(p) => p,
+            // A pod's cgroup removed while we walk.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != cgroup => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read {}/cgroup.procs", dir.display()));
+            }
+        };
         for pid in procs.lines().filter(|l| !l.is_empty()) {
             let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
             // A process may exit between the listing and the stat.
@@ -113,7 +133,10 @@ fn namespaces_of(cgroup: &Path) -> Result<Vec<PathBuf>> {
                 out.push(ns);
             }
         }
-        for entry in fs::read_dir(&dir)?.flatten() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(entry.path());
             }

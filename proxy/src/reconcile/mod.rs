@@ -14,7 +14,8 @@ use proxy_common::{
     config::Node4Config,
     lb::{
         Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL,
-        SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES,
+        SLOT_SCOPE_CLUSTER, SLOT_SCOPE_LOCAL, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY,
+        SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES,
     },
 };
 use tracing::{debug, warn};
@@ -84,10 +85,25 @@ pub struct Report {
     pub deletes: usize,
     /// Conntrack entries of UDP flows whose backend left their frontend.
     pub flushed_flows: usize,
-    /// (frontend ID, backend) of every UDP membership this pass removed:
-    /// sockets connected to such a backend through the socket path must be
-    /// told (the daemon closes them).
-    pub departed_udp: Vec<(FrontendId, BackendAddr)>,
+}
+
+/// Memberships removed from the maps whose traffic is still to be cleaned
+/// up (see [`Reconciler::defer_conntrack_flush`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Departures {
+    /// (frontend, backend) memberships whose UDP conntrack entries are to
+    /// be flushed (kube-proxy's conntrack cleanup).
+    pub memberships: BTreeSet<(FrontendId, BackendId)>,
+    /// The UDP backends among them, by address: sockets connected to such a
+    /// backend through the socket path must be told (the daemon closes them).
+    pub udp_backends: BTreeSet<(FrontendId, BackendAddr)>,
+}
+
+impl Departures {
+    /// Nothing departed.
+    pub fn is_empty(&self) -> bool {
+        self.memberships.is_empty() && self.udp_backends.is_empty()
+    }
 }
 
 /// Entries held by the maps the reconciler writes.
@@ -121,9 +137,9 @@ pub struct Reconciler<M> {
     maps: M,
     ids: Ids,
     observed: Observed,
-    /// (frontend, backend) memberships removed whose UDP flows are not yet
-    /// flushed; kept across passes so a failed flush is retried.
-    departed: BTreeSet<(FrontendId, BackendId)>,
+    /// Memberships removed whose traffic is not yet cleaned up; kept across
+    /// passes (a failed pass, a failed flush) until flushed or taken.
+    departed: Departures,
     /// Whether `apply` leaves the UDP conntrack flush to its caller.
     defer_flush: bool,
 }
@@ -136,7 +152,7 @@ impl<M: LbMaps> Reconciler<M> {
         let mut r = Self {
             maps,
             ids: Ids::default(),
-            departed: BTreeSet::new(),
+            departed: Departures::default(),
             defer_flush: false,
             observed: Observed::default(),
         };
@@ -144,24 +160,24 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(r)
     }
 
-    /// Leaves the UDP conntrack flush to the caller, who takes the
-    /// departed memberships with [`Self::take_departed`] after each pass
-    /// (whatever its outcome) instead of `apply` scanning conntrack itself.
-    /// The daemon flushes on another thread, so a change's way to the maps
-    /// never waits for a scan of up to a million entries.
+    /// Leaves the cleanup of departed memberships to the caller, who takes
+    /// them with [`Self::take_departed`] after each pass (whatever its
+    /// outcome) instead of `apply` scanning conntrack itself. The daemon
+    /// flushes on another thread, so a change's way to the maps never waits
+    /// for a scan of up to a million entries, and closes the sockets
+    /// connected to departed UDP backends.
     pub fn defer_conntrack_flush(mut self) -> Self {
         self.defer_flush = true;
         self
     }
 
-    /// The (frontend, backend) memberships removed since the last call,
-    /// whose UDP conntrack entries are still to be flushed (with
-    /// [`Self::defer_conntrack_flush`]; empty otherwise).
-    pub fn take_departed(&mut self) -> BTreeSet<(FrontendId, BackendId)> {
+    /// The memberships removed since the last call, passes that failed
+    /// included (with [`Self::defer_conntrack_flush`]; empty otherwise).
+    pub fn take_departed(&mut self) -> Departures {
         if self.defer_flush {
             std::mem::take(&mut self.departed)
         } else {
-            BTreeSet::new()
+            Departures::default()
         }
     }
 
@@ -206,17 +222,17 @@ impl<M: LbMaps> Reconciler<M> {
     /// is programmed.
     pub fn programmed_spec(&self, key: &FrontendKey) -> Option<FrontendSpec> {
         let master = self.observed.services.get(&key.lb4_key(MASTER_SLOT))?;
-        let backend_at = |slot: u16| {
-            let slot = self.observed.services.get(&key.lb4_key(slot))?;
+        let backend_at = |slot: Lb4Key| {
+            let slot = self.observed.services.get(&slot)?;
             BackendAddr::from_lb4_backend(self.observed.backends.get(&BackendId(slot.backend_id))?)
         };
         let backends = (1..=master.count)
-            .map(backend_at)
+            .map(|s| backend_at(key.lb4_key(s)))
             .collect::<Option<Vec<_>>>()?;
         let local_backends = if master.flags & SVC_FLAG_EXT_LOCAL != 0 {
             Some(
-                (master.count + 1..=master.count + master.local_count)
-                    .map(backend_at)
+                (1..=master.local_count)
+                    .map(|s| backend_at(key.lb4_local_key(s)))
                     .collect::<Option<Vec<_>>>()?,
             )
         } else {
@@ -302,11 +318,11 @@ impl<M: LbMaps> Reconciler<M> {
             }
         }
         self.remove_orphans(&wanted_backends, &mut report, &mut failed);
-        if !self.defer_flush && !self.departed.is_empty() {
-            match self.maps.flush_udp_flows(&self.departed) {
+        if !self.defer_flush && !self.departed.memberships.is_empty() {
+            match self.maps.flush_udp_flows(&self.departed.memberships) {
                 Ok(n) => {
                     report.flushed_flows += n;
-                    self.departed.clear();
+                    self.departed = Departures::default();
                 }
                 Err(e) => failed.push(("UDP flows of departed backends".into(), e)),
             }
@@ -333,7 +349,6 @@ impl<M: LbMaps> Reconciler<M> {
                     total.writes += r.writes;
                     total.deletes += r.deletes;
                     total.flushed_flows += r.flushed_flows;
-                    total.departed_udp.extend(r.departed_udp);
                     return Ok(total);
                 }
                 Err(Error::Incomplete { failed }) if attempt < attempts => {
@@ -417,26 +432,26 @@ impl<M: LbMaps> Reconciler<M> {
             .frontend_or_allocate(*key)
             .ok_or_else(|| exhausted(proxy_common::map_names::LB4_SERVICES))?;
         let local = spec.local_backends.as_deref().unwrap_or_default();
-        // Slot order: the cluster range, then the local range.
-        let slot_backends: Vec<&BackendAddr> = spec.backends.iter().chain(local).collect();
-        let ids: Vec<BackendId> = slot_backends
-            .iter()
-            .map(|b| self.ids.backend_or_allocate(**b))
-            .collect::<Option<_>>()
-            .ok_or_else(|| exhausted(proxy_common::map_names::LB4_BACKENDS))?;
+        let mut ids_of = |backends: &[BackendAddr]| -> Result<Vec<BackendId>, MapError> {
+            backends
+                .iter()
+                .map(|b| self.ids.backend_or_allocate(*b))
+                .collect::<Option<_>>()
+                .ok_or_else(|| exhausted(proxy_common::map_names::LB4_BACKENDS))
+        };
+        let cluster_ids = ids_of(&spec.backends)?;
+        let local_ids = ids_of(local)?;
 
-        for (id, b) in ids.iter().zip(&slot_backends) {
+        let all = cluster_ids.iter().zip(&spec.backends);
+        for (id, b) in all.chain(local_ids.iter().zip(local)) {
             let on_node = desired.node.local_endpoints.contains(&b.addr);
             self.write_backend(*id, b, on_node, report)?;
         }
         let mut ranges: BTreeMap<BackendId, u8> = BTreeMap::new();
-        for (i, id) in ids.iter().enumerate() {
-            let bit = if i < spec.backends.len() {
-                MEMBER_CLUSTER
-            } else {
-                MEMBER_LOCAL
-            };
-            *ranges.entry(*id).or_default() |= bit;
+        for (ids, bit) in [(&cluster_ids, MEMBER_CLUSTER), (&local_ids, MEMBER_LOCAL)] {
+            for id in ids {
+                *ranges.entry(*id).or_default() |= bit;
+            }
         }
         // A backend moving between ranges keeps its old bits until the
         // master entry has moved the ranges too.
@@ -449,14 +464,22 @@ impl<M: LbMaps> Reconciler<M> {
                 .unwrap_or(0);
             self.write_member(frontend_id, *id, bits | old, report)?;
         }
-        // Slots 1..=65535: the counts are u16 (the desired table never has more).
-        for (slot, id) in (1..=u16::MAX).zip(&ids) {
+        // Slots 1..=65535: the counts are u16 (`check_capacity` refused more).
+        let slots = |ids: &[BackendId], slot_key: fn(&FrontendKey, u16) -> Lb4Key| {
+            (1..=u16::MAX)
+                .zip(ids)
+                .map(move |(slot, id)| (slot_key(key, slot), *id))
+                .collect::<Vec<_>>()
+        };
+        let cluster_slots = slots(&cluster_ids, FrontendKey::lb4_key);
+        let local_slots = slots(&local_ids, FrontendKey::lb4_local_key);
+        for (slot_key, id) in cluster_slots.iter().chain(&local_slots) {
             let value = Lb4Service {
                 backend_id: id.0,
                 frontend_id: frontend_id.0,
                 ..Lb4Service::default()
             };
-            self.write_service(key.lb4_key(slot), value, report)?;
+            self.write_service(*slot_key, value, report)?;
         }
         for cidr in &spec.source_ranges {
             self.write_source_range((frontend_id, *cidr), report)?;
@@ -476,8 +499,8 @@ impl<M: LbMaps> Reconciler<M> {
             backend_id: 0,
             frontend_id: frontend_id.0,
             affinity_timeout_s: spec.affinity_timeout_s.unwrap_or(0),
-            count: spec.backends.len() as u16,
-            local_count: local.len() as u16,
+            count: cluster_ids.len() as u16,
+            local_count: local_ids.len() as u16,
             flags,
             _pad: 0,
         };
@@ -489,12 +512,19 @@ impl<M: LbMaps> Reconciler<M> {
         }
         let stale_slots: Vec<Lb4Key> = self
             .slots_of(key)
-            .filter(|k| usize::from(k.backend_slot) > ids.len())
+            .filter(|k| {
+                let wanted = if k.scope == SLOT_SCOPE_LOCAL {
+                    local_ids.len()
+                } else {
+                    cluster_ids.len()
+                };
+                usize::from(k.backend_slot) > wanted
+            })
             .collect();
         for k in stale_slots {
             self.delete_service(&k, report)?;
         }
-        let wanted: BTreeSet<BackendId> = ids.iter().copied().collect();
+        let wanted: BTreeSet<BackendId> = ranges.keys().copied().collect();
         self.delete_members(
             frontend_id,
             |backend_id| !wanted.contains(&backend_id),
@@ -565,10 +595,16 @@ impl<M: LbMaps> Reconciler<M> {
         self.ids.forget_unwritten(&self.observed.backends);
     }
 
+    /// The backend slots (both scopes) the maps hold for `key`.
     fn slots_of<'a>(&'a self, key: &FrontendKey) -> impl Iterator<Item = Lb4Key> + 'a {
         let master = key.lb4_key(MASTER_SLOT);
+        // Keys order by address, port, slot, protocol, scope.
         let first = key.lb4_key(1);
-        let last = key.lb4_key(u16::MAX);
+        let last = Lb4Key {
+            proto: u8::MAX,
+            scope: u8::MAX,
+            ..key.lb4_key(u16::MAX)
+        };
         self.observed
             .services
             .range(first..=last)
@@ -576,6 +612,7 @@ impl<M: LbMaps> Reconciler<M> {
             .filter(move |k| {
                 Lb4Key {
                     backend_slot: MASTER_SLOT,
+                    scope: SLOT_SCOPE_CLUSTER,
                     ..*k
                 } == master
             })
@@ -631,14 +668,16 @@ impl<M: LbMaps> Reconciler<M> {
                 frontend_id: frontend_id.0,
             })?;
             self.observed.members.remove(&(frontend_id, backend_id));
-            self.departed.insert((frontend_id, backend_id));
+            self.departed.memberships.insert((frontend_id, backend_id));
             let addr = self
                 .observed
                 .backends
                 .get(&backend_id)
                 .and_then(BackendAddr::from_lb4_backend);
-            if let Some(addr) = addr.filter(|a| a.proto == crate::model::Protocol::Udp) {
-                report.departed_udp.push((frontend_id, addr));
+            if let Some(addr) = addr.filter(|a| a.proto == crate::model::Protocol::Udp)
+                && self.defer_flush
+            {
+                self.departed.udp_backends.insert((frontend_id, addr));
             }
             report.deletes += 1;
         }

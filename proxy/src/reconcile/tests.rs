@@ -37,9 +37,12 @@ fn routed(maps: &FakeLbMaps, key: &FrontendKey) -> Vec<String> {
     let Some(master) = maps.services.get(&key.lb4_key(MASTER_SLOT)) else {
         return Vec::new();
     };
-    (1..=master.count + master.local_count)
-        .map(|s| {
-            let id = maps.services[&key.lb4_key(s)].backend_id;
+    let cluster = (1..=master.count).map(|s| key.lb4_key(s));
+    let local = (1..=master.local_count).map(|s| key.lb4_local_key(s));
+    cluster
+        .chain(local)
+        .map(|slot| {
+            let id = maps.services[&slot].backend_id;
             BackendAddr::from_lb4_backend(&maps.backends[&BackendId(id)])
                 .unwrap()
                 .to_string()
@@ -498,7 +501,91 @@ fn a_deferred_flush_hands_every_departed_membership_to_the_caller() {
     // The pass itself never scans conntrack (the failing fake is not called).
     r.apply(&dns("10.244.2.3:53")).unwrap();
     let departed = r.take_departed();
-    assert_eq!(departed.len(), 1, "{departed:?}");
+    assert_eq!(departed.memberships.len(), 1, "{departed:?}");
+    let udp: Vec<String> = departed
+        .udp_backends
+        .iter()
+        .map(|(_, b)| b.to_string())
+        .collect();
+    assert_eq!(
+        udp,
+        ["10.244.2.2:53/UDP"],
+        "the backend whose sockets must go"
+    );
     assert!(r.take_departed().is_empty(), "handed over once");
     assert!(r.maps().flushed.is_empty());
+}
+
+#[test]
+fn departures_of_a_failed_pass_are_still_handed_over() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    };
+    let udp = |b: &[&str]| {
+        let list = b.join(", ");
+        table(&format!(
+            "frontends:\n  - {{name: dns, address: 10.96.0.53, port: 53, protocol: UDP, backends: [{list}]}}\n"
+        ))
+    };
+    // The write to fail, counted from the start; -1: none.
+    let fail_at = Arc::new(AtomicI64::new(-1));
+    let seen = Arc::new(AtomicI64::new(0));
+    let (f, c) = (Arc::clone(&fail_at), Arc::clone(&seen));
+    let faulty = FaultyLbMaps::new(FakeLbMaps::new(MapSizes::small()), move |_| {
+        c.fetch_add(1, Ordering::SeqCst) == f.load(Ordering::SeqCst)
+    });
+    let mut r = Reconciler::restore(faulty).unwrap().defer_conntrack_flush();
+    r.apply(&udp(&["10.244.1.2:53", "10.244.1.3:53"])).unwrap();
+    assert!(r.take_departed().is_empty());
+    // Removing one backend: master, stale slot, membership, then the
+    // orphaned backend, whose delete fails: the pass is incomplete.
+    fail_at.store(seen.load(Ordering::SeqCst) + 3, Ordering::SeqCst);
+    let result = r.apply(&udp(&["10.244.1.2:53"]));
+    assert!(
+        matches!(result, Err(Error::Incomplete { .. })),
+        "{result:?}"
+    );
+    let departed = r.take_departed();
+    assert_eq!(departed.memberships.len(), 1, "{departed:?}");
+    assert_eq!(departed.udp_backends.len(), 1, "{departed:?}");
+}
+
+#[test]
+fn growing_the_cluster_range_never_puts_a_remote_backend_in_a_local_slot() {
+    // Cluster [1.5, 2.5], local [1.5] grows to cluster [1.5, 1.6, 2.5],
+    // local [1.5, 1.6]: while the master still holds the old counts, every
+    // slot of each range must name a backend of that range.
+    let faulty = FaultyLbMaps::new(FakeLbMaps::new(MapSizes::small()), |_| false);
+    let mut r = Reconciler::restore(faulty).unwrap();
+    r.apply(&north_south(
+        &["10.244.1.5:8443", "10.244.2.5:8443"],
+        &["10.244.1.5:8443"],
+        "[]",
+    ))
+    .unwrap();
+    r.apply(&north_south(
+        &["10.244.1.5:8443", "10.244.1.6:8443", "10.244.2.5:8443"],
+        &["10.244.1.5:8443", "10.244.1.6:8443"],
+        "[]",
+    ))
+    .unwrap();
+    assert_eq!(
+        r.maps().violation,
+        None,
+        "a slot named a backend outside its range"
+    );
+    r.apply(&north_south(&["10.244.2.5:8443"], &[], "[]"))
+        .unwrap();
+    assert_eq!(
+        r.maps().violation,
+        None,
+        "shrinking exposed a half-written range"
+    );
+    let scopes: Vec<u8> = r.maps().inner.services.keys().map(|k| k.scope).collect();
+    assert_eq!(
+        scopes,
+        [proxy_common::lb::SLOT_SCOPE_CLUSTER; 4],
+        "two masters and one cluster slot each remain; the local slots are gone"
+    );
 }

@@ -18,6 +18,10 @@ pub const DEFAULT_AFFINITY_TIMEOUT_S: u64 = 10_800;
 
 /// Defaults a new object of `res` and returns what is wrong with it.
 pub(super) fn default_and_check(res: &Resource, obj: &mut Value) -> Vec<Cause> {
+    super::defaults::apply(res.kind, obj);
+    if res.kind == "Job" {
+        generate_job_selector(obj);
+    }
     match res.kind {
         "Namespace" => {
             obj["spec"]["finalizers"] = json!(["kubernetes"]);
@@ -36,6 +40,38 @@ pub(super) fn default_and_check(res: &Resource, obj: &mut Value) -> Vec<Cause> {
         }
         _ => Vec::new(),
     }
+}
+
+/// Upstream's Job strategy: unless `manualSelector`, pods are selected by
+/// the Job's uid, and the template carries the name and uid labels.
+fn generate_job_selector(job: &mut Value) {
+    if job.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let name = objects::name_of(job).unwrap_or_default().to_owned();
+    let uid = objects::meta_str(job, "uid").unwrap_or_default().to_owned();
+    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    let labels = labels.as_object_mut().expect("an object");
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels.entry(key).or_insert_with(|| json!(value));
+    }
+    let selector = &mut job["spec"]["selector"]["matchLabels"];
+    if !selector.is_object() {
+        *selector = json!({});
+    }
+    selector
+        .as_object_mut()
+        .expect("an object")
+        .entry("batch.kubernetes.io/controller-uid")
+        .or_insert_with(|| json!(uid));
 }
 
 /// Upstream's Service defaults, which clients and proxies read.
@@ -69,10 +105,13 @@ fn service_defaults(obj: &mut Value) {
     }
     if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports {
-            if p.get("protocol").is_none() {
+            // Go's zero values mean unset: `protocol: ""`, `targetPort: 0` or `""`.
+            if p.get("protocol").is_none_or(|v| v.is_null() || v == "") {
                 p["protocol"] = json!("TCP");
             }
-            if p.get("targetPort").is_none() {
+            if p.get("targetPort")
+                .is_none_or(|v| v.is_null() || v == 0 || v == "")
+            {
                 p["targetPort"] = p.get("port").cloned().unwrap_or(Value::Null);
             }
         }

@@ -18,13 +18,16 @@ use crate::store::Store;
 
 pub mod auth;
 pub mod clock;
+pub mod defaults;
 mod discovery;
 mod gc;
 mod kinds;
+pub mod media;
 pub mod objects;
 mod openapi;
 pub mod patch;
 pub mod path;
+pub mod proto;
 mod read;
 pub mod resources;
 pub mod selectors;
@@ -130,21 +133,29 @@ impl Request {
             })
     }
 
-    /// The body as JSON (YAML is accepted too, as `kubectl --raw` may send it).
-    /// Protobuf and CBOR bodies get 415, on which clients fall back to JSON.
-    pub fn json_body(&self) -> ApiResult<Value> {
-        let ct = self.content_type();
-        if ct.contains("protobuf") || ct.contains("cbor") {
-            return Err(ApiError::unsupported_media_type(ct));
-        }
-        if self.body.is_empty() {
-            return Err(ApiError::bad_request("the request has no body"));
-        }
-        serde_json::from_slice(&self.body).or_else(|json_err| {
-            serde_yaml::from_slice(&self.body).map_err(|_| {
-                ApiError::bad_request(format!("the body is not valid JSON: {json_err}"))
-            })
-        })
+    /// A body holding an object: JSON, YAML (as `kubectl --raw` may send)
+    /// or protobuf (kubectl's typed generators). CBOR is 415.
+    pub fn object_body(&self) -> ApiResult<Value> {
+        media::object_body(self.content_type(), &self.body)
+    }
+
+    /// A patch body (JSON, or YAML for apply patches).
+    pub fn patch_body(&self) -> ApiResult<Value> {
+        media::text_body(&self.body)
+    }
+
+    /// The encodings the client accepts, in its order of preference.
+    pub fn accepted(&self) -> Vec<media::Encoding> {
+        media::accepted(
+            self.headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
+    /// `value` in the encoding the client prefers among those that can carry it.
+    pub fn reply(&self, code: axum::http::StatusCode, value: &Value) -> Response {
+        media::respond(&self.accepted(), code, value)
     }
 }
 
@@ -212,8 +223,8 @@ async fn object<S: Store>(api: &ApiServer<S>, t: Target, req: Request) -> ApiRes
     match (m.as_str(), t.name.is_some(), t.sub) {
         ("GET", false, None) if req.query.flag("watch") => read::watch(api, &t, &req).await,
         ("GET", false, None) => read::list(api, &t, &req).await,
-        ("GET", true, None | Some(Sub::Status)) => read::get(api, &t).await,
-        ("GET", true, Some(Sub::Scale)) => read::get_scale(api, &t).await,
+        ("GET", true, None | Some(Sub::Status)) => read::get(api, &t, &req).await,
+        ("GET", true, Some(Sub::Scale)) => read::get_scale(api, &t, &req).await,
         ("POST", false, None) => write::create(api, &t, &req).await,
         ("POST", true, Some(Sub::Binding)) => write::bind(api, &t, &req).await,
         ("PUT", true, None | Some(Sub::Status)) => write::update(api, &t, &req).await,

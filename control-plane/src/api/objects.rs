@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    clock,
+    clock, defaults,
     resources::Resource,
     status::{ApiError, ApiResult, Cause},
 };
@@ -254,7 +254,11 @@ pub fn stamp_create(res: &Resource, ns: Option<&str>, obj: &mut Value) -> ApiRes
     }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(clock::now()));
-    meta.insert("generation".into(), json!(1));
+    if defaults::tracks_generation(res.kind) {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
     for owned in [
         "deletionTimestamp",
         "deletionGracePeriodSeconds",
@@ -317,7 +321,7 @@ pub fn stamp_update(res: &Resource, old: &Value, new: &mut Value, writer: Writer
         };
     }
     let spec_changed = strip(old, &["metadata", "status"]) != strip(new, &["metadata", "status"]);
-    if spec_changed {
+    if spec_changed && defaults::tracks_generation(res.kind) {
         let g = old_meta
             .get("generation")
             .and_then(Value::as_i64)
@@ -376,7 +380,10 @@ mod tests {
         stamp_create(svc, Some("default"), &mut o).unwrap();
         assert_eq!(o["kind"], "Service");
         assert_eq!(o["metadata"]["namespace"], "default");
-        assert_eq!(o["metadata"]["generation"], 1);
+        assert!(
+            o["metadata"].get("generation").is_none(),
+            "Services have none"
+        );
         assert!(o["metadata"]["uid"].as_str().unwrap().len() == 36);
         let bad = json!({"metadata": {"name": "1Web", "labels": {"app": "no spaces"}}});
         let causes = metadata_causes(svc, &bad);

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{
-    ApiServer, Request, json_response,
+    ApiServer, Request,
+    media::Encoding,
     objects::{self, from_stored},
     path::Target,
     selectors::{FieldSelector, LabelSelector},
@@ -45,9 +46,13 @@ pub(super) async fn get_object<S: Store>(
     }
 }
 
-pub(super) async fn get<S: Store>(api: &ApiServer<S>, t: &Target) -> ApiResult<Response> {
+pub(super) async fn get<S: Store>(
+    api: &ApiServer<S>,
+    t: &Target,
+    req: &Request,
+) -> ApiResult<Response> {
     let (obj, _) = get_object(api, t).await?;
-    Ok(json_response(StatusCode::OK, &obj))
+    Ok(req.reply(StatusCode::OK, &obj))
 }
 
 /// The `autoscaling/v1` Scale view of an object with replicas.
@@ -80,9 +85,13 @@ pub(super) fn scale_of(obj: &Value) -> Value {
     })
 }
 
-pub(super) async fn get_scale<S: Store>(api: &ApiServer<S>, t: &Target) -> ApiResult<Response> {
+pub(super) async fn get_scale<S: Store>(
+    api: &ApiServer<S>,
+    t: &Target,
+    req: &Request,
+) -> ApiResult<Response> {
     let (obj, _) = get_object(api, t).await?;
-    Ok(json_response(StatusCode::OK, &scale_of(&obj)))
+    Ok(req.reply(StatusCode::OK, &scale_of(&obj)))
 }
 
 /// Label and field selectors of a request.
@@ -208,13 +217,73 @@ pub(super) async fn list<S: Store>(
     } else {
         json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": metadata, "items": items})
     };
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(if req.accepts_table() {
+        super::json_response(StatusCode::OK, &body)
+    } else {
+        req.reply(StatusCode::OK, &body)
+    })
 }
 
-fn line(event: &Value) -> Bytes {
-    let mut v = serde_json::to_vec(event).expect("serializes");
-    v.push(b'\n');
-    Bytes::from(v)
+/// How watch events are written: one JSON object per line, or
+/// length-prefixed protobuf `WatchEvent`s whose object is a full protobuf
+/// body (upstream's `application/vnd.kubernetes.protobuf;stream=watch`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    JsonLines,
+    Protobuf,
+}
+
+impl Framing {
+    fn negotiate(t: &Target, req: &Request) -> ApiResult<Self> {
+        if req.accepts_table() {
+            return Ok(Self::JsonLines);
+        }
+        let kind_has_proto = super::proto::message_name(&t.res.api_version(), t.res.kind).is_some();
+        for enc in req.accepted() {
+            match enc {
+                Encoding::Protobuf if kind_has_proto => return Ok(Self::Protobuf),
+                Encoding::Protobuf | Encoding::Yaml => {}
+                Encoding::Json => return Ok(Self::JsonLines),
+            }
+        }
+        Err(super::media::not_acceptable())
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::JsonLines => "application/json",
+            Self::Protobuf => super::proto::WATCH_MEDIA_TYPE,
+        }
+    }
+
+    /// One event: `{"type": …, "object": …}`.
+    fn frame(self, event: &Value) -> Bytes {
+        match self {
+            Self::JsonLines => {
+                let mut v = serde_json::to_vec(event).expect("serializes");
+                v.push(b'\n');
+                Bytes::from(v)
+            }
+            Self::Protobuf => {
+                let object = super::proto::encode_object(&event["object"])
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                let watch_event = json!({"type": event["type"], "object": Value::Null});
+                let mut raw = super::proto::codec::encode(
+                    "k8s.io.apimachinery.pkg.apis.meta.v1.WatchEvent",
+                    &watch_event,
+                )
+                .expect("a WatchEvent encodes");
+                // object = RawExtension{raw: the object's protobuf body}
+                let mut ext = Vec::new();
+                super::proto::put_len_field(&mut ext, 1, &object);
+                super::proto::put_len_field(&mut raw, 2, &ext);
+                let mut out = (raw.len() as u32).to_be_bytes().to_vec();
+                out.extend_from_slice(&raw);
+                Bytes::from(out)
+            }
+        }
+    }
 }
 
 fn bookmark(t: &Target, rv: Revision) -> Value {
@@ -239,6 +308,7 @@ pub(super) async fn watch<S: Store>(
     }
     let filter = Filter::from_request(t, req)?;
     let as_table = req.accepts_table();
+    let framing = Framing::negotiate(t, req)?;
     let bookmarks = req.query.flag("allowWatchBookmarks");
     let timeout = req.query.number("timeoutSeconds")?.map(Duration::from_secs);
     let prefix = t.res.key_prefix(t.namespace.as_deref());
@@ -265,10 +335,12 @@ pub(super) async fn watch<S: Store>(
                 ApiError::expired(format!("too old resource version: {requested} ({oldest})"))
                     .to_status();
             let _ = tx
-                .send(Ok(line(&json!({"type": "ERROR", "object": status}))))
+                .send(Ok(
+                    framing.frame(&json!({"type": "ERROR", "object": status}))
+                ))
                 .await;
             drop(tx);
-            return Ok(stream_response(rx));
+            return Ok(stream_response(rx, framing));
         }
         Err(e) => return Err(err(e)),
     };
@@ -282,7 +354,7 @@ pub(super) async fn watch<S: Store>(
     tokio::spawn(async move {
         let send = |v: Value| {
             let tx = tx.clone();
-            async move { tx.send(Ok(line(&v))).await.is_ok() }
+            async move { tx.send(Ok(framing.frame(&v))).await.is_ok() }
         };
         let wrap = |obj: Value| {
             if as_table {
@@ -340,7 +412,7 @@ pub(super) async fn watch<S: Store>(
             }
         }
     });
-    Ok(stream_response(rx))
+    Ok(stream_response(rx, framing))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -374,11 +446,14 @@ fn translate(event: &crate::store::Event, filter: &Filter) -> Option<(&'static s
     }
 }
 
-fn stream_response(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
+fn stream_response(
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    framing: Framing,
+) -> Response {
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, framing.content_type())],
         body,
     )
         .into_response()

@@ -72,6 +72,8 @@ pub const RESOURCES: &[Resource] = &[
     resource!("apps", "v1", "deployments", "deployment", "Deployment", true, short: &["deploy"], subs: &[Sub::Status, Sub::Scale], fields: NONE),
     resource!("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, short: &["rs"], subs: &[Sub::Status, Sub::Scale], fields: &["status.replicas"]),
     resource!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, short: &["ds"], subs: &[Sub::Status, Sub::Scale], fields: NONE),
+    resource!("batch", "v1", "jobs", "job", "Job", true, short: NONE, subs: &[Sub::Status], fields: &["status.successful"]),
+    resource!("batch", "v1", "cronjobs", "cronjob", "CronJob", true, short: &["cj"], subs: &[Sub::Status], fields: NONE),
     resource!("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, short: NONE, subs: &[], fields: NONE),
     resource!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, short: NONE, subs: &[], fields: NONE),
     // RBAC objects are stored and served; authorization does not read them (see api::auth).

@@ -4,7 +4,7 @@ use axum::{http::StatusCode, response::Response};
 use serde_json::{Value, json};
 
 use super::{
-    ApiServer, Request, clock, gc, json_response, kinds,
+    ApiServer, Request, clock, gc, kinds,
     objects::{self, Writer, from_stored, name_of, sent_revision, to_stored},
     patch::{self, PatchType},
     read::{self, Filter, get_object, object_name},
@@ -89,16 +89,16 @@ pub(super) async fn create<S: Store>(
     t: &super::path::Target,
     req: &Request,
 ) -> ApiResult<Response> {
-    let mut obj = req.json_body()?;
+    let mut obj = req.object_body()?;
     if dry_run(req) {
         objects::stamp_create(t.res, t.namespace.as_deref(), &mut obj)?;
         let mut causes = objects::metadata_causes(t.res, &obj);
         causes.extend(kinds::default_and_check(t.res, &mut obj));
         objects::refuse_if_any(t.res, &obj, causes)?;
-        return Ok(json_response(StatusCode::CREATED, &obj));
+        return Ok(req.reply(StatusCode::CREATED, &obj));
     }
     let created = create_object(api, t.res, t.namespace.as_deref(), &mut obj).await?;
-    Ok(json_response(StatusCode::CREATED, &created))
+    Ok(req.reply(StatusCode::CREATED, &created))
 }
 
 /// Read-modify-write of one object: `change` turns the current object into
@@ -125,6 +125,7 @@ where
             return Err(ApiError::conflict(&resource, &name));
         }
         let mut new = change(&current)?;
+        super::defaults::apply(t.res.kind, &mut new);
         objects::stamp_update(t.res, &current, &mut new, writer)?;
         kinds::validate_update(t.res, &current, &new)?;
         if objects::meta_str(&new, "deletionTimestamp").is_some() && finalizers(&new).is_empty() {
@@ -188,7 +189,7 @@ pub(super) async fn update<S: Store>(
     t: &super::path::Target,
     req: &Request,
 ) -> ApiResult<Response> {
-    let body = req.json_body()?;
+    let body = req.object_body()?;
     let name = object_name(t);
     if name_of(&body).is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(format!(
@@ -201,7 +202,7 @@ pub(super) async fn update<S: Store>(
         Ok(split_status(t, current, body.clone()))
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &updated))
+    Ok(req.reply(StatusCode::OK, &updated))
 }
 
 pub(super) async fn patch<S: Store>(
@@ -210,7 +211,7 @@ pub(super) async fn patch<S: Store>(
     req: &Request,
 ) -> ApiResult<Response> {
     let ty = PatchType::from_content_type(req.content_type())?;
-    let body = req.json_body()?;
+    let body = req.patch_body()?;
     if matches!(ty, PatchType::Apply) {
         // Server-side apply creates what does not exist yet.
         if let Err(e) = get_object(api, t).await {
@@ -219,7 +220,7 @@ pub(super) async fn patch<S: Store>(
             }
             let mut obj = body.clone();
             let created = create_object(api, t.res, t.namespace.as_deref(), &mut obj).await?;
-            return Ok(json_response(StatusCode::CREATED, &created));
+            return Ok(req.reply(StatusCode::CREATED, &created));
         }
     }
     let expected = body
@@ -235,7 +236,7 @@ pub(super) async fn patch<S: Store>(
         Ok(split_status(t, current, patched))
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &updated))
+    Ok(req.reply(StatusCode::OK, &updated))
 }
 
 fn with_replicas(obj: &Value, scale: &Value) -> ApiResult<Value> {
@@ -253,13 +254,13 @@ pub(super) async fn put_scale<S: Store>(
     t: &super::path::Target,
     req: &Request,
 ) -> ApiResult<Response> {
-    let scale = req.json_body()?;
+    let scale = req.object_body()?;
     let expected = sent_revision(&scale)?;
     let updated = modify(api, t, expected, Writer::Client, |current| {
         with_replicas(current, &scale)
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &read::scale_of(&updated)))
+    Ok(req.reply(StatusCode::OK, &read::scale_of(&updated)))
 }
 
 pub(super) async fn patch_scale<S: Store>(
@@ -268,13 +269,13 @@ pub(super) async fn patch_scale<S: Store>(
     req: &Request,
 ) -> ApiResult<Response> {
     let ty = PatchType::from_content_type(req.content_type())?;
-    let body = req.json_body()?;
+    let body = req.patch_body()?;
     let updated = modify(api, t, None, Writer::Client, |current| {
         let scale = patch::apply("Scale", &read::scale_of(current), &body, &ty)?;
         with_replicas(current, &scale)
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &read::scale_of(&updated)))
+    Ok(req.reply(StatusCode::OK, &read::scale_of(&updated)))
 }
 
 pub(super) async fn bind<S: Store>(
@@ -282,7 +283,7 @@ pub(super) async fn bind<S: Store>(
     t: &super::path::Target,
     req: &Request,
 ) -> ApiResult<Response> {
-    let binding = req.json_body()?;
+    let binding = req.object_body()?;
     let node = binding
         .pointer("/target/name")
         .and_then(Value::as_str)
@@ -305,8 +306,7 @@ pub(super) async fn bind<S: Store>(
         Ok(out)
     })
     .await?;
-    Ok(json_response(
-        StatusCode::CREATED,
+    Ok(req.reply(StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     ))
 }
@@ -334,7 +334,7 @@ impl DeleteOptions {
         let body: Value = if req.body.is_empty() {
             json!({})
         } else {
-            req.json_body()?
+            req.object_body()?
         };
         let grace = body.get("gracePeriodSeconds").and_then(Value::as_i64);
         let grace = match grace {
@@ -472,7 +472,7 @@ pub(super) async fn delete<S: Store>(
 ) -> ApiResult<Response> {
     let opts = DeleteOptions::from_request(req)?;
     let obj = delete_object(api, t, &opts).await?;
-    Ok(json_response(StatusCode::OK, &obj))
+    Ok(req.reply(StatusCode::OK, &obj))
 }
 
 pub(super) async fn delete_collection<S: Store>(
@@ -497,8 +497,7 @@ pub(super) async fn delete_collection<S: Store>(
             Err(e) => return Err(e),
         }
     }
-    Ok(json_response(
-        StatusCode::OK,
+    Ok(req.reply(StatusCode::OK,
         &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
     ))
 }

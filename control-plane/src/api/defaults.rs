@@ -125,6 +125,7 @@ pub fn apply(kind: &str, obj: &mut Value) {
             default_ptr(spec, "failedJobsHistoryLimit", json!(1));
             job_spec(child(child(spec, "jobTemplate"), "spec"));
         }
+        "Service" => service(child(root, "spec")),
         "Secret" => default_value(root, "type", json!("Opaque")),
         "Namespace" => {
             let name = root
@@ -171,6 +172,63 @@ pub fn apply(kind: &str, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` default (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u64 = 10_800;
+
+/// `SetDefaults_Service`, and the IP family fields upstream's allocator
+/// fills for the single-stack IPv4 cluster this server runs.
+fn service(spec: &mut Map<String, Value>) {
+    default_value(spec, "type", json!("ClusterIP"));
+    default_value(spec, "sessionAffinity", json!("None"));
+    let ty = spec["type"].as_str().unwrap_or_default().to_owned();
+    match spec["sessionAffinity"].as_str() {
+        Some("None") => {
+            spec.remove("sessionAffinityConfig");
+        }
+        Some("ClientIP")
+            if spec
+                .get("sessionAffinityConfig")
+                .and_then(|c| c.pointer("/clientIP/timeoutSeconds"))
+                .is_none_or(Value::is_null) =>
+        {
+            spec.insert(
+                "sessionAffinityConfig".into(),
+                json!({"clientIP": {"timeoutSeconds": DEFAULT_AFFINITY_TIMEOUT_S}}),
+            );
+        }
+        _ => {}
+    }
+    // Go's zero values mean unset: `protocol: ""`, `targetPort: 0` or `""`.
+    for p in objects_in(spec, "ports") {
+        default_value(p, "protocol", json!("TCP"));
+        let port = p.get("port").cloned().unwrap_or(Value::Null);
+        default_value(p, "targetPort", port);
+    }
+    let externally_accessible = matches!(ty.as_str(), "NodePort" | "LoadBalancer")
+        || (ty == "ClusterIP"
+            && spec
+                .get("externalIPs")
+                .and_then(Value::as_array)
+                .is_some_and(|ips| !ips.is_empty()));
+    if externally_accessible {
+        default_value(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if ty != "ExternalName" {
+        default_ptr(spec, "internalTrafficPolicy", json!("Cluster"));
+        default_ptr(spec, "ipFamilyPolicy", json!("SingleStack"));
+        if spec
+            .get("ipFamilies")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            spec.insert("ipFamilies".into(), json!(["IPv4"]));
+        }
+    }
+    if ty == "LoadBalancer" {
+        default_ptr(spec, "allocateLoadBalancerNodePorts", json!(true));
     }
 }
 

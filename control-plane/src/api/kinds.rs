@@ -13,32 +13,21 @@ use super::{
 };
 use crate::store::Store;
 
-/// `sessionAffinityConfig.clientIP.timeoutSeconds` default.
-pub const DEFAULT_AFFINITY_TIMEOUT_S: u64 = 10_800;
-
-/// Defaults a new object of `res` and returns what is wrong with it.
-pub(super) fn default_and_check(res: &Resource, obj: &mut Value) -> Vec<Cause> {
+/// Prepares a new object of `res` as upstream's create strategies do:
+/// defaults, a Namespace's finalizer and phase, a Pod's phase, a Job's
+/// generated selector.
+pub(super) fn prepare_create(res: &Resource, obj: &mut Value) {
     super::defaults::apply(res.kind, obj);
-    if res.kind == "Job" {
-        generate_job_selector(obj);
-    }
     match res.kind {
         "Namespace" => {
             obj["spec"]["finalizers"] = json!(["kubernetes"]);
             obj["status"] = json!({"phase": "Active"});
-            Vec::new()
         }
-        "Pod" => {
-            if obj.pointer("/status/phase").is_none() {
-                obj["status"] = json!({"phase": "Pending"});
-            }
-            Vec::new()
+        "Pod" if obj.pointer("/status/phase").is_none() => {
+            obj["status"] = json!({"phase": "Pending"});
         }
-        "Service" => {
-            service_defaults(obj);
-            service_causes(obj)
-        }
-        _ => Vec::new(),
+        "Job" => generate_job_selector(obj),
+        _ => {}
     }
 }
 
@@ -72,132 +61,6 @@ fn generate_job_selector(job: &mut Value) {
         .expect("an object")
         .entry("batch.kubernetes.io/controller-uid")
         .or_insert_with(|| json!(uid));
-}
-
-/// Upstream's Service defaults, which clients and proxies read.
-fn service_defaults(obj: &mut Value) {
-    let spec = &mut obj["spec"];
-    if !spec.is_object() {
-        *spec = json!({});
-    }
-    let set = |spec: &mut Value, k: &str, v: Value| {
-        if spec.get(k).is_none_or(Value::is_null) {
-            spec[k] = v;
-        }
-    };
-    set(spec, "type", json!("ClusterIP"));
-    set(spec, "sessionAffinity", json!("None"));
-    if spec["type"] != "ExternalName" {
-        set(spec, "internalTrafficPolicy", json!("Cluster"));
-        set(spec, "ipFamilies", json!(["IPv4"]));
-        set(spec, "ipFamilyPolicy", json!("SingleStack"));
-    }
-    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
-        set(spec, "externalTrafficPolicy", json!("Cluster"));
-    }
-    if spec["sessionAffinity"] == "ClientIP"
-        && spec
-            .pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
-            .is_none()
-    {
-        spec["sessionAffinityConfig"] =
-            json!({"clientIP": {"timeoutSeconds": DEFAULT_AFFINITY_TIMEOUT_S}});
-    }
-    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-        for p in ports {
-            // Go's zero values mean unset: `protocol: ""`, `targetPort: 0` or `""`.
-            if p.get("protocol").is_none_or(|v| v.is_null() || v == "") {
-                p["protocol"] = json!("TCP");
-            }
-            if p.get("targetPort")
-                .is_none_or(|v| v.is_null() || v == 0 || v == "")
-            {
-                p["targetPort"] = p.get("port").cloned().unwrap_or(Value::Null);
-            }
-        }
-    }
-}
-
-fn service_causes(obj: &Value) -> Vec<Cause> {
-    let spec = &obj["spec"];
-    let mut causes = Vec::new();
-    let ty = spec["type"].as_str().unwrap_or("");
-    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
-        causes.push(Cause::invalid(
-            "spec.type",
-            format!("Unsupported value: \"{ty}\""),
-        ));
-    }
-    if !["None", "ClientIP"].contains(&spec["sessionAffinity"].as_str().unwrap_or("")) {
-        causes.push(Cause::invalid(
-            "spec.sessionAffinity",
-            "Unsupported value: must be None or ClientIP",
-        ));
-    }
-    if let Some(t) = spec.pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
-        && !t.as_u64().is_some_and(|t| (1..=86_400).contains(&t))
-    {
-        causes.push(Cause::invalid(
-            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-            "must be greater than 0 and less than 86400",
-        ));
-    }
-    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
-    let headless = spec["clusterIP"] == "None";
-    if ports.is_empty() && ty != "ExternalName" && !headless {
-        causes.push(Cause::required("spec.ports"));
-    }
-    let mut names = BTreeSet::new();
-    let mut seen = BTreeSet::new();
-    for (i, p) in ports.iter().enumerate() {
-        let field = |f: &str| format!("spec.ports[{i}].{f}");
-        if !p["port"]
-            .as_u64()
-            .is_some_and(|n| (1..=65_535).contains(&n))
-        {
-            causes.push(Cause::invalid(
-                field("port"),
-                format!(
-                    "Invalid value: {}: must be between 1 and 65535, inclusive",
-                    p["port"]
-                ),
-            ));
-        }
-        let proto = p["protocol"].as_str().unwrap_or("");
-        if !["TCP", "UDP", "SCTP"].contains(&proto) {
-            causes.push(Cause::invalid(
-                field("protocol"),
-                format!(
-                    "Unsupported value: \"{proto}\": supported values: \"SCTP\", \"TCP\", \"UDP\""
-                ),
-            ));
-        }
-        match p["name"].as_str() {
-            Some(n) if !names.insert(n.to_owned()) => causes.push(Cause {
-                reason: "FieldValueDuplicate",
-                field: field("name"),
-                message: format!("Duplicate value: \"{n}\""),
-            }),
-            None if ports.len() > 1 => causes.push(Cause::required(field("name"))),
-            _ => {}
-        }
-        if !seen.insert((p["port"].as_u64(), proto.to_owned())) {
-            causes.push(Cause {
-                reason: "FieldValueDuplicate",
-                field: field("port"),
-                message: format!("Duplicate value: {}", p["port"]),
-            });
-        }
-        match &p["targetPort"] {
-            Value::Number(n) if n.as_u64().is_some_and(|n| (1..=65_535).contains(&n)) => {}
-            Value::String(s) if objects::is_dns1123_label(s) && s.len() <= 15 => {}
-            other => causes.push(Cause::invalid(
-                field("targetPort"),
-                format!("Invalid value: {other}: must be a port number or an IANA service name"),
-            )),
-        }
-    }
-    causes
 }
 
 /// The first and last usable addresses of `cidr`, as u32.
@@ -361,28 +224,22 @@ pub(super) fn allocate(
     Ok(())
 }
 
-/// What is wrong with an update: the new object's own problems, and
-/// fields that may not change once set.
-pub(super) fn validate_update(res: &Resource, old: &Value, new: &Value) -> ApiResult<()> {
-    let mut checked = new.clone();
-    let mut causes = objects::metadata_causes(res, &checked);
-    if res.kind == "Service" {
-        service_defaults(&mut checked);
-        causes.extend(service_causes(&checked));
-    }
-    let immutable: &[(&str, &str)] = match res.kind {
-        "Service" => &[("/spec/clusterIP", "spec.clusterIP")],
-        "EndpointSlice" => &[("/addressType", "addressType")],
-        "Deployment" | "ReplicaSet" | "DaemonSet" => &[("/spec/selector", "spec.selector")],
-        _ => &[],
+/// A 422 `Invalid` for `obj` of `res` if upstream's validation finds
+/// anything wrong with it (as created, or as an update of `old`).
+pub(super) fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
+    let causes = match old {
+        None => super::validation::create(res.kind, res.group, obj),
+        Some(old) => super::validation::update(res.kind, res.group, old, obj),
     };
-    causes.extend(
-        immutable
-            .iter()
-            .filter(|(ptr, _)| old.pointer(ptr).is_some() && old.pointer(ptr) != new.pointer(ptr))
-            .map(|(_, field)| Cause::invalid(*field, "field is immutable")),
-    );
-    objects::refuse_if_any(res, new, causes)
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid_in(
+        res.group,
+        res.kind,
+        objects::name_of(obj).unwrap_or_default(),
+        causes,
+    ))
 }
 
 /// Deletes everything in a terminating namespace, then the namespace, in

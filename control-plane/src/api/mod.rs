@@ -18,6 +18,7 @@ use crate::store::Store;
 
 pub mod auth;
 pub mod clock;
+mod decode;
 pub mod defaults;
 mod discovery;
 mod gc;
@@ -30,9 +31,12 @@ pub mod path;
 pub mod proto;
 mod read;
 pub mod resources;
+pub mod schemas;
 pub mod selectors;
 pub mod status;
+mod strict_json;
 mod table;
+pub mod validation;
 mod write;
 
 use path::{Query, Route, Target};
@@ -112,6 +116,8 @@ pub struct Request {
     pub query: Query,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Warnings for the client, sent as `Warning` headers with the answer.
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Request {
@@ -153,9 +159,28 @@ impl Request {
         )
     }
 
-    /// `value` in the encoding the client prefers among those that can carry it.
+    /// `value` in the encoding the client prefers among those that can carry
+    /// it, with the request's warnings.
     pub fn reply(&self, code: axum::http::StatusCode, value: &Value) -> Response {
-        media::respond(&self.accepted(), code, value)
+        let mut response = media::respond(&self.accepted(), code, value);
+        let warnings = self.warnings.lock().map(|w| w.clone()).unwrap_or_default();
+        for w in warnings {
+            // Upstream's form: code 299, no agent, the text quoted.
+            let header = format!("299 - {}", validation::quote(&w));
+            if let Ok(v) = axum::http::HeaderValue::from_str(&header) {
+                response.headers_mut().append(header::WARNING, v);
+            }
+        }
+        response
+    }
+
+    /// Adds a warning for the client (deduplicated, as upstream does).
+    pub fn warn(&self, text: &str) {
+        if let Ok(mut w) = self.warnings.lock()
+            && !w.iter().any(|x| x == text)
+        {
+            w.push(text.to_owned());
+        }
     }
 }
 
@@ -190,6 +215,7 @@ async fn handle<S: Store>(
         query: Query::parse(uri.query()),
         headers,
         body,
+        warnings: std::sync::Mutex::default(),
     };
     if let (Some(id), Ok(Route::Object(t))) = (&identity, path::parse(uri.path())) {
         let verb = auth::verb(&req.method, &t, req.query.flag("watch"));

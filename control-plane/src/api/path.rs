@@ -118,22 +118,42 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
 
 /// Query parameters, decoded. Tolerates the `?&limit=500` kube-rs sends.
 #[derive(Debug, Default)]
-pub struct Query(HashMap<String, String>);
+pub struct Query {
+    /// The last value of each key.
+    last: HashMap<String, String>,
+    pairs: Vec<(String, String)>,
+}
 
 impl Query {
     pub fn parse(raw: Option<&str>) -> Self {
-        Self(
-            form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        Self {
+            last: pairs.iter().cloned().collect(),
+            pairs,
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
+        self.last
             .get(key)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+    }
+
+    /// Every value of a repeatable parameter (`dryRun=All&dryRun=All`).
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Whether the parameter was sent at all, even empty.
+    pub fn has(&self, key: &str) -> bool {
+        self.last.contains_key(key)
     }
 
     /// `true`, `True` and `1` are true (the Python client sends `True`).

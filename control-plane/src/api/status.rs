@@ -48,8 +48,10 @@ pub struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
     pub message: String,
-    pub kind: Option<String>,
-    pub name: Option<String>,
+    pub kind: Option<Box<str>>,
+    pub name: Option<Box<str>>,
+    /// The API group of `kind`, when not the core group.
+    pub group: Option<Box<str>>,
     pub causes: Vec<Cause>,
 }
 
@@ -61,13 +63,14 @@ impl ApiError {
             message: message.into(),
             kind: None,
             name: None,
+            group: None,
             causes: Vec::new(),
         }
     }
 
     fn about(mut self, kind: &str, name: &str) -> Self {
-        self.kind = Some(kind.to_owned());
-        self.name = Some(name.to_owned());
+        self.kind = Some(kind.into());
+        self.name = Some(name.into());
         self
     }
 
@@ -117,18 +120,43 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "Conflict", message)
     }
 
+    /// A core-group kind's 422 `Invalid` with every cause.
     pub fn invalid(kind: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let detail = causes
+        Self::invalid_in("", kind, name, causes)
+    }
+
+    /// Upstream's `NewInvalid`: `Deployment.apps "web" is invalid: …`, one
+    /// cause stated alone, several in brackets.
+    pub fn invalid_in(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
+        let each: Vec<String> = causes
             .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect::<Vec<_>>()
-            .join(", ");
+            .map(|c| {
+                if c.field.is_empty() {
+                    c.message.clone()
+                } else {
+                    format!("{}: {}", c.field, c.message)
+                }
+            })
+            .collect();
+        let detail = match each.as_slice() {
+            [] => String::new(),
+            [one] => format!(": {one}"),
+            many => format!(": [{}]", many.join(", ")),
+        };
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {detail}"),
+            format!("{qualified} \"{name}\" is invalid{detail}"),
         )
         .about(kind, name);
+        if !group.is_empty() {
+            e.group = Some(group.into());
+        }
         e.causes = causes;
         e
     }
@@ -191,10 +219,13 @@ impl ApiError {
     pub fn to_status(&self) -> Value {
         let mut details = serde_json::Map::new();
         if let Some(n) = &self.name {
-            details.insert("name".into(), json!(n));
+            details.insert("name".into(), json!(&**n));
+        }
+        if let Some(g) = &self.group {
+            details.insert("group".into(), json!(&**g));
         }
         if let Some(k) = &self.kind {
-            details.insert("kind".into(), json!(k));
+            details.insert("kind".into(), json!(&**k));
         }
         if !self.causes.is_empty() {
             let causes: Vec<Value> = self

@@ -3,6 +3,7 @@
 Run by tests/python_client.rs with the kubeconfig path as argument; prints
 one line per check and exits non-zero on the first failure.
 """
+import json
 import sys
 
 from kubernetes import client, config, watch
@@ -78,6 +79,31 @@ def main(kubeconfig):
     slices = d1.list_namespaced_endpoint_slice("default", label_selector="kubernetes.io/service-name=web")
     check("endpointslices round-trip", slices.items[0].endpoints[0].addresses == ["10.244.1.11"], slices)
 
+    # upstream's refusals: a link-local endpoint address (422 naming the field) ...
+    bad_slice = dict(slice_body, metadata={"name": "web-bad"},
+                     endpoints=[{"addresses": ["169.254.1.1"]}])
+    try:
+        d1.create_namespaced_endpoint_slice("default", bad_slice)
+        check("link-local endpoint refused", False, "created")
+    except ApiException as e:
+        causes = json.loads(e.body)["details"]["causes"]
+        check("link-local endpoint refused",
+              e.status == 422 and causes[0]["field"] == "endpoints[0].addresses[0]", (e.status, causes))
+
+    # ... and a Deployment whose selector does not select its template.
+    apps = client.AppsV1Api()
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "odd"},
+              "spec": {"selector": {"matchLabels": {"app": "web"}},
+                       "template": {"metadata": {"labels": {"app": "api"}},
+                                    "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}
+    try:
+        apps.create_namespaced_deployment("default", deploy)
+        check("selector mismatch refused", False, "created")
+    except ApiException as e:
+        causes = json.loads(e.body)["details"]["causes"]
+        check("selector mismatch refused",
+              e.status == 422 and causes[0]["field"] == "spec.template.metadata.labels"
+              and "`selector` does not match template `labels`" in causes[0]["message"], (e.status, causes))
 
 if __name__ == "__main__":
     main(sys.argv[1])

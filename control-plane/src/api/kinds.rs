@@ -1,15 +1,14 @@
-//! What individual kinds add to the generic object handling: defaults,
-//! Service IP and node-port allocation, immutable fields, and namespace
+//! What individual kinds add to the generic object handling: preparing
+//! new objects (upstream's create strategies), validation, and namespace
 //! finalization.
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 
 use super::{
-    ApiServer,
-    objects::{self, from_stored},
+    ApiServer, objects,
     resources::{RESOURCES, Resource},
-    status::{ApiError, ApiResult, Cause},
+    status::{ApiError, ApiResult},
 };
 use crate::store::Store;
 
@@ -61,167 +60,6 @@ fn generate_job_selector(job: &mut Value) {
         .expect("an object")
         .entry("batch.kubernetes.io/controller-uid")
         .or_insert_with(|| json!(uid));
-}
-
-/// The first and last usable addresses of `cidr`, as u32.
-fn usable(cidr: (Ipv4Addr, u8)) -> (u32, u32) {
-    let base = u32::from(cidr.0) & (u32::MAX << (32 - cidr.1));
-    let size = 1u32 << (32 - cidr.1);
-    (base + 1, base + size - 2)
-}
-
-/// The ClusterIPs and node ports Services hold, loaded from the store once
-/// and kept current by every Service create and delete of this server.
-#[derive(Debug, Default)]
-pub struct Allocations {
-    loaded: bool,
-    ips: BTreeSet<u32>,
-    node_ports: BTreeSet<u64>,
-}
-
-fn service_ip(svc: &Value) -> Option<u32> {
-    svc.pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Ipv4Addr>().ok())
-        .map(u32::from)
-}
-
-fn service_node_ports(svc: &Value) -> impl Iterator<Item = u64> + '_ {
-    svc.pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["nodePort"].as_u64())
-}
-
-impl Allocations {
-    /// Reads every Service once; later calls are free until [`Self::forget`].
-    pub(super) async fn ensure_loaded<S: Store>(&mut self, store: &S) -> ApiResult<()> {
-        if self.loaded {
-            return Ok(());
-        }
-        let services = Resource::find("", "v1", "services").expect("services are served");
-        let page = store
-            .list(&services.key_prefix(None), None, None)
-            .await
-            .map_err(|e| ApiError::from_store(e, "services", ""))?;
-        *self = Self {
-            loaded: true,
-            ..Self::default()
-        };
-        for kv in &page.items {
-            self.record(&from_stored(&kv.value, kv.mod_rev)?);
-        }
-        Ok(())
-    }
-
-    pub(super) fn record(&mut self, svc: &Value) {
-        self.ips.extend(service_ip(svc));
-        self.node_ports.extend(service_node_ports(svc));
-    }
-
-    pub(super) fn release(&mut self, svc: &Value) {
-        if let Some(ip) = service_ip(svc) {
-            self.ips.remove(&ip);
-        }
-        for p in service_node_ports(svc) {
-            self.node_ports.remove(&p);
-        }
-    }
-
-    /// Makes the next allocation re-read the store (after deletes that
-    /// bypassed [`Self::release`]).
-    pub(super) fn forget(&mut self) {
-        self.loaded = false;
-    }
-}
-
-/// Chooses a Service's ClusterIP and node ports among those free. The caller
-/// holds the allocations across this and the write, then records them.
-pub(super) fn allocate(
-    settings: &super::Settings,
-    taken: &Allocations,
-    obj: &mut Value,
-) -> ApiResult<()> {
-    let (ips, node_ports) = (&taken.ips, &taken.node_ports);
-    let name = objects::name_of(obj).unwrap_or_default().to_owned();
-    let spec = &mut obj["spec"];
-    let (first, last) = usable(settings.service_cidr);
-    match spec["clusterIP"].as_str() {
-        _ if spec["type"] == "ExternalName" => {}
-        Some("None") => {}
-        Some(ip) if !ip.is_empty() => {
-            let refuse = |why: String| {
-                ApiError::invalid(
-                    "Service",
-                    &name,
-                    vec![Cause::invalid("spec.clusterIPs", why)],
-                )
-            };
-            let n = u32::from(ip.parse::<Ipv4Addr>().map_err(|_| {
-                refuse(format!(
-                    "Invalid value: \"{ip}\": must be a valid IP address"
-                ))
-            })?);
-            let failed = format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}");
-            if !(first..=last).contains(&n) {
-                return Err(refuse(format!(
-                    "{failed}: the provided IP ({ip}) is not in the valid range"
-                )));
-            }
-            if ips.contains(&n) {
-                return Err(refuse(format!(
-                    "{failed}: provided IP is already allocated"
-                )));
-            }
-        }
-        _ => {
-            // Dynamic allocation prefers the upper band, as upstream does.
-            let size = last - first + 1;
-            let static_band = (size / 16).clamp(16, 256).min(size);
-            let pick = (first + static_band..=last)
-                .chain(first..first + static_band)
-                .find(|n| !ips.contains(n))
-                .ok_or_else(|| ApiError::internal("the Service IP range is exhausted"))?;
-            spec["clusterIP"] = json!(Ipv4Addr::from(pick).to_string());
-        }
-    }
-    if let Some(ip) = spec["clusterIP"].as_str().map(str::to_owned) {
-        spec["clusterIPs"] = json!([ip]);
-    }
-    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
-        let range = settings.node_ports.clone();
-        let mut causes = Vec::new();
-        // Ports given to this Service's earlier ports in this call.
-        let mut here = BTreeSet::new();
-        for (i, p) in spec["ports"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            match p["nodePort"].as_u64() {
-                Some(n) if !range.contains(&(n as u16)) || n > 65_535 => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {}-{}", range.start(), range.end()))),
-                Some(n) if node_ports.contains(&n) || !here.insert(n) => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is already allocated"))),
-                Some(_) => {}
-                None => {
-                    let size = u64::from(range.end() - range.start() + 1);
-                    let static_band = (size / 32).clamp(16, 128).min(size);
-                    let (lo, hi) = (u64::from(*range.start()), u64::from(*range.end()));
-                    let n = (lo + static_band..=hi).chain(lo..lo + static_band).find(|n| !node_ports.contains(n) && !here.contains(n));
-                    let Some(n) = n else {
-                        return Err(ApiError::internal("the node port range is exhausted"));
-                    };
-                    here.insert(n);
-                    p["nodePort"] = json!(n);
-                }
-            }
-        }
-        if !causes.is_empty() {
-            return Err(ApiError::invalid("Service", &name, causes));
-        }
-    }
-    Ok(())
 }
 
 /// A 422 `Invalid` for `obj` of `res` if upstream's validation finds

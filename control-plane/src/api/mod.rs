@@ -33,6 +33,7 @@ mod read;
 pub mod resources;
 pub mod schemas;
 pub mod selectors;
+pub mod services;
 pub mod status;
 mod strict_json;
 mod table;
@@ -74,7 +75,7 @@ pub struct ApiServer<S> {
     pub settings: Settings,
     pub auth: auth::Auth,
     /// Held across choosing a Service's IP and ports and writing the Service.
-    alloc: Arc<tokio::sync::Mutex<kinds::Allocations>>,
+    alloc: Arc<tokio::sync::Mutex<services::Allocations>>,
 }
 
 impl<S: Store> ApiServer<S> {

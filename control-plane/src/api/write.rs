@@ -9,6 +9,7 @@ use super::{
     patch::{self, PatchType},
     read::{self, Filter, get_object, object_name},
     resources::{Resource, Sub},
+    services,
     status::{ApiError, ApiResult},
 };
 use crate::store::{self, Revision, Store};
@@ -37,7 +38,7 @@ pub(super) async fn create_object<S: Store>(
     let mut allocations = if res.kind == "Service" {
         let mut a = api.alloc.lock().await;
         a.ensure_loaded(&*api.store).await?;
-        kinds::allocate(&api.settings, &a, obj)?;
+        services::allocate(&api.settings, &a, obj, None)?;
         Some(a)
     } else {
         None
@@ -143,6 +144,17 @@ where
         let mut new = change(&current)?;
         super::defaults::apply(t.res.kind, &mut new);
         objects::stamp_update(t.res, &current, &mut new, writer)?;
+        // A Service's type change clears and releases what the old type
+        // held, and allocates what the new one needs; the allocations stay
+        // locked until the write is stored.
+        let mut allocations = None;
+        if t.res.kind == "Service" && writer == Writer::Client && t.sub.is_none() {
+            services::drop_type_dependent_fields(&current, &mut new);
+            let mut a = api.alloc.lock().await;
+            a.ensure_loaded(&*api.store).await?;
+            services::allocate(&api.settings, &a, &mut new, Some(&current))?;
+            allocations = Some(a);
+        }
         // The server's own writes (finalizers, deletion marks) are not the
         // client's object to judge.
         if writer == Writer::Client {
@@ -152,6 +164,8 @@ where
             return Ok(objects::with_revision(new, rev));
         }
         if objects::meta_str(&new, "deletionTimestamp").is_some() && finalizers(&new).is_empty() {
+            // `deleted` releases the Service's allocations itself.
+            drop(allocations.take());
             let gone = api.store.delete(&key, Some(rev)).await;
             match gone {
                 Ok(kv) => {
@@ -163,7 +177,13 @@ where
             }
         }
         match api.store.update(&key, to_stored(&new), Some(rev)).await {
-            Ok(kv) => return Ok(objects::with_revision(new, kv.mod_rev)),
+            Ok(kv) => {
+                if let Some(a) = allocations.as_deref_mut() {
+                    a.release(&current);
+                    a.record(&new);
+                }
+                return Ok(objects::with_revision(new, kv.mod_rev));
+            }
             Err(store::Error::Conflict { .. }) if expected.is_none() => {}
             Err(e) => return Err(ApiError::from_store(e, &resource, &name)),
         }

@@ -232,9 +232,10 @@ fn wait_affinity(c: &Cluster, fe: &str, want: Option<u64>) {
 fn bad_objects_are_skipped_and_full_maps_are_reported() {
     privileges::require();
     // Room for two frontends of two backends each (3 service entries and
-    // 2 slots each), besides the headroom of one frontend kept for changes.
+    // 2 slots each), besides the headroom of one frontend kept for changes
+    // and the API server's own `default/kubernetes` (2 entries, 1 slot).
     let c = Cluster::start_with(3, |args| {
-        for (flag, value) in [("--max-frontends", "3"), ("--max-backend-slots", "6")] {
+        for (flag, value) in [("--max-frontends", "4"), ("--max-backend-slots", "7")] {
             let i = args.iter().position(|a| a == flag).unwrap();
             args[i + 1] = value.to_owned();
         }

@@ -23,6 +23,7 @@ pub mod defaults;
 mod discovery;
 mod gc;
 mod kinds;
+pub mod kubernetes_service;
 pub mod media;
 pub mod objects;
 mod openapi;
@@ -57,6 +58,9 @@ pub struct Settings {
     pub service_cidr: (std::net::Ipv4Addr, u8),
     /// `--service-node-port-range`.
     pub node_ports: std::ops::RangeInclusive<u16>,
+    /// Where in-cluster clients reach this server: the endpoints of the
+    /// `default/kubernetes` Service (none without it).
+    pub advertise: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -66,6 +70,7 @@ impl Default for Settings {
             minor_version: 33,
             service_cidr: (std::net::Ipv4Addr::new(10, 96, 0, 0), 12),
             node_ports: 30_000..=32_767,
+            advertise: None,
         }
     }
 }
@@ -95,7 +100,9 @@ impl<S: Store> ApiServer<S> {
             .with_state(Arc::clone(self))
     }
 
-    /// Creates the initial namespaces if they do not exist yet.
+    /// Creates the initial namespaces if they do not exist yet, and the
+    /// `default/kubernetes` Service with its endpoints (see
+    /// [`kubernetes_service`]).
     pub async fn bootstrap(&self) -> ApiResult<()> {
         for ns in resources::INITIAL_NAMESPACES {
             let mut obj = serde_json::json!({"metadata": {"name": ns}});
@@ -107,7 +114,7 @@ impl<S: Store> ApiServer<S> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        kubernetes_service::reconcile(self).await
     }
 }
 

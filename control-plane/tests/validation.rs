@@ -91,7 +91,10 @@ fn kubectl_checks(bin: std::path::PathBuf, backend: Backend) {
     for kind in ["endpointslices", "deployments", "pods", "configmaps"] {
         let names = k.ok(&["get", kind, "-o", "name"]);
         // (The server's own objects aside.)
-        let own = ["configmap/kube-root-ca.crt", "endpointslice.discovery.k8s.io/kubernetes"];
+        let own = [
+            "configmap/kube-root-ca.crt",
+            "endpointslice.discovery.k8s.io/kubernetes",
+        ];
         assert!(
             names.lines().all(|l| own.contains(&l)),
             "nothing refused was stored: {names}"

@@ -33,7 +33,7 @@ fn python_client_checks(backend: Backend) {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        10,
+        11,
         "{stdout}"
     );
 }

@@ -66,6 +66,8 @@ fn kubectl_checks(bin: std::path::PathBuf, backend: Backend) {
         before
     );
 
+    continue_with_resource_version(&k);
+
     // Objects upstream refuses, each with its field path.
     for (manifest, expected) in [
         (slice("169.254.1.1"), "endpoints[0].addresses[0]: Invalid value: \"169.254.1.1\": may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
@@ -100,6 +102,32 @@ fn kubectl_checks(bin: std::path::PathBuf, backend: Backend) {
             "nothing refused was stored: {names}"
         );
     }
+}
+
+/// The list case through `kubectl get --raw`: a continue token with
+/// a resourceVersion is upstream's 400.
+fn continue_with_resource_version(k: &Kubectl) {
+    let page: Value = serde_json::from_str(&k.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/services?limit=1",
+    ]))
+    .unwrap();
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("more than one Service")
+        .to_owned();
+    let out = k.run(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/services?limit=1&continue={token}&resourceVersion=5"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("specifying resource version is not allowed when using continue"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn slice(address: &str) -> String {

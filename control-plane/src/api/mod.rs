@@ -24,6 +24,7 @@ mod discovery;
 mod gc;
 mod kinds;
 pub mod kubernetes_service;
+pub mod list_options;
 pub mod media;
 pub mod objects;
 mod openapi;
@@ -129,6 +130,18 @@ pub struct Request {
 }
 
 impl Request {
+    /// A GET with only a query, for unit tests of parameter handling.
+    #[cfg(test)]
+    pub fn for_query(query: Query) -> Self {
+        Self {
+            method: Method::GET,
+            query,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            warnings: std::sync::Mutex::default(),
+        }
+    }
+
     pub fn content_type(&self) -> &str {
         self.headers
             .get(header::CONTENT_TYPE)
@@ -225,9 +238,11 @@ async fn handle<S: Store>(
         body,
         warnings: std::sync::Mutex::default(),
     };
-    if let (Some(id), Ok(Route::Object(t))) = (&identity, path::parse(uri.path())) {
-        let verb = auth::verb(&req.method, &t, req.query.flag("watch"));
-        if let Err(e) = auth::authorize(id, verb, &t) {
+    let parsed = path::parse(uri.path());
+    if let (Some(id), Ok(Route::Object(t) | Route::Watch(t))) = (&identity, &parsed) {
+        let watch = matches!(parsed, Ok(Route::Watch(_))) || req.query.flag("watch");
+        let verb = auth::verb(&req.method, t, watch);
+        if let Err(e) = auth::authorize(id, verb, t) {
             return e.into_response();
         }
     }
@@ -248,6 +263,14 @@ async fn route<S: Store>(api: &ApiServer<S>, path: &str, req: Request) -> ApiRes
         Route::OpenApiIndex => Ok(openapi::index()),
         Route::OpenApiDoc { group, version } => openapi::document(&group, &version),
         Route::Object(target) => object(api, target, req).await,
+        Route::Watch(target) if req.method == Method::GET && target.sub.is_none() => {
+            read::watch(api, &target, &req).await
+        }
+        Route::Watch(target) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({} {})",
+            req.method,
+            target.res.qualified()
+        ))),
     }
 }
 
@@ -255,7 +278,7 @@ async fn object<S: Store>(api: &ApiServer<S>, t: Target, req: Request) -> ApiRes
     use resources::Sub;
     let m = req.method.clone();
     match (m.as_str(), t.name.is_some(), t.sub) {
-        ("GET", false, None) if req.query.flag("watch") => read::watch(api, &t, &req).await,
+        ("GET", _, None) if req.query.flag("watch") => read::watch(api, &t, &req).await,
         ("GET", false, None) => read::list(api, &t, &req).await,
         ("GET", true, None | Some(Sub::Status)) => read::get(api, &t, &req).await,
         ("GET", true, Some(Sub::Scale)) => read::get_scale(api, &t, &req).await,

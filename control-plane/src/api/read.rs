@@ -6,18 +6,18 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use base64::Engine as _;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{
     ApiServer, Request,
+    list_options::{ListOptions, Plan, Read, encode_continue},
     media::Encoding,
     objects::{self, from_stored},
     path::Target,
     selectors::{FieldSelector, LabelSelector},
-    status::{ApiError, ApiResult, Cause},
+    status::{ApiError, ApiResult},
     table,
 };
 use crate::store::{EventKind, Revision, Store, WatchItem};
@@ -46,11 +46,26 @@ pub(super) async fn get_object<S: Store>(
     }
 }
 
+/// A get: with a `resourceVersion`, not older than it (upstream waits up to
+/// 3 s for the store to reach it, then answers 504).
 pub(super) async fn get<S: Store>(
     api: &ApiServer<S>,
     t: &Target,
     req: &Request,
 ) -> ApiResult<Response> {
+    if let Some(rv) = req.query.get("resourceVersion") {
+        // Upstream's versioner error reaches the client as a 500 here.
+        let rev: Revision = rv.parse().map_err(|_| {
+            ApiError::internal(format!(
+                "resourceVersion: Invalid value: {}: strconv.ParseUint: parsing {}: invalid syntax",
+                super::validation::quote(rv),
+                super::validation::quote(rv)
+            ))
+        })?;
+        if rev > 0 {
+            wait_for_revision(api, rev).await?;
+        }
+    }
     let (obj, _) = get_object(api, t).await?;
     Ok(req.reply(StatusCode::OK, &obj))
 }
@@ -115,69 +130,111 @@ impl Filter {
     pub(super) fn matches(&self, obj: &Value) -> bool {
         self.labels.matches_object(obj) && self.fields.matches_object(obj)
     }
+
+    /// Narrows to one object, as upstream does for a watch on an object's
+    /// path; a field selector naming another object is a 400.
+    pub(super) fn require_name(&mut self, name: &str) -> ApiResult<()> {
+        match self.fields.exact("metadata.name") {
+            Some(n) if n != name => Err(ApiError::bad_request(
+                "fieldSelector metadata.name doesn't match requested name",
+            )),
+            Some(_) => Ok(()),
+            None if !self.fields.is_empty() => Err(ApiError::bad_request(
+                "fieldSelector metadata.name doesn't match requested name",
+            )),
+            None => {
+                self.fields =
+                    FieldSelector::parse(&format!("metadata.name={name}"), &["metadata.name"])
+                        .map_err(ApiError::bad_request)?;
+                Ok(())
+            }
+        }
+    }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ContinueToken {
-    rv: Revision,
-    start: String,
+/// Waits, up to upstream's 3 s, for the store to reach `rev`; upstream's
+/// 504 if it does not.
+async fn wait_for_revision<S: Store>(api: &ApiServer<S>, rev: Revision) -> ApiResult<Revision> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let current = api
+            .store
+            .current_revision()
+            .await
+            .map_err(|e| ApiError::from_store(e, "", ""))?;
+        if current >= rev {
+            return Ok(current);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::too_large_resource_version(rev, current));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
-fn decode_continue(token: &str) -> ApiResult<ContinueToken> {
-    let bad = || ApiError::bad_request("continue key is not valid");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    serde_json::from_slice(&raw).map_err(|_| bad())
+/// Upstream's answers for a list whose revision is gone.
+fn list_expired(plan: &Plan, prefix: &str) -> ApiError {
+    if plan.continuing {
+        let mut e = ApiError::expired(
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter, or use the continue token \
+             in this response to retrieve the remainder of the results. Continuing with the \
+             provided token results in an inconsistent list - objects that were created, \
+             modified, or deleted between the time the first chunk was returned and now may \
+             show up in the list.",
+        );
+        // Continues the same list at the latest revision.
+        let start = plan.start_after.as_deref().unwrap_or(prefix);
+        e.about_mut().list_continue = Some(encode_continue(start, prefix, -1));
+        e
+    } else {
+        ApiError::expired("The resourceVersion for the provided list is too old.")
+    }
 }
 
-fn encode_continue(rv: Revision, start: &str) -> String {
-    let raw = serde_json::to_vec(&ContinueToken {
-        rv,
-        start: start.to_owned(),
-    })
-    .expect("serializes");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
-/// Matching objects of a collection: one page of at most `limit`, plus the
-/// revision and continue token.
+/// Matching objects of a collection, as `plan` says: one page, plus the
+/// revision it was read at and a continue token when more remain.
 pub(super) async fn list_objects<S: Store>(
     api: &ApiServer<S>,
     t: &Target,
     filter: &Filter,
-    limit: Option<usize>,
-    cont: Option<&str>,
+    plan: &Plan,
 ) -> ApiResult<(Vec<Value>, Revision, Option<String>)> {
     let prefix = t.res.key_prefix(t.namespace.as_deref());
-    let err = |e| ApiError::from_store(e, &t.res.qualified(), "");
-    let (mut start, mut rv) = (None, None);
-    if let Some(token) = cont {
-        let token = decode_continue(token)?;
-        if token.rv < api.store.compacted_revision().await.map_err(err)? {
-            return Err(ApiError::expired(
-                "The provided continue parameter is too old to display a consistent list result. \
-                 You can start a new list without the continue parameter.",
-            ));
+    let err = |e| match e {
+        crate::store::Error::Compacted { .. } => list_expired(plan, &prefix),
+        e => ApiError::from_store(e, &t.res.qualified(), ""),
+    };
+    let mut at = match plan.read {
+        Read::Latest => None,
+        Read::AtLeast(rev) => {
+            wait_for_revision(api, rev).await?;
+            None
         }
-        start = Some(token.start);
-        rv = Some(token.rv);
-    }
+        Read::Exact(rev) => Some(rev),
+    };
+    let mut start = plan.start_after.clone();
     let mut items = Vec::new();
     loop {
-        let page = api
-            .store
-            .list(&prefix, start.as_deref(), Some(LIST_BATCH))
-            .await
-            .map_err(err)?;
-        let rv = *rv.get_or_insert(page.revision);
+        // Later batches read at the first one's revision: one consistent list.
+        let page = match at {
+            None => {
+                api.store
+                    .list(&prefix, start.as_deref(), Some(LIST_BATCH))
+                    .await
+            }
+            Some(rev) => {
+                api.store
+                    .list_at(&prefix, start.as_deref(), Some(LIST_BATCH), rev)
+                    .await
+            }
+        }
+        .map_err(err)?;
+        let rv = *at.get_or_insert(page.revision);
         for kv in &page.items {
-            if limit.is_some_and(|l| items.len() >= l) {
-                return Ok((
-                    items,
-                    rv,
-                    Some(encode_continue(rv, start.as_deref().unwrap_or_default())),
-                ));
+            if plan.limit.is_some_and(|l| items.len() >= l) {
+                let last = start.as_deref().unwrap_or(&prefix);
+                return Ok((items, rv, Some(encode_continue(last, &prefix, rv as i64))));
             }
             let obj = from_stored(&kv.value, kv.mod_rev)?;
             start = Some(kv.key.clone());
@@ -196,13 +253,10 @@ pub(super) async fn list<S: Store>(
     t: &Target,
     req: &Request,
 ) -> ApiResult<Response> {
+    let opts = ListOptions::from_request(req, false)?;
     let filter = Filter::from_request(t, req)?;
-    let limit = req
-        .query
-        .number("limit")?
-        .filter(|l| *l > 0)
-        .map(|l| l as usize);
-    let (items, rv, cont) = list_objects(api, t, &filter, limit, req.query.get("continue")).await?;
+    let plan = opts.plan(&t.res.key_prefix(t.namespace.as_deref()))?;
+    let (items, rv, cont) = list_objects(api, t, &filter, &plan).await?;
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         metadata["continue"] = json!(c);
@@ -290,41 +344,42 @@ fn bookmark(t: &Target, rv: Revision) -> Value {
     json!({"type": "BOOKMARK", "object": {"kind": t.res.kind, "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rv.to_string()}}})
 }
 
+/// Upstream's watch of `t`'s collection (or, with a name, of one object:
+/// a field selector on `metadata.name`), from the request's parameters.
+/// `sendInitialEvents` (WatchList) is refused as 1.33 does by default;
+/// clients then list and watch.
 pub(super) async fn watch<S: Store>(
     api: &ApiServer<S>,
     t: &Target,
     req: &Request,
 ) -> ApiResult<Response> {
-    if req.query.flag("sendInitialEvents") {
-        // WatchList is not implemented: clients fall back to list + watch on 422.
-        return Err(ApiError::invalid(
-            "ListOptions",
-            "",
-            vec![Cause::forbidden(
-                "sendInitialEvents",
-                "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
-            )],
-        ));
+    let opts = ListOptions::from_request(req, true)?;
+    let mut filter = Filter::from_request(t, req)?;
+    if let Some(name) = t.name.as_deref() {
+        filter.require_name(name)?;
     }
-    let filter = Filter::from_request(t, req)?;
     let as_table = req.accepts_table();
     let framing = Framing::negotiate(t, req)?;
-    let bookmarks = req.query.flag("allowWatchBookmarks");
-    let timeout = req.query.number("timeoutSeconds")?.map(Duration::from_secs);
+    let bookmarks = opts.allow_watch_bookmarks;
+    // Upstream's default lasts between one and two `--min-request-timeout`s.
+    let timeout = Duration::from_secs(match opts.timeout_seconds {
+        Some(s) if s > 0 => s as u64,
+        _ => 1800 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 1800 / 256,
+    });
+    let timeout = Some(timeout);
     let prefix = t.res.key_prefix(t.namespace.as_deref());
     let err = |e| ApiError::from_store(e, &t.res.qualified(), "");
+    // Upstream's versioner error reaches the client as a 500 here.
+    let requested = opts.parsed_revision().map_err(ApiError::internal)?;
 
     // No resourceVersion, or "0": the current state as ADDED events first.
     let mut initial = Vec::new();
-    let start = match req.query.get("resourceVersion").unwrap_or("0") {
-        "0" => {
-            let (items, rv, _) = list_objects(api, t, &filter, None, None).await?;
-            initial = items;
-            rv
-        }
-        rv => rv
-            .parse::<Revision>()
-            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion `{rv}`")))?,
+    let start = if requested == 0 {
+        let (items, rv, _) = list_objects(api, t, &filter, &Plan::everything()).await?;
+        initial = items;
+        rv
+    } else {
+        requested
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let stream = match api.store.watch(&prefix, start).await {

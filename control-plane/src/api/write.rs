@@ -605,7 +605,8 @@ pub(super) async fn delete_collection<S: Store>(
 ) -> ApiResult<Response> {
     let opts = DeleteOptions::from_request(req)?;
     let filter = Filter::from_request(t, req)?;
-    let (items, rv, _) = read::list_objects(api, t, &filter, None, None).await?;
+    let everything = super::list_options::Plan::everything();
+    let (items, rv, _) = read::list_objects(api, t, &filter, &everything).await?;
     let mut deleted = Vec::new();
     for obj in items {
         let target = super::path::Target {

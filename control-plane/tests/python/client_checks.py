@@ -59,6 +59,16 @@ def main(kubeconfig):
     except ApiException as e:
         check("stale replace conflicts", e.status == 409 and "Conflict" in e.body, (e.status, e.body))
 
+    # a list page's continue token with a resourceVersion: upstream's 400
+    page = v1.list_namespaced_service("default", limit=1)
+    try:
+        v1.list_namespaced_service("default", limit=1, _continue=page.metadata._continue, resource_version="5")
+        check("continue with resourceVersion refused", False, "listed")
+    except ApiException as e:
+        check("continue with resourceVersion refused",
+              e.status == 400 and "specifying resource version is not allowed when using continue" in e.body,
+              (e.status, e.body))
+
     # not found is a 404 ApiException
     try:
         v1.read_namespaced_service("nope", "default")

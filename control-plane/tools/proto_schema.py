@@ -14,7 +14,10 @@ Inputs are upstream's own sources at one release (the one /version reports):
 - the Go types (`types*.go`) say which scalar fields are pointers. gogo
   protobuf writes a non-pointer field even when it holds its zero value, so a
   zero there means "unset"; a pointer field is written only when set, so its
-  zero is a value (`replicas: 0`).
+  zero is a value (`replicas: 0`);
+- the Go markers and tags say how values merge (server-side apply and
+  strategic merge patch): `+listType`, `+listMapKey`, `+mapType`,
+  `+structType`, `patchStrategy`/`patchMergeKey`, and `+default` of fields.
 
 Only messages reachable from ROOTS are written.
 """
@@ -97,14 +100,18 @@ def resolve(ty, package):
 
 
 struct_re = re.compile(r"^type (\w+) struct \{")
-go_field_re = re.compile(r"^\s+\w+\s+(\*?)\S+\s+`json:\"([^,\"]*)[^`]*protobuf:\"[^\"]*name=(\w+)")
+marker_re = re.compile(r"^\s*// \+(listType|listMapKey|mapType|structType|default)=(.*)$")
+patch_re = re.compile(r'patchStrategy:"([^"]*)"')
+merge_key_re = re.compile(r'patchMergeKey:"([^"]*)"')
+go_field_re = re.compile(r"^\s+\w+\s+(\*?)\S+\s+`json:\"([^,\"]*)([^\"]*)\"[^`]*protobuf:\"[^\"]*name=(\w+)")
 go_inline_re = re.compile(r"^\s+\*?[\w.]+\s+`json:\",inline\"[^`]*protobuf:\"[^\"]*name=(\w+)")
 
 
 def go_fields(src):
-    """{(package dir, struct): ({pointer fields}, {inline fields}, {proto name: JSON name})},
-    by proto name. An inline (embedded) struct's fields are the parent's in JSON; a
-    few JSON names differ from the proto's (`$ref`, `x-kubernetes-*`, `uid`)."""
+    """{(package dir, struct): ({pointer fields}, {inline fields}, {proto name: JSON name},
+    {proto name: [merge flags]}, [struct flags])}, by proto name. An inline (embedded)
+    struct's fields are the parent's in JSON; a few JSON names differ from the
+    proto's (`$ref`, `x-kubernetes-*`, `uid`)."""
     out = {}
     for pkg in PACKAGES:
         d = os.path.join(src, pkg)
@@ -112,24 +119,65 @@ def go_fields(src):
             if not f.endswith(".go") or f.endswith("_test.go") or f.startswith("zz_") or f.endswith(".pb.go"):
                 continue
             current = None
+            markers = []
             for line in open(os.path.join(d, f)):
+                mk = marker_re.match(line)
+                if mk:
+                    markers.append((mk.group(1), mk.group(2).strip()))
+                    continue
                 m = struct_re.match(line)
                 if m:
                     current = m.group(1)
-                    out.setdefault((pkg, current), (set(), set(), {}))
+                    entry = out.setdefault((pkg, current), (set(), set(), {}, {}, []))
+                    if ("structType", "atomic") in markers or ("mapType", "atomic") in markers:
+                        entry[4].append("atomic")
+                    markers = []
                     continue
                 if line.startswith("}"):
                     current = None
+                    markers = []
                     continue
                 g = go_field_re.match(line)
                 if current and g:
+                    proto_name = g.group(4)
                     if g.group(1) == "*":
-                        out[(pkg, current)][0].add(g.group(3))
-                    out[(pkg, current)][2][g.group(3)] = g.group(2)
+                        out[(pkg, current)][0].add(proto_name)
+                    out[(pkg, current)][2][proto_name] = g.group(2)
+                    flags = merge_flags(markers, line)
+                    # A field Go's JSON writes even when unset (no omitempty).
+                    if "omitempty" not in g.group(3):
+                        flags.append("always")
+                    out[(pkg, current)][3][proto_name] = flags
+                    markers = []
+                elif not line.strip().startswith("//"):
+                    markers = []
                 i = go_inline_re.match(line)
                 if current and i:
                     out[(pkg, current)][1].add(i.group(1))
     return out
+
+
+def merge_flags(markers, line):
+    """How a field merges: `list=map:k1,k2`, `list=set`, `list=atomic`,
+    `map=atomic`, `patch=merge|retainKeys|replace`, `mergekey=k`, `default=v`."""
+    flags = []
+    kinds = dict(markers)
+    keys = [v for k, v in markers if k == "listMapKey"]
+    if "listType" in kinds:
+        flags.append("list=map:" + ",".join(keys) if kinds["listType"] == "map" else "list=" + kinds["listType"])
+    if kinds.get("mapType") == "atomic" or kinds.get("structType") == "atomic":
+        flags.append("map=atomic")
+    p = patch_re.search(line)
+    if p:
+        flags.append("patch=" + p.group(1).replace(",", "+"))
+    k = merge_key_re.search(line)
+    if k:
+        flags.append("mergekey=" + k.group(1))
+    if "default" in kinds:
+        d = kinds["default"]
+        if d.startswith('"') and d.endswith('"'):
+            flags.append("default=" + d[1:-1])
+    return flags
 
 
 def package_dir(full):
@@ -159,14 +207,18 @@ def main(src):
                     todo.append(part)
     print("# Generated by tools/proto_schema.py from Kubernetes 1.33.13's generated.proto")
     print("# files and Go types; do not edit. Per message: `message NAME`, then one line")
-    print("# per field: NUMBER JSON-NAME TYPE [repeated] [pointer] [inline].")
+    print("# per field: NUMBER JSON-NAME TYPE [repeated] [pointer] [inline], how it merges")
+    print("# (list=, map=, patch=, mergekey=, default=), and `always` when Go's JSON writes it")
+    print("# even unset. `message NAME atomic`: a struct replaced whole by server-side apply.")
     for name in sorted(seen):
-        print(f"message {name}")
-        pointers, inline, json_names = go.get((package_dir(name), name.rsplit(".", 1)[1]), (set(), set(), {}))
+        pointers, inline, json_names, merges, struct_flags = go.get(
+            (package_dir(name), name.rsplit(".", 1)[1]), (set(), set(), {}, {}, []))
+        print(f"message {name}" + "".join(" " + f for f in struct_flags))
         for num, field, ty, rep in msgs[name]:
             json_name = json_names.get(field) or field
-            flags = (" repeated" if rep else "") + (" pointer" if field in pointers and ty in SCALARS else "")
+            flags = (" repeated" if rep else "") + (" pointer" if field in pointers and not rep else "")
             flags += " inline" if field in inline else ""
+            flags += "".join(" " + f for f in merges.get(field, []))
             print(f"{num} {json_name} {ty}{flags}")
 
 

@@ -48,8 +48,24 @@ fn objects_in<'a>(
         .filter_map(Value::as_object_mut)
 }
 
-/// Applies the defaults of `kind` to `obj` (a whole object).
+/// What Go's decoding into the kind's type drops (see
+/// [`crate::api::proto::omit`]), for a built-in kind.
+fn omit_unset(obj: &mut Value) {
+    let (Some(api_version), Some(kind)) = (
+        obj.get("apiVersion").and_then(Value::as_str),
+        obj.get("kind").and_then(Value::as_str),
+    ) else {
+        return;
+    };
+    if let Some(message) = crate::api::proto::message_name(api_version, kind) {
+        crate::api::proto::omit::drop_unset(&message, obj);
+    }
+}
+
+/// Applies the defaults of `kind` to `obj` (a whole object), after
+/// dropping what Go's decoding would.
 pub fn apply(kind: &str, obj: &mut Value) {
+    omit_unset(obj);
     let Some(root) = obj.as_object_mut() else {
         return;
     };
@@ -216,16 +232,10 @@ fn service(spec: &mut Map<String, Value>) {
     if externally_accessible {
         default_value(spec, "externalTrafficPolicy", json!("Cluster"));
     }
+    // The IP families are the allocator's (`services::allocate`), as
+    // upstream's REST layer sets them after defaulting.
     if ty != "ExternalName" {
         default_ptr(spec, "internalTrafficPolicy", json!("Cluster"));
-        default_ptr(spec, "ipFamilyPolicy", json!("SingleStack"));
-        if spec
-            .get("ipFamilies")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty)
-        {
-            spec.insert("ipFamilies".into(), json!(["IPv4"]));
-        }
     }
     if ty == "LoadBalancer" {
         default_ptr(spec, "allocateLoadBalancerNodePorts", json!(true));

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use super::{
-    ApiServer, objects::Writer, path::Target, read::get_object, resources::Resource, services,
-    status::ApiResult, write,
+    ApiServer, path::Target, read::get_object, resources::Resource, services, status::ApiResult,
+    write,
 };
 use crate::store::Store;
 
@@ -90,8 +90,14 @@ pub async fn reconcile<S: Store>(api: &ApiServer<S>) -> ApiResult<()> {
             Ok((obj, _)) => obj,
             Err(e) if e.reason == "NotFound" => {
                 let mut obj = want.clone();
-                match write::create_checked(api, res, Some(NAMESPACE), &mut obj, Writer::Server)
-                    .await
+                match write::create_object(
+                    api,
+                    res,
+                    Some(NAMESPACE),
+                    &mut obj,
+                    &write::Owner::Server,
+                )
+                .await
                 {
                     Ok(_) => continue,
                     // Someone else created it meanwhile: repair it below.
@@ -105,7 +111,7 @@ pub async fn reconcile<S: Store>(api: &ApiServer<S>) -> ApiResult<()> {
         if !drifted(&current) {
             continue;
         }
-        write::modify(api, &t, None, Writer::Server, |cur| {
+        write::modify(api, &t, None, &write::Owner::Server, |cur| {
             let mut out = cur.clone();
             for p in kept {
                 let field = &p[1..];

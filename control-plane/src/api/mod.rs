@@ -36,6 +36,7 @@ pub mod resources;
 pub mod schemas;
 pub mod selectors;
 pub mod services;
+pub mod ssa;
 pub mod status;
 mod strict_json;
 mod table;
@@ -107,8 +108,14 @@ impl<S: Store> ApiServer<S> {
     pub async fn bootstrap(&self) -> ApiResult<()> {
         for ns in resources::INITIAL_NAMESPACES {
             let mut obj = serde_json::json!({"metadata": {"name": ns}});
-            match write::create_object(self, resources::Resource::namespaces(), None, &mut obj)
-                .await
+            match write::create_object(
+                self,
+                resources::Resource::namespaces(),
+                None,
+                &mut obj,
+                &write::Owner::Server,
+            )
+            .await
             {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}

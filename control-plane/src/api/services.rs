@@ -219,6 +219,25 @@ impl Allocations {
     }
 }
 
+/// The IP families of a Service that is not an ExternalName, set by the
+/// allocator as upstream's (single-stack IPv4 is all the range offers).
+pub fn default_ip_families(svc: &mut Value) {
+    let spec = &mut svc["spec"];
+    if spec["type"] == "ExternalName" {
+        return;
+    }
+    if spec.get("ipFamilyPolicy").is_none_or(Value::is_null) {
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+    }
+    if spec
+        .get("ipFamilies")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        spec["ipFamilies"] = json!(["IPv4"]);
+    }
+}
+
 /// Chooses what `svc` needs and does not have yet — a ClusterIP, node
 /// ports, a health-check port — among those free, and checks what it asks
 /// for is free and in range. `own` is the Service's stored version on an
@@ -239,6 +258,7 @@ pub fn allocate(
     let name = objects::name_of(svc).unwrap_or_default().to_owned();
     let mut e = Errors::default();
     let needs_ip = needs_cluster_ip(svc);
+    default_ip_families(svc);
     let spec = &mut svc["spec"];
     let (first, last) = usable(settings.service_cidr);
     match spec["clusterIP"].as_str() {

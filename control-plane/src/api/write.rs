@@ -9,7 +9,7 @@ use super::{
     patch::{self, PatchType},
     read::{self, Filter, get_object, object_name},
     resources::{Resource, Sub},
-    services,
+    services, ssa,
     status::{ApiError, ApiResult},
 };
 use crate::store::{self, Revision, Store};
@@ -21,6 +21,75 @@ fn dry_run(req: &Request) -> bool {
     req.query.get("dryRun") == Some("All")
 }
 
+/// Who makes a write, for `managedFields` (see [`super::ssa`]).
+pub(super) enum Owner<'a> {
+    /// A client's create, update or patch: an `Update` by this manager.
+    Manager(&'a str),
+    /// A server-side apply: the write's `managedFields` are already set.
+    Applied,
+    /// The server's own bookkeeping (finalizers, deletion marks, its own
+    /// objects): ownership is left as it is, and the object is not held to
+    /// the rules for clients' (the `kubernetes` endpoints may be a loopback
+    /// address on a one-machine cluster).
+    Server,
+}
+
+impl Owner<'_> {
+    fn writer(&self) -> Writer {
+        match self {
+            Self::Server => Writer::Server,
+            Self::Manager(_) | Self::Applied => Writer::Client,
+        }
+    }
+}
+
+/// How `manager`'s write to `res` (through `sub`, if any) is recorded.
+fn field_writer<'a>(
+    res: &Resource,
+    manager: &'a str,
+    sub: &'a str,
+    time: &'a str,
+    api_version: &'a str,
+) -> ssa::Writer<'a> {
+    ssa::Writer {
+        manager,
+        subresource: sub,
+        api_version,
+        time,
+        has_status: res.has(Sub::Status),
+    }
+}
+
+/// Records `owner`'s write of `new` (over `old`, for an update) in its
+/// `managedFields`.
+fn track(res: &Resource, sub: Option<Sub>, owner: &Owner, old: Option<&Value>, new: &mut Value) {
+    let Some(ty) = ssa::Ty::of_kind(&res.api_version(), res.kind) else {
+        return;
+    };
+    let manager = match (owner, old) {
+        (Owner::Manager(manager), _) => manager,
+        (Owner::Server, Some(old)) => return ssa::record_server_write(&ty, old, new),
+        _ => return,
+    };
+    let (time, api_version) = (clock::now(), res.api_version());
+    let sub = sub.map_or("", Sub::name);
+    ssa::record_update(
+        &ty,
+        old,
+        new,
+        &field_writer(res, manager, sub, &time, &api_version),
+    );
+}
+
+/// The manager a request writes as (`fieldManager`, else its User-Agent).
+pub(super) fn manager_of(req: &Request) -> String {
+    let agent = req
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    ssa::manager_name(req.query.get("fieldManager"), agent)
+}
+
 /// Creates an object of `res` in `ns`; the object is stamped, defaulted and
 /// validated first, and nothing is written if any of that fails.
 pub(super) async fn create_object<S: Store>(
@@ -28,28 +97,24 @@ pub(super) async fn create_object<S: Store>(
     res: &'static Resource,
     ns: Option<&str>,
     obj: &mut Value,
+    owner: &Owner<'_>,
 ) -> ApiResult<Value> {
-    create_checked(api, res, ns, obj, Writer::Client).await
-}
-
-/// [`create_object`]; the server's own objects (`Writer::Server`) are not
-/// held to the rules for clients' (the `kubernetes` endpoints may be a
-/// loopback address on a one-machine cluster).
-pub(super) async fn create_checked<S: Store>(
-    api: &ApiServer<S>,
-    res: &'static Resource,
-    ns: Option<&str>,
-    obj: &mut Value,
-    writer: Writer,
-) -> ApiResult<Value> {
+    // An apply's ownership is computed before the server's fields are set.
+    let applied = match owner {
+        Owner::Applied => obj.pointer("/metadata/managedFields").cloned(),
+        _ => None,
+    };
     objects::stamp_create(res, ns, obj)?;
     kinds::prepare_create(res, obj);
-    if writer == Writer::Client {
-        kinds::validate(res, obj, None)?;
+    if let Some(mf) = applied {
+        objects::meta_mut(obj).insert("managedFields".into(), mf);
     }
+    track(res, None, owner, None, obj);
     if let (true, Some(ns)) = (res.namespaced, ns) {
         check_namespace_open(api, ns).await?;
     }
+    // A Service's addresses and ports are allocated before it is validated
+    // (upstream's BeginCreate), and stay locked until it is stored.
     let mut allocations = if res.kind == "Service" {
         let mut a = api.alloc.lock().await;
         a.ensure_loaded(&*api.store).await?;
@@ -58,6 +123,9 @@ pub(super) async fn create_checked<S: Store>(
     } else {
         None
     };
+    if !matches!(owner, Owner::Server) {
+        kinds::validate(res, obj, None)?;
+    }
     let name = name_of(obj).unwrap_or_default().to_owned();
     let kv = api
         .store
@@ -112,7 +180,15 @@ pub(super) async fn create<S: Store>(
         kinds::validate(t.res, &obj, None)?;
         return Ok(req.reply(StatusCode::CREATED, &obj));
     }
-    let created = create_object(api, t.res, t.namespace.as_deref(), &mut obj).await?;
+    let manager = manager_of(req);
+    let created = create_object(
+        api,
+        t.res,
+        t.namespace.as_deref(),
+        &mut obj,
+        &Owner::Manager(&manager),
+    )
+    .await?;
     Ok(req.reply(StatusCode::CREATED, &created))
 }
 
@@ -124,14 +200,14 @@ pub(in crate::api) async fn modify<S, F>(
     api: &ApiServer<S>,
     t: &super::path::Target,
     expected: Option<Revision>,
-    writer: Writer,
+    owner: &Owner<'_>,
     change: F,
 ) -> ApiResult<Value>
 where
     S: Store,
     F: FnMut(&Value) -> ApiResult<Value>,
 {
-    modify_or_try(api, t, expected, writer, false, change).await
+    modify_or_try(api, t, expected, owner, false, change).await
 }
 
 /// [`modify`], or with `dry_run` everything but the write: the answer is
@@ -140,7 +216,7 @@ async fn modify_or_try<S, F>(
     api: &ApiServer<S>,
     t: &super::path::Target,
     expected: Option<Revision>,
-    writer: Writer,
+    owner: &Owner<'_>,
     dry_run: bool,
     mut change: F,
 ) -> ApiResult<Value>
@@ -148,6 +224,7 @@ where
     S: Store,
     F: FnMut(&Value) -> ApiResult<Value>,
 {
+    let writer = owner.writer();
     let name = object_name(t).to_owned();
     let key = t.res.key(t.namespace.as_deref(), &name);
     let resource = t.res.qualified();
@@ -159,6 +236,7 @@ where
         let mut new = change(&current)?;
         super::defaults::apply(t.res.kind, &mut new);
         objects::stamp_update(t.res, &current, &mut new, writer)?;
+        track(t.res, t.sub, owner, Some(&current), &mut new);
         // A Service's type change clears and releases what the old type
         // held, and allocates what the new one needs; the allocations stay
         // locked until the write is stored.
@@ -191,7 +269,13 @@ where
                 Err(e) => return Err(ApiError::from_store(e, &resource, &name)),
             }
         }
-        match api.store.update(&key, to_stored(&new), Some(rev)).await {
+        // An update that changes nothing is not written, and the object
+        // keeps its resourceVersion (upstream's storage compares the bytes).
+        let stored = to_stored(&new);
+        if stored == to_stored(&current) {
+            return Ok(current);
+        }
+        match api.store.update(&key, stored, Some(rev)).await {
             Ok(kv) => {
                 if let Some(a) = allocations.as_deref_mut() {
                     a.release(&current);
@@ -257,7 +341,9 @@ pub(super) async fn update<S: Store>(
         )));
     }
     let expected = sent_revision(&body)?;
-    let updated = modify_or_try(api, t, expected, Writer::Client, dry_run(req), |current| {
+    let manager = manager_of(req);
+    let owner = Owner::Manager(&manager);
+    let updated = modify_or_try(api, t, expected, &owner, dry_run(req), |current| {
         Ok(split_status(t, current, body.clone()))
     })
     .await?;
@@ -274,16 +360,7 @@ pub(super) async fn patch<S: Store>(
     let directive = decode::options(req, decode::Options::Patch { apply })?;
     let body = req.patch_body()?;
     if apply {
-        refuse_undeclared_fields(t, &body)?;
-        // Server-side apply creates what does not exist yet.
-        if let Err(e) = get_object(api, t).await {
-            if e.reason != "NotFound" {
-                return Err(e);
-            }
-            let mut obj = body.clone();
-            let created = create_object(api, t.res, t.namespace.as_deref(), &mut obj).await?;
-            return Ok(req.reply(StatusCode::CREATED, &created));
-        }
+        return server_side_apply(api, t, req, &body).await;
     }
     let expected = body
         .is_object()
@@ -293,31 +370,113 @@ pub(super) async fn patch<S: Store>(
     let kind = t.res.kind;
     let duplicates = decode::patch_duplicates(&req.body);
     let strategic = matches!(ty, PatchType::Strategic);
-    let updated = modify_or_try(api, t, expected, Writer::Client, dry_run(req), |current| {
-        let mut base = current.clone();
-        objects::meta_mut(&mut base).remove("resourceVersion");
-        let mut patched = patch::apply(kind, &base, &body, &ty)?;
-        if !apply {
-            // Upstream shows a strategic patch itself, other patches' result.
-            decode::patched(
-                req,
-                t.res,
-                directive,
-                &mut patched,
-                duplicates.clone(),
-                |obj| {
-                    if strategic {
-                        decode::go_print(&body)
-                    } else {
-                        obj.to_string()
-                    }
-                },
-            )?;
+    let manager = manager_of(req);
+    let owner = Owner::Manager(&manager);
+    let updated = modify_or_try(api, t, expected, &owner, dry_run(req), |current| {
+        let mut patched = patch::apply(kind, current, &body, &ty)?;
+        // The patched object's resourceVersion is a precondition (a JSON
+        // patch may set it: kubectl's managed-fields migration does).
+        let sent = sent_revision(&patched)?;
+        if sent.is_some()
+            && sent != objects::meta_str(current, "resourceVersion").and_then(|v| v.parse().ok())
+        {
+            return Err(ApiError::conflict(&t.res.qualified(), object_name(t)));
         }
+        objects::meta_mut(&mut patched).remove("resourceVersion");
+        // Upstream shows a strategic patch itself, other patches' result.
+        decode::patched(
+            req,
+            t.res,
+            directive,
+            &mut patched,
+            duplicates.clone(),
+            |obj| {
+                if strategic {
+                    decode::go_print(&body)
+                } else {
+                    obj.to_string()
+                }
+            },
+        )?;
         Ok(split_status(t, current, patched))
     })
     .await?;
     Ok(req.reply(StatusCode::OK, &updated))
+}
+
+/// Server-side apply (`application/apply-patch+yaml`): the configuration
+/// merged into the object (created if absent) with field ownership, see
+/// [`ssa`]; a change to another manager's field is a 409 unless `force`.
+async fn server_side_apply<S: Store>(
+    api: &ApiServer<S>,
+    t: &super::path::Target,
+    req: &Request,
+    config: &Value,
+) -> ApiResult<Response> {
+    // Upstream's version check: the configuration names this kind.
+    let (api_version, kind) = (
+        config
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        config
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    );
+    if api_version != t.res.api_version() || kind != t.res.kind {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        return Err(ApiError::bad_request(format!(
+            "invalid object type: {group}/{version}, Kind={kind}"
+        )));
+    }
+    if name_of(config).is_some_and(|n| n != object_name(t)) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({})",
+            name_of(config).unwrap_or_default(),
+            object_name(t)
+        )));
+    }
+    refuse_undeclared_fields(t, config)?;
+    let ty = ssa::Ty::of_kind(&t.res.api_version(), t.res.kind)
+        .ok_or_else(|| ApiError::internal(format!("no schema for {}", t.res.kind)))?;
+    let force = req.query.flag("force");
+    let manager = manager_of(req);
+    let (time, api_version) = (clock::now(), t.res.api_version());
+    let sub = t.sub.map_or("", Sub::name);
+    let w = field_writer(t.res, &manager, sub, &time, &api_version);
+    match get_object(api, t).await {
+        Err(e) if e.reason == "NotFound" => {
+            let mut obj = ssa::apply(&ty, &json!({}), config, &w, force)?;
+            let created = if dry_run(req) {
+                objects::stamp_create(t.res, t.namespace.as_deref(), &mut obj)?;
+                kinds::prepare_create(t.res, &mut obj);
+                kinds::validate(t.res, &obj, None)?;
+                obj
+            } else {
+                create_object(
+                    api,
+                    t.res,
+                    t.namespace.as_deref(),
+                    &mut obj,
+                    &Owner::Applied,
+                )
+                .await?
+            };
+            Ok(req.reply(StatusCode::CREATED, &created))
+        }
+        Err(e) => Err(e),
+        Ok(_) => {
+            let updated = modify_or_try(api, t, None, &Owner::Applied, dry_run(req), |current| {
+                let mut live = current.clone();
+                objects::meta_mut(&mut live).remove("resourceVersion");
+                let merged = ssa::apply(&ty, &live, config, &w, force)?;
+                Ok(split_status(t, current, merged))
+            })
+            .await?;
+            Ok(req.reply(StatusCode::OK, &updated))
+        }
+    }
 }
 
 /// Server-side apply refuses fields the kind does not have, whatever
@@ -374,7 +533,8 @@ pub(super) async fn put_scale<S: Store>(
 ) -> ApiResult<Response> {
     let scale = req.object_body()?;
     let expected = sent_revision(&scale)?;
-    let updated = modify(api, t, expected, Writer::Client, |current| {
+    let manager = manager_of(req);
+    let updated = modify(api, t, expected, &Owner::Manager(&manager), |current| {
         with_replicas(current, &scale)
     })
     .await?;
@@ -388,7 +548,8 @@ pub(super) async fn patch_scale<S: Store>(
 ) -> ApiResult<Response> {
     let ty = PatchType::from_content_type(req.content_type())?;
     let body = req.patch_body()?;
-    let updated = modify(api, t, None, Writer::Client, |current| {
+    let manager = manager_of(req);
+    let updated = modify(api, t, None, &Owner::Manager(&manager), |current| {
         let scale = patch::apply("Scale", &read::scale_of(current), &body, &ty)?;
         with_replicas(current, &scale)
     })
@@ -409,7 +570,9 @@ pub(super) async fn bind<S: Store>(
         .ok_or_else(|| ApiError::bad_request("a binding needs target.name"))?
         .to_owned();
     let pod = object_name(t).to_owned();
-    modify(api, t, None, Writer::Client, |current| {
+    // Upstream sets the node through the binding alone, not as a pod update:
+    // no field manager records it.
+    modify(api, t, None, &Owner::Server, |current| {
         if let Some(bound) = current
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
@@ -536,7 +699,7 @@ pub(super) async fn delete_object<S: Store>(
         };
     }
     let grace = opts.grace_seconds.unwrap_or(30);
-    let marked = modify(api, t, None, Writer::Server, |cur| {
+    let marked = modify(api, t, None, &Owner::Server, |cur| {
         let mut out = cur.clone();
         let meta = objects::meta_mut(&mut out);
         meta.entry("deletionTimestamp")
@@ -569,7 +732,7 @@ pub(super) async fn delete_object<S: Store>(
             gc::orphan_dependents(api, &marked).await?;
         }
         // Our part done: without other finalizers the owner goes now.
-        return modify(api, t, None, Writer::Server, |cur| {
+        return modify(api, t, None, &Owner::Server, |cur| {
             let mut out = cur.clone();
             let rest: Vec<String> = finalizers(cur)
                 .into_iter()

@@ -115,5 +115,23 @@ def main(kubeconfig):
               e.status == 422 and causes[0]["field"] == "spec.template.metadata.labels"
               and "`selector` does not match template `labels`" in causes[0]["message"], (e.status, causes))
 
+    # server-side apply: ownership, a 409 naming field and manager, force
+    cfg = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"a": "1"}}
+    v1.patch_namespaced_config_map("applied", "default", cfg, field_manager="first",
+                                   _content_type="application/apply-patch+yaml")
+    mine = dict(cfg, data={"a": "2"})
+    try:
+        v1.patch_namespaced_config_map("applied", "default", mine, field_manager="second",
+                                       _content_type="application/apply-patch+yaml")
+        check("apply conflict", False, "applied")
+    except ApiException as e:
+        body = json.loads(e.body)
+        check("apply conflict", e.status == 409 and body["details"]["causes"] == [
+            {"reason": "FieldManagerConflict", "message": 'conflict with "first"', "field": ".data.a"}], (e.status, body))
+    forced = v1.patch_namespaced_config_map("applied", "default", mine, field_manager="second", force=True,
+                                            _content_type="application/apply-patch+yaml")
+    owners = [(m.manager, m.operation) for m in forced.metadata.managed_fields]
+    check("forced apply takes the field", forced.data == {"a": "2"} and owners == [("second", "Apply")], owners)
+
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -11,6 +11,7 @@ use prost::Message as _;
 use serde_json::Value;
 
 pub mod codec;
+pub mod omit;
 pub mod schema;
 mod wire;
 

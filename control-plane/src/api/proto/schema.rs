@@ -65,12 +65,72 @@ pub struct Field {
     pub pointer: bool,
     /// An embedded Go struct: its fields are the parent's in JSON.
     pub inline: bool,
+    /// Go's JSON writes the field even when unset (no `omitempty`).
+    pub always: bool,
+    /// How the field's value merges (`+listType`, `patchStrategy`, …).
+    pub merge: Merge,
+}
+
+/// The Go markers and tags that say how a field's value merges: server-side
+/// apply reads the list and map types, strategic merge patch the patch
+/// strategy and merge key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merge {
+    /// `+listType`: `atomic`, `set`, or `map` with its `+listMapKey`s.
+    pub list: Option<ListType>,
+    /// `+mapType=atomic` (or the field's struct is `+structType=atomic`).
+    pub atomic: bool,
+    /// `patchStrategy`: `merge`, `retainKeys`, `replace`.
+    pub patch_strategy: Vec<&'static str>,
+    /// `patchMergeKey`.
+    pub merge_key: Option<&'static str>,
+    /// `+default` of a string field (a list key may rely on it).
+    pub default: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListType {
+    Atomic,
+    Set,
+    Map(Vec<&'static str>),
 }
 
 #[derive(Debug, Default)]
 pub struct Message {
     /// In field-number order.
     pub fields: Vec<Field>,
+    /// `+structType=atomic`: server-side apply replaces it whole.
+    pub atomic: bool,
+}
+
+impl Message {
+    pub fn by_json(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.json == name)
+    }
+}
+
+fn merge_of(flags: &[&'static str]) -> Merge {
+    let mut m = Merge::default();
+    for f in flags {
+        let Some((k, v)) = f.split_once('=') else {
+            continue;
+        };
+        match k {
+            "list" => {
+                m.list = Some(match v.strip_prefix("map:") {
+                    Some(keys) => ListType::Map(keys.split(',').collect()),
+                    None if v == "set" => ListType::Set,
+                    None => ListType::Atomic,
+                });
+            }
+            "map" => m.atomic = v == "atomic",
+            "patch" => m.patch_strategy = v.split('+').collect(),
+            "mergekey" => m.merge_key = Some(v),
+            "default" => m.default = Some(v),
+            _ => {}
+        }
+    }
+    m
 }
 
 impl Message {
@@ -81,11 +141,18 @@ impl Message {
 
 static SCHEMA: OnceLock<HashMap<&'static str, Message>> = OnceLock::new();
 
+fn table() -> &'static HashMap<&'static str, Message> {
+    SCHEMA.get_or_init(|| parse(include_str!("schema.txt")))
+}
+
 /// The message called `name` (e.g. `k8s.io.api.core.v1.ConfigMap`).
 pub fn message(name: &str) -> Option<&'static Message> {
-    SCHEMA
-        .get_or_init(|| parse(include_str!("schema.txt")))
-        .get(name)
+    table().get(name)
+}
+
+/// The table's own copy of a message's name.
+pub fn interned(name: &str) -> Option<&'static str> {
+    table().get_key_value(name).map(|(k, _)| *k)
 }
 
 fn parse(text: &'static str) -> HashMap<&'static str, Message> {
@@ -95,9 +162,13 @@ fn parse(text: &'static str) -> HashMap<&'static str, Message> {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
-        if let Some(name) = line.strip_prefix("message ") {
+        if let Some(rest) = line.strip_prefix("message ") {
+            let (name, atomic) = match rest.split_once(' ') {
+                Some((name, flags)) => (name, flags.split(' ').any(|f| f == "atomic")),
+                None => (rest, false),
+            };
             current = Some(name);
-            out.entry(name).or_default();
+            out.entry(name).or_default().atomic = atomic;
             continue;
         }
         let mut parts = line.split(' ');
@@ -116,6 +187,8 @@ fn parse(text: &'static str) -> HashMap<&'static str, Message> {
             repeated: flags.contains(&"repeated"),
             pointer: flags.contains(&"pointer"),
             inline: flags.contains(&"inline"),
+            always: flags.contains(&"always"),
+            merge: merge_of(&flags),
         });
     }
     for m in out.values_mut() {
@@ -169,5 +242,19 @@ mod tests {
                 .any(|f| f.json == "x-kubernetes-int-or-string")
         );
         assert!(props.fields.iter().any(|f| f.json == "$ref"));
+        let ports = message("k8s.io.api.core.v1.ServiceSpec")
+            .unwrap()
+            .by_json("ports")
+            .unwrap();
+        assert_eq!(
+            ports.merge.list,
+            Some(ListType::Map(vec!["port", "protocol"]))
+        );
+        assert_eq!(ports.merge.merge_key, Some("port"));
+        assert!(
+            message("k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelector")
+                .unwrap()
+                .atomic
+        );
     }
 }

@@ -7,6 +7,9 @@ use crate::api::defaults;
 /// `(field, message)` of every cause for a defaulted object of `kind`.
 fn causes(kind: &str, group: &str, mut obj: Value) -> Vec<(String, String)> {
     defaults::apply(kind, &mut obj);
+    if kind == "Service" {
+        crate::api::services::default_ip_families(&mut obj);
+    }
     create(kind, group, &obj)
         .into_iter()
         .map(|c| (c.field, c.message))

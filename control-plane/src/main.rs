@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use control_plane::{
-    api::{ApiServer, Settings, auth::Auth, kubernetes_service, services},
+    api::{ApiServer, Settings, auth::Auth, authz, kubernetes_service, services, tokens},
     pki::Pki,
     serve,
     store::{AnyStore, EmbeddedStore, EtcdStore, Store},
@@ -182,11 +182,13 @@ async fn main() -> Result<()> {
         Pki::ensure(&args.data_dir, &names, &args.node_names).context("preparing certificates")?;
     let auth = Auth::Required {
         tokens: pki.tokens.clone(),
+        signer: Arc::new(tokens::Signer::from_pkcs8(&pki.service_account_key)?),
     };
     let api = ApiServer::new(Arc::clone(&store), settings, auth);
     api.bootstrap()
         .await
         .map_err(|e| anyhow::anyhow!("bootstrapping: {}", e.message))?;
+    authz::spawn(Arc::clone(&api));
     kubernetes_service::spawn(
         Arc::clone(&api),
         Duration::from_secs(args.kubernetes_service_interval.max(1)),

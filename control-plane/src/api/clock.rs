@@ -40,6 +40,13 @@ pub fn now() -> String {
     rfc3339(SystemTime::now())
 }
 
+/// Now, in seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (fractions and offsets are not used by
 /// this server's own timestamps).
 pub fn parse(s: &str) -> Option<SystemTime> {

@@ -87,9 +87,10 @@ const VERBS: [&str; 8] = [
 ];
 
 fn entry(r: &Resource) -> Value {
+    let verbs: &[&str] = if r.review { &["create"] } else { &VERBS };
     json!({
         "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
-        "verbs": VERBS, "shortNames": r.short_names,
+        "verbs": verbs, "shortNames": r.short_names,
     })
 }
 
@@ -104,6 +105,9 @@ fn sub_entry(r: &Resource, sub: Sub) -> Value {
         }
         Sub::Binding => {
             json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Binding", "verbs": ["create"]})
+        }
+        Sub::Token => {
+            json!({"name": name, "singularName": "", "namespaced": r.namespaced, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]})
         }
     }
 }

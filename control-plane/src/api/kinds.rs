@@ -91,7 +91,7 @@ pub(super) async fn finalize_namespace<S: Store>(api: &ApiServer<S>, ns: &str) -
     tokio::spawn(async move {
         for _ in 0..600 {
             let mut remaining = 0;
-            for res in RESOURCES.iter().filter(|r| r.namespaced) {
+            for res in RESOURCES.iter().filter(|r| r.namespaced && !r.review) {
                 let Ok(page) = store.list(&res.key_prefix(Some(&ns)), None, None).await else {
                     return;
                 };

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::store::Store;
 
 pub mod auth;
+pub mod authz;
 pub mod clock;
 mod decode;
 pub mod defaults;
@@ -31,8 +32,10 @@ mod openapi;
 pub mod patch;
 pub mod path;
 pub mod proto;
+pub mod rbac;
 mod read;
 pub mod resources;
+mod reviews;
 pub mod schemas;
 pub mod selectors;
 pub mod services;
@@ -40,6 +43,7 @@ pub mod ssa;
 pub mod status;
 mod strict_json;
 mod table;
+pub mod tokens;
 pub mod validation;
 mod write;
 
@@ -81,6 +85,8 @@ pub struct ApiServer<S> {
     pub store: Arc<S>,
     pub settings: Settings,
     pub auth: auth::Auth,
+    /// The RBAC objects authorization reads.
+    pub authz: authz::Authorizer,
     /// Held across choosing a Service's IP and ports and writing the Service.
     alloc: Arc<tokio::sync::Mutex<services::Allocations>>,
 }
@@ -91,6 +97,7 @@ impl<S: Store> ApiServer<S> {
             store,
             settings,
             auth,
+            authz: authz::Authorizer::default(),
             alloc: Arc::default(),
         })
     }
@@ -102,21 +109,26 @@ impl<S: Store> ApiServer<S> {
             .with_state(Arc::clone(self))
     }
 
-    /// Creates the initial namespaces if they do not exist yet, and the
-    /// `default/kubernetes` Service with its endpoints (see
-    /// [`kubernetes_service`]).
+    /// Creates what is missing of the initial namespaces, the bootstrap
+    /// RBAC policy ([`rbac::bootstrap`]), and the `default/kubernetes`
+    /// Service with its endpoints (see [`kubernetes_service`]).
     pub async fn bootstrap(&self) -> ApiResult<()> {
-        for ns in resources::INITIAL_NAMESPACES {
-            let mut obj = serde_json::json!({"metadata": {"name": ns}});
-            match write::create_object(
-                self,
-                resources::Resource::namespaces(),
-                None,
-                &mut obj,
-                &write::Owner::Server,
+        let rbac = |plural| resources::Resource::find("rbac.authorization.k8s.io", "v1", plural);
+        let namespaces = resources::INITIAL_NAMESPACES.iter().map(|ns| {
+            (
+                Some(resources::Resource::namespaces()),
+                serde_json::json!({"metadata": {"name": ns}}),
             )
-            .await
-            {
+        });
+        let roles = rbac::bootstrap::cluster_roles()
+            .into_iter()
+            .map(|r| (rbac("clusterroles"), r));
+        let bindings = rbac::bootstrap::cluster_role_bindings()
+            .into_iter()
+            .map(|b| (rbac("clusterrolebindings"), b));
+        for (res, mut obj) in namespaces.chain(roles).chain(bindings) {
+            let res = res.ok_or_else(|| ApiError::internal("a bootstrap kind is not served"))?;
+            match write::create_object(self, res, None, &mut obj, &write::Owner::Server).await {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
@@ -132,6 +144,8 @@ pub struct Request {
     pub query: Query,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Who asks (absent on public paths).
+    pub user: Option<crate::pki::Identity>,
     /// Warnings for the client, sent as `Warning` headers with the answer.
     warnings: std::sync::Mutex<Vec<String>>,
 }
@@ -145,6 +159,7 @@ impl Request {
             query,
             headers: HeaderMap::new(),
             body: Bytes::new(),
+            user: None,
             warnings: std::sync::Mutex::default(),
         }
     }
@@ -226,10 +241,11 @@ async fn handle<S: Store>(
     body: Body,
 ) -> Response {
     let peer = peer.map(|axum::Extension(p)| p).unwrap_or_default();
-    let identity = match path::parse(uri.path()) {
+    let parsed = path::parse(uri.path());
+    let identity = match parsed {
         // Probes and the version are public, as upstream.
         Ok(Route::Health | Route::Version) => None,
-        _ => match api.auth.authenticate(&headers, &peer) {
+        _ => match auth::authenticate(&api, &headers, &peer).await {
             Ok(id) => Some(id),
             Err(e) => return e.into_response(),
         },
@@ -243,19 +259,59 @@ async fn handle<S: Store>(
         query: Query::parse(uri.query()),
         headers,
         body,
+        user: identity,
         warnings: std::sync::Mutex::default(),
     };
-    let parsed = path::parse(uri.path());
-    if let (Some(id), Ok(Route::Object(t) | Route::Watch(t))) = (&identity, &parsed) {
-        let watch = matches!(parsed, Ok(Route::Watch(_))) || req.query.flag("watch");
-        let verb = auth::verb(&req.method, t, watch);
-        if let Err(e) = auth::authorize(id, verb, t) {
-            return e.into_response();
-        }
+    if let Err(e) = authorize(&api, &req, uri.path(), &parsed).await {
+        return e.into_response();
     }
     match route(&api, uri.path(), req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Authorizes a request: resource requests by their verb and target (and
+/// nodes' writes by NodeRestriction), the discovery and OpenAPI paths as
+/// non-resource requests.
+async fn authorize<S: Store>(
+    api: &ApiServer<S>,
+    req: &Request,
+    raw_path: &str,
+    parsed: &ApiResult<Route>,
+) -> ApiResult<()> {
+    let Some(id) = &req.user else {
+        return Ok(());
+    };
+    match parsed {
+        Ok(Route::Object(t) | Route::Watch(t)) => {
+            let watch = matches!(parsed, Ok(Route::Watch(_))) || req.query.flag("watch");
+            let verb = auth::verb(&req.method, t, watch);
+            authz::authorize(api, id, &authz::resource_attributes(verb, t)).await?;
+            if matches!(t.res.kind, "Node" | "Lease") {
+                let name = match &t.name {
+                    Some(n) => n.clone(),
+                    // A create names the object in its body.
+                    None => req
+                        .object_body()
+                        .ok()
+                        .and_then(|b| objects::name_of(&b).map(str::to_owned))
+                        .unwrap_or_default(),
+                };
+                auth::node_restriction(id, verb, t, &name)?;
+            }
+            Ok(())
+        }
+        Ok(Route::Health | Route::Version) => Ok(()),
+        // A path that is no resource (discovery, OpenAPI, or one that is not found).
+        _ => {
+            let a = rbac::Attributes {
+                verb: auth::non_resource_verb(&req.method),
+                path: raw_path.to_owned(),
+                ..rbac::Attributes::default()
+            };
+            authz::authorize(api, id, &a).await.map(drop)
+        }
     }
 }
 
@@ -284,7 +340,17 @@ async fn route<S: Store>(api: &ApiServer<S>, path: &str, req: Request) -> ApiRes
 async fn object<S: Store>(api: &ApiServer<S>, t: Target, req: Request) -> ApiResult<Response> {
     use resources::Sub;
     let m = req.method.clone();
+    if t.res.review {
+        return match (m.as_str(), t.name.is_some()) {
+            ("POST", false) => reviews::create(api, &t, &req).await,
+            (method, _) => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} {})",
+                t.res.qualified()
+            ))),
+        };
+    }
     match (m.as_str(), t.name.is_some(), t.sub) {
+        ("POST", true, Some(Sub::Token)) => reviews::token_request(api, &t, &req).await,
         ("GET", _, None) if req.query.flag("watch") => read::watch(api, &t, &req).await,
         ("GET", false, None) => read::list(api, &t, &req).await,
         ("GET", true, None | Some(Sub::Status)) => read::get(api, &t, &req).await,

@@ -83,6 +83,27 @@ fn build(group: &str, version: &str) -> Option<Value> {
             continue;
         };
         reg.closure(def, &mut names);
+        let body = json!({"schema": {"$ref": format!("{REF_PREFIX}{def}")}});
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        if r.review {
+            // A review is only created, on its collection.
+            let collection = if r.namespaced {
+                format!(
+                    "/{}/namespaces/{{namespace}}/{}",
+                    doc_path(group, version),
+                    r.plural
+                )
+            } else {
+                format!("/{}/{}", doc_path(group, version), r.plural)
+            };
+            let op = json!({
+                "x-kubernetes-group-version-kind": gvk,
+                "requestBody": {"content": {"application/json": body}},
+                "responses": {"201": {"description": "Created", "content": {"application/json": body}}},
+            });
+            paths.insert(collection, json!({"post": op}));
+            continue;
+        }
         let base = if r.namespaced {
             format!(
                 "/{}/namespaces/{{namespace}}/{}/{{name}}",
@@ -92,9 +113,8 @@ fn build(group: &str, version: &str) -> Option<Value> {
         } else {
             format!("/{}/{}/{{name}}", doc_path(group, version), r.plural)
         };
-        let body = json!({"schema": {"$ref": format!("{REF_PREFIX}{def}")}});
         let op = json!({
-            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
+            "x-kubernetes-group-version-kind": gvk,
             "parameters": [
                 {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
                 {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},

@@ -83,7 +83,7 @@ pub fn parse(path: &str) -> ApiResult<Route> {
 }
 
 fn sub(name: &str, res: &Resource) -> Option<Sub> {
-    [Sub::Status, Sub::Scale, Sub::Binding]
+    [Sub::Status, Sub::Scale, Sub::Binding, Sub::Token]
         .into_iter()
         .find(|s| s.name() == name && res.has(*s))
 }

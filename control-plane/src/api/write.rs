@@ -4,7 +4,7 @@ use axum::{http::StatusCode, response::Response};
 use serde_json::{Value, json};
 
 use super::{
-    ApiServer, Request, clock, decode, gc, kinds,
+    ApiServer, Request, authz, clock, decode, gc, kinds,
     objects::{self, Writer, from_stored, name_of, sent_revision, to_stored},
     patch::{self, PatchType},
     read::{self, Filter, get_object, object_name},
@@ -174,6 +174,9 @@ pub(super) async fn create<S: Store>(
 ) -> ApiResult<Response> {
     let directive = decode::options(req, decode::Options::Create)?;
     let mut obj = decode::object(req, t.res, directive)?;
+    if let Some(g) = authz::escalation_guard(api, t, req.user.as_ref()).await? {
+        g.check(t, &obj)?;
+    }
     if dry_run(req) {
         objects::stamp_create(t.res, t.namespace.as_deref(), &mut obj)?;
         kinds::prepare_create(t.res, &mut obj);
@@ -343,8 +346,11 @@ pub(super) async fn update<S: Store>(
     let expected = sent_revision(&body)?;
     let manager = manager_of(req);
     let owner = Owner::Manager(&manager);
+    let guard = authz::escalation_guard(api, t, req.user.as_ref()).await?;
     let updated = modify_or_try(api, t, expected, &owner, dry_run(req), |current| {
-        Ok(split_status(t, current, body.clone()))
+        let new = split_status(t, current, body.clone());
+        guard.as_ref().map_or(Ok(()), |g| g.check(t, &new))?;
+        Ok(new)
     })
     .await?;
     Ok(req.reply(StatusCode::OK, &updated))
@@ -370,6 +376,7 @@ pub(super) async fn patch<S: Store>(
     let kind = t.res.kind;
     let duplicates = decode::patch_duplicates(&req.body);
     let strategic = matches!(ty, PatchType::Strategic);
+    let guard = authz::escalation_guard(api, t, req.user.as_ref()).await?;
     let manager = manager_of(req);
     let owner = Owner::Manager(&manager);
     let updated = modify_or_try(api, t, expected, &owner, dry_run(req), |current| {
@@ -398,7 +405,9 @@ pub(super) async fn patch<S: Store>(
                 }
             },
         )?;
-        Ok(split_status(t, current, patched))
+        let new = split_status(t, current, patched);
+        guard.as_ref().map_or(Ok(()), |g| g.check(t, &new))?;
+        Ok(new)
     })
     .await?;
     Ok(req.reply(StatusCode::OK, &updated))
@@ -445,9 +454,12 @@ async fn server_side_apply<S: Store>(
     let (time, api_version) = (clock::now(), t.res.api_version());
     let sub = t.sub.map_or("", Sub::name);
     let w = field_writer(t.res, &manager, sub, &time, &api_version);
+    let guard = authz::escalation_guard(api, t, req.user.as_ref()).await?;
+    let check = |obj: &Value| guard.as_ref().map_or(Ok(()), |g| g.check(t, obj));
     match get_object(api, t).await {
         Err(e) if e.reason == "NotFound" => {
             let mut obj = ssa::apply(&ty, &json!({}), config, &w, force)?;
+            check(&obj)?;
             let created = if dry_run(req) {
                 objects::stamp_create(t.res, t.namespace.as_deref(), &mut obj)?;
                 kinds::prepare_create(t.res, &mut obj);
@@ -471,7 +483,9 @@ async fn server_side_apply<S: Store>(
                 let mut live = current.clone();
                 objects::meta_mut(&mut live).remove("resourceVersion");
                 let merged = ssa::apply(&ty, &live, config, &w, force)?;
-                Ok(split_status(t, current, merged))
+                let new = split_status(t, current, merged);
+                check(&new)?;
+                Ok(new)
             })
             .await?;
             Ok(req.reply(StatusCode::OK, &updated))

@@ -138,6 +138,13 @@ fn cannot_handle(res: &Resource) -> String {
 /// Checks `obj` against `res`'s schema, removing unknown fields; `None` for
 /// kinds without one.
 pub fn check_schema(res: &Resource, obj: &mut Value) -> Option<schemas::Findings> {
+    if res.custom {
+        // A custom resource's unknown fields are what its schema prunes.
+        let schema = super::crd::schema_of(res)?;
+        let mut found = schemas::Findings::default();
+        super::crd::schema::prune(&schema, obj, &mut found.unknown);
+        return Some(found);
+    }
     let name = schemas::registry().kind(&res.api_version(), res.kind)?;
     Some(schemas::check(name, obj))
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{
     ApiServer, objects,
     path::Target,
-    resources::RESOURCES,
+    resources,
     status::ApiResult,
     write::{self, DeleteOptions},
 };
@@ -33,7 +33,7 @@ async fn dependents<S: Store>(
     };
     let owner_ns = objects::meta_str(owner, "namespace");
     let mut out = Vec::new();
-    for res in RESOURCES.iter().filter(|r| !r.review) {
+    for res in resources::all().into_iter().filter(|r| !r.review) {
         let prefix = match (owner_ns, res.namespaced) {
             (Some(_), false) => continue,
             (Some(ns), true) => res.key_prefix(Some(ns)),

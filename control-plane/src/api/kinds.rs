@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     ApiServer, objects,
-    resources::{RESOURCES, Resource},
+    resources::{self, Resource},
     status::{ApiError, ApiResult},
 };
 use crate::store::Store;
@@ -16,7 +16,7 @@ use crate::store::Store;
 /// defaults, a Namespace's finalizer and phase, a Pod's phase, a Job's
 /// generated selector.
 pub(super) fn prepare_create(res: &Resource, obj: &mut Value) {
-    super::defaults::apply(res.kind, obj);
+    normalize(res, obj);
     match res.kind {
         "Namespace" => {
             obj["spec"]["finalizers"] = json!(["kubernetes"]);
@@ -27,6 +27,26 @@ pub(super) fn prepare_create(res: &Resource, obj: &mut Value) {
         }
         "Job" => generate_job_selector(obj),
         _ => {}
+    }
+}
+
+/// What every write of `res` goes through before validation: the built-in
+/// kinds' defaults, a custom resource's schema defaults, a CRD's names and
+/// status.
+pub(super) fn normalize(res: &Resource, obj: &mut Value) {
+    if res.custom {
+        if let Some(schema) = super::crd::schema_of(res) {
+            super::crd::schema::default(&schema, obj);
+        }
+        // Its metadata is still a Go ObjectMeta (no `annotations: {}`).
+        if let Some(meta) = obj.get_mut("metadata") {
+            super::proto::omit::drop_unset("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta", meta);
+        }
+        return;
+    }
+    super::defaults::apply(res.kind, obj);
+    if res.kind == "CustomResourceDefinition" {
+        super::crd::prepare(obj);
     }
 }
 
@@ -65,9 +85,24 @@ fn generate_job_selector(job: &mut Value) {
 /// A 422 `Invalid` for `obj` of `res` if upstream's validation finds
 /// anything wrong with it (as created, or as an update of `old`).
 pub(super) fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
-    let causes = match old {
-        None => super::validation::create(res.kind, res.group, obj),
-        Some(old) => super::validation::update(res.kind, res.group, old, obj),
+    let causes = if res.custom {
+        // Object metadata as any kind's, the rest by the version's schema.
+        let mut e = super::validation::Errors::default();
+        super::validation::metadata(&mut e, res.kind, res.group, obj, old);
+        let mut causes = e.0;
+        if let Some(schema) = super::crd::schema_of(res) {
+            causes.extend(super::crd::schema::validate(&schema, obj));
+        }
+        causes
+    } else {
+        let mut causes = match old {
+            None => super::validation::create(res.kind, res.group, obj),
+            Some(old) => super::validation::update(res.kind, res.group, old, obj),
+        };
+        if res.kind == "CustomResourceDefinition" {
+            causes.extend(super::crd::validate(obj, old));
+        }
+        causes
     };
     if causes.is_empty() {
         return Ok(());
@@ -91,7 +126,10 @@ pub(super) async fn finalize_namespace<S: Store>(api: &ApiServer<S>, ns: &str) -
     tokio::spawn(async move {
         for _ in 0..600 {
             let mut remaining = 0;
-            for res in RESOURCES.iter().filter(|r| r.namespaced && !r.review) {
+            for res in resources::all()
+                .into_iter()
+                .filter(|r| r.namespaced && !r.review)
+            {
                 let Ok(page) = store.list(&res.key_prefix(Some(&ns)), None, None).await else {
                     return;
                 };

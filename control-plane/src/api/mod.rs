@@ -19,6 +19,7 @@ use crate::store::Store;
 pub mod auth;
 pub mod authz;
 pub mod clock;
+pub mod crd;
 mod decode;
 pub mod defaults;
 mod discovery;
@@ -134,6 +135,9 @@ impl<S: Store> ApiServer<S> {
                 Err(e) => return Err(e),
             }
         }
+        crd::load(&*self.store)
+            .await
+            .map_err(|e| ApiError::from_store(e, "customresourcedefinitions", ""))?;
         kubernetes_service::reconcile(self).await
     }
 }

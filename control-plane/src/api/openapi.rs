@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     json_response,
-    resources::RESOURCES,
+    resources::{self, RESOURCES},
     schemas::{self, REF_PREFIX},
     status::{ApiError, ApiResult},
 };
@@ -53,9 +53,27 @@ fn built_in() -> &'static BTreeMap<(String, String), (Value, String)> {
     })
 }
 
+/// Each custom group-version's document and its hash, built afresh (CRDs
+/// change while the server runs).
+fn custom() -> BTreeMap<(String, String), (Value, String)> {
+    let gvs: BTreeSet<(&str, &str)> = super::crd::all()
+        .iter()
+        .map(|r| (r.group, r.version))
+        .collect();
+    gvs.into_iter()
+        .filter_map(|(g, v)| {
+            let doc = build(g, v)?;
+            let h = hash(&doc);
+            Some(((g.to_owned(), v.to_owned()), (doc, h)))
+        })
+        .collect()
+}
+
 pub(super) fn index() -> Response {
+    let custom = custom();
     let paths: Map<String, Value> = built_in()
         .iter()
+        .chain(custom.iter())
         .map(|((g, v), (_, h))| {
             let p = doc_path(g, v);
             (
@@ -67,9 +85,32 @@ pub(super) fn index() -> Response {
     json_response(StatusCode::OK, &json!({"paths": paths}))
 }
 
+/// A custom kind's schema as upstream publishes it: the version's
+/// `openAPIV3Schema` with `apiVersion`, `kind` and `metadata` typed, marked
+/// with its group, version and kind.
+fn custom_definition(
+    r: &super::resources::Resource,
+    reg: &schemas::Registry,
+    names: &mut BTreeSet<String>,
+) -> Option<(String, Value)> {
+    let mut schema = (*super::crd::schema_of(r)?).clone();
+    let meta = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+    reg.closure(meta, names);
+    let props = schema
+        .as_object_mut()?
+        .entry("properties")
+        .or_insert_with(|| json!({}));
+    props["apiVersion"] = json!({"type": "string"});
+    props["kind"] = json!({"type": "string"});
+    props["metadata"] = json!({"$ref": format!("{REF_PREFIX}{meta}")});
+    schema["x-kubernetes-group-version-kind"] =
+        json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
+    Some((super::crd::definition_name(r), schema))
+}
+
 fn build(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<_> = RESOURCES
-        .iter()
+    let served: Vec<_> = resources::all()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if served.is_empty() {
@@ -78,11 +119,21 @@ fn build(group: &str, version: &str) -> Option<Value> {
     let reg = schemas::registry();
     let mut names = BTreeSet::new();
     let mut paths = BTreeMap::new();
+    let mut custom_schemas = Map::new();
     for r in served {
-        let Some(def) = reg.kind(&r.api_version(), r.kind) else {
-            continue;
+        let def = if r.custom {
+            let Some((def, schema)) = custom_definition(r, reg, &mut names) else {
+                continue;
+            };
+            custom_schemas.insert(def.clone(), schema);
+            def
+        } else {
+            let Some(def) = reg.kind(&r.api_version(), r.kind) else {
+                continue;
+            };
+            reg.closure(def, &mut names);
+            def.to_owned()
         };
-        reg.closure(def, &mut names);
         let body = json!({"schema": {"$ref": format!("{REF_PREFIX}{def}")}});
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         if r.review {
@@ -130,10 +181,11 @@ fn build(group: &str, version: &str) -> Option<Value> {
         });
         paths.insert(base, json!({"patch": op}));
     }
-    let components: Map<String, Value> = names
+    let mut components: Map<String, Value> = names
         .into_iter()
         .filter_map(|n| Some((n.clone(), reg.definitions.get(&n)?.clone())))
         .collect();
+    components.extend(custom_schemas);
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
@@ -143,8 +195,12 @@ fn build(group: &str, version: &str) -> Option<Value> {
 }
 
 pub(super) fn document(group: &str, version: &str) -> ApiResult<Response> {
-    built_in()
-        .get(&(group.to_owned(), version.to_owned()))
+    let key = (group.to_owned(), version.to_owned());
+    if let Some((doc, _)) = built_in().get(&key) {
+        return Ok(json_response(StatusCode::OK, doc));
+    }
+    custom()
+        .get(&key)
         .map(|(doc, _)| json_response(StatusCode::OK, doc))
         .ok_or_else(|| {
             ApiError::path_not_found(&format!("/openapi/v3/{}", doc_path(group, version)))

@@ -39,6 +39,8 @@ pub struct Resource {
     /// Only `create` is served and nothing is stored: a review that answers
     /// with its `status` (SubjectAccessReview, TokenReview, …).
     pub review: bool,
+    /// Defined by a CustomResourceDefinition (see [`super::crd`]).
+    pub custom: bool,
 }
 
 const NONE: &[&str] = &[];
@@ -57,6 +59,7 @@ macro_rules! resource {
             subresources: $subs,
             extra_fields: $fields,
             review: false,
+            custom: false,
         }
     };
 }
@@ -75,6 +78,7 @@ macro_rules! review {
             subresources: &[],
             extra_fields: NONE,
             review: true,
+            custom: false,
         }
     };
 }
@@ -106,6 +110,8 @@ pub const RESOURCES: &[Resource] = &[
     resource!("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, short: NONE, subs: &[], fields: NONE),
     resource!("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, short: NONE, subs: &[], fields: NONE),
     resource!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, short: NONE, subs: &[], fields: NONE),
+    resource!("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", false,
+        short: &["crd", "crds"], subs: &[Sub::Status], fields: NONE),
     review!(
         "authorization.k8s.io",
         "selfsubjectaccessreviews",
@@ -150,15 +156,22 @@ pub const RESOURCES: &[Resource] = &[
     ),
 ];
 
+/// Every resource served now: the built-in ones, then the custom ones.
+pub fn all() -> Vec<&'static Resource> {
+    RESOURCES.iter().chain(super::crd::all()).collect()
+}
+
 /// The namespaces that exist from the start.
 pub const INITIAL_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 impl Resource {
+    /// A built-in resource, or a custom one a CRD serves.
     pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Self> {
         RESOURCES
             .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .or_else(|| super::crd::find(group, version, plural))
     }
 
     pub fn namespaces() -> &'static Self {

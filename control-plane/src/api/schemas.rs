@@ -275,6 +275,10 @@ impl Walk<'_> {
             return;
         }
         let reg = self.reg;
+        // apiextensions' `JSON` (a schema's `default`, `enum` items) is any value.
+        if ref_name(schema).is_some_and(|n| n.ends_with("apiextensions.v1.JSON")) {
+            return;
+        }
         let s = reg.resolve(schema);
         if s.get("x-kubernetes-int-or-string") == Some(&json!(true)) {
             if !matches!(v, Value::Number(_) | Value::String(_)) {

@@ -63,7 +63,7 @@ fn field_writer<'a>(
 /// Records `owner`'s write of `new` (over `old`, for an update) in its
 /// `managedFields`.
 fn track(res: &Resource, sub: Option<Sub>, owner: &Owner, old: Option<&Value>, new: &mut Value) {
-    let Some(ty) = ssa::Ty::of_kind(&res.api_version(), res.kind) else {
+    let Some(ty) = ssa::Ty::of_resource(res) else {
         return;
     };
     let manager = match (owner, old) {
@@ -135,6 +135,9 @@ pub(super) async fn create_object<S: Store>(
     if let Some(a) = allocations.as_deref_mut() {
         a.record(obj);
     }
+    if res.kind == "CustomResourceDefinition" {
+        super::crd::observe(obj);
+    }
     Ok(objects::with_revision(obj.clone(), kv.mod_rev))
 }
 
@@ -144,8 +147,31 @@ async fn deleted<S: Store>(api: &ApiServer<S>, res: &Resource, obj: &Value) -> A
     if res.kind == "Service" {
         api.alloc.lock().await.release(obj);
     }
+    if res.kind == "CustomResourceDefinition" {
+        delete_custom_resources(api, obj).await?;
+    }
     // An orphaning delete has already cut its dependents loose.
     gc::delete_dependents(api, obj).await
+}
+
+/// A deleted CRD takes its objects with it (upstream's
+/// `customresourcecleanup` finalizer), then stops being served.
+async fn delete_custom_resources<S: Store>(api: &ApiServer<S>, crd: &Value) -> ApiResult<()> {
+    let s = |p: &str| crd.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let prefix = format!("/{}/{}/", s("/spec/group"), s("/spec/names/plural"));
+    let page = api
+        .store
+        .list(&prefix, None, None)
+        .await
+        .map_err(|e| ApiError::from_store(e, s("/metadata/name"), ""))?;
+    for kv in page.items {
+        match api.store.delete(&kv.key, None).await {
+            Ok(_) | Err(store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(ApiError::from_store(e, s("/metadata/name"), "")),
+        }
+    }
+    super::crd::forget(s("/metadata/name"));
+    Ok(())
 }
 
 async fn check_namespace_open<S: Store>(api: &ApiServer<S>, ns: &str) -> ApiResult<()> {
@@ -237,7 +263,7 @@ where
             return Err(ApiError::conflict(&resource, &name));
         }
         let mut new = change(&current)?;
-        super::defaults::apply(t.res.kind, &mut new);
+        kinds::normalize(t.res, &mut new);
         objects::stamp_update(t.res, &current, &mut new, writer)?;
         track(t.res, t.sub, owner, Some(&current), &mut new);
         // A Service's type change clears and releases what the old type
@@ -283,6 +309,9 @@ where
                 if let Some(a) = allocations.as_deref_mut() {
                     a.release(&current);
                     a.record(&new);
+                }
+                if t.res.kind == "CustomResourceDefinition" {
+                    super::crd::observe(&new);
                 }
                 return Ok(objects::with_revision(new, kv.mod_rev));
             }
@@ -447,7 +476,7 @@ async fn server_side_apply<S: Store>(
         )));
     }
     refuse_undeclared_fields(t, config)?;
-    let ty = ssa::Ty::of_kind(&t.res.api_version(), t.res.kind)
+    let ty = ssa::Ty::of_resource(t.res)
         .ok_or_else(|| ApiError::internal(format!("no schema for {}", t.res.kind)))?;
     let force = req.query.flag("force");
     let manager = manager_of(req);

@@ -135,6 +135,23 @@ impl Ty {
         schema::interned(&name).map(Ty::Message)
     }
 
+    /// The type of any served resource's objects: a built-in kind's, or a
+    /// custom resource's schema with `metadata` typed as `ObjectMeta`.
+    pub fn of_resource(res: &crate::api::resources::Resource) -> Option<Ty> {
+        if !res.custom {
+            return Self::of_kind(&res.api_version(), res.kind);
+        }
+        let mut schema = (*crate::api::crd::schema_of(res)?).clone();
+        let props = schema
+            .as_object_mut()?
+            .entry("properties")
+            .or_insert_with(|| Value::Object(Default::default()));
+        props["metadata"] = serde_json::json!({OBJECT_META: true});
+        props["apiVersion"] = serde_json::json!({"type": "string"});
+        props["kind"] = serde_json::json!({"type": "string"});
+        Some(Ty::Schema(schema))
+    }
+
     pub fn shape(&self) -> Shape {
         match self {
             Self::Leaf => Shape::Leaf,
@@ -227,8 +244,16 @@ fn schema_shape(s: &Value) -> Shape {
     }
 }
 
+/// Marks the `metadata` of a custom resource's root schema: typed as the
+/// built-in `ObjectMeta`, as upstream's field manager sees it.
+const OBJECT_META: &str = "x-switchyard-object-meta";
+
 fn schema_field(s: &Value, name: &str) -> Option<Ty> {
     if let Some(p) = s.get("properties").and_then(|p| p.get(name)) {
+        if p.get(OBJECT_META).is_some() {
+            return schema::interned("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+                .map(Ty::Message);
+        }
         return Some(Ty::Schema(p.clone()));
     }
     match s.get("additionalProperties") {

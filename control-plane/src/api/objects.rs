@@ -56,6 +56,45 @@ pub fn to_stored(obj: &Value) -> Vec<u8> {
     serde_json::to_vec(&obj).expect("a JSON value serializes")
 }
 
+/// Appends to `out` the stored object `stored` (compact JSON, as
+/// [`to_stored`] writes it) with `"resourceVersion"` spliced into its
+/// top-level `metadata` — what [`from_stored`] then serializing gives,
+/// without parsing. False (and nothing appended) if `metadata` is not found.
+pub fn splice_revision(stored: &[u8], rev: Revision, out: &mut Vec<u8>) -> bool {
+    const KEY: &[u8] = b"\"metadata\":{";
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in stored.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' if depth == 1 && stored[i..].starts_with(KEY) && i > 0 && matches!(stored[i - 1], b'{' | b',') => {
+                let open = i + KEY.len();
+                out.extend_from_slice(&stored[..open]);
+                out.extend_from_slice(b"\"resourceVersion\":\"");
+                out.extend_from_slice(rev.to_string().as_bytes());
+                out.push(b'"');
+                if stored.get(open) != Some(&b'}') {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&stored[open..]);
+                return true;
+            }
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 pub fn from_stored(bytes: &[u8], rev: Revision) -> ApiResult<Value> {
     let obj: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
@@ -220,6 +259,20 @@ fn strip(obj: &Value, fields: &[&str]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spliced_revision_reads_as_a_parsed_one() {
+        for obj in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"\"metadata\":{": "x"}, "metadata": {"name": "a", "labels": {"k": "v"}}}),
+            json!({"metadata": {}, "spec": {"metadata": {"name": "inner"}}}),
+        ] {
+            let mut out = Vec::new();
+            assert!(splice_revision(&to_stored(&obj), 42, &mut out));
+            let parsed: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(parsed, with_revision(obj, 42));
+        }
+        assert!(!splice_revision(br#"{"spec":{}}"#, 1, &mut Vec::new()));
+    }
 
     #[test]
     fn create_fills_server_fields() {

@@ -131,6 +131,11 @@ impl Filter {
         self.labels.matches_object(obj) && self.fields.matches_object(obj)
     }
 
+    /// Selects everything.
+    pub(super) fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     /// Narrows to one object, as upstream does for a watch on an object's
     /// path; a field selector naming another object is a 400.
     pub(super) fn require_name(&mut self, name: &str) -> ApiResult<()> {
@@ -192,14 +197,16 @@ fn list_expired(plan: &Plan, prefix: &str) -> ApiError {
     }
 }
 
-/// Matching objects of a collection, as `plan` says: one page, plus the
-/// revision it was read at and a continue token when more remain.
-pub(super) async fn list_objects<S: Store>(
+/// Walks a collection's stored objects as `plan` says — at one revision,
+/// from its start key, up to its limit of kept objects — handing each to
+/// `keep`, which says whether it counted; returns the revision read at and
+/// a continue token when more remain.
+async fn walk_list<S: Store>(
     api: &ApiServer<S>,
     t: &Target,
-    filter: &Filter,
     plan: &Plan,
-) -> ApiResult<(Vec<Value>, Revision, Option<String>)> {
+    mut keep: impl FnMut(&crate::store::KeyValue) -> ApiResult<bool>,
+) -> ApiResult<(Revision, Option<String>)> {
     let prefix = t.res.key_prefix(t.namespace.as_deref());
     let err = |e| match e {
         crate::store::Error::Compacted { .. } => list_expired(plan, &prefix),
@@ -214,7 +221,7 @@ pub(super) async fn list_objects<S: Store>(
         Read::Exact(rev) => Some(rev),
     };
     let mut start = plan.start_after.clone();
-    let mut items = Vec::new();
+    let mut kept = 0;
     loop {
         // Later batches read at the first one's revision: one consistent list.
         let page = match at {
@@ -232,20 +239,76 @@ pub(super) async fn list_objects<S: Store>(
         .map_err(err)?;
         let rv = *at.get_or_insert(page.revision);
         for kv in &page.items {
-            if plan.limit.is_some_and(|l| items.len() >= l) {
+            if plan.limit.is_some_and(|l| kept >= l) {
                 let last = start.as_deref().unwrap_or(&prefix);
-                return Ok((items, rv, Some(encode_continue(last, &prefix, rv as i64))));
+                return Ok((rv, Some(encode_continue(last, &prefix, rv as i64))));
             }
-            let obj = from_stored(&kv.value, kv.mod_rev)?;
             start = Some(kv.key.clone());
-            if filter.matches(&obj) {
-                items.push(obj);
+            if keep(kv)? {
+                kept += 1;
             }
         }
         if !page.more {
-            return Ok((items, rv, None));
+            return Ok((rv, None));
         }
     }
+}
+
+/// Matching objects of a collection, as `plan` says: one page, plus the
+/// revision it was read at and a continue token when more remain.
+pub(super) async fn list_objects<S: Store>(
+    api: &ApiServer<S>,
+    t: &Target,
+    filter: &Filter,
+    plan: &Plan,
+) -> ApiResult<(Vec<Value>, Revision, Option<String>)> {
+    let mut items = Vec::new();
+    let (rv, cont) = walk_list(api, t, plan, |kv| {
+        let obj = from_stored(&kv.value, kv.mod_rev)?;
+        let matched = filter.matches(&obj);
+        if matched {
+            items.push(obj);
+        }
+        Ok(matched)
+    })
+    .await?;
+    Ok((items, rv, cont))
+}
+
+/// The list's envelope around its items (`{"kind":"ServiceList",…,"items":[`
+/// and `]}`), as JSON text.
+fn list_envelope(t: &Target, rv: Revision, cont: Option<&str>) -> (String, &'static str) {
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = cont {
+        metadata["continue"] = json!(c);
+    }
+    let head = json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": metadata});
+    let head = head.to_string();
+    (format!("{},\"items\":[", &head[..head.len() - 1]), "]}")
+}
+
+/// A JSON list without selectors: the stored bytes, each with its
+/// resourceVersion spliced in, are the items — nothing is parsed or
+/// serialized again (a list's main cost otherwise).
+async fn list_json_unfiltered<S: Store>(api: &ApiServer<S>, t: &Target, plan: &Plan) -> ApiResult<Response> {
+    let mut items: Vec<u8> = Vec::new();
+    let (rv, cont) = walk_list(api, t, plan, |kv| {
+        if !items.is_empty() {
+            items.push(b',');
+        }
+        if !objects::splice_revision(&kv.value, kv.mod_rev, &mut items) {
+            let obj = from_stored(&kv.value, kv.mod_rev)?;
+            serde_json::to_writer(&mut items, &obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        Ok(true)
+    })
+    .await?;
+    let (head, tail) = list_envelope(t, rv, cont.as_deref());
+    let mut body = Vec::with_capacity(head.len() + items.len() + tail.len());
+    body.extend_from_slice(head.as_bytes());
+    body.extend_from_slice(&items);
+    body.extend_from_slice(tail.as_bytes());
+    Ok((StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub(super) async fn list<S: Store>(
@@ -256,6 +319,10 @@ pub(super) async fn list<S: Store>(
     let opts = ListOptions::from_request(req, false)?;
     let filter = Filter::from_request(t, req)?;
     let plan = opts.plan(&t.res.key_prefix(t.namespace.as_deref()))?;
+    let json_first = matches!(req.accepted().first(), Some(Encoding::Json));
+    if filter.is_empty() && json_first && !req.accepts_table() {
+        return list_json_unfiltered(api, t, &plan).await;
+    }
     let (items, rv, cont) = list_objects(api, t, &filter, &plan).await?;
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {

@@ -56,6 +56,11 @@ fn valid_value(v: &str) -> bool {
 }
 
 impl LabelSelector {
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let mut reqs = Vec::new();
         for part in split_top_level(s) {

@@ -17,13 +17,17 @@ pub struct LocalEtcd {
     dir: PathBuf,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Two distinct free loopback ports (both held while choosing, so they
+/// differ).
+fn free_ports() -> Result<(u16, u16)> {
+    let a = TcpListener::bind("127.0.0.1:0")?;
+    let b = TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 impl LocalEtcd {
     pub fn start() -> Result<Self> {
-        let (client, peer) = (free_port()?, free_port()?);
+        let (client, peer) = free_ports()?;
         let dir = std::env::temp_dir().join(format!("sy-etcd-{}-{client}", std::process::id()));
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");

@@ -1,12 +1,17 @@
 //! `sy-apiserver`: the control plane's API server. With no flags it serves
 //! on 127.0.0.1:6443 from an embedded store under the data directory and
 //! writes an admin kubeconfig there; `--etcd-servers` stores in etcd instead.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use control_plane::{
-    api::{ApiServer, Settings, auth::Auth},
+    api::{ApiServer, Settings, auth::Auth, authz, kubernetes_service, services, tokens},
     pki::Pki,
     serve,
     store::{AnyStore, EmbeddedStore, EtcdStore, Store},
@@ -52,6 +57,23 @@ struct Args {
     /// Nodes to issue client certificates and kubeconfigs for.
     #[arg(long, value_delimiter = ',')]
     node_names: Vec<String>,
+    /// The address in-cluster clients reach this server at (the
+    /// `default/kubernetes` Service's endpoint). Default: the listen
+    /// address, or the host's default-route address when listening on all.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// Seconds between repairs of the `default/kubernetes` Service and its
+    /// endpoints.
+    #[arg(long, default_value_t = 10)]
+    kubernetes_service_interval: u64,
+}
+
+/// The address of the interface the default route leaves through (no
+/// packet is sent: connecting a UDP socket only picks a route).
+fn default_route_address() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
 }
 
 fn default_data_dir() -> PathBuf {
@@ -106,10 +128,22 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let advertise_ip = args.advertise_address.unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            default_route_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        } else {
+            addr.ip()
+        }
+    });
     let settings = Settings {
         bookmark_interval: Duration::from_secs(args.bookmark_interval.max(1)),
         service_cidr: parse_cidr(&args.service_cluster_ip_range)?,
         node_ports: parse_ports(&args.service_node_port_range)?,
+        advertise: Some(SocketAddr::new(advertise_ip, addr.port())),
         ..Settings::default()
     };
     std::fs::create_dir_all(&args.data_dir)
@@ -128,24 +162,38 @@ async fn main() -> Result<()> {
             .context("etcd does not answer")?;
         AnyStore::Etcd(Box::new(etcd))
     });
-    let pki = Pki::ensure(
-        &args.data_dir,
-        &[args.listen.ip().to_string()],
-        &args.node_names,
-    )
-    .context("preparing certificates")?;
+    // The serving certificate also holds the names in-cluster clients use.
+    let mut names = vec![
+        addr.ip().to_string(),
+        advertise_ip.to_string(),
+        services::first_ip(&settings).to_string(),
+    ];
+    names.extend(
+        [
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        .map(str::to_owned),
+    );
+    names.dedup();
+    let pki =
+        Pki::ensure(&args.data_dir, &names, &args.node_names).context("preparing certificates")?;
     let auth = Auth::Required {
         tokens: pki.tokens.clone(),
+        signer: Arc::new(tokens::Signer::from_pkcs8(&pki.service_account_key)?),
     };
     let api = ApiServer::new(Arc::clone(&store), settings, auth);
     api.bootstrap()
         .await
         .map_err(|e| anyhow::anyhow!("bootstrapping: {}", e.message))?;
+    authz::spawn(Arc::clone(&api));
+    kubernetes_service::spawn(
+        Arc::clone(&api),
+        Duration::from_secs(args.kubernetes_service_interval.max(1)),
+    );
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     pki.write_kubeconfigs(&args.data_dir, &format!("https://{addr}"), &args.node_names)?;
     let kubeconfig = args.data_dir.join("admin.kubeconfig");
     info!(%addr, kubeconfig = %kubeconfig.display(), data_dir = %args.data_dir.display(), "serving");

@@ -1,7 +1,8 @@
 //! The cluster's credentials, made on first start under `<data-dir>/pki`:
 //! a CA, the server's certificate (for the addresses it serves on), client
-//! certificates for the admin and for each node, bearer tokens, and one
-//! kubeconfig per identity. Later starts reuse what exists.
+//! certificates for the admin and for each node, bearer tokens, the key
+//! ServiceAccount tokens are signed with (`sa.key`), and one kubeconfig per
+//! identity. Later starts reuse what exists.
 //!
 //! | identity | credential | kubeconfig |
 //! |---|---|---|
@@ -40,6 +41,8 @@ pub struct Pki {
     pub server_key_pem: String,
     /// Bearer token → identity.
     pub tokens: HashMap<String, Identity>,
+    /// The key ServiceAccount tokens are signed with (PKCS#8 DER, P-256).
+    pub service_account_key: Vec<u8>,
 }
 
 fn ca_params() -> CertificateParams {
@@ -120,12 +123,19 @@ impl Pki {
         }
         let tokens = parse_tokens(&fs::read_to_string(&tokens_file)?)?;
 
+        let sa_key = dir.join("sa.key");
+        if !sa_key.exists() {
+            write_private(&sa_key, &KeyPair::generate()?.serialize_pem())?;
+        }
+        let service_account_key = KeyPair::from_pem(&fs::read_to_string(&sa_key)?)?.serialize_der();
+
         let pki = Self {
             dir,
             ca_pem,
             server_cert_pem,
             server_key_pem,
             tokens,
+            service_account_key,
         };
         pki.client_cert("admin", &[MASTERS], &issuer)?;
         for node in nodes {

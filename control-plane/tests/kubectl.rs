@@ -3,6 +3,7 @@
 mod common;
 
 use common::{Backend, Kubectl, Server, kubectl_dispatcher, kubectl_newest};
+use serde_json::json;
 
 /// The example users are pointed to (README, docs/control-plane.md).
 const APP: &str = include_str!("../../examples/web-app.yaml");
@@ -160,6 +161,169 @@ fn kubectl_1_37_everyday_commands() {
 #[test]
 fn kubectl_1_37_everyday_commands_on_etcd() {
     everyday_commands(kubectl_newest(), Backend::Etcd);
+}
+
+/// kubectl's typed generators (they send protobuf bodies and ask for
+/// protobuf answers): each command succeeds and its object reads back.
+fn generators(bin: std::path::PathBuf, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_on(backend, &dir.path().join("data"));
+    let k = Kubectl::new(bin, &server, &dir.path().join("home"));
+
+    assert!(
+        k.ok(&["create", "namespace", "x"])
+            .contains("namespace/x created")
+    );
+    assert_eq!(k.json(&["get", "ns", "x"])["status"]["phase"], "Active");
+    k.ok(&["create", "configmap", "c", "-n", "x", "--from-literal=a=1"]);
+    assert_eq!(
+        k.json(&["get", "cm", "c", "-n", "x"])["data"],
+        json!({"a": "1"})
+    );
+    k.ok(&["create", "secret", "generic", "s", "--from-literal=a=b"]);
+    let secret = k.json(&["get", "secret", "s"]);
+    assert_eq!(
+        (secret["type"].as_str(), secret["data"]["a"].as_str()),
+        (Some("Opaque"), Some("Yg=="))
+    );
+
+    k.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--port=80",
+        "--replicas=2",
+    ]);
+    let d = k.json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["selector"]["matchLabels"], json!({"app": "web"}));
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        (c["image"].as_str(), c["ports"][0]["containerPort"].as_u64()),
+        (Some("nginx"), Some(80))
+    );
+    k.ok(&[
+        "create",
+        "deployment",
+        "idle",
+        "--image=nginx",
+        "--replicas=0",
+    ]);
+    assert_eq!(
+        k.json(&["get", "deploy", "idle"])["spec"]["replicas"],
+        0,
+        "a pointer's zero is kept"
+    );
+
+    assert!(
+        k.ok(&[
+            "expose",
+            "deployment",
+            "web",
+            "--port=80",
+            "--target-port=8080"
+        ])
+        .contains("service/web exposed")
+    );
+    let svc = k.json(&["get", "svc", "web"]);
+    assert_eq!(svc["spec"]["selector"], json!({"app": "web"}));
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10."),
+        "{svc}"
+    );
+    k.ok(&["create", "service", "nodeport", "np", "--tcp=80:8080"]);
+    let np = k.json(&["get", "svc", "np"]);
+    let node_port = np["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30_000..=32_767).contains(&node_port), "{np}");
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "headless",
+        "--clusterip=None",
+    ]);
+    assert_eq!(
+        k.json(&["get", "svc", "headless"])["spec"]["clusterIP"],
+        "None"
+    );
+    k.ok(&[
+        "create",
+        "service",
+        "externalname",
+        "ext",
+        "--external-name=example.com",
+    ]);
+    let ext = k.json(&["get", "svc", "ext"]);
+    assert_eq!(
+        (ext["spec"]["type"].as_str(), ext["spec"].get("clusterIP")),
+        (Some("ExternalName"), None)
+    );
+
+    k.ok(&["create", "serviceaccount", "robot"]);
+    assert_eq!(k.json(&["get", "sa", "robot"])["metadata"]["name"], "robot");
+    k.ok(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    let job = k.json(&["get", "job", "once"]);
+    let pod_spec = &job["spec"]["template"]["spec"];
+    assert_eq!(pod_spec["containers"][0]["command"], json!(["echo", "hi"]));
+    assert_eq!(pod_spec["restartPolicy"], "Never");
+    k.ok(&[
+        "run",
+        "one",
+        "--image=nginx",
+        "--port=80",
+        "--labels=app=one",
+    ]);
+    let pod = k.json(&["get", "pod", "one"]);
+    assert_eq!(pod["metadata"]["labels"], json!({"app": "one"}));
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+        80
+    );
+
+    k.ok(&["scale", "deploy", "web", "--replicas=3"]);
+    k.ok(&["set", "image", "deploy/web", "nginx=nginx:1.27"]);
+    k.ok(&["rollout", "restart", "deploy/web"]);
+    let d = k.json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    let template = &d["spec"]["template"];
+    assert_eq!(template["spec"]["containers"][0]["image"], "nginx:1.27");
+    assert!(
+        template["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string(),
+        "{template}"
+    );
+}
+
+#[test]
+fn kubectl_1_33_generators() {
+    generators(kubectl_dispatcher(), Backend::Embedded);
+}
+
+#[test]
+fn kubectl_1_33_generators_on_etcd() {
+    generators(kubectl_dispatcher(), Backend::Etcd);
+}
+
+#[test]
+fn kubectl_1_37_generators() {
+    generators(kubectl_newest(), Backend::Embedded);
+}
+
+#[test]
+fn kubectl_1_37_generators_on_etcd() {
+    generators(kubectl_newest(), Backend::Etcd);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The official Python `kubernetes` client (37.x, installed by
 //! scripts/setup.sh) against a real sy-apiserver: create, list with a
-//! selector, watch resumed from a resourceVersion, stale replace → 409.
+//! selector, watch resumed from a resourceVersion, stale replace → 409,
+//! upstream's refusals (a link-local endpoint, a selector that misses its template),
+//! server-side apply's conflicts and force.
 mod common;
 
 use common::{Backend, Server, venv};
@@ -32,7 +34,7 @@ fn python_client_checks(backend: Backend) {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        8,
+        13,
         "{stdout}"
     );
 }

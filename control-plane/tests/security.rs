@@ -1,6 +1,7 @@
 //! TLS with the generated CA, token and certificate authentication, and
-//! each identity kept to its role — through the kubeconfigs the server
-//! writes, with real kubectl.
+//! each identity kept to what its bootstrap binding grants — through the
+//! kubeconfigs the server writes, with real kubectl (RBAC itself:
+//! `tests/rbac.rs`).
 mod common;
 
 use std::io::{Read as _, Write as _};

@@ -208,6 +208,76 @@ async fn lists_larger_than_a_grpc_message_come_whole(s: &impl Store) {
     assert_eq!(some.items[0].key, "/big/10");
 }
 
+/// A list at an older revision sees the keys as they were: updated ones with
+/// their old values and revisions, deleted ones back, later ones absent.
+async fn lists_read_old_revisions(s: &impl Store) {
+    let k = |n: &str| format!("/core/configmaps/old/{n}");
+    let a = s.create(&k("a"), b"a1".to_vec()).await.unwrap();
+    let b = s.create(&k("b"), b"b1".to_vec()).await.unwrap();
+    s.create(&k("c"), b"c1".to_vec()).await.unwrap();
+    let at = s.current_revision().await.unwrap();
+    s.update(&k("a"), b"a2".to_vec(), None).await.unwrap();
+    s.delete(&k("b"), None).await.unwrap();
+    s.create(&k("d"), b"d1".to_vec()).await.unwrap();
+    s.delete(&k("c"), None).await.unwrap();
+    s.create(&k("c"), b"c2".to_vec()).await.unwrap();
+    let then = s
+        .list_at("/core/configmaps/old/", None, None, at)
+        .await
+        .unwrap();
+    let seen: Vec<_> = then
+        .items
+        .iter()
+        .map(|kv| {
+            (
+                kv.key.rsplit('/').next().unwrap().to_owned(),
+                kv.value.clone(),
+                kv.mod_rev,
+            )
+        })
+        .collect();
+    assert_eq!(then.revision, at);
+    assert_eq!(
+        seen,
+        [
+            ("a".to_owned(), b"a1".to_vec(), a.mod_rev),
+            ("b".to_owned(), b"b1".to_vec(), b.mod_rev),
+            ("c".to_owned(), b"c1".to_vec(), at)
+        ]
+    );
+    let page = s
+        .list_at("/core/configmaps/old/", Some(&k("a")), Some(1), at)
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.items[0].key.as_str(), page.more),
+        (k("b").as_str(), true)
+    );
+    let now = s.current_revision().await.unwrap();
+    assert_eq!(
+        s.list_at("/core/configmaps/old/", None, None, now + 5)
+            .await,
+        Err(Error::FutureRevision {
+            requested: now + 5,
+            current: now
+        })
+    );
+    s.compact(now).await.unwrap();
+    assert!(matches!(
+        s.list_at("/core/configmaps/old/", None, None, at).await,
+        Err(Error::Compacted { requested, .. }) if requested == at
+    ));
+    assert_eq!(
+        s.list_at("/core/configmaps/old/", None, None, now)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3,
+        "the compacted revision itself is still readable"
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod on_embedded {
@@ -225,6 +295,7 @@ on_both_backends!(
     watch_replays_from_a_revision_then_follows_live_in_order,
     compacted_revisions_cannot_be_watched,
     lists_larger_than_a_grpc_message_come_whole,
+    lists_read_old_revisions,
 );
 
 #[tokio::test]

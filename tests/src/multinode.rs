@@ -463,7 +463,7 @@ impl Cluster {
 }
 
 /// A Node object as a kubelet registers it.
-fn node_yaml(node: &Node) -> String {
+pub fn node_yaml(node: &Node) -> String {
     format!(
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\nspec:\n  podCIDR: 10.244.{}.0/24\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {}}}\n  - {{type: Hostname, address: {}}}\n",
         node.name, node.index, node.addr, node.name

@@ -126,7 +126,8 @@ fn sigterm_sigkill_and_restart_drop_no_connection() {
         "the restarted daemons adopted the maps: same IDs, same slots"
     );
     let log = c.daemon.log();
-    assert_eq!(log.matches("adopted_frontends=1").count(), 2, "{log}");
+    // The Service and the API server's own default/kubernetes.
+    assert_eq!(log.matches("adopted_frontends=2").count(), 2, "{log}");
 
     // The program keeps working with the daemon stopped; `cleanup` removes
     // everything it installed, after which the frontend is not translated.

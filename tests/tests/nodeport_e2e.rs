@@ -200,7 +200,8 @@ fn should_be_able_to_update_service_type_to_nodeport_listening_on_same_port_numb
     let vip = jsonpath(&c, "mixed", ".spec.clusterIP");
     programmed(&c, 2, &format!("{vip}:80/TCP"), &[backend(&c, 1, 1, "TCP")]);
     // ClusterIP → NodePort, then TCP and UDP on the same port (an update,
-    // as upstream's test does: a client-side apply merges ports by number).
+    // as upstream's test does: a client-side apply merges ports by number);
+    // the API server allocates both node ports.
     c.kubectl
         .run(&[
             "patch",
@@ -208,7 +209,7 @@ fn should_be_able_to_update_service_type_to_nodeport_listening_on_same_port_numb
             "mixed",
             "--type=json",
             "-p",
-            r#"[{"op":"replace","path":"/spec/type","value":"NodePort"},{"op":"replace","path":"/spec/ports","value":[{"name":"tcp","port":80,"protocol":"TCP","targetPort":8080,"nodePort":30110},{"name":"udp","port":80,"protocol":"UDP","targetPort":8080,"nodePort":30111}]}]"#,
+            r#"[{"op":"replace","path":"/spec/type","value":"NodePort"},{"op":"replace","path":"/spec/ports","value":[{"name":"tcp","port":80,"protocol":"TCP","targetPort":8080},{"name":"udp","port":80,"protocol":"UDP","targetPort":8080}]}]"#,
         ])
         .unwrap();
     let tcp_np = jsonpath(&c, "mixed", ".spec.ports[0].nodePort");

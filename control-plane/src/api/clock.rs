@@ -40,6 +40,13 @@ pub fn now() -> String {
     rfc3339(SystemTime::now())
 }
 
+/// Now, in seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (fractions and offsets are not used by
 /// this server's own timestamps).
 pub fn parse(s: &str) -> Option<SystemTime> {
@@ -51,6 +58,69 @@ pub fn parse(s: &str) -> Option<SystemTime> {
     let days = days_from_civil(n(0..4)?, n(5..7)? as u32, n(8..10)? as u32);
     let secs = days * 86_400 + n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// RFC 3339 in UTC from Unix seconds and nanoseconds: whole seconds (Go's
+/// `metav1.Time`) or six fraction digits (`metav1.MicroTime`).
+pub fn format_unix(secs: i64, nanos: i32, micros: bool) -> String {
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    let fraction = if micros {
+        format!(".{:06}", nanos.max(0) / 1000)
+    } else {
+        String::new()
+    };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{fraction}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// Parses RFC 3339 with an optional fraction and a `Z` or `±HH:MM` offset
+/// into Unix seconds and nanoseconds.
+pub fn parse_unix(s: &str) -> Option<(i64, i32)> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (month, day) = (n(5..7)?, n(8..10)?);
+    let (h, mi, sec) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut nanos = 0i32;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let scaled = format!("{:0<9}", &frac[..digits.min(9)]);
+        nanos = scaled.parse().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (oh, om) = rest[1..].split_once(':')?;
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+        }
+    };
+    let days = days_from_civil(n(0..4)?, month as u32, day as u32);
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec - offset, nanos))
 }
 
 /// `kubectl`-style age: `45s`, `12m`, `3h`, `5d`.
@@ -77,6 +147,24 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-22T01:02:03Z");
         assert_eq!(parse("2026-11-22T01:02:03Z"), Some(t));
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            parse_unix("2026-11-22T01:02:03Z"),
+            Some((1_795_305_600 + 3_723, 0))
+        );
+        assert_eq!(
+            parse_unix("2026-11-22T02:02:03.5+01:00"),
+            Some((1_795_305_600 + 3_723, 500_000_000))
+        );
+        assert_eq!(
+            format_unix(1_795_305_600 + 3_723, 500_000_000, true),
+            "2026-11-22T01:02:03.500000Z"
+        );
+        assert_eq!(
+            format_unix(1_795_305_600 + 3_723, 500_000_000, false),
+            "2026-11-22T01:02:03Z"
+        );
+        assert_eq!(parse_unix("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_unix("yesterday"), None);
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"

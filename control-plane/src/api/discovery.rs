@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     ApiServer, json_response,
-    resources::{RESOURCES, Resource, Sub},
+    resources::{self, Resource, Sub},
     status::{ApiError, ApiResult},
 };
 
@@ -39,8 +39,8 @@ pub(super) fn core_versions() -> Response {
 /// One named group's `APIGroup` (without `kind`). Every group serves one
 /// version today, which is then the preferred one.
 fn group_entry(group: &str) -> Value {
-    let versions: BTreeSet<&str> = RESOURCES
-        .iter()
+    let versions: BTreeSet<&str> = resources::all()
+        .into_iter()
         .filter(|r| r.group == group)
         .map(|r| r.version)
         .collect();
@@ -52,8 +52,8 @@ fn group_entry(group: &str) -> Value {
 }
 
 pub(super) fn groups() -> Response {
-    let names: BTreeSet<&str> = RESOURCES
-        .iter()
+    let names: BTreeSet<&str> = resources::all()
+        .into_iter()
         .map(|r| r.group)
         .filter(|g| !g.is_empty())
         .collect();
@@ -66,7 +66,7 @@ pub(super) fn groups() -> Response {
 
 /// `/apis/{group}`.
 pub(super) fn group(group: &str) -> ApiResult<Response> {
-    if group.is_empty() || !RESOURCES.iter().any(|r| r.group == group) {
+    if group.is_empty() || !resources::all().iter().any(|r| r.group == group) {
         return Err(ApiError::path_not_found(&format!("/apis/{group}")));
     }
     let mut body = group_entry(group);
@@ -87,9 +87,10 @@ const VERBS: [&str; 8] = [
 ];
 
 fn entry(r: &Resource) -> Value {
+    let verbs: &[&str] = if r.review { &["create"] } else { &VERBS };
     json!({
         "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
-        "verbs": VERBS, "shortNames": r.short_names,
+        "verbs": verbs, "shortNames": r.short_names,
     })
 }
 
@@ -105,12 +106,15 @@ fn sub_entry(r: &Resource, sub: Sub) -> Value {
         Sub::Binding => {
             json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Binding", "verbs": ["create"]})
         }
+        Sub::Token => {
+            json!({"name": name, "singularName": "", "namespaced": r.namespaced, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]})
+        }
     }
 }
 
 pub(super) fn resource_list(group: &str, version: &str) -> ApiResult<Response> {
-    let served: Vec<&Resource> = RESOURCES
-        .iter()
+    let served: Vec<&Resource> = resources::all()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if served.is_empty() {

@@ -11,10 +11,9 @@
 use serde_json::Value;
 
 use super::{
-    ApiServer,
-    objects::{self, Writer},
+    ApiServer, objects,
     path::Target,
-    resources::RESOURCES,
+    resources,
     status::ApiResult,
     write::{self, DeleteOptions},
 };
@@ -34,7 +33,7 @@ async fn dependents<S: Store>(
     };
     let owner_ns = objects::meta_str(owner, "namespace");
     let mut out = Vec::new();
-    for res in RESOURCES {
+    for res in resources::all().into_iter().filter(|r| !r.review) {
         let prefix = match (owner_ns, res.namespaced) {
             (Some(_), false) => continue,
             (Some(ns), true) => res.key_prefix(Some(ns)),
@@ -90,13 +89,16 @@ pub(super) async fn orphan_dependents<S: Store>(
         .unwrap_or_default()
         .to_owned();
     for (t, _) in dependents(api, owner).await? {
-        write::modify(api, &t, None, Writer::Server, |cur| {
+        write::modify(api, &t, None, &write::Owner::Server, |cur| {
             let mut out = cur.clone();
             if let Some(refs) = out
                 .pointer_mut("/metadata/ownerReferences")
                 .and_then(Value::as_array_mut)
             {
                 refs.retain(|r| r["uid"] != uid.as_str());
+                if refs.is_empty() {
+                    objects::meta_mut(&mut out).remove("ownerReferences");
+                }
             }
             Ok(out)
         })

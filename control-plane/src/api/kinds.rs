@@ -1,349 +1,118 @@
-//! What individual kinds add to the generic object handling: defaults,
-//! Service IP and node-port allocation, immutable fields, and namespace
+//! What individual kinds add to the generic object handling: preparing
+//! new objects (upstream's create strategies), validation, and namespace
 //! finalization.
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 
 use super::{
-    ApiServer,
-    objects::{self, from_stored},
-    resources::{RESOURCES, Resource},
-    status::{ApiError, ApiResult, Cause},
+    ApiServer, objects,
+    resources::{self, Resource},
+    status::{ApiError, ApiResult},
 };
 use crate::store::Store;
 
-/// `sessionAffinityConfig.clientIP.timeoutSeconds` default.
-pub const DEFAULT_AFFINITY_TIMEOUT_S: u64 = 10_800;
-
-/// Defaults a new object of `res` and returns what is wrong with it.
-pub(super) fn default_and_check(res: &Resource, obj: &mut Value) -> Vec<Cause> {
+/// Prepares a new object of `res` as upstream's create strategies do:
+/// defaults, a Namespace's finalizer and phase, a Pod's phase, a Job's
+/// generated selector.
+pub(super) fn prepare_create(res: &Resource, obj: &mut Value) {
+    normalize(res, obj);
     match res.kind {
         "Namespace" => {
             obj["spec"]["finalizers"] = json!(["kubernetes"]);
             obj["status"] = json!({"phase": "Active"});
-            Vec::new()
         }
-        "Pod" => {
-            if obj.pointer("/status/phase").is_none() {
-                obj["status"] = json!({"phase": "Pending"});
-            }
-            Vec::new()
+        "Pod" if obj.pointer("/status/phase").is_none() => {
+            obj["status"] = json!({"phase": "Pending"});
         }
-        "Service" => {
-            service_defaults(obj);
-            service_causes(obj)
-        }
-        _ => Vec::new(),
+        "Job" => generate_job_selector(obj),
+        _ => {}
     }
 }
 
-/// Upstream's Service defaults, which clients and proxies read.
-fn service_defaults(obj: &mut Value) {
-    let spec = &mut obj["spec"];
-    if !spec.is_object() {
-        *spec = json!({});
-    }
-    let set = |spec: &mut Value, k: &str, v: Value| {
-        if spec.get(k).is_none_or(Value::is_null) {
-            spec[k] = v;
+/// What every write of `res` goes through before validation: the built-in
+/// kinds' defaults, a custom resource's schema defaults, a CRD's names and
+/// status.
+pub(super) fn normalize(res: &Resource, obj: &mut Value) {
+    if res.custom {
+        if let Some(schema) = super::crd::schema_of(res) {
+            super::crd::schema::default(&schema, obj);
         }
-    };
-    set(spec, "type", json!("ClusterIP"));
-    set(spec, "sessionAffinity", json!("None"));
-    if spec["type"] != "ExternalName" {
-        set(spec, "internalTrafficPolicy", json!("Cluster"));
-        set(spec, "ipFamilies", json!(["IPv4"]));
-        set(spec, "ipFamilyPolicy", json!("SingleStack"));
-    }
-    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
-        set(spec, "externalTrafficPolicy", json!("Cluster"));
-    }
-    if spec["sessionAffinity"] == "ClientIP"
-        && spec
-            .pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
-            .is_none()
-    {
-        spec["sessionAffinityConfig"] =
-            json!({"clientIP": {"timeoutSeconds": DEFAULT_AFFINITY_TIMEOUT_S}});
-    }
-    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-        for p in ports {
-            if p.get("protocol").is_none() {
-                p["protocol"] = json!("TCP");
-            }
-            if p.get("targetPort").is_none() {
-                p["targetPort"] = p.get("port").cloned().unwrap_or(Value::Null);
-            }
+        // Its metadata is still a Go ObjectMeta (no `annotations: {}`).
+        if let Some(meta) = obj.get_mut("metadata") {
+            super::proto::omit::drop_unset("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta", meta);
         }
+        return;
+    }
+    super::defaults::apply(res.kind, obj);
+    if res.kind == "CustomResourceDefinition" {
+        super::crd::prepare(obj);
     }
 }
 
-fn service_causes(obj: &Value) -> Vec<Cause> {
-    let spec = &obj["spec"];
-    let mut causes = Vec::new();
-    let ty = spec["type"].as_str().unwrap_or("");
-    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
-        causes.push(Cause::invalid(
-            "spec.type",
-            format!("Unsupported value: \"{ty}\""),
-        ));
+/// Upstream's Job strategy: unless `manualSelector`, pods are selected by
+/// the Job's uid, and the template carries the name and uid labels.
+fn generate_job_selector(job: &mut Value) {
+    if job.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
     }
-    if !["None", "ClientIP"].contains(&spec["sessionAffinity"].as_str().unwrap_or("")) {
-        causes.push(Cause::invalid(
-            "spec.sessionAffinity",
-            "Unsupported value: must be None or ClientIP",
-        ));
+    let name = objects::name_of(job).unwrap_or_default().to_owned();
+    let uid = objects::meta_str(job, "uid").unwrap_or_default().to_owned();
+    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
     }
-    if let Some(t) = spec.pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
-        && !t.as_u64().is_some_and(|t| (1..=86_400).contains(&t))
-    {
-        causes.push(Cause::invalid(
-            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-            "must be greater than 0 and less than 86400",
-        ));
+    let labels = labels.as_object_mut().expect("an object");
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels.entry(key).or_insert_with(|| json!(value));
     }
-    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
-    let headless = spec["clusterIP"] == "None";
-    if ports.is_empty() && ty != "ExternalName" && !headless {
-        causes.push(Cause::required("spec.ports"));
+    let selector = &mut job["spec"]["selector"]["matchLabels"];
+    if !selector.is_object() {
+        *selector = json!({});
     }
-    let mut names = BTreeSet::new();
-    let mut seen = BTreeSet::new();
-    for (i, p) in ports.iter().enumerate() {
-        let field = |f: &str| format!("spec.ports[{i}].{f}");
-        if !p["port"]
-            .as_u64()
-            .is_some_and(|n| (1..=65_535).contains(&n))
-        {
-            causes.push(Cause::invalid(
-                field("port"),
-                format!(
-                    "Invalid value: {}: must be between 1 and 65535, inclusive",
-                    p["port"]
-                ),
-            ));
-        }
-        let proto = p["protocol"].as_str().unwrap_or("");
-        if !["TCP", "UDP", "SCTP"].contains(&proto) {
-            causes.push(Cause::invalid(
-                field("protocol"),
-                format!(
-                    "Unsupported value: \"{proto}\": supported values: \"SCTP\", \"TCP\", \"UDP\""
-                ),
-            ));
-        }
-        match p["name"].as_str() {
-            Some(n) if !names.insert(n.to_owned()) => causes.push(Cause {
-                reason: "FieldValueDuplicate",
-                field: field("name"),
-                message: format!("Duplicate value: \"{n}\""),
-            }),
-            None if ports.len() > 1 => causes.push(Cause::required(field("name"))),
-            _ => {}
-        }
-        if !seen.insert((p["port"].as_u64(), proto.to_owned())) {
-            causes.push(Cause {
-                reason: "FieldValueDuplicate",
-                field: field("port"),
-                message: format!("Duplicate value: {}", p["port"]),
-            });
-        }
-        match &p["targetPort"] {
-            Value::Number(n) if n.as_u64().is_some_and(|n| (1..=65_535).contains(&n)) => {}
-            Value::String(s) if objects::is_dns1123_label(s) && s.len() <= 15 => {}
-            other => causes.push(Cause::invalid(
-                field("targetPort"),
-                format!("Invalid value: {other}: must be a port number or an IANA service name"),
-            )),
-        }
-    }
-    causes
+    selector
+        .as_object_mut()
+        .expect("an object")
+        .entry("batch.kubernetes.io/controller-uid")
+        .or_insert_with(|| json!(uid));
 }
 
-/// The first and last usable addresses of `cidr`, as u32.
-fn usable(cidr: (Ipv4Addr, u8)) -> (u32, u32) {
-    let base = u32::from(cidr.0) & (u32::MAX << (32 - cidr.1));
-    let size = 1u32 << (32 - cidr.1);
-    (base + 1, base + size - 2)
-}
-
-/// The ClusterIPs and node ports Services hold, loaded from the store once
-/// and kept current by every Service create and delete of this server.
-#[derive(Debug, Default)]
-pub struct Allocations {
-    loaded: bool,
-    ips: BTreeSet<u32>,
-    node_ports: BTreeSet<u64>,
-}
-
-fn service_ip(svc: &Value) -> Option<u32> {
-    svc.pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Ipv4Addr>().ok())
-        .map(u32::from)
-}
-
-fn service_node_ports(svc: &Value) -> impl Iterator<Item = u64> + '_ {
-    svc.pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["nodePort"].as_u64())
-}
-
-impl Allocations {
-    /// Reads every Service once; later calls are free until [`Self::forget`].
-    pub(super) async fn ensure_loaded<S: Store>(&mut self, store: &S) -> ApiResult<()> {
-        if self.loaded {
-            return Ok(());
+/// A 422 `Invalid` for `obj` of `res` if upstream's validation finds
+/// anything wrong with it (as created, or as an update of `old`).
+pub(super) fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
+    let causes = if res.custom {
+        // Object metadata as any kind's, the rest by the version's schema.
+        let mut e = super::validation::Errors::default();
+        super::validation::metadata(&mut e, res.kind, res.group, obj, old);
+        let mut causes = e.0;
+        if let Some(schema) = super::crd::schema_of(res) {
+            causes.extend(super::crd::schema::validate(&schema, obj));
         }
-        let services = Resource::find("", "v1", "services").expect("services are served");
-        let page = store
-            .list(&services.key_prefix(None), None, None)
-            .await
-            .map_err(|e| ApiError::from_store(e, "services", ""))?;
-        *self = Self {
-            loaded: true,
-            ..Self::default()
+        causes
+    } else {
+        let mut causes = match old {
+            None => super::validation::create(res.kind, res.group, obj),
+            Some(old) => super::validation::update(res.kind, res.group, old, obj),
         };
-        for kv in &page.items {
-            self.record(&from_stored(&kv.value, kv.mod_rev)?);
+        if res.kind == "CustomResourceDefinition" {
+            causes.extend(super::crd::validate(obj, old));
         }
-        Ok(())
-    }
-
-    pub(super) fn record(&mut self, svc: &Value) {
-        self.ips.extend(service_ip(svc));
-        self.node_ports.extend(service_node_ports(svc));
-    }
-
-    pub(super) fn release(&mut self, svc: &Value) {
-        if let Some(ip) = service_ip(svc) {
-            self.ips.remove(&ip);
-        }
-        for p in service_node_ports(svc) {
-            self.node_ports.remove(&p);
-        }
-    }
-
-    /// Makes the next allocation re-read the store (after deletes that
-    /// bypassed [`Self::release`]).
-    pub(super) fn forget(&mut self) {
-        self.loaded = false;
-    }
-}
-
-/// Chooses a Service's ClusterIP and node ports among those free. The caller
-/// holds the allocations across this and the write, then records them.
-pub(super) fn allocate(
-    settings: &super::Settings,
-    taken: &Allocations,
-    obj: &mut Value,
-) -> ApiResult<()> {
-    let (ips, node_ports) = (&taken.ips, &taken.node_ports);
-    let name = objects::name_of(obj).unwrap_or_default().to_owned();
-    let spec = &mut obj["spec"];
-    let (first, last) = usable(settings.service_cidr);
-    match spec["clusterIP"].as_str() {
-        _ if spec["type"] == "ExternalName" => {}
-        Some("None") => {}
-        Some(ip) if !ip.is_empty() => {
-            let refuse = |why: String| {
-                ApiError::invalid(
-                    "Service",
-                    &name,
-                    vec![Cause::invalid("spec.clusterIPs", why)],
-                )
-            };
-            let n = u32::from(ip.parse::<Ipv4Addr>().map_err(|_| {
-                refuse(format!(
-                    "Invalid value: \"{ip}\": must be a valid IP address"
-                ))
-            })?);
-            let failed = format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}");
-            if !(first..=last).contains(&n) {
-                return Err(refuse(format!(
-                    "{failed}: the provided IP ({ip}) is not in the valid range"
-                )));
-            }
-            if ips.contains(&n) {
-                return Err(refuse(format!(
-                    "{failed}: provided IP is already allocated"
-                )));
-            }
-        }
-        _ => {
-            // Dynamic allocation prefers the upper band, as upstream does.
-            let size = last - first + 1;
-            let static_band = (size / 16).clamp(16, 256).min(size);
-            let pick = (first + static_band..=last)
-                .chain(first..first + static_band)
-                .find(|n| !ips.contains(n))
-                .ok_or_else(|| ApiError::internal("the Service IP range is exhausted"))?;
-            spec["clusterIP"] = json!(Ipv4Addr::from(pick).to_string());
-        }
-    }
-    if let Some(ip) = spec["clusterIP"].as_str().map(str::to_owned) {
-        spec["clusterIPs"] = json!([ip]);
-    }
-    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
-        let range = settings.node_ports.clone();
-        let mut causes = Vec::new();
-        // Ports given to this Service's earlier ports in this call.
-        let mut here = BTreeSet::new();
-        for (i, p) in spec["ports"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            match p["nodePort"].as_u64() {
-                Some(n) if !range.contains(&(n as u16)) || n > 65_535 => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {}-{}", range.start(), range.end()))),
-                Some(n) if node_ports.contains(&n) || !here.insert(n) => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is already allocated"))),
-                Some(_) => {}
-                None => {
-                    let size = u64::from(range.end() - range.start() + 1);
-                    let static_band = (size / 32).clamp(16, 128).min(size);
-                    let (lo, hi) = (u64::from(*range.start()), u64::from(*range.end()));
-                    let n = (lo + static_band..=hi).chain(lo..lo + static_band).find(|n| !node_ports.contains(n) && !here.contains(n));
-                    let Some(n) = n else {
-                        return Err(ApiError::internal("the node port range is exhausted"));
-                    };
-                    here.insert(n);
-                    p["nodePort"] = json!(n);
-                }
-            }
-        }
-        if !causes.is_empty() {
-            return Err(ApiError::invalid("Service", &name, causes));
-        }
-    }
-    Ok(())
-}
-
-/// What is wrong with an update: the new object's own problems, and
-/// fields that may not change once set.
-pub(super) fn validate_update(res: &Resource, old: &Value, new: &Value) -> ApiResult<()> {
-    let mut checked = new.clone();
-    let mut causes = objects::metadata_causes(res, &checked);
-    if res.kind == "Service" {
-        service_defaults(&mut checked);
-        causes.extend(service_causes(&checked));
-    }
-    let immutable: &[(&str, &str)] = match res.kind {
-        "Service" => &[("/spec/clusterIP", "spec.clusterIP")],
-        "EndpointSlice" => &[("/addressType", "addressType")],
-        "Deployment" | "ReplicaSet" | "DaemonSet" => &[("/spec/selector", "spec.selector")],
-        _ => &[],
+        causes
     };
-    causes.extend(
-        immutable
-            .iter()
-            .filter(|(ptr, _)| old.pointer(ptr).is_some() && old.pointer(ptr) != new.pointer(ptr))
-            .map(|(_, field)| Cause::invalid(*field, "field is immutable")),
-    );
-    objects::refuse_if_any(res, new, causes)
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid_in(
+        res.group,
+        res.kind,
+        objects::name_of(obj).unwrap_or_default(),
+        causes,
+    ))
 }
 
 /// Deletes everything in a terminating namespace, then the namespace, in
@@ -357,7 +126,10 @@ pub(super) async fn finalize_namespace<S: Store>(api: &ApiServer<S>, ns: &str) -
     tokio::spawn(async move {
         for _ in 0..600 {
             let mut remaining = 0;
-            for res in RESOURCES.iter().filter(|r| r.namespaced) {
+            for res in resources::all()
+                .into_iter()
+                .filter(|r| r.namespaced && !r.review)
+            {
                 let Ok(page) = store.list(&res.key_prefix(Some(&ns)), None, None).await else {
                     return;
                 };

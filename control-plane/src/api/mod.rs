@@ -17,19 +17,35 @@ use serde_json::Value;
 use crate::store::Store;
 
 pub mod auth;
+pub mod authz;
 pub mod clock;
+pub mod crd;
+mod decode;
+pub mod defaults;
 mod discovery;
 mod gc;
 mod kinds;
+pub mod kubernetes_service;
+pub mod list_options;
+pub mod media;
 pub mod objects;
 mod openapi;
 pub mod patch;
 pub mod path;
+pub mod proto;
+pub mod rbac;
 mod read;
 pub mod resources;
+mod reviews;
+pub mod schemas;
 pub mod selectors;
+pub mod services;
+pub mod ssa;
 pub mod status;
+mod strict_json;
 mod table;
+pub mod tokens;
+pub mod validation;
 mod write;
 
 use path::{Query, Route, Target};
@@ -49,6 +65,9 @@ pub struct Settings {
     pub service_cidr: (std::net::Ipv4Addr, u8),
     /// `--service-node-port-range`.
     pub node_ports: std::ops::RangeInclusive<u16>,
+    /// Where in-cluster clients reach this server: the endpoints of the
+    /// `default/kubernetes` Service (none without it).
+    pub advertise: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -58,6 +77,7 @@ impl Default for Settings {
             minor_version: 33,
             service_cidr: (std::net::Ipv4Addr::new(10, 96, 0, 0), 12),
             node_ports: 30_000..=32_767,
+            advertise: None,
         }
     }
 }
@@ -66,8 +86,10 @@ pub struct ApiServer<S> {
     pub store: Arc<S>,
     pub settings: Settings,
     pub auth: auth::Auth,
+    /// The RBAC objects authorization reads.
+    pub authz: authz::Authorizer,
     /// Held across choosing a Service's IP and ports and writing the Service.
-    alloc: Arc<tokio::sync::Mutex<kinds::Allocations>>,
+    alloc: Arc<tokio::sync::Mutex<services::Allocations>>,
 }
 
 impl<S: Store> ApiServer<S> {
@@ -76,6 +98,7 @@ impl<S: Store> ApiServer<S> {
             store,
             settings,
             auth,
+            authz: authz::Authorizer::default(),
             alloc: Arc::default(),
         })
     }
@@ -87,19 +110,35 @@ impl<S: Store> ApiServer<S> {
             .with_state(Arc::clone(self))
     }
 
-    /// Creates the initial namespaces if they do not exist yet.
+    /// Creates what is missing of the initial namespaces, the bootstrap
+    /// RBAC policy ([`rbac::bootstrap`]), and the `default/kubernetes`
+    /// Service with its endpoints (see [`kubernetes_service`]).
     pub async fn bootstrap(&self) -> ApiResult<()> {
-        for ns in resources::INITIAL_NAMESPACES {
-            let mut obj = serde_json::json!({"metadata": {"name": ns}});
-            match write::create_object(self, resources::Resource::namespaces(), None, &mut obj)
-                .await
-            {
+        let rbac = |plural| resources::Resource::find("rbac.authorization.k8s.io", "v1", plural);
+        let namespaces = resources::INITIAL_NAMESPACES.iter().map(|ns| {
+            (
+                Some(resources::Resource::namespaces()),
+                serde_json::json!({"metadata": {"name": ns}}),
+            )
+        });
+        let roles = rbac::bootstrap::cluster_roles()
+            .into_iter()
+            .map(|r| (rbac("clusterroles"), r));
+        let bindings = rbac::bootstrap::cluster_role_bindings()
+            .into_iter()
+            .map(|b| (rbac("clusterrolebindings"), b));
+        for (res, mut obj) in namespaces.chain(roles).chain(bindings) {
+            let res = res.ok_or_else(|| ApiError::internal("a bootstrap kind is not served"))?;
+            match write::create_object(self, res, None, &mut obj, &write::Owner::Server).await {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        crd::load(&*self.store)
+            .await
+            .map_err(|e| ApiError::from_store(e, "customresourcedefinitions", ""))?;
+        kubernetes_service::reconcile(self).await
     }
 }
 
@@ -109,9 +148,26 @@ pub struct Request {
     pub query: Query,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Who asks (absent on public paths).
+    pub user: Option<crate::pki::Identity>,
+    /// Warnings for the client, sent as `Warning` headers with the answer.
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Request {
+    /// A GET with only a query, for unit tests of parameter handling.
+    #[cfg(test)]
+    pub fn for_query(query: Query) -> Self {
+        Self {
+            method: Method::GET,
+            query,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            user: None,
+            warnings: std::sync::Mutex::default(),
+        }
+    }
+
     pub fn content_type(&self) -> &str {
         self.headers
             .get(header::CONTENT_TYPE)
@@ -130,21 +186,48 @@ impl Request {
             })
     }
 
-    /// The body as JSON (YAML is accepted too, as `kubectl --raw` may send it).
-    /// Protobuf and CBOR bodies get 415, on which clients fall back to JSON.
-    pub fn json_body(&self) -> ApiResult<Value> {
-        let ct = self.content_type();
-        if ct.contains("protobuf") || ct.contains("cbor") {
-            return Err(ApiError::unsupported_media_type(ct));
+    /// A body holding an object: JSON, YAML (as `kubectl --raw` may send)
+    /// or protobuf (kubectl's typed generators). CBOR is 415.
+    pub fn object_body(&self) -> ApiResult<Value> {
+        media::object_body(self.content_type(), &self.body)
+    }
+
+    /// A patch body (JSON, or YAML for apply patches).
+    pub fn patch_body(&self) -> ApiResult<Value> {
+        media::text_body(&self.body)
+    }
+
+    /// The encodings the client accepts, in its order of preference.
+    pub fn accepted(&self) -> Vec<media::Encoding> {
+        media::accepted(
+            self.headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
+    /// `value` in the encoding the client prefers among those that can carry
+    /// it, with the request's warnings.
+    pub fn reply(&self, code: axum::http::StatusCode, value: &Value) -> Response {
+        let mut response = media::respond(&self.accepted(), code, value);
+        let warnings = self.warnings.lock().map(|w| w.clone()).unwrap_or_default();
+        for w in warnings {
+            // Upstream's form: code 299, no agent, the text quoted.
+            let header = format!("299 - {}", validation::quote(&w));
+            if let Ok(v) = axum::http::HeaderValue::from_str(&header) {
+                response.headers_mut().append(header::WARNING, v);
+            }
         }
-        if self.body.is_empty() {
-            return Err(ApiError::bad_request("the request has no body"));
+        response
+    }
+
+    /// Adds a warning for the client (deduplicated, as upstream does).
+    pub fn warn(&self, text: &str) {
+        if let Ok(mut w) = self.warnings.lock()
+            && !w.iter().any(|x| x == text)
+        {
+            w.push(text.to_owned());
         }
-        serde_json::from_slice(&self.body).or_else(|json_err| {
-            serde_yaml::from_slice(&self.body).map_err(|_| {
-                ApiError::bad_request(format!("the body is not valid JSON: {json_err}"))
-            })
-        })
     }
 }
 
@@ -162,10 +245,11 @@ async fn handle<S: Store>(
     body: Body,
 ) -> Response {
     let peer = peer.map(|axum::Extension(p)| p).unwrap_or_default();
-    let identity = match path::parse(uri.path()) {
+    let parsed = path::parse(uri.path());
+    let identity = match parsed {
         // Probes and the version are public, as upstream.
         Ok(Route::Health | Route::Version) => None,
-        _ => match api.auth.authenticate(&headers, &peer) {
+        _ => match auth::authenticate(&api, &headers, &peer).await {
             Ok(id) => Some(id),
             Err(e) => return e.into_response(),
         },
@@ -179,16 +263,59 @@ async fn handle<S: Store>(
         query: Query::parse(uri.query()),
         headers,
         body,
+        user: identity,
+        warnings: std::sync::Mutex::default(),
     };
-    if let (Some(id), Ok(Route::Object(t))) = (&identity, path::parse(uri.path())) {
-        let verb = auth::verb(&req.method, &t, req.query.flag("watch"));
-        if let Err(e) = auth::authorize(id, verb, &t) {
-            return e.into_response();
-        }
+    if let Err(e) = authorize(&api, &req, uri.path(), &parsed).await {
+        return e.into_response();
     }
     match route(&api, uri.path(), req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Authorizes a request: resource requests by their verb and target (and
+/// nodes' writes by NodeRestriction), the discovery and OpenAPI paths as
+/// non-resource requests.
+async fn authorize<S: Store>(
+    api: &ApiServer<S>,
+    req: &Request,
+    raw_path: &str,
+    parsed: &ApiResult<Route>,
+) -> ApiResult<()> {
+    let Some(id) = &req.user else {
+        return Ok(());
+    };
+    match parsed {
+        Ok(Route::Object(t) | Route::Watch(t)) => {
+            let watch = matches!(parsed, Ok(Route::Watch(_))) || req.query.flag("watch");
+            let verb = auth::verb(&req.method, t, watch);
+            authz::authorize(api, id, &authz::resource_attributes(verb, t)).await?;
+            if matches!(t.res.kind, "Node" | "Lease") {
+                let name = match &t.name {
+                    Some(n) => n.clone(),
+                    // A create names the object in its body.
+                    None => req
+                        .object_body()
+                        .ok()
+                        .and_then(|b| objects::name_of(&b).map(str::to_owned))
+                        .unwrap_or_default(),
+                };
+                auth::node_restriction(id, verb, t, &name)?;
+            }
+            Ok(())
+        }
+        Ok(Route::Health | Route::Version) => Ok(()),
+        // A path that is no resource (discovery, OpenAPI, or one that is not found).
+        _ => {
+            let a = rbac::Attributes {
+                verb: auth::non_resource_verb(&req.method),
+                path: raw_path.to_owned(),
+                ..rbac::Attributes::default()
+            };
+            authz::authorize(api, id, &a).await.map(drop)
+        }
     }
 }
 
@@ -203,17 +330,35 @@ async fn route<S: Store>(api: &ApiServer<S>, path: &str, req: Request) -> ApiRes
         Route::OpenApiIndex => Ok(openapi::index()),
         Route::OpenApiDoc { group, version } => openapi::document(&group, &version),
         Route::Object(target) => object(api, target, req).await,
+        Route::Watch(target) if req.method == Method::GET && target.sub.is_none() => {
+            read::watch(api, &target, &req).await
+        }
+        Route::Watch(target) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({} {})",
+            req.method,
+            target.res.qualified()
+        ))),
     }
 }
 
 async fn object<S: Store>(api: &ApiServer<S>, t: Target, req: Request) -> ApiResult<Response> {
     use resources::Sub;
     let m = req.method.clone();
+    if t.res.review {
+        return match (m.as_str(), t.name.is_some()) {
+            ("POST", false) => reviews::create(api, &t, &req).await,
+            (method, _) => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} {})",
+                t.res.qualified()
+            ))),
+        };
+    }
     match (m.as_str(), t.name.is_some(), t.sub) {
-        ("GET", false, None) if req.query.flag("watch") => read::watch(api, &t, &req).await,
+        ("POST", true, Some(Sub::Token)) => reviews::token_request(api, &t, &req).await,
+        ("GET", _, None) if req.query.flag("watch") => read::watch(api, &t, &req).await,
         ("GET", false, None) => read::list(api, &t, &req).await,
-        ("GET", true, None | Some(Sub::Status)) => read::get(api, &t).await,
-        ("GET", true, Some(Sub::Scale)) => read::get_scale(api, &t).await,
+        ("GET", true, None | Some(Sub::Status)) => read::get(api, &t, &req).await,
+        ("GET", true, Some(Sub::Scale)) => read::get_scale(api, &t, &req).await,
         ("POST", false, None) => write::create(api, &t, &req).await,
         ("POST", true, Some(Sub::Binding)) => write::bind(api, &t, &req).await,
         ("PUT", true, None | Some(Sub::Status)) => write::update(api, &t, &req).await,

@@ -4,9 +4,9 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    clock,
+    clock, defaults,
     resources::Resource,
-    status::{ApiError, ApiResult, Cause},
+    status::{ApiError, ApiResult},
 };
 use crate::store::Revision;
 
@@ -56,136 +56,53 @@ pub fn to_stored(obj: &Value) -> Vec<u8> {
     serde_json::to_vec(&obj).expect("a JSON value serializes")
 }
 
+/// Appends to `out` the stored object `stored` (compact JSON, as
+/// [`to_stored`] writes it) with `"resourceVersion"` spliced into its
+/// top-level `metadata` — what [`from_stored`] then serializing gives,
+/// without parsing. False (and nothing appended) if `metadata` is not found.
+pub fn splice_revision(stored: &[u8], rev: Revision, out: &mut Vec<u8>) -> bool {
+    const KEY: &[u8] = b"\"metadata\":{";
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in stored.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' if depth == 1
+                && stored[i..].starts_with(KEY)
+                && i > 0
+                && matches!(stored[i - 1], b'{' | b',') =>
+            {
+                let open = i + KEY.len();
+                out.extend_from_slice(&stored[..open]);
+                out.extend_from_slice(b"\"resourceVersion\":\"");
+                out.extend_from_slice(rev.to_string().as_bytes());
+                out.push(b'"');
+                if stored.get(open) != Some(&b'}') {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&stored[open..]);
+                return true;
+            }
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 pub fn from_stored(bytes: &[u8], rev: Revision) -> ApiResult<Value> {
     let obj: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
     Ok(with_revision(obj, rev))
-}
-
-/// DNS-1123 label: lower-case alphanumerics and '-', at most 63, starting
-/// and ending alphanumeric.
-pub fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// DNS-1123 subdomain: dot-separated labels, at most 253.
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-/// DNS-1035 label (Service names): a DNS-1123 label starting with a letter.
-pub fn is_dns1035_label(s: &str) -> bool {
-    is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
-}
-
-/// Upstream's `path.IsValidPathSegmentName`, the rule for RBAC names
-/// (`system:node-proxier`): anything that is a single path segment.
-fn path_segment_problem(name: &str) -> Option<&'static str> {
-    match name {
-        "." => Some("may not be '.'"),
-        ".." => Some("may not be '..'"),
-        _ if name.contains('/') => Some("may not contain '/'"),
-        _ if name.contains('%') => Some("may not contain '%'"),
-        _ => None,
-    }
-}
-
-fn name_problem(res: &Resource, name: &str) -> Option<String> {
-    if res.group == "rbac.authorization.k8s.io" {
-        return path_segment_problem(name).map(|rule| format!("Invalid value: \"{name}\": {rule}"));
-    }
-    let (ok, rule) = match res.kind {
-        "Service" => (
-            is_dns1035_label(name),
-            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
-        ),
-        "Namespace" => (
-            is_dns1123_label(name),
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
-        ),
-        _ => (
-            is_dns1123_subdomain(name),
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-        ),
-    };
-    (!ok).then(|| format!("Invalid value: \"{name}\": {rule}"))
-}
-
-/// Label keys and values, as `metadata.labels` must hold them.
-fn label_problems(obj: &Value, causes: &mut Vec<Cause>) {
-    let Some(labels) = meta(obj).and_then(|m| m.get("labels")) else {
-        return;
-    };
-    let Some(labels) = labels.as_object() else {
-        causes.push(Cause::invalid(
-            "metadata.labels",
-            "must be a map of strings",
-        ));
-        return;
-    };
-    for (k, v) in labels {
-        let name = k.rsplit_once('/').map_or(k.as_str(), |(p, n)| {
-            if !is_dns1123_subdomain(p) {
-                causes.push(Cause::invalid(
-                    format!("metadata.labels: Invalid value: \"{k}\""),
-                    "prefix part must be a DNS-1123 subdomain",
-                ));
-            }
-            n
-        });
-        let name_ok = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !name_ok {
-            causes.push(Cause::invalid("metadata.labels", format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
-        }
-        let value_ok = v.as_str().is_some_and(|v| {
-            v.is_empty()
-                || (v.len() <= 63
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                    && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-                    && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
-        });
-        if !value_ok {
-            causes.push(Cause::invalid("metadata.labels".to_string(), format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
-        }
-    }
-}
-
-/// Problems with name and labels, as causes of an `Invalid`.
-pub fn metadata_causes(res: &Resource, obj: &Value) -> Vec<Cause> {
-    let name = name_of(obj).unwrap_or_default().to_owned();
-    let mut causes = Vec::new();
-    if name.is_empty() {
-        causes.push(Cause::required("metadata.name"));
-    } else if let Some(p) = name_problem(res, &name) {
-        causes.push(Cause::invalid("metadata.name", p));
-    }
-    label_problems(obj, &mut causes);
-    causes
-}
-
-/// One `Invalid` with every cause, or nothing.
-pub fn refuse_if_any(res: &Resource, obj: &Value, causes: Vec<Cause>) -> ApiResult<()> {
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            res.kind,
-            name_of(obj).unwrap_or_default(),
-            causes,
-        ))
-    }
 }
 
 /// `generateName` + 5 random characters, as upstream.
@@ -254,7 +171,11 @@ pub fn stamp_create(res: &Resource, ns: Option<&str>, obj: &mut Value) -> ApiRes
     }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(clock::now()));
-    meta.insert("generation".into(), json!(1));
+    if defaults::tracks_generation(res.kind) {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
     for owned in [
         "deletionTimestamp",
         "deletionGracePeriodSeconds",
@@ -317,7 +238,7 @@ pub fn stamp_update(res: &Resource, old: &Value, new: &mut Value, writer: Writer
         };
     }
     let spec_changed = strip(old, &["metadata", "status"]) != strip(new, &["metadata", "status"]);
-    if spec_changed {
+    if spec_changed && defaults::tracks_generation(res.kind) {
         let g = old_meta
             .get("generation")
             .and_then(Value::as_i64)
@@ -344,44 +265,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dns_names() {
-        assert!(
-            is_dns1123_label("web-1")
-                && !is_dns1123_label("Web")
-                && !is_dns1123_label("-a")
-                && !is_dns1123_label("")
-        );
-        assert!(is_dns1123_subdomain("a.b-c.d") && !is_dns1123_subdomain("a..b"));
-        assert!(is_dns1035_label("web") && !is_dns1035_label("1web"));
+    fn a_spliced_revision_reads_as_a_parsed_one() {
+        for obj in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"\"metadata\":{": "x"}, "metadata": {"name": "a", "labels": {"k": "v"}}}),
+            json!({"metadata": {}, "spec": {"metadata": {"name": "inner"}}}),
+        ] {
+            let mut out = Vec::new();
+            assert!(splice_revision(&to_stored(&obj), 42, &mut out));
+            let parsed: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(parsed, with_revision(obj, 42));
+        }
+        assert!(!splice_revision(br#"{"spec":{}}"#, 1, &mut Vec::new()));
     }
 
     #[test]
-    fn rbac_names_are_path_segments() {
-        let cr = Resource::find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();
-        let named = |n: &str| json!({"metadata": {"name": n}});
-        for ok in ["system:node-proxier", "switchyard", "Mixed_Case"] {
-            assert!(metadata_causes(cr, &named(ok)).is_empty(), "{ok}");
-        }
-        for bad in [".", "..", "a/b", "a%2Fb"] {
-            let causes = metadata_causes(cr, &named(bad));
-            assert_eq!(causes.len(), 1, "{bad}");
-            assert_eq!(causes[0].field, "metadata.name");
-        }
-    }
-
-    #[test]
-    fn create_fills_server_fields_and_refuses_bad_names_with_causes() {
+    fn create_fills_server_fields() {
         let svc = Resource::find("", "v1", "services").unwrap();
         let mut o = json!({"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {}});
         stamp_create(svc, Some("default"), &mut o).unwrap();
         assert_eq!(o["kind"], "Service");
         assert_eq!(o["metadata"]["namespace"], "default");
-        assert_eq!(o["metadata"]["generation"], 1);
+        assert!(
+            o["metadata"].get("generation").is_none(),
+            "Services have none"
+        );
         assert!(o["metadata"]["uid"].as_str().unwrap().len() == 36);
-        let bad = json!({"metadata": {"name": "1Web", "labels": {"app": "no spaces"}}});
-        let causes = metadata_causes(svc, &bad);
-        let fields: Vec<_> = causes.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(fields, ["metadata.name", "metadata.labels"]);
         let mut other_ns = json!({"metadata": {"name": "web", "namespace": "other"}});
         assert_eq!(
             stamp_create(svc, Some("default"), &mut other_ns)

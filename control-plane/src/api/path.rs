@@ -29,6 +29,8 @@ pub enum Route {
         version: String,
     },
     Object(Target),
+    /// The deprecated `/api/v1/watch/…` form of a watch.
+    Watch(Target),
 }
 
 /// A collection, an object or an object's subresource.
@@ -70,6 +72,10 @@ pub fn parse(path: &str) -> ApiResult<Route> {
             group: (*g).to_owned(),
             version: (*v).to_owned(),
         },
+        ["api", v, "watch", rest @ ..] => Route::Watch(target("", v, rest).ok_or_else(not_found)?),
+        ["apis", g, v, "watch", rest @ ..] => {
+            Route::Watch(target(g, v, rest).ok_or_else(not_found)?)
+        }
         ["api", v, rest @ ..] => Route::Object(target("", v, rest).ok_or_else(not_found)?),
         ["apis", g, v, rest @ ..] => Route::Object(target(g, v, rest).ok_or_else(not_found)?),
         _ => return Err(not_found()),
@@ -77,7 +83,7 @@ pub fn parse(path: &str) -> ApiResult<Route> {
 }
 
 fn sub(name: &str, res: &Resource) -> Option<Sub> {
-    [Sub::Status, Sub::Scale, Sub::Binding]
+    [Sub::Status, Sub::Scale, Sub::Binding, Sub::Token]
         .into_iter()
         .find(|s| s.name() == name && res.has(*s))
 }
@@ -117,40 +123,78 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
 }
 
 /// Query parameters, decoded. Tolerates the `?&limit=500` kube-rs sends.
+/// A repeated parameter means its first value, as Go's `url.Values.Get`.
 #[derive(Debug, Default)]
-pub struct Query(HashMap<String, String>);
+pub struct Query {
+    first: HashMap<String, String>,
+    pairs: Vec<(String, String)>,
+}
 
 impl Query {
     pub fn parse(raw: Option<&str>) -> Self {
-        Self(
-            form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        let mut first = HashMap::new();
+        for (k, v) in &pairs {
+            first.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        Self { first, pairs }
     }
 
+    /// The parameter's value when sent and not empty.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.raw(key).filter(|v| !v.is_empty())
     }
 
-    /// `true`, `True` and `1` are true (the Python client sends `True`).
+    /// The parameter's value when sent, even empty.
+    pub fn raw(&self, key: &str) -> Option<&str> {
+        self.first.get(key).map(String::as_str)
+    }
+
+    /// Every value of a repeatable parameter (`dryRun=All&dryRun=All`).
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A boolean as upstream's parameter decoding reads it: sent and not
+    /// `0` or `false` (any case) is true (the Python client sends `True`).
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "True" | "1"))
+        self.raw(key)
+            .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
     }
 
-    pub fn number(&self, key: &str) -> ApiResult<Option<u64>> {
-        self.get(key)
+    /// An optional boolean: unset, or [`Self::flag`].
+    pub fn optional_flag(&self, key: &str) -> Option<bool> {
+        self.raw(key).map(|_| self.flag(key))
+    }
+
+    /// An integer, when sent; anything else is upstream's 400.
+    pub fn int(&self, key: &str) -> ApiResult<Option<i64>> {
+        self.raw(key)
             .map(|v| {
                 v.parse().map_err(|_| {
                     ApiError::bad_request(format!(
-                        "invalid {key} `{v}`: not a non-negative integer"
+                        "strconv.ParseInt: parsing {}: invalid syntax",
+                        super::validation::quote(v)
                     ))
                 })
             })
             .transpose()
+    }
+
+    /// A non-negative integer (a grace period); negative ones are 400.
+    pub fn number(&self, key: &str) -> ApiResult<Option<u64>> {
+        match self.int(key)? {
+            Some(n) if n < 0 => Err(ApiError::bad_request(format!(
+                "invalid {key} {n}: must not be negative"
+            ))),
+            other => Ok(other.map(|n| n as u64)),
+        }
     }
 }
 
@@ -227,10 +271,27 @@ mod tests {
 
     #[test]
     fn query_tolerates_empty_pairs_and_python_booleans() {
-        let q = Query::parse(Some("&limit=500&watch=True&labelSelector=app%3Dweb"));
-        assert_eq!(q.number("limit").unwrap(), Some(500));
+        let q = Query::parse(Some(
+            "&limit=500&watch=True&labelSelector=app%3Dweb&limit=1",
+        ));
+        assert_eq!(q.int("limit").unwrap(), Some(500), "the first value");
         assert!(q.flag("watch"));
         assert_eq!(q.get("labelSelector"), Some("app=web"));
-        assert!(Query::parse(Some("limit=x")).number("limit").is_err());
+        assert_eq!(
+            Query::parse(Some("limit=x"))
+                .int("limit")
+                .unwrap_err()
+                .message,
+            "strconv.ParseInt: parsing \"x\": invalid syntax"
+        );
+        for (q, watch) in [
+            ("watch=0", false),
+            ("watch=FALSE", false),
+            ("watch=yes", true),
+            ("watch=", true),
+            ("", false),
+        ] {
+            assert_eq!(Query::parse(Some(q)).flag("watch"), watch, "{q}");
+        }
     }
 }

@@ -7,6 +7,8 @@ pub enum Sub {
     Status,
     Scale,
     Binding,
+    /// `serviceaccounts/<name>/token`: a TokenRequest.
+    Token,
 }
 
 impl Sub {
@@ -15,6 +17,7 @@ impl Sub {
             Self::Status => "status",
             Self::Scale => "scale",
             Self::Binding => "binding",
+            Self::Token => "token",
         }
     }
 }
@@ -33,6 +36,11 @@ pub struct Resource {
     pub subresources: &'static [Sub],
     /// Field selectors beyond `metadata.name` and `metadata.namespace`.
     pub extra_fields: &'static [&'static str],
+    /// Only `create` is served and nothing is stored: a review that answers
+    /// with its `status` (SubjectAccessReview, TokenReview, …).
+    pub review: bool,
+    /// Defined by a CustomResourceDefinition (see [`super::crd`]).
+    pub custom: bool,
 }
 
 const NONE: &[&str] = &[];
@@ -50,6 +58,27 @@ macro_rules! resource {
             short_names: $short,
             subresources: $subs,
             extra_fields: $fields,
+            review: false,
+            custom: false,
+        }
+    };
+}
+
+/// A create-only review kind.
+macro_rules! review {
+    ($group:literal, $plural:literal, $singular:literal, $kind:literal, $namespaced:literal) => {
+        Resource {
+            group: $group,
+            version: "v1",
+            plural: $plural,
+            singular: $singular,
+            kind: $kind,
+            namespaced: $namespaced,
+            short_names: NONE,
+            subresources: &[],
+            extra_fields: NONE,
+            review: true,
+            custom: false,
         }
     };
 }
@@ -66,30 +95,83 @@ pub const RESOURCES: &[Resource] = &[
         subs: &[Sub::Status, Sub::Scale], fields: &["status.replicas"]),
     resource!("", "v1", "configmaps", "configmap", "ConfigMap", true, short: &["cm"], subs: &[], fields: NONE),
     resource!("", "v1", "secrets", "secret", "Secret", true, short: NONE, subs: &[], fields: &["type"]),
-    resource!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, short: &["sa"], subs: &[], fields: NONE),
+    resource!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, short: &["sa"], subs: &[Sub::Token], fields: NONE),
     resource!("", "v1", "events", "event", "Event", true, short: &["ev"], subs: &[],
         fields: &["involvedObject.kind", "involvedObject.name", "involvedObject.namespace", "involvedObject.uid", "reason", "type"]),
     resource!("apps", "v1", "deployments", "deployment", "Deployment", true, short: &["deploy"], subs: &[Sub::Status, Sub::Scale], fields: NONE),
     resource!("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, short: &["rs"], subs: &[Sub::Status, Sub::Scale], fields: &["status.replicas"]),
     resource!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, short: &["ds"], subs: &[Sub::Status, Sub::Scale], fields: NONE),
+    resource!("batch", "v1", "jobs", "job", "Job", true, short: NONE, subs: &[Sub::Status], fields: &["status.successful"]),
+    resource!("batch", "v1", "cronjobs", "cronjob", "CronJob", true, short: &["cj"], subs: &[Sub::Status], fields: NONE),
     resource!("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, short: NONE, subs: &[], fields: NONE),
     resource!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, short: NONE, subs: &[], fields: NONE),
-    // RBAC objects are stored and served; authorization does not read them (see api::auth).
+    // RBAC objects: what authorization reads (see api::authz).
     resource!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, short: NONE, subs: &[], fields: NONE),
     resource!("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, short: NONE, subs: &[], fields: NONE),
     resource!("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, short: NONE, subs: &[], fields: NONE),
     resource!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, short: NONE, subs: &[], fields: NONE),
+    resource!("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", false,
+        short: &["crd", "crds"], subs: &[Sub::Status], fields: NONE),
+    review!(
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        "LocalSubjectAccessReview",
+        true
+    ),
+    review!(
+        "authorization.k8s.io",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        "SelfSubjectRulesReview",
+        false
+    ),
+    review!(
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        "SelfSubjectReview",
+        false
+    ),
+    review!(
+        "authentication.k8s.io",
+        "tokenreviews",
+        "tokenreview",
+        "TokenReview",
+        false
+    ),
 ];
+
+/// Every resource served now: the built-in ones, then the custom ones.
+pub fn all() -> Vec<&'static Resource> {
+    RESOURCES.iter().chain(super::crd::all()).collect()
+}
 
 /// The namespaces that exist from the start.
 pub const INITIAL_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 impl Resource {
+    /// A built-in resource, or a custom one a CRD serves.
     pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Self> {
         RESOURCES
             .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .or_else(|| super::crd::find(group, version, plural))
     }
 
     pub fn namespaces() -> &'static Self {

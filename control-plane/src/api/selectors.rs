@@ -56,6 +56,11 @@ fn valid_value(v: &str) -> bool {
 }
 
 impl LabelSelector {
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let mut reqs = Vec::new();
         for part in split_top_level(s) {
@@ -176,6 +181,18 @@ impl FieldSelector {
             reqs.push((field.to_owned(), equal, value.trim().to_owned()));
         }
         Ok(Self(reqs))
+    }
+
+    /// The value `field` must equal, if the selector requires one.
+    pub fn exact(&self, field: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(f, equal, _)| f == field && *equal)
+            .map(|(_, _, v)| v.as_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn matches_object(&self, obj: &Value) -> bool {

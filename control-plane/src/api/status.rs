@@ -43,13 +43,26 @@ impl Cause {
     }
 }
 
+/// The optional parts of a Status: `details` and `metadata.continue`.
+#[derive(Debug, Clone, Default)]
+pub struct About {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    /// The API group of `kind`, when not the core group.
+    pub group: Option<String>,
+    /// `details.retryAfterSeconds`.
+    pub retry_after: Option<u32>,
+    /// `metadata.continue`: an expired list's way on at the latest revision.
+    pub list_continue: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
     pub message: String,
-    pub kind: Option<String>,
-    pub name: Option<String>,
+    /// What refusals about an object say of it (boxed: most have none).
+    pub about: Option<Box<About>>,
     pub causes: Vec<Cause>,
 }
 
@@ -59,15 +72,20 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            kind: None,
-            name: None,
+            about: None,
             causes: Vec::new(),
         }
     }
 
+    /// The optional parts, made present.
+    pub fn about_mut(&mut self) -> &mut About {
+        self.about.get_or_insert_with(Box::default)
+    }
+
     fn about(mut self, kind: &str, name: &str) -> Self {
-        self.kind = Some(kind.to_owned());
-        self.name = Some(name.to_owned());
+        let about = self.about_mut();
+        about.kind = Some(kind.into());
+        about.name = Some(name.into());
         self
     }
 
@@ -117,18 +135,43 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "Conflict", message)
     }
 
+    /// A core-group kind's 422 `Invalid` with every cause.
     pub fn invalid(kind: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let detail = causes
+        Self::invalid_in("", kind, name, causes)
+    }
+
+    /// Upstream's `NewInvalid`: `Deployment.apps "web" is invalid: …`, one
+    /// cause stated alone, several in brackets.
+    pub fn invalid_in(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
+        let each: Vec<String> = causes
             .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect::<Vec<_>>()
-            .join(", ");
+            .map(|c| {
+                if c.field.is_empty() {
+                    c.message.clone()
+                } else {
+                    format!("{}: {}", c.field, c.message)
+                }
+            })
+            .collect();
+        let detail = match each.as_slice() {
+            [] => String::new(),
+            [one] => format!(": {one}"),
+            many => format!(": [{}]", many.join(", ")),
+        };
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {detail}"),
+            format!("{qualified} \"{name}\" is invalid{detail}"),
         )
         .about(kind, name);
+        if !group.is_empty() {
+            e.about_mut().group = Some(group.into());
+        }
         e.causes = causes;
         e
     }
@@ -150,14 +193,21 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
     }
 
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    /// Upstream's 415 for a body it cannot read: what the request's
+    /// endpoint accepts instead (object bodies, or patch types).
+    pub fn unsupported_media_type(accepted: &[&str]) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {content_type:?})"
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                accepted.join(", ")
             ),
         )
+    }
+
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", message)
     }
 
     pub fn too_large(limit: usize) -> Self {
@@ -172,6 +222,23 @@ impl ApiError {
         Self::new(StatusCode::GONE, "Expired", message)
     }
 
+    /// Upstream's 504 for a resourceVersion the store has not reached
+    /// (`NewTooLargeResourceVersionError`): clients retry after a second.
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        );
+        e.causes = vec![Cause {
+            reason: "ResourceVersionTooLarge",
+            field: String::new(),
+            message: "Too large resource version".into(),
+        }];
+        e.about_mut().retry_after = Some(1);
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
@@ -183,19 +250,32 @@ impl ApiError {
     /// The `Status` object.
     pub fn to_status(&self) -> Value {
         let mut details = serde_json::Map::new();
-        if let Some(n) = &self.name {
+        let about = self.about.as_deref().cloned().unwrap_or_default();
+        if let Some(n) = &about.name {
             details.insert("name".into(), json!(n));
         }
-        if let Some(k) = &self.kind {
+        if let Some(g) = &about.group {
+            details.insert("group".into(), json!(g));
+        }
+        if let Some(k) = &about.kind {
             details.insert("kind".into(), json!(k));
         }
         if !self.causes.is_empty() {
             let causes: Vec<Value> = self
                 .causes
                 .iter()
-                .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                .map(|c| {
+                    let mut cause = json!({"reason": c.reason, "message": c.message});
+                    if !c.field.is_empty() {
+                        cause["field"] = json!(c.field);
+                    }
+                    cause
+                })
                 .collect();
             details.insert("causes".into(), Value::Array(causes));
+        }
+        if let Some(s) = about.retry_after {
+            details.insert("retryAfterSeconds".into(), json!(s));
         }
         let mut status = json!({
             "kind": "Status",
@@ -209,6 +289,9 @@ impl ApiError {
         if !details.is_empty() {
             status["details"] = Value::Object(details);
         }
+        if let Some(c) = &about.list_continue {
+            status["metadata"]["continue"] = json!(c);
+        }
         status
     }
 
@@ -220,6 +303,9 @@ impl ApiError {
             store::Error::Conflict { .. } => Self::conflict(resource, name),
             store::Error::Compacted { requested, oldest } => {
                 Self::expired(format!("too old resource version: {requested} ({oldest})"))
+            }
+            store::Error::FutureRevision { requested, current } => {
+                Self::too_large_resource_version(requested, current)
             }
             e @ (store::Error::WatchLagged | store::Error::Backend(_)) => {
                 Self::internal(e.to_string())

@@ -45,6 +45,9 @@ fn service_ports(obj: &Value) -> String {
 
 /// Extra columns (after Name) and their cells, per kind.
 fn columns(res: &Resource) -> Vec<&'static str> {
+    if res.custom {
+        return vec![];
+    }
     match res.kind {
         "Service" => vec!["Type", "Cluster-IP", "External-IP", "Port(s)"],
         "Pod" => vec!["Status", "Node"],
@@ -57,6 +60,9 @@ fn columns(res: &Resource) -> Vec<&'static str> {
 
 fn cells(res: &Resource, obj: &Value) -> Vec<String> {
     let or_none = |v: String| if v.is_empty() { "<none>".to_owned() } else { v };
+    if res.custom {
+        return vec![];
+    }
     match res.kind {
         "Service" => vec![
             or_none(s(obj, "/spec/type")),

@@ -30,6 +30,15 @@ impl Store for AnyStore {
     ) -> Result<Page> {
         delegate!(self, s => s.list(prefix, start_after, limit))
     }
+    async fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+        at: Revision,
+    ) -> Result<Page> {
+        delegate!(self, s => s.list_at(prefix, start_after, limit, at))
+    }
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         delegate!(self, s => s.create(key, value))
     }

@@ -87,8 +87,11 @@ impl EmbeddedStore {
                 let current = objects
                     .get(key.as_str())
                     .map_err(backend)?
-                    .map(|v| decode_object(&key, v.value()));
-                let event = f(current.transpose()?, rev)?;
+                    .map(|v| decode_object(&key, v.value()))
+                    .transpose()?;
+                // What an update or delete replaced, for reading old revisions.
+                let prev_mod_rev = current.as_ref().map(|kv| kv.mod_rev);
+                let event = f(current, rev)?;
                 match event.kind {
                     EventKind::Put => {
                         objects
@@ -101,7 +104,7 @@ impl EmbeddedStore {
                 }
                 txn.open_table(LOG)
                     .map_err(backend)?
-                    .insert(rev, encode_event(&event).as_slice())
+                    .insert(rev, encode_event(&event, prev_mod_rev).as_slice())
                     .map_err(backend)?;
                 meta.insert(META_REVISION, rev).map_err(backend)?;
                 event
@@ -158,15 +161,19 @@ fn decode_object(key: &str, raw: &[u8]) -> Result<KeyValue> {
     })
 }
 
-/// `kind (1) | key length (u32 BE) | key | prev length (u32 BE, u32::MAX
-/// for none) | prev | object encoding`.
-fn encode_event(e: &Event) -> Vec<u8> {
+/// `kind (1) | key length (u32 BE) | key | [prev mod_rev (u64 BE)] |
+/// prev length (u32 BE, u32::MAX for none) | prev | object encoding`.
+/// Kinds 2 (put) and 3 (delete) carry the replaced value's `mod_rev`, which
+/// [`Store::list_at`] needs; 0 and 1 are the older form without it.
+fn encode_event(e: &Event, prev_mod_rev: Option<Revision>) -> Vec<u8> {
     let mut out = vec![match e.kind {
-        EventKind::Put => 0,
-        EventKind::Delete => 1,
+        EventKind::Put => 2,
+        EventKind::Delete => 3,
     }];
     out.extend_from_slice(&(e.kv.key.len() as u32).to_be_bytes());
     out.extend_from_slice(e.kv.key.as_bytes());
+    // 0: none (a create); revisions start at 1.
+    out.extend_from_slice(&prev_mod_rev.unwrap_or(0).to_be_bytes());
     match &e.prev_value {
         Some(p) => {
             out.extend_from_slice(&(p.len() as u32).to_be_bytes());
@@ -178,11 +185,14 @@ fn encode_event(e: &Event) -> Vec<u8> {
     out
 }
 
-fn decode_event(raw: &[u8]) -> Result<Event> {
+/// An event and, for the newer form, the `mod_rev` of what it replaced.
+fn decode_event(raw: &[u8]) -> Result<(Event, Option<Revision>)> {
     let bad = || Error::Backend("log entry is corrupt".into());
-    let kind = match raw.first() {
-        Some(0) => EventKind::Put,
-        Some(1) => EventKind::Delete,
+    let (kind, has_prev_rev) = match raw.first() {
+        Some(0) => (EventKind::Put, false),
+        Some(1) => (EventKind::Delete, false),
+        Some(2) => (EventKind::Put, true),
+        Some(3) => (EventKind::Delete, true),
         _ => return Err(bad()),
     };
     let u32_at = |at: usize| -> Result<u32> {
@@ -192,6 +202,13 @@ fn decode_event(raw: &[u8]) -> Result<Event> {
     let len = u32_at(1)? as usize;
     let key = std::str::from_utf8(raw.get(5..5 + len).ok_or_else(bad)?).map_err(|_| bad())?;
     let mut at = 5 + len;
+    let mut prev_mod_rev = None;
+    if has_prev_rev {
+        let bytes = raw.get(at..at + 8).ok_or_else(bad)?;
+        let r = u64::from_be_bytes(bytes.try_into().map_err(|_| bad())?);
+        prev_mod_rev = (r > 0).then_some(r);
+        at += 8;
+    }
     let prev_len = u32_at(at)?;
     at += 4;
     let prev_value = if prev_len == u32::MAX {
@@ -205,10 +222,45 @@ fn decode_event(raw: &[u8]) -> Result<Event> {
         Some(prev)
     };
     let kv = decode_object(key, raw.get(at..).ok_or_else(bad)?)?;
-    Ok(Event {
-        kind,
-        kv,
-        prev_value,
+    Ok((
+        Event {
+            kind,
+            kv,
+            prev_value,
+        },
+        prev_mod_rev,
+    ))
+}
+
+/// A page of the keys as they are in `txn`.
+fn list_now(
+    txn: &redb::ReadTransaction,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Page> {
+    let revision = meta_value(txn, META_REVISION)?;
+    let objects = txn.open_table(OBJECTS).map_err(backend)?;
+    let end = prefix_end(prefix);
+    let start = start_after.unwrap_or(prefix);
+    let mut items = Vec::new();
+    let mut more = false;
+    for entry in objects.range(start..end.as_str()).map_err(backend)? {
+        let (k, v) = entry.map_err(backend)?;
+        let key = k.value();
+        if start_after == Some(key) {
+            continue;
+        }
+        if limit.is_some_and(|l| items.len() >= l) {
+            more = true;
+            break;
+        }
+        items.push(decode_object(key, v.value())?);
+    }
+    Ok(Page {
+        items,
+        revision,
+        more,
     })
 }
 
@@ -239,29 +291,92 @@ impl Store for EmbeddedStore {
         limit: Option<usize>,
     ) -> Result<Page> {
         let (prefix, start_after) = (prefix.to_owned(), start_after.map(str::to_owned));
+        self.read(move |txn| list_now(txn, &prefix, start_after.as_deref(), limit))
+            .await
+    }
+
+    async fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+        at: Revision,
+    ) -> Result<Page> {
+        let (prefix, start_after) = (prefix.to_owned(), start_after.map(str::to_owned));
         self.read(move |txn| {
-            let revision = meta_value(txn, META_REVISION)?;
+            let current = meta_value(txn, META_REVISION)?;
+            let compacted = meta_value(txn, META_COMPACTED)?;
+            if at > current {
+                return Err(Error::FutureRevision {
+                    requested: at,
+                    current,
+                });
+            }
+            if at < compacted {
+                return Err(Error::Compacted {
+                    requested: at,
+                    oldest: compacted,
+                });
+            }
+            if at == current {
+                return list_now(txn, &prefix, start_after.as_deref(), limit);
+            }
+            let in_range =
+                |k: &str| k.starts_with(&prefix) && start_after.as_deref().is_none_or(|s| k > s);
+            // The keys now, with every change after `at` undone, newest first.
             let objects = txn.open_table(OBJECTS).map_err(backend)?;
             let end = prefix_end(&prefix);
-            let start = start_after.as_deref().unwrap_or(&prefix);
-            let mut items = Vec::new();
-            let mut more = false;
-            for entry in objects.range(start..end.as_str()).map_err(backend)? {
+            let mut state = std::collections::BTreeMap::new();
+            for entry in objects
+                .range(start_after.as_deref().unwrap_or(&prefix)..end.as_str())
+                .map_err(backend)?
+            {
                 let (k, v) = entry.map_err(backend)?;
-                let key = k.value();
-                if start_after.as_deref() == Some(key) {
+                if in_range(k.value()) {
+                    state.insert(k.value().to_owned(), decode_object(k.value(), v.value())?);
+                }
+            }
+            let log = txn.open_table(LOG).map_err(backend)?;
+            for entry in log.range(at + 1..).map_err(backend)?.rev() {
+                let (rev, raw) = entry.map_err(backend)?;
+                let (event, prev_mod_rev) = decode_event(raw.value())?;
+                if !in_range(&event.kv.key) {
                     continue;
                 }
-                if limit.is_some_and(|l| items.len() >= l) {
-                    more = true;
-                    break;
+                if event.is_create() {
+                    state.remove(&event.kv.key);
+                    continue;
                 }
-                items.push(decode_object(key, v.value())?);
+                // Log entries of the older form cannot be undone.
+                let (Some(mod_rev), Some(value)) = (
+                    prev_mod_rev,
+                    match event.kind {
+                        EventKind::Put => event.prev_value.clone(),
+                        EventKind::Delete => Some(event.kv.value.clone()),
+                    },
+                ) else {
+                    return Err(Error::Compacted {
+                        requested: at,
+                        oldest: rev.value(),
+                    });
+                };
+                let kv = KeyValue {
+                    key: event.kv.key.clone(),
+                    value,
+                    create_rev: event.kv.create_rev,
+                    mod_rev,
+                };
+                state.insert(event.kv.key, kv);
             }
+            let total = state.len();
+            let items: Vec<KeyValue> = state
+                .into_values()
+                .take(limit.unwrap_or(usize::MAX))
+                .collect();
             Ok(Page {
+                more: items.len() < total,
                 items,
-                revision,
-                more,
+                revision: at,
             })
         })
         .await
@@ -343,7 +458,7 @@ impl Store for EmbeddedStore {
                 let mut events = Vec::new();
                 for entry in log.range(after + 1..).map_err(backend)? {
                     let (_, raw) = entry.map_err(backend)?;
-                    let event = decode_event(raw.value())?;
+                    let (event, _) = decode_event(raw.value())?;
                     events.push(if event.kv.key.starts_with(&replay_prefix) {
                         WatchItem::Event(Arc::new(event))
                     } else {

@@ -116,6 +116,58 @@ impl EtcdStore {
         Ok(Err(current))
     }
 
+    /// Keys under `prefix` after `start_after`, at most `limit`, read at
+    /// revision `at` (0: the current one), in batches all at one revision.
+    async fn list_from(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+        at: Revision,
+    ) -> Result<Page> {
+        let full = self.key(prefix);
+        let mut start = match start_after {
+            Some(s) => format!("{}\0", self.key(s)),
+            None => full.clone(),
+        };
+        // gRPC caps a response at 4 MiB: read at most a batch per request,
+        // every batch at the first one's revision, until `limit` or the end.
+        let mut page = Page {
+            items: Vec::new(),
+            revision: at,
+            more: false,
+        };
+        loop {
+            let want = limit.map_or(ETCD_BATCH, |l| (l - page.items.len()).min(ETCD_BATCH));
+            let mut opts = GetOptions::new()
+                .with_range(range_end(&full))
+                .with_limit(want as i64);
+            if page.revision > 0 {
+                opts = opts.with_revision(page.revision as i64);
+            }
+            let resp = self
+                .kv_client
+                .clone()
+                .get(start.clone(), Some(opts))
+                .await
+                .map_err(backend)?;
+            if page.revision == 0 {
+                page.revision = rev(resp
+                    .header()
+                    .map_or(0, etcd_client::ResponseHeader::revision));
+            }
+            page.items.extend(resp.kvs().iter().map(|kv| self.kv(kv)));
+            page.more = resp.more();
+            let Some(last) = resp.kvs().last() else {
+                return Ok(page);
+            };
+            if !page.more || limit.is_some_and(|l| page.items.len() >= l) {
+                return Ok(page);
+            }
+            start = format!("{}\0", String::from_utf8_lossy(last.key()));
+        }
+    }
+
     fn precondition(&self, key: &str, expected: Option<Revision>) -> Compare {
         let k = self.key(key);
         match expected {
@@ -168,46 +220,30 @@ impl Store for EtcdStore {
         start_after: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Page> {
-        let full = self.key(prefix);
-        let mut start = match start_after {
-            Some(s) => format!("{}\0", self.key(s)),
-            None => full.clone(),
-        };
-        // gRPC caps a response at 4 MiB: read at most a batch per request,
-        // every batch at the first one's revision, until `limit` or the end.
-        let mut page = Page {
-            items: Vec::new(),
-            revision: 0,
-            more: false,
-        };
-        loop {
-            let want = limit.map_or(ETCD_BATCH, |l| (l - page.items.len()).min(ETCD_BATCH));
-            let mut opts = GetOptions::new()
-                .with_range(range_end(&full))
-                .with_limit(want as i64);
-            if page.revision > 0 {
-                opts = opts.with_revision(page.revision as i64);
+        self.list_from(prefix, start_after, limit, 0).await
+    }
+
+    async fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+        at: Revision,
+    ) -> Result<Page> {
+        match self.list_from(prefix, start_after, limit, at).await {
+            Err(Error::Backend(e)) if e.contains("required revision has been compacted") => {
+                Err(Error::Compacted {
+                    requested: at,
+                    oldest: self.compacted.load(Ordering::Relaxed),
+                })
             }
-            let resp = self
-                .kv_client
-                .clone()
-                .get(start.clone(), Some(opts))
-                .await
-                .map_err(backend)?;
-            if page.revision == 0 {
-                page.revision = rev(resp
-                    .header()
-                    .map_or(0, etcd_client::ResponseHeader::revision));
+            Err(Error::Backend(e)) if e.contains("required revision is a future revision") => {
+                Err(Error::FutureRevision {
+                    requested: at,
+                    current: self.current_revision().await?,
+                })
             }
-            page.items.extend(resp.kvs().iter().map(|kv| self.kv(kv)));
-            page.more = resp.more();
-            let Some(last) = resp.kvs().last() else {
-                return Ok(page);
-            };
-            if !page.more || limit.is_some_and(|l| page.items.len() >= l) {
-                return Ok(page);
-            }
-            start = format!("{}\0", String::from_utf8_lossy(last.key()));
+            other => other,
         }
     }
 

@@ -42,6 +42,11 @@ pub enum Error {
         requested: Revision,
         oldest: Revision,
     },
+    #[error("revision {requested} is in the future (current: {current})")]
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("watch fell too far behind the store and was ended")]
     WatchLagged,
     #[error("storage backend: {0}")]
@@ -128,6 +133,17 @@ pub trait Store: Send + Sync + 'static {
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
+    ) -> impl Future<Output = Result<Page>> + Send;
+
+    /// Like [`Store::list`], as the keys were at revision `at`: a consistent
+    /// page of an older state. [`Error::Compacted`] if that revision's
+    /// history is gone, [`Error::FutureRevision`] if it is not reached yet.
+    fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+        at: Revision,
     ) -> impl Future<Output = Result<Page>> + Send;
 
     /// Creates `key`; [`Error::AlreadyExists`] if it exists.

@@ -49,8 +49,73 @@ pub fn admin_token(data_dir: &Path) -> String {
         .to_owned()
 }
 
-/// Writes one HTTP/1.1 request (with the admin's token) and reads the whole
-/// response; `None` if the server is gone.
+/// A whole HTTP response: status code, headers (names lower-cased), body
+/// (de-chunked).
+pub struct RawResponse {
+    pub code: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Writes one HTTP/1.1 request (with the admin's token and the given extra
+/// headers) and reads the whole response; `None` if the server is gone.
+fn exchange_raw(
+    addr: &str,
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<RawResponse> {
+    let mut s = tls_connect(addr, data_dir).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        admin_token(data_dir),
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    // A peer that closes without close_notify still gave us the response.
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let rest = &raw[split + 4..];
+    let mut lines = head.lines();
+    let code = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Some(RawResponse {
+        code,
+        headers,
+        body,
+    })
+}
+
+/// Like [`exchange_raw`] with a text body, the JSON answer parsed.
 fn exchange(
     addr: &str,
     data_dir: &Path,
@@ -59,29 +124,18 @@ fn exchange(
     content_type: &str,
     body: &str,
 ) -> Option<(u16, Value)> {
-    let mut s = tls_connect(addr, data_dir).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        admin_token(data_dir),
-        body.len()
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    // A peer that closes without close_notify still gave us the response.
-    let _ = s.read_to_end(&mut raw);
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = raw.split_once("\r\n\r\n")?;
-    let code = head.split(' ').nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    Some((code, serde_json::from_str(&body).unwrap_or(Value::Null)))
+    let r = exchange_raw(
+        addr,
+        data_dir,
+        method,
+        path,
+        &[("Content-Type", content_type)],
+        body.as_bytes(),
+    )?;
+    Some((
+        r.code,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    ))
 }
 
 /// The etcd a test's server stores in.
@@ -197,6 +251,18 @@ impl Server {
             .expect("the server answers")
     }
 
+    /// One HTTPS request as the admin with any headers and body.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> RawResponse {
+        exchange_raw(&self.addr, &self.data_dir, method, path, headers, body)
+            .expect("the server answers")
+    }
+
     pub fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         self.http(method, path, "application/json", body)
     }
@@ -230,15 +296,17 @@ impl Probe {
     }
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(at) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..at]);
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
+        let rest = &s[at + 2..];
+        if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
+        out.extend_from_slice(&rest[..n]);
+        s = rest.get(n + 2..).unwrap_or_default();
     }
     out
 }

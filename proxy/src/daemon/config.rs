@@ -318,6 +318,7 @@ impl Settings {
                 None => NodePortAddresses::All,
             },
         };
+        let (sync_period, min_sync_period) = sync_periods(args, &file)?;
         let node_name = match args.hostname_override.clone().or(file.hostname_override) {
             Some(n) => n,
             None => hostname()?,
@@ -355,15 +356,8 @@ impl Settings {
                     .or(file.metrics_bind_address),
                 DEFAULT_METRICS,
             )?,
-            sync_period: args
-                .sync_period
-                .or(file.sync_period)
-                .unwrap_or(DEFAULT_SYNC_PERIOD)
-                .max(Duration::from_secs(1)),
-            min_sync_period: args
-                .min_sync_period
-                .or(file.min_sync_period)
-                .unwrap_or(DEFAULT_MIN_SYNC_PERIOD),
+            sync_period,
+            min_sync_period,
             hooks: HookArgs {
                 pod_interface_name_prefix: args
                     .hooks
@@ -378,6 +372,30 @@ impl Settings {
             ignored_keys: file.ignored,
         })
     }
+}
+
+/// `syncPeriod` and `minSyncPeriod` (flags over file over defaults),
+/// validated as kube-proxy does (`syncPeriod` positive and at least
+/// `minSyncPeriod`), and `syncPeriod` at least a second: it paces
+/// conntrack garbage collection, whose clock ticks in seconds.
+fn sync_periods(args: &DaemonArgs, file: &FileConfig) -> Result<(Duration, Duration)> {
+    let sync = args
+        .sync_period
+        .or(file.sync_period)
+        .unwrap_or(DEFAULT_SYNC_PERIOD);
+    let min_sync = args
+        .min_sync_period
+        .or(file.min_sync_period)
+        .unwrap_or(DEFAULT_MIN_SYNC_PERIOD);
+    if sync < Duration::from_secs(1) {
+        bail!("syncPeriod (--sync-period): {sync:?} is under a second, the conntrack clock's tick");
+    }
+    if min_sync > sync {
+        bail!(
+            "minSyncPeriod (--min-sync-period): {min_sync:?} must not exceed syncPeriod ({sync:?})"
+        );
+    }
+    Ok((sync, min_sync))
 }
 
 /// Conntrack lifetimes (flags over file over kube-proxy's defaults; 0, as
@@ -706,5 +724,30 @@ conntrack:
             ..DaemonArgs::default()
         });
         assert!(e.contains("--conntrack-udp-timeout"), "{e}");
+    }
+
+    #[test]
+    fn sync_periods_are_validated_not_adjusted() {
+        let resolve = |sync: u64, min_sync: u64| {
+            Settings::resolve(
+                &DaemonArgs {
+                    hostname_override: Some("n1".into()),
+                    sync_period: Some(Duration::from_millis(sync)),
+                    min_sync_period: Some(Duration::from_millis(min_sync)),
+                    ..DaemonArgs::default()
+                },
+                default_pin_root(),
+            )
+            .map_err(|e| format!("{e:#}"))
+        };
+        let e = resolve(500, 0).unwrap_err();
+        assert!(e.contains("syncPeriod") && e.contains("500ms"), "{e}");
+        let e = resolve(2_000, 5_000).unwrap_err();
+        assert!(e.contains("minSyncPeriod") && e.contains("5s"), "{e}");
+        let s = resolve(1_000, 1_000).unwrap();
+        assert_eq!(
+            (s.sync_period, s.min_sync_period),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
     }
 }

@@ -284,7 +284,7 @@ async fn serve(
             let shown: Vec<&str> = left_out.iter().take(10).map(String::as_str).collect();
             let more = left_out.len().saturating_sub(shown.len());
             let message = format!(
-                "{} frontend(s) not programmed: the eBPF maps are full (raise --max-frontends/--max-backends): {}{}",
+                "{} frontend(s) not programmed: the eBPF maps are full (larger --max-frontends/--max-backends/--max-backend-slots take effect once the pinned maps are recreated with `switchyard cleanup`): {}{}",
                 left_out.len(),
                 shown.join(", "),
                 if more > 0 {

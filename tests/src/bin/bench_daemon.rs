@@ -145,7 +145,7 @@ fn main() -> Result<()> {
     let log = dir.path().join("daemon-2.log");
     let started = Instant::now();
     let mut daemon = Daemon::start(daemon_args(n, m)?, &log)?;
-    let target = (n + 2) as f64; // + the Services of part 1
+    let target = (n + 3) as f64; // + the Services of part 1 and default/kubernetes
     loop {
         if daemon
             .metric("switchyard_programmed_frontends")

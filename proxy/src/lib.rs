@@ -20,6 +20,7 @@
 //! object itself (proxy-ebpf) is compiled by `build.rs` and embedded here;
 //! [`datapath::loader`] loads, attaches and pins it.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod attach;
 pub mod daemon;

@@ -19,8 +19,11 @@ pub const MAX_SLOTS_PER_FRONTEND: usize = u16::MAX as usize;
 /// Transport protocol of a Service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
+    /// `TCP`.
     Tcp,
+    /// `UDP`.
     Udp,
+    /// `SCTP` (computed and written, not yet translated by the programs).
     Sctp,
 }
 
@@ -34,6 +37,7 @@ impl Protocol {
         }
     }
 
+    /// The protocol of an IP protocol number; `None` for any other.
     pub const fn from_number(n: u8) -> Option<Self> {
         match n {
             proto::TCP => Some(Self::Tcp),
@@ -76,8 +80,11 @@ impl FromStr for Protocol {
 /// Where clients send: a Service IP, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
+    /// The Service IP (or node address, externalIP, LoadBalancer IP).
     pub addr: Ipv4Addr,
+    /// The Service port (or node port), host order.
     pub port: u16,
+    /// The port's protocol.
     pub proto: Protocol,
 }
 
@@ -114,8 +121,11 @@ impl fmt::Display for BackendId {
 /// the frontend's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendAddr {
+    /// The endpoint's address.
     pub addr: Ipv4Addr,
+    /// The target port, host order.
     pub port: u16,
+    /// The frontend's protocol.
     pub proto: Protocol,
 }
 
@@ -398,6 +408,8 @@ mod to_maps {
             }
         }
 
+        /// The backend a map value names; `None` for a protocol this
+        /// version would not have written.
         pub fn from_lb4_backend(b: &Lb4Backend) -> Option<Self> {
             Some(Self {
                 addr: addr_from_be(b.addr_be),

@@ -16,7 +16,9 @@ use crate::{
     node::NodePortAddresses,
 };
 
+/// kube-proxy's default `healthzBindAddress`: `/healthz` and `/livez`.
 pub const DEFAULT_HEALTHZ: &str = "0.0.0.0:10256";
+/// kube-proxy's default `metricsBindAddress`: `/metrics`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
 /// kube-proxy's default `syncPeriod`: the periodic full resync.
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
@@ -81,8 +83,10 @@ pub struct DaemonArgs {
     /// outside the kernel's ephemeral range and the NodePort range.
     #[arg(long)]
     pub snat_port_range: Option<String>,
+    /// The hooks: cgroup, pod- and node-facing interfaces, the node's netns.
     #[command(flatten)]
     pub hooks: HookArgs,
+    /// Map sizes.
     #[command(flatten)]
     pub sizes: MapSizeArgs,
 }
@@ -90,17 +94,29 @@ pub struct DaemonArgs {
 /// Everything the daemon runs with, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// bpffs directory holding the pinned maps and links (`--pin-root`).
     pub pin_root: PathBuf,
+    /// The API server's kubeconfig (`--kubeconfig`, else
+    /// `clientConnection.kubeconfig`); `None`: `--master` or in-cluster.
     pub kubeconfig: Option<PathBuf>,
     /// `--master`: the API server's address, over the kubeconfig's.
     pub master: Option<String>,
+    /// This node's name, compared with endpoints' `nodeName`
+    /// (`--hostname-override`, `hostnameOverride`, else the hostname).
     pub node_name: String,
+    /// `--cluster-cidr` / `clusterCIDR`, validated (informational).
     pub cluster_cidrs: Vec<Ipv4Cidr>,
+    /// Where `/healthz` and `/livez` are served.
     pub healthz: SocketAddr,
+    /// Where `/metrics` is served.
     pub metrics: SocketAddr,
+    /// Full resync and conntrack garbage collection period (≥ 1 s).
     pub sync_period: Duration,
+    /// How long changes are gathered before a recompute (≤ `sync_period`).
     pub min_sync_period: Duration,
+    /// Socket-hook cgroup and TC interfaces.
     pub hooks: HookArgs,
+    /// Map capacities for maps created by this start.
     pub sizes: MapSizes,
     /// Which node addresses serve NodePorts.
     pub nodeport_addresses: NodePortAddresses,
@@ -113,18 +129,31 @@ pub struct Settings {
 /// The subset of `KubeProxyConfiguration` Switchyard reads.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct FileConfig {
+    /// `clientConnection.kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
+    /// `hostnameOverride`.
     pub hostname_override: Option<String>,
+    /// `clusterCIDR` (comma-separated CIDRs).
     pub cluster_cidr: Option<String>,
+    /// `healthzBindAddress` (`IP:port`).
     pub healthz_bind_address: Option<String>,
+    /// `metricsBindAddress` (`IP:port`).
     pub metrics_bind_address: Option<String>,
+    /// `syncPeriod` (or `iptables.syncPeriod`).
     pub sync_period: Option<Duration>,
+    /// `minSyncPeriod` (or `iptables.minSyncPeriod`).
     pub min_sync_period: Option<Duration>,
+    /// `nodePortAddresses`: CIDRs, or `primary`.
     pub nodeport_addresses: Option<Vec<String>>,
+    /// `detectLocal.interfaceNamePrefix`: the pod interfaces' prefix.
     pub pod_interface_name_prefix: Option<String>,
+    /// `conntrack.tcpEstablishedTimeout`.
     pub tcp_established_timeout: Option<Duration>,
+    /// `conntrack.tcpCloseWaitTimeout`.
     pub tcp_close_wait_timeout: Option<Duration>,
+    /// `conntrack.udpTimeout`.
     pub udp_timeout: Option<Duration>,
+    /// `conntrack.udpStreamTimeout`.
     pub udp_stream_timeout: Option<Duration>,
     /// Dotted paths of keys present but not used, e.g. `ipvs.scheduler`.
     pub ignored: Vec<String>,
@@ -159,6 +188,11 @@ const KNOWN_IGNORED: &[&str] = &[
 ];
 
 impl FileConfig {
+    /// Reads a `KubeProxyConfiguration` document.
+    ///
+    /// # Errors
+    /// Not YAML, a wrong `kind` or `apiVersion`, or a key of the wrong type
+    /// or format (each error names the key).
     pub fn parse(text: &str) -> Result<Self> {
         let doc: Value = serde_yaml::from_str(text).context("not YAML")?;
         let Value::Mapping(map) = &doc else {

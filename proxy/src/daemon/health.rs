@@ -20,6 +20,9 @@ struct Inner {
     node_ineligible: bool,
 }
 
+/// The daemon's health as kube-proxy's `/healthz` reports it: when the
+/// last sync finished, whether a change is waiting too long, whether the
+/// Node is being removed. Shared between the sync loop and the HTTP server.
 #[derive(Debug)]
 pub struct Health {
     inner: Mutex<Inner>,
@@ -29,11 +32,15 @@ pub struct Health {
 /// What a probe gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
+    /// HTTP status: 200 or 503.
     pub status: u16,
+    /// The JSON body.
     pub body: String,
 }
 
 impl Health {
+    /// Unhealthy until the first sync; then unhealthy whenever a change has
+    /// waited more than twice `sync_period` (kube-proxy's rule).
     pub fn new(sync_period: Duration) -> Self {
         Self {
             inner: Mutex::default(),

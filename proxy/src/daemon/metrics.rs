@@ -108,15 +108,23 @@ impl Default for Metrics {
 /// What one sync did, for the metrics.
 #[derive(Debug, Default, Clone)]
 pub struct SyncRecord {
+    /// Recompute and reconcile, wall time.
     pub duration: Duration,
+    /// Every frontend was written.
     pub ok: bool,
+    /// Frontends in the maps after the sync.
     pub frontends: usize,
+    /// Distinct backends in the maps after the sync.
     pub backends: usize,
     /// Frontends without local endpoints: (internal, external) policy.
     pub no_local_endpoints: (usize, usize),
+    /// Services skipped as invalid.
     pub skipped_services: usize,
+    /// EndpointSlices skipped as invalid.
     pub skipped_slices: usize,
+    /// Frontends left out because the maps are full.
     pub left_out: usize,
+    /// UDP conntrack entries the sync itself flushed (0 when deferred).
     pub udp_flows_flushed: usize,
     /// Trigger-to-programmed latencies of the EndpointSlices this sync applied.
     pub programming_latencies: Vec<Duration>,
@@ -129,6 +137,7 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Records one sync: its duration and outcome, and the gauges it set.
     pub fn record_sync(&self, r: &SyncRecord) {
         let mut m = self.lock();
         m.sync_duration.observe(r.duration.as_secs_f64());
@@ -150,6 +159,7 @@ impl Metrics {
         m.udp_flows_flushed += r.udp_flows_flushed as u64;
     }
 
+    /// Counts an error of the watch of `resource` (`services`, …).
     pub fn watch_error(&self, resource: &'static str) {
         *self.lock().watch_errors.entry(resource).or_default() += 1;
     }
@@ -180,6 +190,7 @@ impl Metrics {
         self.lock().socket_close_failures += namespaces as u64;
     }
 
+    /// Sets the occupancy of map `name`: entries held and capacity.
     pub fn set_map(&self, name: &'static str, entries: usize, max_entries: u32) {
         self.lock().maps.insert(name, (entries, max_entries));
     }

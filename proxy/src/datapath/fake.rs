@@ -16,11 +16,17 @@ use crate::model::{BackendId, FrontendId};
 /// Maps held in memory, with the kernel's capacity checks.
 #[derive(Clone, Debug, Default)]
 pub struct FakeLbMaps {
+    /// `SY_LB4_SVC_V2`: masters and slots.
     pub services: BTreeMap<Lb4Key, Lb4Service>,
+    /// `SY_LB4_BE`.
     pub backends: BTreeMap<BackendId, Lb4Backend>,
+    /// `SY_LB4_MEMBER`: `MEMBER_*` bits per (frontend, backend).
     pub members: BTreeMap<Lb4MemberKey, u8>,
+    /// `SY_LB4_SRCRANGE`.
     pub source_ranges: BTreeSet<SourceRange>,
+    /// `SY_NODE4`.
     pub node: Node4Config,
+    /// Capacities, enforced as the kernel would (`E2BIG`).
     pub sizes: MapSizes,
     /// Every (frontend, backend) pair whose UDP flows were flushed.
     pub flushed: BTreeSet<(FrontendId, BackendId)>,
@@ -33,6 +39,7 @@ pub struct FakeLbMaps {
 pub struct Inconsistency(pub String);
 
 impl FakeLbMaps {
+    /// Empty maps of `sizes`.
     pub fn new(sizes: MapSizes) -> Self {
         Self {
             sizes,
@@ -203,10 +210,12 @@ impl LbMaps for FakeLbMaps {
 /// Wraps [`FakeLbMaps`], failing chosen writes and checking after every
 /// successful write that no half-written frontend is visible.
 pub struct FaultyLbMaps {
+    /// The maps written through.
     pub inner: FakeLbMaps,
     /// Decides, for the n-th write (0-based), whether it fails.
     fail: Box<dyn FnMut(u64) -> bool + Send>,
     writes: u64,
+    /// Writes made to fail so far.
     pub failures: u64,
     /// The first inconsistency seen after any write, if one was.
     pub violation: Option<Inconsistency>,
@@ -223,6 +232,7 @@ impl std::fmt::Debug for FaultyLbMaps {
 }
 
 impl FaultyLbMaps {
+    /// Wraps `inner`; `fail(n)` says whether the n-th write (0-based) fails.
     pub fn new(inner: FakeLbMaps, fail: impl FnMut(u64) -> bool + Send + 'static) -> Self {
         Self {
             inner,

@@ -41,63 +41,100 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switchyard";
 /// `statfs` magic of bpffs (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// Why loading, attaching, pinning or cleaning up failed; each names the
+/// path, program or map concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Another process holds the pin root's lock.
     #[error(
         "pin root `{path}` is in use by another switchyard process (a daemon, attach, apply-file or cleanup): one writer at a time"
     )]
-    PinRootBusy { path: String },
+    PinRootBusy {
+        /// The pin root.
+        path: String,
+    },
+    /// The pin root is not on a bpffs.
     #[error("`{path}` is not on a bpf filesystem; mount one with `mount -t bpf bpf {path}`")]
-    NotBpffs { path: String },
+    NotBpffs {
+        /// The pin root.
+        path: String,
+    },
+    /// A pin directory cannot be made or read.
     #[error("cannot create or read pin directory `{path}`")]
     PinDir {
+        /// The directory.
         path: String,
+        /// What the filesystem said.
         #[source]
         source: io::Error,
     },
+    /// The object could not be loaded (maps created, relocations).
     #[error("failed to load the eBPF object")]
     Load(#[source] aya::EbpfError),
+    /// The object lacks a program this version needs (a build problem).
     #[error("program `{name}` is missing from the eBPF object")]
-    MissingProgram { name: &'static str },
+    MissingProgram {
+        /// The program's name.
+        name: &'static str,
+    },
+    /// The kernel refused a program (the verifier's log is in the source).
     #[error("failed to load program `{name}` into the kernel")]
     LoadProgram {
+        /// The program's name.
         name: &'static str,
+        /// What the kernel said.
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A program could not be attached.
     #[error("failed to attach `{name}` to {target}")]
     Attach {
+        /// The program's name.
         name: &'static str,
+        /// The cgroup or interface hook.
         target: String,
+        /// What the kernel said.
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// The cgroup directory cannot be opened.
     #[error("cannot open cgroup `{path}`")]
     Cgroup {
+        /// The cgroup directory.
         path: String,
+        /// What the filesystem said.
         #[source]
         source: io::Error,
     },
+    /// A link could not be pinned (the old one, if any, stays attached).
     #[error("failed to pin link at `{path}`")]
     PinLink {
+        /// The pin's path.
         path: String,
+        /// What failed.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A pinned map has another layout than this version's.
     #[error(
         "pinned map `{path}` is a {found} map; this version needs {expected}. \
          It was made by an incompatible version: run `switchyard cleanup` (this drops \
          tracked flows) or use another --pin-root"
     )]
     PinnedLayout {
+        /// The map's pin.
         path: String,
+        /// Its type, key and value sizes.
         found: String,
+        /// This version's.
         expected: String,
     },
+    /// A map operation failed.
     #[error(transparent)]
     Maps(#[from] MapError),
 }
 
+/// Result of loader operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The TC programs: pod-facing ingress, node-facing ingress and egress.
@@ -513,7 +550,7 @@ fn pin_replacing(link: FdLink, path: &Path) -> Result<()> {
 }
 
 /// Directory under the pin root where a link is pinned on its way in (see
-/// [`pin_replacing`]).
+/// `pin_replacing`).
 pub const PINNING_DIR: &str = "pinning";
 
 pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
@@ -534,7 +571,9 @@ pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
 /// What [`cleanup`] removed.
 #[derive(Debug, Default)]
 pub struct Removed {
+    /// Link pins removed (programs detached).
     pub links: usize,
+    /// Map pins removed.
     pub maps: usize,
 }
 

@@ -64,11 +64,14 @@ pub const SLICE_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes
 /// Which kind of object was skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// A `v1` Service.
     Service,
+    /// A `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlice,
 }
 
 impl Kind {
+    /// The kind's name, as in `kind:` (and the metrics' `kind` label).
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Service => "Service",
@@ -80,6 +83,7 @@ impl Kind {
 /// An object left out of the table, and why.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Skipped {
+    /// What was skipped.
     pub kind: Kind,
     /// `namespace/name`.
     pub object: String,

@@ -10,8 +10,16 @@
 //!        ▼
 //!  store::Store ── EmbeddedStore (redb file) │ etcd
 //! ```
+//!
+//! Beside it, clients of that API as upstream's are: [`controllers`] (the
+//! controller manager), [`scheduler`], and the [`client`] plumbing they
+//! share (shared watch caches, Events, Lease-based leader election).
 pub mod api;
+pub mod client;
+pub mod controllers;
+pub mod hollow_node;
 pub mod local_etcd;
 pub mod pki;
+pub mod scheduler;
 pub mod serve;
 pub mod store;

@@ -55,6 +55,27 @@ struct Args {
     /// ReplicaSets (and ReplicationControllers) synced at once.
     #[arg(long, default_value_t = 5)]
     concurrent_replicaset_syncs: u16,
+    /// How often each Node's health is checked.
+    #[arg(long, default_value = "5s", value_parser = manager::parse_duration)]
+    node_monitor_period: Duration,
+    /// How long a Node may stay silent before it is marked Unknown.
+    #[arg(long, default_value = "50s", value_parser = manager::parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// The same, for a Node that never posted Ready.
+    #[arg(long, default_value = "60s", value_parser = manager::parse_duration)]
+    node_startup_grace_period: Duration,
+    /// Give every Node a podCIDR from --cluster-cidr.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
+    /// The pod address range nodes' podCIDRs are cut from.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// The prefix length of each node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// The Service range, never given to nodes.
+    #[arg(long)]
+    service_cluster_ip_range: Option<String>,
 }
 
 #[tokio::main]
@@ -73,6 +94,19 @@ async fn main() -> Result<()> {
     settings.endpointslice.max_endpoints_per_slice = args.max_endpoints_per_slice;
     settings.endpointslice.concurrent_syncs = args.concurrent_service_endpoint_syncs;
     settings.replicaset_workers = args.concurrent_replicaset_syncs;
+    settings.nodelifecycle.monitor_period = args.node_monitor_period;
+    settings.nodelifecycle.grace_period = args.node_monitor_grace_period;
+    settings.nodelifecycle.startup_grace_period = args.node_startup_grace_period;
+    if args.allocate_node_cidrs {
+        let Some(cidr) = args.cluster_cidr.as_deref() else {
+            anyhow::bail!("--allocate-node-cidrs needs --cluster-cidr");
+        };
+        settings.nodeipam = Some(control_plane::controllers::nodeipam::Settings::new(
+            cidr,
+            args.node_cidr_mask_size,
+            args.service_cluster_ip_range.as_deref(),
+        )?);
+    }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

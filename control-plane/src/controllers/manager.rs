@@ -6,10 +6,16 @@ use anyhow::{Result, bail};
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
-use super::{Shared, endpointslice, replicaset};
+use super::{Shared, endpointslice, nodeipam, nodelifecycle, replicaset};
 
 /// Every controller this manager has, by upstream's name.
-pub const ALL: &[&str] = &["endpointslice", "replicaset", "replicationcontroller"];
+pub const ALL: &[&str] = &[
+    "endpointslice",
+    "replicaset",
+    "replicationcontroller",
+    "nodelifecycle",
+    "nodeipam",
+];
 
 /// Settings for every controller.
 #[derive(Clone, Debug)]
@@ -17,6 +23,9 @@ pub struct Settings {
     pub endpointslice: endpointslice::Settings,
     /// `--concurrent-replicaset-syncs` / `--concurrent-rc-syncs` (5).
     pub replicaset_workers: u16,
+    pub nodelifecycle: nodelifecycle::Settings,
+    /// `None` unless `--allocate-node-cidrs` (then nodeipam does nothing).
+    pub nodeipam: Option<nodeipam::Settings>,
 }
 
 impl Default for Settings {
@@ -24,6 +33,8 @@ impl Default for Settings {
         Self {
             endpointslice: endpointslice::Settings::default(),
             replicaset_workers: 5,
+            nodelifecycle: nodelifecycle::Settings::default(),
+            nodeipam: None,
         }
     }
 }
@@ -121,6 +132,14 @@ pub async fn run(shared: Arc<Shared>, names: &[&'static str], settings: Settings
                     replicaset::run_replication_controllers(shared, settings.replicaset_workers)
                         .await
                 }
+                "nodelifecycle" => nodelifecycle::run(shared, settings.nodelifecycle).await,
+                "nodeipam" => match settings.nodeipam {
+                    Some(s) => nodeipam::run(shared, s).await,
+                    None => {
+                        info!("nodeipam: --allocate-node-cidrs is off; nothing to do");
+                        Ok(())
+                    }
+                },
                 other => Err(anyhow::anyhow!("no such controller {other}")),
             };
             (name, r)

@@ -55,6 +55,8 @@ pub struct Plane {
     pub procs: Vec<Proc>,
     pub dir: tempfile::TempDir,
     pub kubectl: Kubectl,
+    /// Give nodes a fallback pod CIDR (off when nodeipam hands them out).
+    pub fallback_cidrs: bool,
 }
 
 impl Plane {
@@ -91,6 +93,7 @@ impl Plane {
             procs: Vec::new(),
             dir,
             kubectl,
+            fallback_cidrs: true,
         };
         for i in 1..=nodes {
             plane.add_node(Options::new(&format!("node-{i}")));
@@ -101,7 +104,7 @@ impl Plane {
     /// Registers one more hollow node (a fallback pod CIDR by its index).
     pub fn add_node(&mut self, mut opts: Options) {
         let i = self.nodes.len() + 1;
-        if opts.pod_cidr.is_none() {
+        if opts.pod_cidr.is_none() && self.fallback_cidrs {
             opts.pod_cidr = Some(format!("10.244.{i}.0/24"));
         }
         opts.renew_interval = Duration::from_secs(1);

@@ -74,7 +74,11 @@ pub fn splice_revision(stored: &[u8], rev: Revision, out: &mut Vec<u8>) -> bool 
             continue;
         }
         match b {
-            b'"' if depth == 1 && stored[i..].starts_with(KEY) && i > 0 && matches!(stored[i - 1], b'{' | b',') => {
+            b'"' if depth == 1
+                && stored[i..].starts_with(KEY)
+                && i > 0
+                && matches!(stored[i - 1], b'{' | b',') =>
+            {
                 let open = i + KEY.len();
                 out.extend_from_slice(&stored[..open]);
                 out.extend_from_slice(b"\"resourceVersion\":\"");

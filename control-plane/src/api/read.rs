@@ -290,7 +290,11 @@ fn list_envelope(t: &Target, rv: Revision, cont: Option<&str>) -> (String, &'sta
 /// A JSON list without selectors: the stored bytes, each with its
 /// resourceVersion spliced in, are the items — nothing is parsed or
 /// serialized again (a list's main cost otherwise).
-async fn list_json_unfiltered<S: Store>(api: &ApiServer<S>, t: &Target, plan: &Plan) -> ApiResult<Response> {
+async fn list_json_unfiltered<S: Store>(
+    api: &ApiServer<S>,
+    t: &Target,
+    plan: &Plan,
+) -> ApiResult<Response> {
     let mut items: Vec<u8> = Vec::new();
     let (rv, cont) = walk_list(api, t, plan, |kv| {
         if !items.is_empty() {
@@ -298,7 +302,8 @@ async fn list_json_unfiltered<S: Store>(api: &ApiServer<S>, t: &Target, plan: &P
         }
         if !objects::splice_revision(&kv.value, kv.mod_rev, &mut items) {
             let obj = from_stored(&kv.value, kv.mod_rev)?;
-            serde_json::to_writer(&mut items, &obj).map_err(|e| ApiError::internal(e.to_string()))?;
+            serde_json::to_writer(&mut items, &obj)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
         }
         Ok(true)
     })
@@ -308,7 +313,12 @@ async fn list_json_unfiltered<S: Store>(api: &ApiServer<S>, t: &Target, plan: &P
     body.extend_from_slice(head.as_bytes());
     body.extend_from_slice(&items);
     body.extend_from_slice(tail.as_bytes());
-    Ok((StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 pub(super) async fn list<S: Store>(

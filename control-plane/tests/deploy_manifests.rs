@@ -71,6 +71,7 @@ fn deploy_applies(bin: PathBuf) {
     let ds = k.json(&["get", "ds", "switchyard", "-n", "kube-system"]);
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true, "{pod}");
+    assert_eq!(pod["hostPID"], true, "pods' namespaces through /proc");
     assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
     assert_eq!(pod["priorityClassName"], "system-node-critical");
     assert_eq!(pod["serviceAccountName"], "switchyard");
@@ -107,7 +108,7 @@ fn deploy_applies(bin: PathBuf) {
     assert_eq!(sc["privileged"], false);
     assert_eq!(
         strings(&sc["capabilities"]["add"]),
-        ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
+        ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE", "SYS_ADMIN"]
     );
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
@@ -162,7 +163,23 @@ fn deploy_applies(bin: PathBuf) {
     assert_eq!(conf["healthzBindAddress"].as_str(), Some("0.0.0.0:10256"));
     assert_eq!(conf["clusterCIDR"].as_str(), Some("10.244.0.0/16"));
     assert_eq!(conf["syncPeriod"].as_str(), Some("30s"));
-    assert!(conf.get("clientConnection").is_none(), "in-cluster config");
+    assert_eq!(
+        conf["clientConnection"]["kubeconfig"].as_str(),
+        Some("/var/lib/switchyard/kubeconfig.conf"),
+        "the API server's real address, not the kubernetes ClusterIP"
+    );
+    assert_eq!(
+        conf["detectLocal"]["interfaceNamePrefix"].as_str(),
+        Some("veth")
+    );
+    let kc = cm["data"]["kubeconfig.conf"]
+        .as_str()
+        .expect("kubeconfig.conf");
+    let kc: serde_yaml::Value = serde_yaml::from_str(kc).expect("kubeconfig.conf is YAML");
+    assert_eq!(
+        kc["users"][0]["user"]["tokenFile"].as_str(),
+        Some("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    );
 
     // RBAC: the account, the role, and the binding between them.
     let sa = k.json(&["get", "sa", "switchyard", "-n", "kube-system"]);

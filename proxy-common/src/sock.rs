@@ -5,9 +5,13 @@
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[repr(C)]
 pub struct Sock4RevNatKey {
+    /// The socket's cookie (`bpf_get_socket_cookie`).
     pub cookie: u64,
+    /// The backend's address, network order.
     pub addr_be: u32,
+    /// The backend's port, network order.
     pub port_be: u16,
+    /// Explicit padding, always 0.
     pub _pad: u16,
 }
 const _: () = assert!(size_of::<Sock4RevNatKey>() == 16);
@@ -16,10 +20,14 @@ const _: () = assert!(size_of::<Sock4RevNatKey>() == 16);
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct Sock4RevNatValue {
+    /// The frontend's address, network order.
     pub addr_be: u32,
+    /// The frontend's port, network order.
     pub port_be: u16,
+    /// Explicit padding, always 0.
     pub _pad: u16,
-    pub rev_nat_id: u32,
+    /// The frontend's ID.
+    pub frontend_id: u32,
 }
 const _: () = assert!(size_of::<Sock4RevNatValue>() == 12);
 
@@ -29,10 +37,15 @@ const _: () = assert!(size_of::<Sock4RevNatValue>() == 12);
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[repr(C)]
 pub struct Sock4FwdKey {
+    /// The socket's cookie.
     pub cookie: u64,
+    /// The frontend's address, network order.
     pub addr_be: u32,
+    /// The frontend's port, network order.
     pub port_be: u16,
+    /// IP protocol.
     pub proto: u8,
+    /// Explicit padding, always 0.
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<Sock4FwdKey>() == 16);

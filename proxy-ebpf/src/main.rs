@@ -6,6 +6,8 @@
 #![no_main]
 
 mod csum;
+mod ct;
+mod frag;
 mod icmp;
 mod lb;
 mod maps;
@@ -44,10 +46,23 @@ pub fn sy_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::reverse4(&ctx)
 }
 
-/// Ingress of pod-facing interfaces: per-packet DNAT with conntrack.
+/// Ingress of pod-facing interfaces: traffic leaving local pods.
 #[classifier]
 pub fn sy_tc_ingress(ctx: TcContext) -> i32 {
-    tc::ingress(&ctx)
+    tc::run(&ctx, tc::Hook::Pod)
+}
+
+/// Ingress of node-facing interfaces: traffic from outside the node.
+#[classifier]
+pub fn sy_tc_node_in(ctx: TcContext) -> i32 {
+    tc::run(&ctx, tc::Hook::NodeIn)
+}
+
+/// Egress of pod- and node-facing interfaces: replies of the node's own
+/// processes (host-network backends).
+#[classifier]
+pub fn sy_tc_egress(ctx: TcContext) -> i32 {
+    tc::run(&ctx, tc::Hook::Egress)
 }
 
 #[cfg(not(test))]

@@ -9,8 +9,15 @@ const ETH_P_IP: u16 = 0x0800;
 pub const IP_CSUM_OFF: usize = 10;
 pub const IP_SADDR_OFF: usize = 12;
 pub const IP_DADDR_OFF: usize = 16;
-/// Fragment offset and "more fragments" bits of `frag_off` (host order).
-const IP_FRAG_MASK: u16 = 0x3fff;
+/// "More fragments" bit and fragment offset of `frag_off` (host order).
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// TCP header flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Returns a pointer to a `T` at `off`, if the packet is long enough.
 #[inline(always)]
@@ -23,6 +30,17 @@ pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
     Some((start + off) as *const T)
 }
 
+/// Where a packet stands in a fragmented datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole datagram.
+    No,
+    /// The first fragment: it carries the transport header.
+    First,
+    /// A later fragment: no transport header, only payload.
+    Later,
+}
+
 /// What the TC path knows about an IPv4 packet.
 pub struct Ipv4 {
     /// Offset of the IPv4 header (after Ethernet).
@@ -32,18 +50,30 @@ pub struct Ipv4 {
     pub proto: u8,
     pub saddr_be: u32,
     pub daddr_be: u32,
+    /// Identification field, network order (names a fragmented datagram).
+    pub id_be: u16,
+    pub fragment: Fragment,
 }
 
-/// Ports of a TCP/UDP header, and whether it is a TCP SYN without ACK.
+/// Ports and TCP flags of a TCP/UDP header.
+#[derive(Clone, Copy)]
 pub struct Ports {
     pub sport_be: u16,
     pub dport_be: u16,
-    pub tcp_syn_only: bool,
+    /// TCP flags; 0 for UDP and for later fragments (no header to read).
+    pub tcp_flags: u8,
 }
 
-/// Parses Ethernet + IPv4. Returns `None` for anything that is not an
-/// unfragmented IPv4 packet with a sane header: such packets are passed on
-/// untouched (a fragment carries no ports to translate by).
+impl Ports {
+    /// A TCP SYN without ACK: the first packet of a connection.
+    #[inline(always)]
+    pub fn syn_only(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+}
+
+/// Parses Ethernet + IPv4. Returns `None` for anything that is not IPv4
+/// with a sane header: such packets are passed on untouched.
 #[inline(always)]
 pub fn parse_ipv4(ctx: &TcContext) -> Option<Ipv4> {
     let eth_proto: *const u16 = ptr_at(ctx, 12)?;
@@ -59,33 +89,36 @@ pub fn parse_ipv4(ctx: &TcContext) -> Option<Ipv4> {
         return None;
     }
     let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
-    if frag & IP_FRAG_MASK != 0 {
-        return None;
-    }
-    let saddr_be = u32::from_ne_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
-    let daddr_be = u32::from_ne_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    let fragment = if frag & IP_OFFSET != 0 {
+        Fragment::Later
+    } else if frag & IP_MF != 0 {
+        Fragment::First
+    } else {
+        Fragment::No
+    };
     Some(Ipv4 {
         l3_off,
         l4_off: l3_off + ihl * 4,
         proto: hdr[9],
-        saddr_be,
-        daddr_be,
+        saddr_be: u32::from_ne_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]),
+        daddr_be: u32::from_ne_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]),
+        id_be: u16::from_ne_bytes([hdr[4], hdr[5]]),
+        fragment,
     })
 }
 
-/// Reads the ports of a TCP or UDP header at `l4_off`; `None` when the
-/// header is truncated.
+/// Reads the ports (and TCP flags) of a TCP or UDP header at `l4_off`;
+/// `None` when the header is truncated.
 #[inline(always)]
 pub fn parse_ports(ctx: &TcContext, l4_off: usize, l4_proto: u8) -> Option<Ports> {
     if l4_proto == proto::TCP {
         // Ports, seq, ack, data offset and flags: the first 14 bytes.
         let h: *const [u8; 20] = ptr_at(ctx, l4_off)?;
         let h = unsafe { &*h };
-        let flags = h[13];
         return Some(Ports {
             sport_be: u16::from_ne_bytes([h[0], h[1]]),
             dport_be: u16::from_ne_bytes([h[2], h[3]]),
-            tcp_syn_only: flags & 0x12 == 0x02,
+            tcp_flags: h[13],
         });
     }
     let h: *const [u8; 8] = ptr_at(ctx, l4_off)?;
@@ -93,7 +126,7 @@ pub fn parse_ports(ctx: &TcContext, l4_off: usize, l4_proto: u8) -> Option<Ports
     Some(Ports {
         sport_be: u16::from_ne_bytes([h[0], h[1]]),
         dport_be: u16::from_ne_bytes([h[2], h[3]]),
-        tcp_syn_only: false,
+        tcp_flags: 0,
     })
 }
 

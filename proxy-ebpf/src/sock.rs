@@ -7,7 +7,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    lb::{AFF_CLIENT_NETNS, Lb4Backend},
+    lb::{
+        AFF_CLIENT_NETNS, Lb4Backend, MEMBER_CLUSTER, SVC_FLAG_DROP_EMPTY, SVC_FLAG_SOURCE_RANGES,
+    },
     proto,
     sock::{Sock4FwdKey, Sock4RevNatKey, Sock4RevNatValue},
 };
@@ -42,6 +44,12 @@ fn translate(ctx: &SockAddrContext, unconnected: bool) -> i32 {
     let Some(fe) = lb::lookup_frontend(vip_be, vport_be, proto) else {
         return ALLOW;
     };
+    // Two verdicts need the packet's source address, which a socket does not
+    // have yet: `loadBalancerSourceRanges`, and kube-proxy's silent DROP for
+    // a policy that leaves no endpoint here. The per-packet path decides.
+    if fe.has(SVC_FLAG_SOURCE_RANGES) || (fe.master.count == 0 && fe.has(SVC_FLAG_DROP_EMPTY)) {
+        return ALLOW;
+    }
     if fe.master.count == 0 {
         return refuse();
     }
@@ -77,7 +85,7 @@ fn choose(fe: &Frontend, ctx: &SockAddrContext) -> Option<(u32, Lb4Backend)> {
         id: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         flags: AFF_CLIENT_NETNS,
     };
-    lb::select_backend(fe, client)
+    lb::select_backend(fe, fe.cluster_slots(), client)
 }
 
 /// Unconnected UDP: keep one socket's datagrams to a frontend on one backend
@@ -97,7 +105,7 @@ fn sticky_backend(
         _pad: 0,
     };
     if let Some(id) = unsafe { SY_SK4_FWD.get(key).copied() }
-        && lb::is_member(id, fe.master.rev_nat_id)
+        && lb::member_ranges(id, fe.master.frontend_id) & MEMBER_CLUSTER != 0
         && let Some(be) = lb::backend(id)
     {
         return Some((id, be));
@@ -119,7 +127,7 @@ fn remember_frontend(cookie: u64, be: &Lb4Backend, fe: &Frontend) {
         addr_be: fe.key.addr_be,
         port_be: fe.key.port_be,
         _pad: 0,
-        rev_nat_id: fe.master.rev_nat_id,
+        frontend_id: fe.master.frontend_id,
     };
     // LRU: a full map evicts the oldest socket; only its reverse view is lost.
     let _ = SY_SK4_RNAT.insert(key, value, 0);

@@ -1,17 +1,26 @@
 //! Switchyard: a Kubernetes Service dataplane in eBPF.
 //!
 //! ```text
-//!  desired table (file today, Kubernetes watch later)   pure: model, table_file
-//!        │
-//!        ▼
+//!  Kubernetes API (daemon/watch)        a table file (table_file)
+//!  + node interfaces (daemon/interfaces)        │
+//!        │                                      │
+//!        ▼                                      ▼
+//!  desired::compute, node::select       table_file::parse     pure: model, desired, node
+//!        └──────────────┬───────────────────────┘
+//!                       ▼ DesiredTable
 //!  reconcile::Reconciler ── ordered, idempotent writes ──▶ datapath::LbMaps
 //!        ▲                                                  │ AyaLbMaps (pinned eBPF maps)
 //!        └────────── restore (IDs, observed state) ◀────────┘ FakeLbMaps (tests)
 //! ```
 //!
-//! The eBPF object itself (proxy-ebpf) is compiled by `build.rs` and embedded
-//! here; [`datapath::loader`] loads, attaches and pins it.
+//! `switchyard` with no subcommand is the daemon ([`daemon`]): it watches
+//! the API server and the node's interfaces and keeps the maps equal to the
+//! desired table. The subcommands (`attach`, `apply-file`, `inspect`,
+//! `cleanup`) work on the same pinned state from a table file. The eBPF
+//! object itself (proxy-ebpf) is compiled by `build.rs` and embedded here;
+//! [`datapath::loader`] loads, attaches and pins it.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod attach;
 pub mod daemon;
@@ -20,6 +29,7 @@ pub mod desired;
 pub mod inspect;
 pub mod model;
 pub mod netns;
+pub mod node;
 pub mod reconcile;
 pub mod table_file;
 

@@ -13,6 +13,7 @@ use switchyard::{
     datapath::{
         AyaLbMaps, MapSizeArgs,
         loader::{self, DEFAULT_PIN_ROOT},
+        lock::PinRootLock,
     },
     inspect,
     reconcile::Reconciler,
@@ -105,6 +106,7 @@ fn main() -> Result<()> {
         Command::ApplyFile { file } => apply_file(&cli.pin_root, &file),
         Command::Inspect { what, json } => print_inspect(&cli.pin_root, what, json),
         Command::Cleanup => {
+            let _lock = PinRootLock::acquire(&cli.pin_root, Duration::ZERO)?;
             let removed = loader::cleanup(&cli.pin_root)?;
             info!(links = removed.links, maps = removed.maps, pin_root = %cli.pin_root.display(), "cleaned up");
             Ok(())
@@ -116,6 +118,7 @@ fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
     if args.hooks.is_empty() {
         bail!("nothing to attach: give --cgroup-path and/or --tc-iface");
     }
+    let _lock = PinRootLock::acquire(pin_root, Duration::ZERO)?;
     // Links are pinned: the programs stay attached when this process exits.
     load_and_attach(pin_root, &args.sizes.into(), &args.hooks)?;
     Ok(())
@@ -124,6 +127,13 @@ fn attach(pin_root: &Path, args: &AttachArgs) -> Result<()> {
 fn apply_file(pin_root: &Path, file: &Path) -> Result<()> {
     // Validate everything before touching a map: a bad file applies nothing.
     let desired = table_file::load(file)?;
+    if !pin_root.join("maps").is_dir() {
+        bail!(
+            "no Switchyard maps under `{}`: run `switchyard attach` first",
+            pin_root.display()
+        );
+    }
+    let _lock = PinRootLock::acquire(pin_root, Duration::ZERO)?;
     let maps = AyaLbMaps::from_pins(&pin_root.join("maps")).with_context(|| {
         format!(
             "no Switchyard maps under `{}`: run `switchyard attach` first",
@@ -162,40 +172,74 @@ fn print_inspect(pin_root: &Path, what: Inspect, json: bool) -> Result<()> {
         Inspect::Services => emit!(
             inspect::services(&dir)?,
             format!(
-                "{:<24} {:>6} {:>10}  BACKENDS",
-                "FRONTEND", "ID", "AFFINITY"
+                "{:<24} {:<12} {:>6} {:>10}  BACKENDS",
+                "FRONTEND", "KIND", "ID", "AFFINITY"
             ),
-            |r: &inspect::ServiceRow| format!(
-                "{:<24} {:>6} {:>10}  {}",
-                r.frontend,
-                r.id,
-                r.affinity_timeout_s
-                    .map_or_else(|| "-".into(), |t| format!("{t}s")),
-                if r.backends.is_empty() {
-                    "(none: reject)".into()
-                } else {
-                    r.backends.join(", ")
+            |r: &inspect::ServiceRow| {
+                let mut line = format!(
+                    "{:<24} {:<12} {:>6} {:>10}  {}",
+                    r.frontend,
+                    r.kind,
+                    r.id,
+                    r.affinity_timeout_s
+                        .map_or_else(|| "-".into(), |t| format!("{t}s")),
+                    if r.backends.is_empty() {
+                        format!("(none: {})", r.when_empty)
+                    } else {
+                        r.backends.join(", ")
+                    }
+                );
+                if let Some(local) = &r.local_backends {
+                    line.push_str(&format!(
+                        "\n{:<55}external traffic (Local): {}",
+                        "",
+                        if local.is_empty() {
+                            "(none: drop)".to_owned()
+                        } else {
+                            local.join(", ")
+                        }
+                    ));
                 }
-            )
+                if !r.source_ranges.is_empty() {
+                    line.push_str(&format!(
+                        "\n{:<55}sources: {}",
+                        "",
+                        r.source_ranges.join(", ")
+                    ));
+                }
+                line
+            }
         ),
         Inspect::Backends => emit!(
             inspect::backends(&dir)?,
-            format!("{:>6}  BACKEND", "ID"),
-            |r: &inspect::BackendRow| format!("{:>6}  {}", r.id, r.backend)
+            format!("{:>6}  {:<24} LOCAL", "ID", "BACKEND"),
+            |r: &inspect::BackendRow| format!(
+                "{:>6}  {:<24} {}",
+                r.id,
+                r.backend,
+                if r.local { "yes" } else { "-" }
+            )
         ),
         Inspect::Conntrack => emit!(
             inspect::conntrack(&dir)?,
             format!(
-                "{:<5} {:<22} {:<22} {:<22} {:>8}",
-                "PROTO", "CLIENT", "FRONTEND", "BACKEND", "AGE"
+                "{:<5} {:<22} {:<22} {:<22} {:<22} {:<5} {:<12} {:>8}",
+                "PROTO", "CLIENT", "FRONTEND", "SOURCE-SEEN", "BACKEND", "PATH", "STATE", "EXPIRES"
             ),
             |r: &inspect::ConntrackRow| format!(
-                "{:<5} {:<22} {:<22} {:<22} {:>7}s",
+                "{:<5} {:<22} {:<22} {:<22} {:<22} {:<5} {:<12} {:>7}s",
                 r.protocol,
                 r.client,
                 r.frontend,
+                if r.snat {
+                    format!("{} (snat)", r.source_seen)
+                } else {
+                    r.source_seen.clone()
+                },
                 r.backend,
-                r.age_ms / 1000
+                r.path,
+                r.state,
+                r.expires_in_s
             )
         ),
         Inspect::Affinity => emit!(

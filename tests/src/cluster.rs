@@ -57,14 +57,20 @@ impl ApiServer {
     /// Starts the server on a free port (or on `port`, to come back on the
     /// same address after a stop).
     pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with(data_dir, port, &[])
+    }
+
+    /// [`Self::start`] with more flags (e.g. `--advertise-address`).
+    pub fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Result<Self> {
         let bin = sibling_binary("sy-apiserver")?;
         let log = data_dir.join("apiserver.log");
-        let args = vec![
+        let mut args = vec![
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
         ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let mut proc = Proc::spawn_logged(&bin, &args, &log)?;
         let addr = loop {
             let line = proc
@@ -369,6 +375,35 @@ impl Daemon {
                 b.sort();
                 b
             }))
+    }
+
+    /// Waits until `inspect services` has a row for `frontend` that
+    /// `pred` accepts (the row as JSON).
+    pub fn wait_row(&self, frontend: &str, pred: impl Fn(&Value) -> bool) -> Result<()> {
+        let last = std::cell::RefCell::new(Value::Null);
+        poll(
+            Duration::from_secs(20),
+            || {
+                let rows = self.inspect("services")?;
+                let row = rows
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["frontend"] == frontend)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let done = !row.is_null() && pred(&row);
+                *last.borrow_mut() = row;
+                Ok(done.then_some(()))
+            },
+            || {
+                format!(
+                    "frontend {frontend}: last row {}\ndaemon log:\n{}",
+                    last.borrow(),
+                    self.log()
+                )
+            },
+        )
     }
 
     /// Waits until the maps hold `frontend` with exactly `backends`

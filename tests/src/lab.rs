@@ -154,9 +154,14 @@ impl Lab {
         self.bed.client(ClientPlacement::InNodeCgroup, args)
     }
 
-    /// Flows the TC path has tracked (forward and reply entries).
+    /// Conntrack entries (forward and reply) of flows the per-packet path
+    /// translated; flows it merely tracked are left out.
     pub fn conntrack_entries(&mut self) -> Result<usize> {
-        Ok(self.reconciler.maps_mut().conntrack_mut().keys().count())
+        let entries = self.reconciler.maps_mut().conntrack_mut().entries()?;
+        Ok(entries
+            .iter()
+            .filter(|(_, v)| v.flags & proxy_common::ct::CT_FLAG_NAT != 0)
+            .count())
     }
 }
 

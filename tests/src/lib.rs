@@ -9,11 +9,13 @@ pub mod cmd;
 pub mod fs;
 pub mod iptables_baseline;
 pub mod lab;
+pub mod multinode;
 pub mod netns;
 pub mod packet;
 pub mod privileges;
 pub mod probe;
 pub mod proc;
+pub mod prog_test;
 pub mod relay;
 pub mod topology;
 

@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
@@ -212,4 +214,49 @@ impl<'a> View<'a> {
             }
         }
     }
+}
+
+/// Splits a built packet into two IPv4 fragments with identification `id`:
+/// the first carries `first_len` bytes of the transport header and payload
+/// (a multiple of 8), the second the rest.
+pub fn fragments(pkt: &[u8], id: u16, first_len: usize) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(first_len % 8, 0, "fragment offsets count 8-byte units");
+    let ihl = usize::from(pkt[14] & 0x0f) * 4;
+    let (head, l4) = pkt.split_at(14 + ihl);
+    let make = |part: &[u8], offset: usize, more: bool| {
+        let mut f = head.to_vec();
+        f.extend_from_slice(part);
+        let ip = &mut f[14..14 + ihl];
+        ip[2..4].copy_from_slice(&((ihl + part.len()) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        let frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[10..12].fill(0);
+        let c = checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    (
+        make(&l4[..first_len], 0, true),
+        make(&l4[first_len..], first_len, false),
+    )
+}
+
+/// The transport checksum of a datagram whose fragments are `frags`, in
+/// order, checked over the pseudo-header of the first: whether the whole
+/// reassembled datagram is intact.
+pub fn reassembled_checksum_ok(frags: &[&[u8]]) -> bool {
+    let first = View::new(frags[0]);
+    let mut l4 = Vec::new();
+    for f in frags {
+        let v = View::new(f);
+        l4.extend_from_slice(v.l4());
+    }
+    checksum(
+        &[
+            pseudo(first.src_ip(), first.dst_ip(), first.proto(), l4.len()),
+            l4,
+        ]
+        .concat(),
+    ) == 0
 }

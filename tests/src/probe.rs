@@ -16,6 +16,39 @@ pub struct Outcome {
     pub slowest_error_ms: u64,
     /// Slowest successful connect/exchange, in milliseconds.
     pub slowest_ok_ms: u64,
+    /// With `--whoami`: the client address each server saw, in order.
+    #[serde(default)]
+    pub seen_as: Vec<String>,
+}
+
+/// One attempt of a `netprobe udp-stream`, printed as a JSON line.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct StreamEvent {
+    /// Milliseconds since the stream started.
+    pub t_ms: u64,
+    /// Who answered, if anyone did.
+    pub answer: Option<String>,
+    /// The error kind otherwise (as in [`Outcome::errors`]).
+    pub error: Option<String>,
+}
+
+/// The kind of a failed attempt: `refused`, `unreachable`, `eperm`,
+/// `aborted`, `timeout`, or `other: …`.
+pub fn error_kind(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused".to_owned(),
+        Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => "unreachable".to_owned(),
+        Some(libc::EPERM) => "eperm".to_owned(),
+        Some(libc::ECONNABORTED) => "aborted".to_owned(),
+        _ if matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ) =>
+        {
+            "timeout".to_owned()
+        }
+        _ => format!("other: {e}"),
+    }
 }
 
 impl Outcome {
@@ -28,20 +61,7 @@ impl Outcome {
     }
 
     pub fn error(&mut self, e: &std::io::Error, took: Duration) {
-        let kind = match e.raw_os_error() {
-            Some(libc::ECONNREFUSED) => "refused".to_owned(),
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => "unreachable".to_owned(),
-            Some(libc::EPERM) => "eperm".to_owned(),
-            _ if matches!(
-                e.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) =>
-            {
-                "timeout".to_owned()
-            }
-            _ => format!("other: {e}"),
-        };
-        *self.errors.entry(kind).or_default() += 1;
+        *self.errors.entry(error_kind(e)).or_default() += 1;
         self.slowest_error_ms = self.slowest_error_ms.max(took.as_millis() as u64);
     }
 

@@ -24,7 +24,26 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(upstream: SocketAddr) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::listen(TcpListener::bind("127.0.0.1:0")?, upstream)
+    }
+
+    /// A relay listening on `listen` inside network namespace `netns`,
+    /// forwarding to `upstream` as reached from this process's namespace
+    /// (the listening socket stays bound to `netns`; the relay's threads
+    /// run here).
+    pub fn start_in(
+        netns: &crate::netns::Netns,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Result<Self> {
+        let listener = {
+            let _inside = crate::netns::InNetns::enter(netns)?;
+            TcpListener::bind(listen)?
+        };
+        Self::listen(listener, upstream)
+    }
+
+    fn listen(listener: TcpListener, upstream: SocketAddr) -> Result<Self> {
         let mut r = Self {
             addr: listener.local_addr()?,
             upstream,

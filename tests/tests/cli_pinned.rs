@@ -179,8 +179,8 @@ fn attach_apply_restart_inspect_cleanup() {
         .count();
     assert_eq!(
         links,
-        4 + 4,
-        "four socket hooks and four interfaces, each pinned once"
+        4 + 4 * 2,
+        "four socket hooks and four interfaces (ingress and egress), each pinned once"
     );
     let out = bed
         .client(
@@ -247,8 +247,8 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
     let cli = Cli::new(&bpffs);
     let maps = cli.pin_root.join("maps");
     std::fs::create_dir_all(&maps).unwrap();
-    // A conntrack map as an older, incompatible version might have left it.
-    let stale = maps.join("SY_CT4");
+    // A conntrack map of another layout under this version's name.
+    let stale = maps.join("SY_CT4_V2");
     let made = Command::new("bpftool")
         .args([
             "map",
@@ -263,7 +263,7 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
             "entries",
             "64",
             "name",
-            "SY_CT4",
+            "SY_CT4_V2",
         ])
         .status()
         .expect("bpftool (installed by scripts/setup.sh)");
@@ -273,10 +273,262 @@ fn attach_refuses_a_pinned_map_of_another_layout() {
     assert!(!out.status.success(), "adopted a map of another layout");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("SY_CT4") && err.contains("8-byte values") && err.contains("24-byte values"),
+        err.contains("SY_CT4_V2")
+            && err.contains("8-byte values")
+            && err.contains("32-byte values"),
         "{err}"
     );
     // Every pin is checked before anything is created or attached.
-    assert!(!maps.join("SY_LB4_SVC").exists(), "no map was created");
+    assert!(!maps.join("SY_LB4_SVC_V2").exists(), "no map was created");
     assert!(!cli.pin_root.join("links").exists(), "nothing was attached");
+}
+
+/// `bpftool map create` of a pinned map, then `update`s with hex bytes.
+fn pinned_map(
+    path: &std::path::Path,
+    kind: &str,
+    key: usize,
+    value: usize,
+    entries: &[(&str, &str)],
+) {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let (k, v) = (key.to_string(), value.to_string());
+    let made = Command::new("bpftool")
+        .args([
+            "map",
+            "create",
+            path.to_str().unwrap(),
+            "type",
+            kind,
+            "key",
+            &k,
+            "value",
+            &v,
+            "entries",
+            "64",
+            "name",
+            name,
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create {name}");
+    for (key, value) in entries {
+        let mut args = vec![
+            "map",
+            "update",
+            "pinned",
+            path.to_str().unwrap(),
+            "key",
+            "hex",
+        ];
+        args.extend(key.split_whitespace());
+        args.extend(["value", "hex"]);
+        args.extend(value.split_whitespace());
+        assert!(
+            Command::new("bpftool")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success(),
+            "update {name}"
+        );
+    }
+}
+
+#[test]
+fn an_upgrade_carries_the_previous_layouts_over() {
+    privileges::require();
+    let prefix = testbed::unique_prefix();
+    let bpffs = PrivateBpffs::new(&prefix).unwrap();
+    let cli = Cli::new(&bpffs);
+    let maps = cli.pin_root.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    // What version 1 pinned for 10.96.0.10:80/TCP → 10.244.1.11:8080, and
+    // one per-packet flow from 10.244.1.10:40000 through it.
+    let master = "0a 60 00 0a 00 50 00 00 06 00 00 00";
+    let slot1 = "0a 60 00 0a 00 50 01 00 06 00 00 00";
+    pinned_map(
+        &maps.join("SY_LB4_SVC"),
+        "hash",
+        12,
+        16,
+        &[
+            (master, "00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00"),
+            (slot1, "01 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00"),
+        ],
+    );
+    pinned_map(
+        &maps.join("SY_LB4_BE"),
+        "hash",
+        4,
+        8,
+        &[("01 00 00 00", "0a f4 01 0b 1f 90 06 00")],
+    );
+    // An earlier attempt was interrupted after carrying the slot over: the
+    // upgrade resumes rather than leaving the frontend without its master.
+    pinned_map(
+        &maps.join("SY_LB4_SVC_V2"),
+        "hash",
+        12,
+        20,
+        &[(
+            slot1,
+            "01 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+        )],
+    );
+    pinned_map(
+        &maps.join("SY_LB4_AFFM"),
+        "hash",
+        8,
+        1,
+        &[("01 00 00 00 01 00 00 00", "01")],
+    );
+    let zero8 = "00 00 00 00 00 00 00 00";
+    pinned_map(
+        &maps.join("SY_CT4"),
+        "lru_hash",
+        16,
+        24,
+        &[
+            (
+                "0a f4 01 0a 0a 60 00 0a 9c 40 00 50 06 00 00 00",
+                &format!("0a f4 01 0b 1f 90 00 00 01 00 00 00 01 00 00 00 {zero8}"),
+            ),
+            (
+                "0a f4 01 0b 0a f4 01 0a 1f 90 9c 40 06 01 00 00",
+                &format!("0a 60 00 0a 00 50 00 00 01 00 00 00 01 00 00 00 {zero8}"),
+            ),
+        ],
+    );
+    let cgroup = testbed::fs::Cgroup::new(&prefix).unwrap();
+    cli.ok(&["attach", "--cgroup-path", cgroup.path().to_str().unwrap()]);
+    let services: Value =
+        serde_json::from_str(&cli.ok(&["inspect", "services", "--json"])).unwrap();
+    assert_eq!(services[0]["frontend"], "10.96.0.10:80/TCP", "{services}");
+    assert_eq!(services[0]["kind"], "ClusterIP");
+    assert_eq!(services[0]["backends"][0], "10.244.1.11:8080/TCP");
+    let flows: Value = serde_json::from_str(&cli.ok(&["inspect", "conntrack", "--json"])).unwrap();
+    assert_eq!(flows.as_array().unwrap().len(), 1, "{flows}");
+    assert_eq!(flows[0]["client"], "10.244.1.10:40000");
+    assert_eq!(flows[0]["backend"], "10.244.1.11:8080");
+    assert_eq!(flows[0]["state"], "established");
+    for old in ["SY_LB4_SVC", "SY_LB4_AFFM", "SY_CT4"] {
+        assert!(!maps.join(old).exists(), "{old} is left behind");
+    }
+    // The reconciler adopts the carried-over frontend under its old ID.
+    let table = std::env::temp_dir().join(format!("{prefix}-upgrade.yaml"));
+    std::fs::write(
+        &table,
+        "frontends:\n  - {address: 10.96.0.10, port: 80, backends: [10.244.1.11:8080]}\n",
+    )
+    .unwrap();
+    cli.ok(&["apply-file", table.to_str().unwrap()]);
+    let again: Value = serde_json::from_str(&cli.ok(&["inspect", "services", "--json"])).unwrap();
+    assert_eq!(again[0]["id"], services[0]["id"]);
+    let _ = std::fs::remove_file(&table);
+    cli.ok(&["cleanup"]);
+}
+
+#[test]
+fn a_failed_link_replacement_keeps_the_old_program_and_one_writer_at_a_time() {
+    privileges::require();
+    let bed = Testbed::new(2).unwrap();
+    let bpffs = PrivateBpffs::new(&bed.prefix).unwrap();
+    let cli = Cli::new(&bpffs);
+    let dir = tempdir(&bed.prefix);
+    cli.attach(&bed);
+    let table = write_table(
+        &dir,
+        "web.yaml",
+        &format!(
+            "frontends:\n  - {{address: 10.96.0.10, port: 80, backends: [{}, {}]}}\n",
+            bed.backend(1),
+            bed.backend(2)
+        ),
+    );
+    cli.ok(&["apply-file", table.to_str().unwrap()]);
+    let traffic = |what: &str| {
+        for placement in [
+            ClientPlacement::InNodeCgroup,
+            ClientPlacement::OutsideCgroup,
+        ] {
+            let out = bed
+                .client(
+                    placement,
+                    &["tcp", "--target", "10.96.0.10:80", "--count", "20"],
+                )
+                .unwrap();
+            assert_eq!(out.error_count(), 0, "{what}, {placement:?}: {out:?}");
+        }
+    };
+    traffic("before");
+    let mut held = bed
+        .spawn_client(
+            ClientPlacement::InNodeCgroup,
+            &["hold", "--target", "10.96.0.10:80", "--count", "5"],
+        )
+        .unwrap();
+    let held_before: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
+
+    // Pinning the replacement of one hook fails (something sits where its
+    // new pin is staged): the attach fails, naming the pin, and the old
+    // programs keep serving.
+    let blocker = cli.pin_root.join("pinning").join("cgroup-connect4");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let out = cli.run(&[
+        "attach",
+        "--cgroup-path",
+        bed.cgroup.path().to_str().unwrap(),
+        "--tc-netns",
+        bed.topo.node.name(),
+        "--tc-iface",
+        "h0",
+        "--max-conntrack",
+        "16384",
+        "--max-sockets",
+        "4096",
+        "--max-affinity",
+        "4096",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the injected pin failure went unnoticed"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cgroup-connect4"), "{err}");
+    assert!(
+        cli.pin_root.join("links/cgroup-connect4").exists(),
+        "the old pin stays"
+    );
+    traffic("after the failed replacement");
+    held.write_line("check").unwrap();
+    let check: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
+    assert_eq!(
+        check.answers, held_before.answers,
+        "held connections unharmed"
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    cli.attach(&bed);
+    traffic("after a good replacement");
+
+    // One writer at a time: while another process holds the pin root,
+    // apply-file, attach and cleanup refuse, naming it, and change nothing.
+    let before = cli.services();
+    let lock =
+        switchyard::datapath::lock::PinRootLock::acquire(&cli.pin_root, std::time::Duration::ZERO)
+            .unwrap();
+    for args in [vec!["apply-file", table.to_str().unwrap()], vec!["cleanup"]] {
+        let out = cli.run(&args);
+        assert!(!out.status.success(), "{args:?} ran beside another writer");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("in use by another switchyard process"),
+            "{err}"
+        );
+    }
+    assert_eq!(cli.services(), before);
+    drop(lock);
+    cli.ok(&["apply-file", table.to_str().unwrap()]);
+    drop(held);
+    cli.ok(&["cleanup"]);
 }

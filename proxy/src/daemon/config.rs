@@ -7,12 +7,18 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_yaml::Value;
 
+use proxy_common::config::DatapathConfig;
+
 use crate::{
     attach::HookArgs,
     datapath::{MapSizeArgs, MapSizes, loader::DEFAULT_PIN_ROOT},
+    model::Ipv4Cidr,
+    node::NodePortAddresses,
 };
 
+/// kube-proxy's default `healthzBindAddress`: `/healthz` and `/livez`.
 pub const DEFAULT_HEALTHZ: &str = "0.0.0.0:10256";
+/// kube-proxy's default `metricsBindAddress`: `/metrics`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
 /// kube-proxy's default `syncPeriod`: the periodic full resync.
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
@@ -27,9 +33,16 @@ pub struct DaemonArgs {
     /// A `KubeProxyConfiguration` YAML file; flags override its values.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// kubeconfig of the API server; default: in-cluster, then $KUBECONFIG.
+    /// kubeconfig of the API server; without it (and without --master),
+    /// the in-cluster service account (kube-proxy's order).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The API server's address (`https://HOST:PORT`), overriding the
+    /// kubeconfig's: a node without a Service proxy cannot reach the
+    /// `kubernetes` Service's ClusterIP, so a DaemonSet names the real
+    /// endpoint (kube-proxy's flag).
+    #[arg(long)]
+    pub master: Option<String>,
     /// This node's name, as the Node object and EndpointSlices spell it.
     #[arg(long)]
     pub hostname_override: Option<String>,
@@ -48,8 +61,32 @@ pub struct DaemonArgs {
     /// Time changes are gathered before a recompute, e.g. `10ms` [default: 2ms].
     #[arg(long, value_parser = parse_duration)]
     pub min_sync_period: Option<Duration>,
+    /// Which node addresses serve NodePorts: comma-separated CIDRs, or
+    /// `primary` (the Node's InternalIP) [default: every address of the
+    /// node except loopback].
+    #[arg(long)]
+    pub nodeport_addresses: Option<String>,
+    /// Lifetime of an idle established TCP flow on the per-packet paths
+    /// [default: 24h].
+    #[arg(long = "conntrack-tcp-timeout-established", value_parser = parse_duration)]
+    pub tcp_established_timeout: Option<Duration>,
+    /// Lifetime of a TCP flow after a FIN one way [default: 1h].
+    #[arg(long = "conntrack-tcp-timeout-close-wait", value_parser = parse_duration)]
+    pub tcp_close_wait_timeout: Option<Duration>,
+    /// Lifetime of an unanswered UDP flow [default: 30s].
+    #[arg(long = "conntrack-udp-timeout", value_parser = parse_duration)]
+    pub udp_timeout: Option<Duration>,
+    /// Lifetime of an answered UDP flow [default: 2m].
+    #[arg(long = "conntrack-udp-timeout-stream", value_parser = parse_duration)]
+    pub udp_stream_timeout: Option<Duration>,
+    /// Ports source NAT may use, `FIRST-LAST` [default: 20000-29999]: keep it
+    /// outside the kernel's ephemeral range and the NodePort range.
+    #[arg(long)]
+    pub snat_port_range: Option<String>,
+    /// The hooks: cgroup, pod- and node-facing interfaces, the node's netns.
     #[command(flatten)]
     pub hooks: HookArgs,
+    /// Map sizes.
     #[command(flatten)]
     pub sizes: MapSizeArgs,
 }
@@ -57,16 +94,34 @@ pub struct DaemonArgs {
 /// Everything the daemon runs with, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// bpffs directory holding the pinned maps and links (`--pin-root`).
     pub pin_root: PathBuf,
+    /// The API server's kubeconfig (`--kubeconfig`, else
+    /// `clientConnection.kubeconfig`); `None`: `--master` or in-cluster.
     pub kubeconfig: Option<PathBuf>,
+    /// `--master`: the API server's address, over the kubeconfig's.
+    pub master: Option<String>,
+    /// This node's name, compared with endpoints' `nodeName`
+    /// (`--hostname-override`, `hostnameOverride`, else the hostname).
     pub node_name: String,
-    pub cluster_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    /// `--cluster-cidr` / `clusterCIDR`, validated (informational).
+    pub cluster_cidrs: Vec<Ipv4Cidr>,
+    /// Where `/healthz` and `/livez` are served.
     pub healthz: SocketAddr,
+    /// Where `/metrics` is served.
     pub metrics: SocketAddr,
+    /// Full resync and conntrack garbage collection period (≥ 1 s).
     pub sync_period: Duration,
+    /// How long changes are gathered before a recompute (≤ `sync_period`).
     pub min_sync_period: Duration,
+    /// Socket-hook cgroup and TC interfaces.
     pub hooks: HookArgs,
+    /// Map capacities for maps created by this start.
     pub sizes: MapSizes,
+    /// Which node addresses serve NodePorts.
+    pub nodeport_addresses: NodePortAddresses,
+    /// Conntrack lifetimes and the source-NAT port range.
+    pub datapath: DatapathConfig,
     /// Keys of the configuration file that Switchyard does not use.
     pub ignored_keys: Vec<String>,
 }
@@ -74,13 +129,32 @@ pub struct Settings {
 /// The subset of `KubeProxyConfiguration` Switchyard reads.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct FileConfig {
+    /// `clientConnection.kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
+    /// `hostnameOverride`.
     pub hostname_override: Option<String>,
+    /// `clusterCIDR` (comma-separated CIDRs).
     pub cluster_cidr: Option<String>,
+    /// `healthzBindAddress` (`IP:port`).
     pub healthz_bind_address: Option<String>,
+    /// `metricsBindAddress` (`IP:port`).
     pub metrics_bind_address: Option<String>,
+    /// `syncPeriod` (or `iptables.syncPeriod`).
     pub sync_period: Option<Duration>,
+    /// `minSyncPeriod` (or `iptables.minSyncPeriod`).
     pub min_sync_period: Option<Duration>,
+    /// `nodePortAddresses`: CIDRs, or `primary`.
+    pub nodeport_addresses: Option<Vec<String>>,
+    /// `detectLocal.interfaceNamePrefix`: the pod interfaces' prefix.
+    pub pod_interface_name_prefix: Option<String>,
+    /// `conntrack.tcpEstablishedTimeout`.
+    pub tcp_established_timeout: Option<Duration>,
+    /// `conntrack.tcpCloseWaitTimeout`.
+    pub tcp_close_wait_timeout: Option<Duration>,
+    /// `conntrack.udpTimeout`.
+    pub udp_timeout: Option<Duration>,
+    /// `conntrack.udpStreamTimeout`.
+    pub udp_stream_timeout: Option<Duration>,
     /// Dotted paths of keys present but not used, e.g. `ipvs.scheduler`.
     pub ignored: Vec<String>,
 }
@@ -106,7 +180,6 @@ const KNOWN_IGNORED: &[&str] = &[
     "logging",
     "mode",
     "nftables",
-    "nodePortAddresses",
     "oomScoreAdj",
     "portRange",
     "showHiddenMetricsForVersion",
@@ -115,6 +188,11 @@ const KNOWN_IGNORED: &[&str] = &[
 ];
 
 impl FileConfig {
+    /// Reads a `KubeProxyConfiguration` document.
+    ///
+    /// # Errors
+    /// Not YAML, a wrong `kind` or `apiVersion`, or a key of the wrong type
+    /// or format (each error names the key).
     pub fn parse(text: &str) -> Result<Self> {
         let doc: Value = serde_yaml::from_str(text).context("not YAML")?;
         let Value::Mapping(map) = &doc else {
@@ -159,6 +237,22 @@ impl FileConfig {
             Some(d) => Some(d),
             None => duration_at("iptables.minSyncPeriod")?,
         };
+        let nodeport_addresses = match doc.get("nodePortAddresses") {
+            None | Some(Value::Null) => None,
+            Some(Value::Sequence(items)) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        Value::String(s) => Ok(s.clone()),
+                        other => {
+                            bail!("`nodePortAddresses[{i}]`: expected a string, found {other:?}")
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Some(other) => bail!("`nodePortAddresses`: expected a list, found {other:?}"),
+        };
         let used = [
             "apiVersion",
             "kind",
@@ -171,6 +265,12 @@ impl FileConfig {
             "minSyncPeriod",
             "iptables.syncPeriod",
             "iptables.minSyncPeriod",
+            "nodePortAddresses",
+            "detectLocal.interfaceNamePrefix",
+            "conntrack.tcpEstablishedTimeout",
+            "conntrack.tcpCloseWaitTimeout",
+            "conntrack.udpTimeout",
+            "conntrack.udpStreamTimeout",
         ];
         let mut ignored = Vec::new();
         collect_unused(map, "", &used, &mut ignored);
@@ -184,6 +284,13 @@ impl FileConfig {
             metrics_bind_address: str_at("metricsBindAddress")?.filter(|s| !s.is_empty()),
             sync_period,
             min_sync_period,
+            nodeport_addresses,
+            pod_interface_name_prefix: str_at("detectLocal.interfaceNamePrefix")?
+                .filter(|s| !s.is_empty()),
+            tcp_established_timeout: duration_at("conntrack.tcpEstablishedTimeout")?,
+            tcp_close_wait_timeout: duration_at("conntrack.tcpCloseWaitTimeout")?,
+            udp_timeout: duration_at("conntrack.udpTimeout")?,
+            udp_stream_timeout: duration_at("conntrack.udpStreamTimeout")?,
             ignored,
         })
     }
@@ -235,6 +342,17 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        let datapath = datapath_config(args, &file)?;
+        let nodeport_addresses = match &args.nodeport_addresses {
+            Some(flag) => NodePortAddresses::parse(flag.split(','))
+                .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?,
+            None => match &file.nodeport_addresses {
+                Some(list) => NodePortAddresses::parse(list.iter().map(String::as_str))
+                    .map_err(|e| anyhow::anyhow!("nodePortAddresses: {e}"))?,
+                None => NodePortAddresses::All,
+            },
+        };
+        let (sync_period, min_sync_period) = sync_periods(args, &file)?;
         let node_name = match args.hostname_override.clone().or(file.hostname_override) {
             Some(n) => n,
             None => hostname()?,
@@ -255,6 +373,7 @@ impl Settings {
         Ok(Self {
             pin_root,
             kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+            master: args.master.clone().filter(|m| !m.is_empty()),
             node_name,
             cluster_cidrs,
             healthz: addr(
@@ -271,20 +390,110 @@ impl Settings {
                     .or(file.metrics_bind_address),
                 DEFAULT_METRICS,
             )?,
-            sync_period: args
-                .sync_period
-                .or(file.sync_period)
-                .unwrap_or(DEFAULT_SYNC_PERIOD)
-                .max(Duration::from_secs(1)),
-            min_sync_period: args
-                .min_sync_period
-                .or(file.min_sync_period)
-                .unwrap_or(DEFAULT_MIN_SYNC_PERIOD),
-            hooks: args.hooks.clone(),
+            sync_period,
+            min_sync_period,
+            hooks: HookArgs {
+                pod_interface_name_prefix: args
+                    .hooks
+                    .pod_interface_name_prefix
+                    .clone()
+                    .or(file.pod_interface_name_prefix.clone()),
+                ..args.hooks.clone()
+            },
             sizes: args.sizes.into(),
+            nodeport_addresses,
+            datapath,
             ignored_keys: file.ignored,
         })
     }
+}
+
+/// `syncPeriod` and `minSyncPeriod` (flags over file over defaults),
+/// validated as kube-proxy does (`syncPeriod` positive and at least
+/// `minSyncPeriod`), and `syncPeriod` at least a second: it paces
+/// conntrack garbage collection, whose clock ticks in seconds.
+fn sync_periods(args: &DaemonArgs, file: &FileConfig) -> Result<(Duration, Duration)> {
+    let sync = args
+        .sync_period
+        .or(file.sync_period)
+        .unwrap_or(DEFAULT_SYNC_PERIOD);
+    let min_sync = args
+        .min_sync_period
+        .or(file.min_sync_period)
+        .unwrap_or(DEFAULT_MIN_SYNC_PERIOD);
+    if sync < Duration::from_secs(1) {
+        bail!("syncPeriod (--sync-period): {sync:?} is under a second, the conntrack clock's tick");
+    }
+    if min_sync > sync {
+        bail!(
+            "minSyncPeriod (--min-sync-period): {min_sync:?} must not exceed syncPeriod ({sync:?})"
+        );
+    }
+    Ok((sync, min_sync))
+}
+
+/// Conntrack lifetimes (flags over file over kube-proxy's defaults; 0, as
+/// kube-proxy's "leave the kernel's value", keeps the default) and the
+/// source-NAT port range.
+fn datapath_config(args: &DaemonArgs, file: &FileConfig) -> Result<DatapathConfig> {
+    let mut c = DatapathConfig::DEFAULT;
+    let seconds = |flag: &str, v: Option<Duration>, default: u32| -> Result<u32> {
+        match v {
+            None => Ok(default),
+            Some(d) if d.is_zero() => Ok(default),
+            Some(d) if d < Duration::from_secs(1) => {
+                bail!("{flag}: {d:?} is under a second, the conntrack clock's tick")
+            }
+            Some(d) => Ok(d.as_secs() as u32),
+        }
+    };
+    c.tcp_established_s = seconds(
+        "--conntrack-tcp-timeout-established",
+        args.tcp_established_timeout
+            .or(file.tcp_established_timeout),
+        c.tcp_established_s,
+    )?;
+    c.tcp_close_wait_s = seconds(
+        "--conntrack-tcp-timeout-close-wait",
+        args.tcp_close_wait_timeout.or(file.tcp_close_wait_timeout),
+        c.tcp_close_wait_s,
+    )?;
+    c.udp_s = seconds(
+        "--conntrack-udp-timeout",
+        args.udp_timeout.or(file.udp_timeout),
+        c.udp_s,
+    )?;
+    c.udp_stream_s = seconds(
+        "--conntrack-udp-timeout-stream",
+        args.udp_stream_timeout.or(file.udp_stream_timeout),
+        c.udp_stream_s,
+    )?;
+    if let Some(range) = &args.snat_port_range {
+        let (first, last) =
+            parse_port_range(range).with_context(|| format!("--snat-port-range: `{range}`"))?;
+        c.snat_port_min = first;
+        c.snat_port_max = last;
+    }
+    Ok(c)
+}
+
+/// `FIRST-LAST`, both in 1..=65535, FIRST ≤ LAST, at least 16 ports.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s
+        .split_once('-')
+        .context("expected FIRST-LAST, e.g. 20000-29999")?;
+    let port = |p: &str| -> Result<u16> {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .with_context(|| format!("`{p}` is not a port (1-65535)"))
+    };
+    let (first, last) = (port(a)?, port(b)?);
+    if last < first || last - first < 15 {
+        bail!("the range must hold at least 16 ports, first before last");
+    }
+    Ok((first, last))
 }
 
 /// Default pin root, for the CLI.
@@ -298,20 +507,20 @@ fn hostname() -> Result<String> {
 }
 
 /// `10.244.0.0/16,10.245.0.0/16`; IPv6 CIDRs are accepted and left aside.
-pub fn parse_cidrs(s: &str) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
+pub fn parse_cidrs(s: &str) -> Result<Vec<Ipv4Cidr>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (ip, len) = part
             .split_once('/')
             .with_context(|| format!("`{part}` is not a CIDR (ADDRESS/LENGTH)"))?;
         match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(v4)) => {
-                let len: u8 = len
+            Ok(std::net::IpAddr::V4(_)) => {
+                let _: u8 = len
                     .parse()
                     .ok()
                     .filter(|l| *l <= 32)
                     .with_context(|| format!("`{part}`: prefix length must be 0..=32"))?;
-                out.push((v4, len));
+                out.push(part.parse::<Ipv4Cidr>()?);
             }
             Ok(std::net::IpAddr::V6(_)) => {}
             Err(_) => bail!("`{part}`: `{ip}` is not an IP address"),
@@ -458,5 +667,121 @@ frobnicate: true
             Settings::resolve(&args, default_pin_root()).unwrap_err()
         );
         assert!(e.contains("prefix length"), "{e}");
+    }
+
+    #[test]
+    fn north_south_settings_from_the_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("sy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kube-proxy.yaml");
+        std::fs::write(
+            &path,
+            r#"
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+hostnameOverride: node-3
+nodePortAddresses: ["192.168.0.0/24", "fd00::/64"]
+detectLocal:
+  interfaceNamePrefix: veth
+conntrack:
+  tcpEstablishedTimeout: 2h
+  tcpCloseWaitTimeout: 0s
+  udpTimeout: 45s
+  maxPerCore: 32768
+"#,
+        )
+        .unwrap();
+        let args = DaemonArgs {
+            config: Some(path.clone()),
+            snat_port_range: Some("40000-40999".into()),
+            ..DaemonArgs::default()
+        };
+        let s = Settings::resolve(&args, default_pin_root()).unwrap();
+        assert_eq!(
+            s.nodeport_addresses,
+            NodePortAddresses::Cidrs(vec!["192.168.0.0/24".parse().unwrap()])
+        );
+        assert_eq!(s.hooks.pod_interface_name_prefix.as_deref(), Some("veth"));
+        assert_eq!(s.datapath.tcp_established_s, 7200);
+        assert_eq!(
+            s.datapath.tcp_close_wait_s,
+            DatapathConfig::DEFAULT.tcp_close_wait_s,
+            "0 keeps the default, as kube-proxy leaves the kernel's"
+        );
+        assert_eq!(s.datapath.udp_s, 45);
+        assert_eq!(
+            (s.datapath.snat_port_min, s.datapath.snat_port_max),
+            (40000, 40999)
+        );
+        assert_eq!(s.ignored_keys, ["conntrack.maxPerCore (ignored)"]);
+        // A flag wins over the file.
+        let args = DaemonArgs {
+            config: Some(path),
+            nodeport_addresses: Some("primary".into()),
+            ..DaemonArgs::default()
+        };
+        let s = Settings::resolve(&args, default_pin_root()).unwrap();
+        assert_eq!(s.nodeport_addresses, NodePortAddresses::Primary);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_north_south_settings_name_the_flag() {
+        let resolve = |args: DaemonArgs| {
+            format!(
+                "{:#}",
+                Settings::resolve(
+                    &DaemonArgs {
+                        hostname_override: Some("n1".into()),
+                        ..args
+                    },
+                    default_pin_root()
+                )
+                .unwrap_err()
+            )
+        };
+        let e = resolve(DaemonArgs {
+            nodeport_addresses: Some("10.0.0.1".into()),
+            ..DaemonArgs::default()
+        });
+        assert!(
+            e.contains("--nodeport-addresses") && e.contains("10.0.0.1"),
+            "{e}"
+        );
+        let e = resolve(DaemonArgs {
+            snat_port_range: Some("30000-20000".into()),
+            ..DaemonArgs::default()
+        });
+        assert!(e.contains("--snat-port-range"), "{e}");
+        let e = resolve(DaemonArgs {
+            udp_timeout: Some(Duration::from_millis(100)),
+            ..DaemonArgs::default()
+        });
+        assert!(e.contains("--conntrack-udp-timeout"), "{e}");
+    }
+
+    #[test]
+    fn sync_periods_are_validated_not_adjusted() {
+        let resolve = |sync: u64, min_sync: u64| {
+            Settings::resolve(
+                &DaemonArgs {
+                    hostname_override: Some("n1".into()),
+                    sync_period: Some(Duration::from_millis(sync)),
+                    min_sync_period: Some(Duration::from_millis(min_sync)),
+                    ..DaemonArgs::default()
+                },
+                default_pin_root(),
+            )
+            .map_err(|e| format!("{e:#}"))
+        };
+        let e = resolve(500, 0).unwrap_err();
+        assert!(e.contains("syncPeriod") && e.contains("500ms"), "{e}");
+        let e = resolve(2_000, 5_000).unwrap_err();
+        assert!(e.contains("minSyncPeriod") && e.contains("5s"), "{e}");
+        let s = resolve(1_000, 1_000).unwrap();
+        assert_eq!(
+            (s.sync_period, s.min_sync_period),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
     }
 }

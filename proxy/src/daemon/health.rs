@@ -20,6 +20,9 @@ struct Inner {
     node_ineligible: bool,
 }
 
+/// The daemon's health as kube-proxy's `/healthz` reports it: when the
+/// last sync finished, whether a change is waiting too long, whether the
+/// Node is being removed. Shared between the sync loop and the HTTP server.
 #[derive(Debug)]
 pub struct Health {
     inner: Mutex<Inner>,
@@ -29,11 +32,15 @@ pub struct Health {
 /// What a probe gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
+    /// HTTP status: 200 or 503.
     pub status: u16,
+    /// The JSON body.
     pub body: String,
 }
 
 impl Health {
+    /// Unhealthy until the first sync; then unhealthy whenever a change has
+    /// waited more than twice `sync_period` (kube-proxy's rule).
     pub fn new(sync_period: Duration) -> Self {
         Self {
             inner: Mutex::default(),
@@ -74,6 +81,11 @@ impl Health {
     /// deletion taint: load balancers should stop sending here.
     pub fn set_node_ineligible(&self, ineligible: bool) {
         self.lock().node_ineligible = ineligible;
+    }
+
+    /// Whether `/healthz` answers 200: kube-proxy's `serviceProxyHealthy`.
+    pub fn is_healthy(&self) -> bool {
+        self.answer(true).status == 200
     }
 
     /// `/healthz` (`check_node`) or `/livez`.

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::datapath::drops::DropCounters;
+
 /// A histogram with fixed upper bounds (seconds).
 #[derive(Debug, Clone)]
 struct Histogram {
@@ -59,13 +61,19 @@ struct Inner {
     sync_errors: u64,
     watch_errors: BTreeMap<&'static str, u64>,
     udp_flows_flushed: u64,
+    conntrack_collected: u64,
     frontends: usize,
     backends: usize,
-    no_local_endpoints: usize,
+    /// Frontends without local endpoints: (internal, external) policy.
+    no_local_endpoints: (usize, usize),
     skipped: BTreeMap<&'static str, usize>,
     left_out: usize,
     /// Map name → (entries, max_entries).
     maps: BTreeMap<&'static str, (usize, u32)>,
+    /// The datapath's drop counters, read at each scrape.
+    drops: Option<DropCounters>,
+    socket_close_failures: u64,
+    interfaces_not_attached: usize,
 }
 
 /// Every metric the daemon exports.
@@ -83,12 +91,16 @@ impl Default for Metrics {
             sync_errors: 0,
             watch_errors: BTreeMap::new(),
             udp_flows_flushed: 0,
+            conntrack_collected: 0,
             frontends: 0,
             backends: 0,
-            no_local_endpoints: 0,
+            no_local_endpoints: (0, 0),
             skipped: BTreeMap::new(),
             left_out: 0,
             maps: BTreeMap::new(),
+            drops: None,
+            socket_close_failures: 0,
+            interfaces_not_attached: 0,
         }))
     }
 }
@@ -96,14 +108,23 @@ impl Default for Metrics {
 /// What one sync did, for the metrics.
 #[derive(Debug, Default, Clone)]
 pub struct SyncRecord {
+    /// Recompute and reconcile, wall time.
     pub duration: Duration,
+    /// Every frontend was written.
     pub ok: bool,
+    /// Frontends in the maps after the sync.
     pub frontends: usize,
+    /// Distinct backends in the maps after the sync.
     pub backends: usize,
-    pub no_local_endpoints: usize,
+    /// Frontends without local endpoints: (internal, external) policy.
+    pub no_local_endpoints: (usize, usize),
+    /// Services skipped as invalid.
     pub skipped_services: usize,
+    /// EndpointSlices skipped as invalid.
     pub skipped_slices: usize,
+    /// Frontends left out because the maps are full.
     pub left_out: usize,
+    /// UDP conntrack entries the sync itself flushed (0 when deferred).
     pub udp_flows_flushed: usize,
     /// Trigger-to-programmed latencies of the EndpointSlices this sync applied.
     pub programming_latencies: Vec<Duration>,
@@ -116,6 +137,7 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Records one sync: its duration and outcome, and the gauges it set.
     pub fn record_sync(&self, r: &SyncRecord) {
         let mut m = self.lock();
         m.sync_duration.observe(r.duration.as_secs_f64());
@@ -137,10 +159,38 @@ impl Metrics {
         m.udp_flows_flushed += r.udp_flows_flushed as u64;
     }
 
+    /// Counts an error of the watch of `resource` (`services`, …).
     pub fn watch_error(&self, resource: &'static str) {
         *self.lock().watch_errors.entry(resource).or_default() += 1;
     }
 
+    /// Conntrack entries of UDP flows of departed backends, flushed.
+    pub fn udp_flows_flushed(&self, n: usize) {
+        self.lock().udp_flows_flushed += n as u64;
+    }
+
+    /// Expired conntrack entries the garbage collector removed.
+    pub fn conntrack_collected(&self, n: usize) {
+        self.lock().conntrack_collected += n as u64;
+    }
+
+    /// Exports the per-packet paths' drop counters from now on.
+    pub fn set_drop_counters(&self, drops: DropCounters) {
+        self.lock().drops = Some(drops);
+    }
+
+    /// Interfaces that want programs but could not get them, as of the last
+    /// attempt.
+    pub fn set_interfaces_not_attached(&self, n: usize) {
+        self.lock().interfaces_not_attached = n;
+    }
+
+    /// Network namespaces whose departed UDP sockets could not be closed.
+    pub fn socket_close_failed(&self, namespaces: usize) {
+        self.lock().socket_close_failures += namespaces as u64;
+    }
+
+    /// Sets the occupancy of map `name`: entries held and capacity.
     pub fn set_map(&self, name: &'static str, entries: usize, max_entries: u32) {
         self.lock().maps.insert(name, (entries, max_entries));
     }
@@ -186,10 +236,13 @@ impl Metrics {
             (
                 "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
                 "gauge",
-                "Frontends with internalTrafficPolicy Local and no local endpoints",
+                "Frontends with a Local traffic policy and no local endpoints",
                 labelled(
                     "traffic_policy",
-                    vec![("internal", m.no_local_endpoints as f64)],
+                    vec![
+                        ("internal", m.no_local_endpoints.0 as f64),
+                        ("external", m.no_local_endpoints.1 as f64),
+                    ],
                 ),
             ),
             (
@@ -248,6 +301,37 @@ impl Metrics {
                 "counter",
                 "Conntrack entries of UDP flows whose backend went away",
                 one(m.udp_flows_flushed as f64),
+            ),
+            (
+                "switchyard_conntrack_expired_total",
+                "counter",
+                "Conntrack entries of idle flows removed by garbage collection",
+                one(m.conntrack_collected as f64),
+            ),
+            (
+                "switchyard_datapath_dropped_packets_total",
+                "counter",
+                "Packets the per-packet paths dropped or rejected, by reason",
+                labelled(
+                    "reason",
+                    m.drops
+                        .as_ref()
+                        .and_then(|d| d.read().ok())
+                        .map(|all| all.iter().map(|(r, n)| (*r, *n as f64)).collect())
+                        .unwrap_or_default(),
+                ),
+            ),
+            (
+                "switchyard_interfaces_not_attached",
+                "gauge",
+                "Pod- or node-facing interfaces the TC programs could not be attached to (retried on every interface change)",
+                one(m.interfaces_not_attached as f64),
+            ),
+            (
+                "switchyard_udp_socket_close_failures_total",
+                "counter",
+                "Network namespaces whose sockets connected to a departed UDP backend could not be closed",
+                one(m.socket_close_failures as f64),
             ),
             (
                 "switchyard_map_entries",

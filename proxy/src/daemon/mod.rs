@@ -1,36 +1,57 @@
-//! The daemon: watch the API server, compute the desired table, keep the
-//! pinned maps equal to it.
+//! The daemon: watch the API server and the node's interfaces, compute the
+//! desired table, keep the pinned maps equal to it.
 //!
 //! ```text
 //!  API server ─watch─▶ reflector stores (Service, EndpointSlice, Node)
+//!  rtnetlink ─notify─▶ the node's interfaces and addresses ─▶ Attacher (TC programs)
 //!                         │ change → debounce (min sync period)
 //!                         ▼
 //!                  desired::compute (pure) → fit_to_capacity → Reconciler ─▶ maps
+//!                         │
+//!                         ├─▶ health-check servers (healthCheckNodePort)
+//!                         └─▶ connected UDP sockets of departed backends closed
+//!  conntrack GC (own thread) ─▶ expired flows removed, occupancy measured
 //! ```
 //! Nothing is written before every store has its initial list. A full
 //! resync (maps re-read, occupancy measured) runs every sync period. On
 //! SIGTERM/SIGINT the daemon exits leaving maps and program links pinned:
 //! traffic keeps flowing, and the next daemon adopts them.
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use kube::{Client, Config, config::KubeConfigOptions};
 use tokio::{signal::unix::SignalKind, sync::Notify};
 use tracing::{info, warn};
 
-use crate::{attach::load_and_attach, desired::NodeContext, reconcile::Reconciler};
+use crate::{
+    datapath::{loader::Dataplane, lock::PinRootLock, sockets},
+    desired::NodeContext,
+    node,
+    reconcile::Reconciler,
+};
 
+mod attacher;
 pub mod config;
+mod conntrack_worker;
 mod events;
 pub mod health;
+mod healthcheck;
 mod http;
+mod interfaces;
 pub mod metrics;
 mod sync;
 mod watch;
 
 pub use config::{DaemonArgs, Settings};
 
-use self::{events::NodeEvents, health::Health, metrics::Metrics, sync::Syncer};
+use self::{
+    attacher::Attacher, conntrack_worker::ConntrackWorker, events::NodeEvents, health::Health,
+    healthcheck::HealthCheckServers, metrics::Metrics, sync::Syncer,
+};
 
 /// Delay before retrying a sync that left something unwritten.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -40,45 +61,70 @@ pub fn run(settings: Settings) -> Result<()> {
     for key in &settings.ignored_keys {
         warn!(key, "configuration key not used by switchyard");
     }
-    let mut dataplane = load_and_attach(&settings.pin_root, &settings.sizes, &settings.hooks)?;
-    let reconciler =
-        Reconciler::restore(dataplane.lb_maps()?).context("cannot read the pinned maps")?;
+    // One writer per pin root; a daemon being replaced gets its grace period.
+    let _lock = PinRootLock::acquire(&settings.pin_root, Duration::from_secs(30))?;
+    let mut dataplane = Dataplane::load_with(
+        Some(&settings.pin_root),
+        &settings.sizes,
+        &settings.datapath,
+    )?;
+    if let Some(cg) = &settings.hooks.cgroup_path {
+        dataplane.attach_cgroup(cg)?;
+        info!(cgroup = %cg.display(), "socket hooks attached");
+    }
+    let reconciler = Reconciler::restore(dataplane.lb_maps()?)
+        .context("cannot read the pinned maps")?
+        .defer_conntrack_flush();
     info!(
         node = %settings.node_name,
         adopted_frontends = reconciler.frontend_count(),
         pin_root = %settings.pin_root.display(),
+        nodeport_addresses = %settings.nodeport_addresses,
         "dataplane ready"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(settings, reconciler));
-    // Keep the loaded object alive until the loop is done: links are
-    // pinned, so dropping it detaches nothing.
-    drop(dataplane);
-    result
+    // The loaded object lives in the attacher until the loop is done: links
+    // are pinned, so dropping it then detaches nothing.
+    runtime.block_on(serve(settings, reconciler, dataplane))
 }
 
+/// The API client, as kube-proxy finds its server: `--kubeconfig` (its
+/// server replaced by `--master` when given), else `--master` alone, else
+/// the in-cluster service account. `$KUBECONFIG` is not read.
 async fn client(s: &Settings) -> Result<Client> {
-    let config = match &s.kubeconfig {
-        Some(path) => {
+    let mut config = match (&s.kubeconfig, &s.master) {
+        (Some(path), _) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig `{}`", path.display()))?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("--kubeconfig `{}`", path.display()))?
         }
-        None => Config::infer()
-            .await
-            .context("no --kubeconfig, and neither in-cluster config nor $KUBECONFIG")?,
+        (None, Some(master)) => Config::new(
+            master
+                .parse()
+                .with_context(|| format!("--master `{master}` is not a URL"))?,
+        ),
+        (None, None) => Config::incluster().context(
+            "no --kubeconfig or --master, and no in-cluster service account \
+             (KUBERNETES_SERVICE_HOST and /var/run/secrets/kubernetes.io/serviceaccount)",
+        )?,
     };
+    if let Some(master) = &s.master {
+        config.cluster_url = master
+            .parse()
+            .with_context(|| format!("--master `{master}` is not a URL"))?;
+    }
     Ok(Client::try_from(config)?)
 }
 
 async fn serve(
     settings: Settings,
     reconciler: Reconciler<crate::datapath::AyaLbMaps>,
+    dataplane: Dataplane,
 ) -> Result<()> {
     let health = Arc::new(Health::new(settings.sync_period));
     let metrics = Arc::new(Metrics::default());
@@ -89,14 +135,53 @@ async fn serve(
         Arc::clone(&metrics),
     )
     .await?;
+    let netns = settings.hooks.tc_netns.clone();
+    let mut ifaces = interfaces::watch(netns.as_deref())
+        .await
+        .context("cannot follow the node's interfaces")?;
+    let attacher = Arc::new(Mutex::new(Attacher::new(dataplane, settings.hooks.clone())));
+    let maps_dir = settings.pin_root.join("maps");
+
+    // Interfaces first: programs on every pod- and node-facing interface
+    // that exists, before the first sync. A named --tc-iface that is not
+    // there is a mistake worth stopping for.
+    let snapshot = ifaces.borrow_and_update().clone();
+    let mut addressing = node::select(&settings.nodeport_addresses, &snapshot.addrs, &[]);
+    let failed = reattach(&attacher, &snapshot, &addressing.node_ifaces, &metrics).await;
+    let missing: Vec<&String> = settings
+        .hooks
+        .tc_ifaces
+        .iter()
+        .filter(|i| !snapshot.links.values().any(|l| l.name == **i))
+        .collect();
+    if !missing.is_empty() || !failed.is_empty() && !settings.hooks.tc_ifaces.is_empty() {
+        bail!(
+            "cannot attach to --tc-iface {missing:?}: {}",
+            if failed.is_empty() {
+                "no such interface".to_owned()
+            } else {
+                failed.join("; ")
+            }
+        );
+    }
+    match lock(&attacher).dataplane_mut().remove_obsolete_maps() {
+        Ok(0) => {}
+        Ok(n) => info!(maps = n, "removed the pins of an older version's maps"),
+        Err(e) => warn!(error = %e, "cannot remove an older version's map pins"),
+    }
+    match lock(&attacher).dataplane_mut().drop_counters() {
+        Ok(d) => metrics.set_drop_counters(d),
+        Err(e) => warn!(error = %e, "datapath drop counters are not exported"),
+    }
+    let conntrack = ConntrackWorker::start(&maps_dir, settings.sync_period, Arc::clone(&metrics))
+        .context("cannot open the conntrack map")?;
+
     let client = client(&settings).await?;
     let changed = Arc::new(Notify::new());
     let stores = watch::start(&client, &settings.node_name, &changed, &health, &metrics);
     let events = NodeEvents::new(client, &settings.node_name);
-    let node = NodeContext {
-        name: Some(settings.node_name.clone()),
-    };
-    let mut syncer = Syncer::new(reconciler, node, Arc::clone(&metrics));
+    let mut syncer = Syncer::new(reconciler, Arc::clone(&metrics));
+    let mut health_checks = HealthCheckServers::new(netns.clone(), Arc::clone(&health));
 
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -128,6 +213,12 @@ async fn serve(
             biased;
             _ = resync.tick() => true,
             _ = changed.notified() => false,
+            Ok(()) = ifaces.changed() => {
+                // Interfaces or addresses changed: NodePort frontends and
+                // attachments follow (below, with the node's addresses).
+                health.queued();
+                false
+            }
             signal = &mut stop => {
                 info!(signal, frontends = syncer.programmed_frontends(), "stopping; maps and links stay pinned");
                 return Ok(());
@@ -136,16 +227,64 @@ async fn serve(
         // Coalesce a burst of changes into one recompute.
         tokio::time::sleep(settings.min_sync_period).await;
         let node_obj = stores.node.state().into_iter().next();
+        let snapshot = ifaces.borrow_and_update().clone();
+        let now = node::select(
+            &settings.nodeport_addresses,
+            &snapshot.addrs,
+            &sync::internal_ips(node_obj.as_deref()),
+        );
+        if now != addressing || full {
+            if now.nodeport != addressing.nodeport {
+                info!(addresses = ?now.nodeport, snat = ?now.snat, "NodePort addresses");
+            }
+            addressing = now;
+        }
+        reattach(&attacher, &snapshot, &addressing.node_ifaces, &metrics).await;
         health.set_node_ineligible(sync::node_ineligible(node_obj.as_deref()));
         health.sync_started();
+        let node_ctx = NodeContext {
+            name: Some(settings.node_name.clone()),
+            nodeport_addresses: addressing.nodeport.clone(),
+            address: addressing.snat,
+        };
         let (services, slices) = (stores.services.state(), stores.slices.state());
-        let done = tokio::task::block_in_place(|| syncer.sync(&services, &slices, full));
+        let done = tokio::task::block_in_place(|| syncer.sync(&services, &slices, &node_ctx, full));
         health.sync_finished(done.ok);
+        let departed = syncer.take_departed();
+        conntrack.flush(departed.memberships);
+        health_checks.update(&done.health_checks);
+        if !departed.udp_backends.is_empty()
+            && let Some(cgroup) = settings.hooks.cgroup_path.clone()
+        {
+            let dir = maps_dir.clone();
+            let departed: Vec<_> = departed.udp_backends.into_iter().collect();
+            let metrics = Arc::clone(&metrics);
+            tokio::task::spawn_blocking(move || {
+                match sockets::close_departed(&dir, &cgroup, &departed) {
+                    Ok(closed) => {
+                        if closed.sockets > 0 {
+                            info!(
+                                sockets = closed.sockets,
+                                "closed connected UDP sockets of departed backends"
+                            );
+                        }
+                        for (netns, error) in &closed.failed {
+                            warn!(netns = %netns.display(), %error, "cannot close sockets of departed backends in a namespace");
+                        }
+                        metrics.socket_close_failed(closed.failed.len());
+                    }
+                    Err(e) => {
+                        metrics.socket_close_failed(1);
+                        warn!(error = %format!("{e:#}"), "cannot close sockets of departed backends")
+                    }
+                }
+            });
+        }
         if let Some(left_out) = done.newly_left_out {
             let shown: Vec<&str> = left_out.iter().take(10).map(String::as_str).collect();
             let more = left_out.len().saturating_sub(shown.len());
             let message = format!(
-                "{} frontend(s) not programmed: the eBPF maps are full (raise --max-frontends/--max-backends): {}{}",
+                "{} frontend(s) not programmed: the eBPF maps are full (larger --max-frontends/--max-backends/--max-backend-slots take effect once the pinned maps are recreated with `switchyard cleanup`): {}{}",
                 left_out.len(),
                 shown.join(", "),
                 if more > 0 {
@@ -166,4 +305,24 @@ async fn serve(
             });
         }
     }
+}
+
+fn lock(a: &Mutex<Attacher>) -> std::sync::MutexGuard<'_, Attacher> {
+    a.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Brings the TC attachments in line with the interfaces (off the async
+/// threads: attaching enters the node's namespace).
+async fn reattach(
+    attacher: &Arc<Mutex<Attacher>>,
+    snapshot: &interfaces::Snapshot,
+    node_ifaces: &BTreeSet<String>,
+    metrics: &Metrics,
+) -> Vec<String> {
+    let (a, s, n) = (Arc::clone(attacher), snapshot.clone(), node_ifaces.clone());
+    let failed = tokio::task::spawn_blocking(move || lock(&a).reconcile(&s, &n))
+        .await
+        .unwrap_or_else(|e| vec![format!("attacher task: {e}")]);
+    metrics.set_interfaces_not_attached(failed.len());
+    failed
 }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::metrics::{Metrics, SyncRecord};
 use crate::{
     datapath::{AyaLbMaps, LbMaps as _},
-    desired::{self, Kind, NodeContext},
+    desired::{self, HealthCheck, Kind, NodeContext},
     reconcile::{self, Reconciler},
 };
 
@@ -27,7 +27,6 @@ const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 pub struct Syncer {
     reconciler: Reconciler<AyaLbMaps>,
-    node: NodeContext,
     metrics: Arc<Metrics>,
     /// Skipped objects already warned about: warn once per problem.
     warned: BTreeSet<String>,
@@ -45,17 +44,14 @@ pub struct Done {
     pub ok: bool,
     /// Frontends newly left out because the maps are full (for an Event).
     pub newly_left_out: Option<Vec<String>>,
+    /// Health-check servers the node must run.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
 }
 
 impl Syncer {
-    pub fn new(
-        reconciler: Reconciler<AyaLbMaps>,
-        node: NodeContext,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(reconciler: Reconciler<AyaLbMaps>, metrics: Arc<Metrics>) -> Self {
         Self {
             reconciler,
-            node,
             metrics,
             warned: BTreeSet::new(),
             left_out: Vec::new(),
@@ -63,6 +59,12 @@ impl Syncer {
             started: jiff::Timestamp::now(),
             just_restored: true,
         }
+    }
+
+    /// Memberships removed since the last call (failed syncs included),
+    /// whose UDP conntrack entries and connected sockets are still to go.
+    pub fn take_departed(&mut self) -> crate::reconcile::Departures {
+        self.reconciler.take_departed()
     }
 
     /// Frontends the maps hold now.
@@ -74,6 +76,7 @@ impl Syncer {
         &mut self,
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
+        node: &NodeContext,
         full: bool,
     ) -> Done {
         let started = Instant::now();
@@ -86,7 +89,7 @@ impl Syncer {
         {
             warn!(error = %e, "cannot re-read the maps");
         }
-        let outcome = desired::compute(services, slices, &self.node);
+        let outcome = desired::compute(services, slices, node);
         for s in &outcome.skipped {
             let line = s.to_string();
             if !self.warned.contains(&line) {
@@ -160,7 +163,11 @@ impl Syncer {
         if full {
             self.record_occupancy();
         }
-        Done { ok, newly_left_out }
+        Done {
+            ok,
+            newly_left_out,
+            health_checks: outcome.health_checks,
+        }
     }
 
     /// Latencies of slices changed since the last sync that carry a trigger
@@ -201,15 +208,26 @@ impl Syncer {
         self.metrics
             .set_map(names::LB4_BACKENDS, counts.backends, cap.backends);
         self.metrics
-            .set_map(names::LB4_AFF_MATCH, counts.aff_match, cap.aff_match);
-        let ct = self.reconciler.maps_mut().conntrack_mut();
-        let max = aya::maps::IterableMap::map(ct)
-            .info()
-            .map_or(0, |i| i.max_entries());
-        // Bounded: an LRU walk restarts when an entry is evicted under it.
-        let entries = ct.keys().take(max as usize).count();
-        self.metrics.set_map(names::CT4, entries, max);
+            .set_map(names::LB4_MEMBERS, counts.members, cap.members);
+        self.metrics.set_map(
+            names::LB4_SOURCE_RANGES,
+            counts.source_ranges,
+            cap.source_ranges,
+        );
+        // Conntrack occupancy comes from its garbage collector, off this
+        // thread: a walk of up to a million entries must not hold up syncs.
     }
+}
+
+/// The Node's InternalIP addresses (IPv4): its primary addresses.
+pub fn internal_ips(node: Option<&Node>) -> Vec<std::net::Ipv4Addr> {
+    node.and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
 }
 
 /// Whether the Node asks proxies to stop taking traffic (being deleted, or

@@ -1,84 +1,90 @@
 //! [`LbMaps`] on the real eBPF maps, opened from an `Ebpf` or from pins.
-use std::{io, path::Path};
+use std::{collections::BTreeSet, io, path::Path};
 
-use aya::maps::{HashMap, Map, MapData};
-use std::collections::BTreeSet;
-
+use aya::maps::{
+    Array, HashMap, Map, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use proxy_common::{
-    ct::{Ct4Key, Ct4Value},
-    lb::{Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service},
-    map_names as names, proto,
+    config::Node4Config,
+    lb::{Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, Lb4SourceRangeKey, SOURCE_RANGE_ID_BITS},
+    map_names as names,
 };
 
-use super::{Capacity, LbMaps, MapError, Result};
+use super::{Capacity, LbMaps, MapError, Result, SourceRange, conntrack::Conntrack};
+use crate::model::{BackendId, FrontendId, Ipv4Cidr, addr_be, addr_from_be};
 
-/// The load-balancing maps the reconciler writes.
+/// The maps the reconciler writes, and the conntrack map it flushes.
 pub struct AyaLbMaps {
     services: HashMap<MapData, Lb4Key, Lb4Service>,
     backends: HashMap<MapData, u32, Lb4Backend>,
-    aff_match: HashMap<MapData, Lb4AffMatchKey, u8>,
-    /// The TC path's conntrack, for flushing UDP flows of departed backends.
-    conntrack: HashMap<MapData, Ct4Key, Ct4Value>,
+    members: HashMap<MapData, Lb4MemberKey, u8>,
+    source_ranges: LpmTrie<MapData, Lb4SourceRangeKey, u8>,
+    node: Array<MapData, Node4Config>,
+    conntrack: Conntrack,
     capacity: Capacity,
 }
+
+/// The maps [`AyaLbMaps`] needs, by name.
+const NEEDED: [&str; 6] = [
+    names::LB4_SERVICES,
+    names::LB4_BACKENDS,
+    names::LB4_MEMBERS,
+    names::LB4_SOURCE_RANGES,
+    names::NODE4,
+    names::CT4,
+];
 
 impl AyaLbMaps {
     /// Opens the maps pinned in `pin_dir` by [`super::loader`].
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
-        let open = |name: &'static str| -> Result<Map> {
-            let data = MapData::from_pin(pin_dir.join(name))
-                .map_err(|_| MapError::Missing { map: name })?;
-            Map::from_map_data(data).map_err(|source| MapError::Layout { map: name, source })
-        };
-        Self::from_maps(
-            open(names::LB4_SERVICES)?,
-            open(names::LB4_BACKENDS)?,
-            open(names::LB4_AFF_MATCH)?,
-            open(names::CT4)?,
-        )
+        let [a, b, c, d, e, f] = NEEDED.map(|name| super::open_pinned(pin_dir, name));
+        Self::from_maps([a?, b?, c?, d?, e?, f?])
     }
 
     /// Takes the maps out of a loaded object (unpinned use: tests, benchmarks).
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(MapError::Missing { map: name });
-        Self::from_maps(
-            take(names::LB4_SERVICES)?,
-            take(names::LB4_BACKENDS)?,
-            take(names::LB4_AFF_MATCH)?,
-            take(names::CT4)?,
-        )
+        let [a, b, c, d, e, f] =
+            NEEDED.map(|name| ebpf.take_map(name).ok_or(MapError::Missing { map: name }));
+        Self::from_maps([a?, b?, c?, d?, e?, f?])
     }
 
-    fn from_maps(services: Map, backends: Map, aff_match: Map, conntrack: Map) -> Result<Self> {
+    fn from_maps([services, backends, members, ranges, node, conntrack]: [Map; 6]) -> Result<Self> {
         let layout = |map| move |source| MapError::Layout { map, source };
         let services: HashMap<_, Lb4Key, Lb4Service> =
             HashMap::try_from(services).map_err(layout(names::LB4_SERVICES))?;
         let backends: HashMap<_, u32, Lb4Backend> =
             HashMap::try_from(backends).map_err(layout(names::LB4_BACKENDS))?;
-        let aff_match: HashMap<_, Lb4AffMatchKey, u8> =
-            HashMap::try_from(aff_match).map_err(layout(names::LB4_AFF_MATCH))?;
-        let conntrack: HashMap<_, Ct4Key, Ct4Value> =
-            HashMap::try_from(conntrack).map_err(layout(names::CT4))?;
+        let members: HashMap<_, Lb4MemberKey, u8> =
+            HashMap::try_from(members).map_err(layout(names::LB4_MEMBERS))?;
+        let source_ranges: LpmTrie<_, Lb4SourceRangeKey, u8> =
+            LpmTrie::try_from(ranges).map_err(layout(names::LB4_SOURCE_RANGES))?;
+        let node: Array<_, Node4Config> = Array::try_from(node).map_err(layout(names::NODE4))?;
+        let conntrack = Conntrack::from_map(conntrack)?;
         let max = |m: &MapData, name| m.info().map(|i| i.max_entries()).map_err(layout(name));
         let capacity = Capacity {
             services: max(services.map(), names::LB4_SERVICES)?,
             backends: max(backends.map(), names::LB4_BACKENDS)?,
-            aff_match: max(aff_match.map(), names::LB4_AFF_MATCH)?,
+            members: max(members.map(), names::LB4_MEMBERS)?,
+            source_ranges: max(
+                aya::maps::IterableMap::map(&source_ranges),
+                names::LB4_SOURCE_RANGES,
+            )?,
         };
         Ok(Self {
             services,
             backends,
+            members,
+            source_ranges,
+            node,
             conntrack,
-            aff_match,
             capacity,
         })
     }
-}
 
-impl AyaLbMaps {
-    /// The TC path's conntrack map (tests and benchmarks inspect and seed it).
-    pub fn conntrack_mut(&mut self) -> &mut HashMap<MapData, Ct4Key, Ct4Value> {
+    /// The per-packet paths' conntrack (tests, benchmarks and the daemon's
+    /// garbage collector read it).
+    pub fn conntrack_mut(&mut self) -> &mut Conntrack {
         &mut self.conntrack
     }
 }
@@ -92,7 +98,7 @@ impl<K: aya::Pod, V: aya::Pod> MapsExt for HashMap<MapData, K, V> {
     }
 }
 
-fn io_error(e: aya::maps::MapError) -> io::Error {
+pub(super) fn io_error(e: aya::maps::MapError) -> io::Error {
     match e {
         aya::maps::MapError::SyscallError(s) => s.io_error,
         aya::maps::MapError::KeyNotFound => io::Error::from_raw_os_error(libc::ENOENT),
@@ -100,7 +106,7 @@ fn io_error(e: aya::maps::MapError) -> io::Error {
     }
 }
 
-fn write_err(
+pub(super) fn write_err(
     op: &'static str,
     map: &'static str,
     key: impl std::fmt::Debug,
@@ -114,7 +120,7 @@ fn write_err(
 }
 
 /// Deleting an absent key is success: deletes must be retryable.
-fn absent_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+pub(super) fn absent_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(s))
@@ -138,30 +144,29 @@ fn dump<K: aya::Pod, V: aya::Pod>(
         })
 }
 
+fn lpm_key(&(frontend_id, cidr): &SourceRange) -> Key<Lb4SourceRangeKey> {
+    Key::new(
+        SOURCE_RANGE_ID_BITS + u32::from(cidr.prefix),
+        Lb4SourceRangeKey {
+            frontend_id_be: frontend_id.0.to_be(),
+            addr_be: addr_be(cidr.addr),
+        },
+    )
+}
+
 impl LbMaps for AyaLbMaps {
-    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
-        // One pass over the table; entries of both directions carry the pair.
-        let doomed: Vec<Ct4Key> = self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| k.proto == proto::UDP && pairs.contains(&(v.rev_nat_id, v.backend_id)))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &doomed {
-            absent_ok(self.conntrack.remove(k)).map_err(write_err("delete", names::CT4, k))?;
-        }
-        Ok(doomed.len())
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
+        self.conntrack.flush_udp(pairs)
     }
 
-    fn update_backend(&mut self, id: u32, backend: &Lb4Backend) -> Result<()> {
+    fn update_backend(&mut self, id: BackendId, backend: &Lb4Backend) -> Result<()> {
         self.backends
-            .insert(id, backend, 0)
+            .insert(id.0, backend, 0)
             .map_err(write_err("update", names::LB4_BACKENDS, id))
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<()> {
-        absent_ok(self.backends.remove(&id)).map_err(write_err("delete", names::LB4_BACKENDS, id))
+    fn delete_backend(&mut self, id: BackendId) -> Result<()> {
+        absent_ok(self.backends.remove(&id.0)).map_err(write_err("delete", names::LB4_BACKENDS, id))
     }
 
     fn update_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<()> {
@@ -174,33 +179,80 @@ impl LbMaps for AyaLbMaps {
         absent_ok(self.services.remove(key)).map_err(write_err("delete", names::LB4_SERVICES, key))
     }
 
-    fn update_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
-        self.aff_match
-            .insert(key, 1, 0)
-            .map_err(write_err("update", names::LB4_AFF_MATCH, key))
+    fn update_member(&mut self, key: &Lb4MemberKey, ranges: u8) -> Result<()> {
+        self.members
+            .insert(key, ranges, 0)
+            .map_err(write_err("update", names::LB4_MEMBERS, key))
     }
 
-    fn delete_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
-        absent_ok(self.aff_match.remove(key)).map_err(write_err(
+    fn delete_member(&mut self, key: &Lb4MemberKey) -> Result<()> {
+        absent_ok(self.members.remove(key)).map_err(write_err("delete", names::LB4_MEMBERS, key))
+    }
+
+    fn update_source_range(&mut self, range: &SourceRange) -> Result<()> {
+        self.source_ranges
+            .insert(&lpm_key(range), 1, 0)
+            .map_err(write_err("update", names::LB4_SOURCE_RANGES, range))
+    }
+
+    fn delete_source_range(&mut self, range: &SourceRange) -> Result<()> {
+        absent_ok(self.source_ranges.remove(&lpm_key(range))).map_err(write_err(
             "delete",
-            names::LB4_AFF_MATCH,
-            key,
+            names::LB4_SOURCE_RANGES,
+            range,
         ))
+    }
+
+    fn set_node(&mut self, node: &Node4Config) -> Result<()> {
+        self.node
+            .set(0, node, 0)
+            .map_err(write_err("update", names::NODE4, node))
     }
 
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
         dump(&self.services, names::LB4_SERVICES)
     }
 
-    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
-        dump(&self.backends, names::LB4_BACKENDS)
+    fn dump_backends(&self) -> Result<Vec<(BackendId, Lb4Backend)>> {
+        Ok(dump(&self.backends, names::LB4_BACKENDS)?
+            .into_iter()
+            .map(|(id, b)| (BackendId(id), b))
+            .collect())
     }
 
-    fn dump_aff_match(&self) -> Result<Vec<Lb4AffMatchKey>> {
-        Ok(dump(&self.aff_match, names::LB4_AFF_MATCH)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect())
+    fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>> {
+        dump(&self.members, names::LB4_MEMBERS)
+    }
+
+    fn dump_source_ranges(&self) -> Result<Vec<SourceRange>> {
+        let read = |e| MapError::Read {
+            map: names::LB4_SOURCE_RANGES,
+            source: io_error(e),
+        };
+        let mut out = Vec::new();
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(read)?;
+            let data = key.data();
+            let prefix = key
+                .prefix_len()
+                .saturating_sub(SOURCE_RANGE_ID_BITS)
+                .min(32) as u8;
+            out.push((
+                FrontendId(u32::from_be(data.frontend_id_be)),
+                Ipv4Cidr {
+                    addr: addr_from_be(data.addr_be),
+                    prefix,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn node(&self) -> Result<Node4Config> {
+        self.node.get(&0, 0).map_err(|e| MapError::Read {
+            map: names::NODE4,
+            source: io_error(e),
+        })
     }
 
     fn capacity(&self) -> Capacity {

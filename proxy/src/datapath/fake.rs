@@ -2,21 +2,36 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
-    lb::{Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service, MASTER_SLOT},
+    config::Node4Config,
+    lb::{
+        Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL,
+        SLOT_SCOPE_CLUSTER, SLOT_SCOPE_LOCAL, SVC_FLAG_SOURCE_RANGES,
+    },
     map_names as names,
 };
 
-use super::{Capacity, LbMaps, MapError, MapSizes, Result};
+use super::{Capacity, LbMaps, MapError, MapSizes, Result, SourceRange};
+use crate::model::{BackendId, FrontendId};
 
 /// Maps held in memory, with the kernel's capacity checks.
 #[derive(Clone, Debug, Default)]
 pub struct FakeLbMaps {
+    /// `SY_LB4_SVC_V2`: masters and slots.
     pub services: BTreeMap<Lb4Key, Lb4Service>,
-    pub backends: BTreeMap<u32, Lb4Backend>,
-    pub aff_match: BTreeSet<Lb4AffMatchKey>,
+    /// `SY_LB4_BE`.
+    pub backends: BTreeMap<BackendId, Lb4Backend>,
+    /// `SY_LB4_MEMBER`: `MEMBER_*` bits per (frontend, backend).
+    pub members: BTreeMap<Lb4MemberKey, u8>,
+    /// `SY_LB4_SRCRANGE`.
+    pub source_ranges: BTreeSet<SourceRange>,
+    /// `SY_NODE4`.
+    pub node: Node4Config,
+    /// Capacities, enforced as the kernel would (`E2BIG`).
     pub sizes: MapSizes,
     /// Every (frontend, backend) pair whose UDP flows were flushed.
-    pub flushed: BTreeSet<(u32, u32)>,
+    pub flushed: BTreeSet<(FrontendId, BackendId)>,
+    /// Flushes that fail (a conntrack scan cut short) before one succeeds.
+    pub failing_flushes: u32,
 }
 
 /// A state the datapath could observe that would misroute traffic.
@@ -24,6 +39,7 @@ pub struct FakeLbMaps {
 pub struct Inconsistency(pub String);
 
 impl FakeLbMaps {
+    /// Empty maps of `sizes`.
     pub fn new(sizes: MapSizes) -> Self {
         Self {
             sizes,
@@ -32,38 +48,53 @@ impl FakeLbMaps {
     }
 
     /// Checks what the eBPF programs rely on: every visible frontend (a
-    /// master entry) has slots `1..=count`, each naming an existing backend
-    /// with an affinity-match entry. Anything else is a half-written frontend.
+    /// master entry) has cluster slots `1..=count` and local slots
+    /// `1..=local_count`, each naming an
+    /// existing backend with a membership entry, and source ranges when its
+    /// flags say it is restricted. Anything else is a half-written frontend.
     pub fn check_consistent(&self) -> Result<(), Inconsistency> {
         for (key, master) in self
             .services
             .iter()
             .filter(|(k, _)| k.backend_slot == MASTER_SLOT)
         {
-            for slot in 1..=master.count {
+            if master.flags & SVC_FLAG_SOURCE_RANGES != 0
+                && !self
+                    .source_ranges
+                    .iter()
+                    .any(|(id, _)| id.0 == master.frontend_id)
+            {
+                return Err(Inconsistency(format!(
+                    "{key:?} is restricted to source ranges but has none"
+                )));
+            }
+            let cluster = (1..=master.count).map(|s| (SLOT_SCOPE_CLUSTER, s, MEMBER_CLUSTER));
+            let local = (1..=master.local_count).map(|s| (SLOT_SCOPE_LOCAL, s, MEMBER_LOCAL));
+            for (scope, slot, range) in cluster.chain(local) {
                 let slot_key = Lb4Key {
                     backend_slot: slot,
+                    scope,
                     ..*key
                 };
                 let Some(s) = self.services.get(&slot_key) else {
                     return Err(Inconsistency(format!(
-                        "{key:?} count {} but slot {slot} missing",
-                        master.count
+                        "{key:?} count {}+{} but slot {slot} of scope {scope} missing",
+                        master.count, master.local_count
                     )));
                 };
-                if !self.backends.contains_key(&s.backend_id) {
+                if !self.backends.contains_key(&BackendId(s.backend_id)) {
                     return Err(Inconsistency(format!(
                         "{key:?} slot {slot} names missing backend {}",
                         s.backend_id
                     )));
                 }
-                let m = Lb4AffMatchKey {
+                let m = Lb4MemberKey {
                     backend_id: s.backend_id,
-                    rev_nat_id: master.rev_nat_id,
+                    frontend_id: master.frontend_id,
                 };
-                if !self.aff_match.contains(&m) {
+                if self.members.get(&m).is_none_or(|bits| bits & range == 0) {
                     return Err(Inconsistency(format!(
-                        "{key:?} slot {slot} has no affinity-match entry"
+                        "{key:?} slot {slot} has no membership entry for its range"
                     )));
                 }
             }
@@ -82,15 +113,15 @@ impl FakeLbMaps {
 }
 
 impl LbMaps for FakeLbMaps {
-    fn update_backend(&mut self, id: u32, backend: &Lb4Backend) -> Result<()> {
+    fn update_backend(&mut self, id: BackendId, backend: &Lb4Backend) -> Result<()> {
         if !self.backends.contains_key(&id) && self.backends.len() >= self.sizes.backends as usize {
-            return Err(Self::full(names::LB4_BACKENDS, id.to_string()));
+            return Err(Self::full(names::LB4_BACKENDS, id.0.to_string()));
         }
         self.backends.insert(id, *backend);
         Ok(())
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<()> {
+    fn delete_backend(&mut self, id: BackendId) -> Result<()> {
         self.backends.remove(&id);
         Ok(())
     }
@@ -109,17 +140,44 @@ impl LbMaps for FakeLbMaps {
         Ok(())
     }
 
-    fn update_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
-        self.aff_match.insert(*key);
+    fn update_member(&mut self, key: &Lb4MemberKey, ranges: u8) -> Result<()> {
+        self.members.insert(*key, ranges);
         Ok(())
     }
 
-    fn delete_aff_match(&mut self, key: &Lb4AffMatchKey) -> Result<()> {
-        self.aff_match.remove(key);
+    fn delete_member(&mut self, key: &Lb4MemberKey) -> Result<()> {
+        self.members.remove(key);
         Ok(())
     }
 
-    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+    fn update_source_range(&mut self, range: &SourceRange) -> Result<()> {
+        if !self.source_ranges.contains(range)
+            && self.source_ranges.len() >= self.sizes.source_ranges as usize
+        {
+            return Err(Self::full(names::LB4_SOURCE_RANGES, format!("{range:?}")));
+        }
+        self.source_ranges.insert(*range);
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, range: &SourceRange) -> Result<()> {
+        self.source_ranges.remove(range);
+        Ok(())
+    }
+
+    fn set_node(&mut self, node: &Node4Config) -> Result<()> {
+        self.node = *node;
+        Ok(())
+    }
+
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
+        if self.failing_flushes > 0 {
+            self.failing_flushes -= 1;
+            return Err(MapError::Read {
+                map: names::CT4,
+                source: std::io::Error::from_raw_os_error(libc::EINTR),
+            });
+        }
         self.flushed.extend(pairs.iter().copied());
         Ok(0)
     }
@@ -128,12 +186,20 @@ impl LbMaps for FakeLbMaps {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
+    fn dump_backends(&self) -> Result<Vec<(BackendId, Lb4Backend)>> {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_aff_match(&self) -> Result<Vec<Lb4AffMatchKey>> {
-        Ok(self.aff_match.iter().copied().collect())
+    fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>> {
+        Ok(self.members.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn dump_source_ranges(&self) -> Result<Vec<SourceRange>> {
+        Ok(self.source_ranges.iter().copied().collect())
+    }
+
+    fn node(&self) -> Result<Node4Config> {
+        Ok(self.node)
     }
 
     fn capacity(&self) -> Capacity {
@@ -144,10 +210,12 @@ impl LbMaps for FakeLbMaps {
 /// Wraps [`FakeLbMaps`], failing chosen writes and checking after every
 /// successful write that no half-written frontend is visible.
 pub struct FaultyLbMaps {
+    /// The maps written through.
     pub inner: FakeLbMaps,
     /// Decides, for the n-th write (0-based), whether it fails.
     fail: Box<dyn FnMut(u64) -> bool + Send>,
     writes: u64,
+    /// Writes made to fail so far.
     pub failures: u64,
     /// The first inconsistency seen after any write, if one was.
     pub violation: Option<Inconsistency>,
@@ -164,6 +232,7 @@ impl std::fmt::Debug for FaultyLbMaps {
 }
 
 impl FaultyLbMaps {
+    /// Wraps `inner`; `fail(n)` says whether the n-th write (0-based) fails.
     pub fn new(inner: FakeLbMaps, fail: impl FnMut(u64) -> bool + Send + 'static) -> Self {
         Self {
             inner,
@@ -200,10 +269,10 @@ impl FaultyLbMaps {
 }
 
 impl LbMaps for FaultyLbMaps {
-    fn update_backend(&mut self, id: u32, b: &Lb4Backend) -> Result<()> {
+    fn update_backend(&mut self, id: BackendId, b: &Lb4Backend) -> Result<()> {
         self.write(names::LB4_BACKENDS, "update", |m| m.update_backend(id, b))
     }
-    fn delete_backend(&mut self, id: u32) -> Result<()> {
+    fn delete_backend(&mut self, id: BackendId) -> Result<()> {
         self.write(names::LB4_BACKENDS, "delete", |m| m.delete_backend(id))
     }
     fn update_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<()> {
@@ -212,13 +281,26 @@ impl LbMaps for FaultyLbMaps {
     fn delete_service(&mut self, k: &Lb4Key) -> Result<()> {
         self.write(names::LB4_SERVICES, "delete", |m| m.delete_service(k))
     }
-    fn update_aff_match(&mut self, k: &Lb4AffMatchKey) -> Result<()> {
-        self.write(names::LB4_AFF_MATCH, "update", |m| m.update_aff_match(k))
+    fn update_member(&mut self, k: &Lb4MemberKey, ranges: u8) -> Result<()> {
+        self.write(names::LB4_MEMBERS, "update", |m| m.update_member(k, ranges))
     }
-    fn delete_aff_match(&mut self, k: &Lb4AffMatchKey) -> Result<()> {
-        self.write(names::LB4_AFF_MATCH, "delete", |m| m.delete_aff_match(k))
+    fn delete_member(&mut self, k: &Lb4MemberKey) -> Result<()> {
+        self.write(names::LB4_MEMBERS, "delete", |m| m.delete_member(k))
     }
-    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<usize> {
+    fn update_source_range(&mut self, r: &SourceRange) -> Result<()> {
+        self.write(names::LB4_SOURCE_RANGES, "update", |m| {
+            m.update_source_range(r)
+        })
+    }
+    fn delete_source_range(&mut self, r: &SourceRange) -> Result<()> {
+        self.write(names::LB4_SOURCE_RANGES, "delete", |m| {
+            m.delete_source_range(r)
+        })
+    }
+    fn set_node(&mut self, n: &Node4Config) -> Result<()> {
+        self.write(names::NODE4, "update", |m| m.set_node(n))
+    }
+    fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
         let mut n = 0;
         self.write(names::CT4, "flush", |m| {
             n = m.flush_udp_flows(pairs)?;
@@ -230,11 +312,17 @@ impl LbMaps for FaultyLbMaps {
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
         self.inner.dump_services()
     }
-    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
+    fn dump_backends(&self) -> Result<Vec<(BackendId, Lb4Backend)>> {
         self.inner.dump_backends()
     }
-    fn dump_aff_match(&self) -> Result<Vec<Lb4AffMatchKey>> {
-        self.inner.dump_aff_match()
+    fn dump_members(&self) -> Result<Vec<(Lb4MemberKey, u8)>> {
+        self.inner.dump_members()
+    }
+    fn dump_source_ranges(&self) -> Result<Vec<SourceRange>> {
+        self.inner.dump_source_ranges()
+    }
+    fn node(&self) -> Result<Node4Config> {
+        self.inner.node()
     }
     fn capacity(&self) -> Capacity {
         self.inner.capacity()

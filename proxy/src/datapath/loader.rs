@@ -5,7 +5,11 @@
 //! ```text
 //! <pin-root>/maps/SY_*              every map; a new process adopts them
 //! <pin-root>/links/cgroup-<hook>    sock_addr links of the node cgroup
-//! <pin-root>/links/tc-ingress-<if>  tcx links of pod-facing interfaces
+//! <pin-root>/links/tc-ingress-<if>, tc-egress-<if>
+//!                                   tcx links of pod-facing interfaces
+//! <pin-root>/links/tc-node-ingress-<if>, tc-node-egress-<if>
+//!                                   tcx links of node-facing interfaces
+//! <pin-root>/pinning/               a link on its way in (make-before-break)
 //! ```
 //!
 //! Pinned links keep the programs attached after the process exits, so
@@ -25,7 +29,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use proxy_common::{map_names, program_names as progs};
+use proxy_common::{config::DatapathConfig, global_names, map_names, program_names as progs};
 
 use tracing::warn;
 
@@ -37,60 +41,104 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switchyard";
 /// `statfs` magic of bpffs (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// Why loading, attaching, pinning or cleaning up failed; each names the
+/// path, program or map concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Another process holds the pin root's lock.
+    #[error(
+        "pin root `{path}` is in use by another switchyard process (a daemon, attach, apply-file or cleanup): one writer at a time"
+    )]
+    PinRootBusy {
+        /// The pin root.
+        path: String,
+    },
+    /// The pin root is not on a bpffs.
     #[error("`{path}` is not on a bpf filesystem; mount one with `mount -t bpf bpf {path}`")]
-    NotBpffs { path: String },
+    NotBpffs {
+        /// The pin root.
+        path: String,
+    },
+    /// A pin directory cannot be made or read.
     #[error("cannot create or read pin directory `{path}`")]
     PinDir {
+        /// The directory.
         path: String,
+        /// What the filesystem said.
         #[source]
         source: io::Error,
     },
+    /// The object could not be loaded (maps created, relocations).
     #[error("failed to load the eBPF object")]
     Load(#[source] aya::EbpfError),
+    /// The object lacks a program this version needs (a build problem).
     #[error("program `{name}` is missing from the eBPF object")]
-    MissingProgram { name: &'static str },
+    MissingProgram {
+        /// The program's name.
+        name: &'static str,
+    },
+    /// The kernel refused a program (the verifier's log is in the source).
     #[error("failed to load program `{name}` into the kernel")]
     LoadProgram {
+        /// The program's name.
         name: &'static str,
+        /// What the kernel said.
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A program could not be attached.
     #[error("failed to attach `{name}` to {target}")]
     Attach {
+        /// The program's name.
         name: &'static str,
+        /// The cgroup or interface hook.
         target: String,
+        /// What the kernel said.
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// The cgroup directory cannot be opened.
     #[error("cannot open cgroup `{path}`")]
     Cgroup {
+        /// The cgroup directory.
         path: String,
+        /// What the filesystem said.
         #[source]
         source: io::Error,
     },
+    /// A link could not be pinned (the old one, if any, stays attached).
     #[error("failed to pin link at `{path}`")]
     PinLink {
+        /// The pin's path.
         path: String,
+        /// What failed.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A pinned map has another layout than this version's.
     #[error(
         "pinned map `{path}` is a {found} map; this version needs {expected}. \
          It was made by an incompatible version: run `switchyard cleanup` (this drops \
          tracked flows) or use another --pin-root"
     )]
     PinnedLayout {
+        /// The map's pin.
         path: String,
+        /// Its type, key and value sizes.
         found: String,
+        /// This version's.
         expected: String,
     },
+    /// A map operation failed.
     #[error(transparent)]
     Maps(#[from] MapError),
 }
 
+/// Result of loader operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The TC programs: pod-facing ingress, node-facing ingress and egress.
+const TC_PROGRAMS: [&str; 3] = [progs::TC_INGRESS, progs::TC_NODE_INGRESS, progs::TC_EGRESS];
 
 /// The sock_addr programs and the hook each attaches to.
 const SOCK_PROGRAMS: [(&str, &str); 4] = [
@@ -104,16 +152,29 @@ const SOCK_PROGRAMS: [(&str, &str); 4] = [
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_root: Option<PathBuf>,
+    config: DatapathConfig,
     /// Links that could not be pinned, kept attached for our lifetime.
-    unpinnable: Vec<Box<dyn std::any::Any>>,
+    unpinnable: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Dataplane {
-    /// Loads the object and its programs. With a `pin_root`, maps already
-    /// pinned there are adopted (their contents and sizes kept) and new ones
-    /// are pinned; without, everything lives as long as this value.
+    /// Loads the object and its programs with the default
+    /// [`DatapathConfig`]. With a `pin_root`, maps already pinned there are
+    /// adopted (their contents and sizes kept) and new ones are pinned;
+    /// without, everything lives as long as this value.
     pub fn load(pin_root: Option<&Path>, sizes: &MapSizes) -> Result<Self> {
+        Self::load_with(pin_root, sizes, &DatapathConfig::DEFAULT)
+    }
+
+    /// [`Self::load`] with conntrack lifetimes and the source-NAT port range
+    /// of `config`, fixed for the programs' lifetime.
+    pub fn load_with(
+        pin_root: Option<&Path>,
+        sizes: &MapSizes,
+        config: &DatapathConfig,
+    ) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        loader.override_global(global_names::CONFIG, config, true);
         for (name, entries) in sizes.max_entries() {
             loader.map_max_entries(name, entries);
         }
@@ -135,13 +196,27 @@ impl Dataplane {
                 .load()
                 .map_err(|source| Error::LoadProgram { name, source })?;
         }
-        let tc = progs::TC_INGRESS;
-        program::<SchedClassifier>(&mut ebpf, tc)?
-            .load()
-            .map_err(|source| Error::LoadProgram { name: tc, source })?;
+        for name in TC_PROGRAMS {
+            program::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::LoadProgram { name, source })?;
+        }
+        // An earlier version's maps, before any of our programs attaches.
+        if let Some(root) = pin_root {
+            let carried = super::migrate::carry_over(&root.join("maps"), config)?;
+            if carried.any() {
+                tracing::info!(
+                    services = carried.services,
+                    members = carried.members,
+                    conntrack = carried.conntrack,
+                    "carried an earlier version's maps over"
+                );
+            }
+        }
         Ok(Self {
             ebpf,
             pin_root: pin_root.map(Path::to_path_buf),
+            config: *config,
             unpinnable: Vec::new(),
         })
     }
@@ -175,24 +250,91 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the TC program to the ingress of `iface` (in the calling
-    /// thread's network namespace), with tcx where the kernel has it.
+    /// Attaches the pod-facing programs to the egress and ingress of
+    /// `iface` (in the calling thread's network namespace), with tcx where
+    /// the kernel has it. Egress first: no flow is translated on the way in
+    /// before its replies can be translated on the way back.
     pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
-        let name = progs::TC_INGRESS;
+        self.attach_tc_program(progs::TC_EGRESS, iface, TcAttachType::Egress, "tc-egress")?;
+        self.attach_tc_program(
+            progs::TC_INGRESS,
+            iface,
+            TcAttachType::Ingress,
+            "tc-ingress",
+        )
+    }
+
+    /// Detaches what [`Self::attach_tc`] (`node: false`) or
+    /// [`Self::attach_node_iface`] (`node: true`) attached to `iface`, by
+    /// removing the pins. An interface that is gone has lost its programs
+    /// already; this removes the pins it left. Missing pins are fine.
+    pub fn detach_iface(&self, iface: &str, node: bool) -> Result<()> {
+        let Some(root) = &self.pin_root else {
+            return Ok(());
+        };
+        let files: &[&str] = if node {
+            &["tc-node-ingress", "tc-node-egress"]
+        } else {
+            &["tc-ingress", "tc-egress"]
+        };
+        for prefix in files {
+            let path = root.join("links").join(format!("{prefix}-{iface}"));
+            match PinnedLink::from_pin(&path) {
+                Ok(link) => drop(link.unpin()),
+                Err(_) => match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(Error::PinDir {
+                            path: path.display().to_string(),
+                            source,
+                        });
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the node-facing programs to the ingress and egress of
+    /// `iface`: an interface the node's NodePort addresses (and its traffic
+    /// with other nodes) use.
+    pub fn attach_node_iface(&mut self, iface: &str) -> Result<()> {
+        self.attach_tc_program(
+            progs::TC_EGRESS,
+            iface,
+            TcAttachType::Egress,
+            "tc-node-egress",
+        )?;
+        self.attach_tc_program(
+            progs::TC_NODE_INGRESS,
+            iface,
+            TcAttachType::Ingress,
+            "tc-node-ingress",
+        )
+    }
+
+    fn attach_tc_program(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        hook: TcAttachType,
+        pin_prefix: &str,
+    ) -> Result<()> {
         let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
         let failed = |source| Error::Attach {
             name,
-            target: format!("ingress of `{iface}`"),
+            target: format!("{hook:?} of `{iface}`"),
             source,
         };
         // Kernels before 6.6 need the clsact qdisc; it may already exist.
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
-        let id = prog.attach(iface, TcAttachType::Ingress).map_err(&failed)?;
+        let id = prog.attach(iface, hook).map_err(&failed)?;
         if self.pin_root.is_some() {
             let link = prog.take_link(id).map_err(&failed)?;
             // tcx links (6.6+) can be pinned; netlink filters before cannot.
             if <&FdLink>::try_from(&link).is_ok() {
-                self.pin(link, &format!("tc-ingress-{iface}"))?;
+                self.pin(link, &format!("{pin_prefix}-{iface}"))?;
             } else {
                 warn!(
                     iface,
@@ -202,6 +344,32 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Removes the pins of maps earlier versions used under other names
+    /// (their layout changed): call once the new programs are attached, so
+    /// nothing references them any more.
+    pub fn remove_obsolete_maps(&self) -> Result<usize> {
+        let Some(root) = &self.pin_root else {
+            return Ok(0);
+        };
+        // Flows the old programs made until ours took over.
+        super::migrate::carry_conntrack(&root.join("maps"), &self.config)?;
+        let mut removed = 0;
+        for name in map_names::OBSOLETE {
+            let path = root.join("maps").join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::PinDir {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Pins `link` as `<pin-root>/links/<file>`, replacing what was pinned
@@ -230,6 +398,20 @@ impl Dataplane {
         }
     }
 
+    /// The drop counters of the per-packet paths.
+    pub fn drop_counters(&mut self) -> Result<super::drops::DropCounters> {
+        let map = match &self.pin_root {
+            Some(root) => super::open_pinned(&root.join("maps"), map_names::STATS4)?,
+            None => self
+                .ebpf
+                .take_map(map_names::STATS4)
+                .ok_or(MapError::Missing {
+                    map: map_names::STATS4,
+                })?,
+        };
+        Ok(super::drops::DropCounters::from_map(map)?)
+    }
+
     /// The loaded object, e.g. to take the conntrack map or run programs.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
@@ -238,7 +420,7 @@ impl Dataplane {
 
 /// Type, key size and value size of every map in this build.
 fn layout(name: &str) -> Option<(MapType, usize, usize)> {
-    use proxy_common::{ct::*, lb::*, sock::*};
+    use proxy_common::{config::*, ct::*, lb::*, sock::*};
     let l = match name {
         n if n == map_names::LB4_SERVICES => {
             (MapType::Hash, size_of::<Lb4Key>(), size_of::<Lb4Service>())
@@ -246,9 +428,22 @@ fn layout(name: &str) -> Option<(MapType, usize, usize)> {
         n if n == map_names::LB4_BACKENDS => {
             (MapType::Hash, size_of::<u32>(), size_of::<Lb4Backend>())
         }
-        n if n == map_names::LB4_AFF_MATCH => {
-            (MapType::Hash, size_of::<Lb4AffMatchKey>(), size_of::<u8>())
+        n if n == map_names::LB4_MEMBERS => {
+            (MapType::Hash, size_of::<Lb4MemberKey>(), size_of::<u8>())
         }
+        // The trie's key is the prefix length (u32) and the data.
+        n if n == map_names::LB4_SOURCE_RANGES => (
+            MapType::LpmTrie,
+            4 + size_of::<Lb4SourceRangeKey>(),
+            size_of::<u8>(),
+        ),
+        n if n == map_names::FRAG4 => (
+            MapType::LruHash,
+            size_of::<Frag4Key>(),
+            size_of::<Frag4Value>(),
+        ),
+        n if n == map_names::NODE4 => (MapType::Array, 4, size_of::<Node4Config>()),
+        n if n == map_names::STATS4 => (MapType::PerCpuArray, 4, size_of::<u64>()),
         n if n == map_names::LB4_AFFINITY => (
             MapType::LruHash,
             size_of::<Lb4AffinityKey>(),
@@ -322,22 +517,43 @@ where
         .ok_or(Error::MissingProgram { name })
 }
 
+/// Pins `link` at `path`, make-before-break: it is pinned under the same
+/// name in [`PINNING_DIR`] first, then renamed over the old pin (bpffs
+/// renames atomically), so the hook always has a program: the old link
+/// detaches only once the new one holds the name. If pinning fails, the old
+/// pin stays, and the new link (dropped) detaches. (bpffs allows no `.` in
+/// names, hence a directory rather than a suffix.)
 fn pin_replacing(link: FdLink, path: &Path) -> Result<()> {
     let dir = path.parent().expect("link paths have a parent");
     ensure_pin_dir(dir)?;
-    let old = PinnedLink::from_pin(path).ok();
-    if let Some(old) = old {
-        // Unpinning drops the last reference: the old program detaches.
-        let _ = old.unpin();
+    let staging = dir
+        .parent()
+        .expect("the links directory has a parent")
+        .join(PINNING_DIR);
+    ensure_pin_dir(&staging)?;
+    let tmp = staging.join(path.file_name().expect("link paths have a file name"));
+    // A pin a crashed predecessor left half-way is ours to replace.
+    if let Ok(stale) = PinnedLink::from_pin(&tmp) {
+        let _ = stale.unpin();
     }
-    link.pin(path).map_err(|e| Error::PinLink {
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
         path: path.display().to_string(),
-        source: Box::new(e),
-    })?;
+        source,
+    };
+    let pinned = link.pin(&tmp).map_err(|e| pin_err(Box::new(e)))?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        // Leave the old pin as it was; the new link goes with `pinned`.
+        let _ = pinned.unpin();
+        return Err(pin_err(Box::new(e)));
+    }
     Ok(())
 }
 
-fn ensure_pin_dir(dir: &Path) -> Result<()> {
+/// Directory under the pin root where a link is pinned on its way in (see
+/// `pin_replacing`).
+pub const PINNING_DIR: &str = "pinning";
+
+pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
     let err = |source| Error::PinDir {
         path: dir.display().to_string(),
         source,
@@ -355,7 +571,9 @@ fn ensure_pin_dir(dir: &Path) -> Result<()> {
 /// What [`cleanup`] removed.
 #[derive(Debug, Default)]
 pub struct Removed {
+    /// Link pins removed (programs detached).
     pub links: usize,
+    /// Map pins removed.
     pub maps: usize,
 }
 
@@ -367,8 +585,10 @@ pub fn cleanup(pin_root: &Path) -> Result<Removed> {
         let path = path.display().to_string();
         move |source| Error::PinDir { path, source }
     };
-    let links = pin_root.join("links");
-    if links.is_dir() {
+    for links in [pin_root.join("links"), pin_root.join(PINNING_DIR)] {
+        if !links.is_dir() {
+            continue;
+        }
         for entry in fs::read_dir(&links).map_err(dir_err(&links))? {
             let path = entry.map_err(dir_err(&links))?.path();
             match PinnedLink::from_pin(&path) {

@@ -16,6 +16,7 @@ use crate::{
 /// A table that fits, and what had to give.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fitted {
+    /// What to program.
     pub table: DesiredTable,
     /// Frontends not programmed at all.
     pub left_out: Vec<String>,
@@ -24,11 +25,16 @@ pub struct Fitted {
     pub kept_previous: Vec<String>,
 }
 
-/// Entries one frontend needs: (service entries, affinity-match entries,
-/// backends).
-fn needs(spec: &FrontendSpec) -> (usize, usize, usize) {
-    let slots = spec.backends.len();
-    (1 + slots, slots, slots)
+/// Entries one frontend needs: (service entries, memberships, backends,
+/// source ranges).
+fn needs(spec: &FrontendSpec) -> [usize; 4] {
+    let members = spec.all_backends().count();
+    [
+        1 + spec.slot_count(),
+        members,
+        members,
+        spec.source_ranges.len(),
+    ]
 }
 
 /// Frontends already programmed (`previous` knows their current spec) go
@@ -44,24 +50,26 @@ pub fn fit_to_capacity(
         .frontends
         .values()
         .map(needs)
-        .fold((0, 0, 0), |a, n| (a.0.max(n.0), a.1.max(n.1), a.2.max(n.2)));
-    let room = (
-        (capacity.services as usize).saturating_sub(reserve.0),
-        (capacity.aff_match as usize).saturating_sub(reserve.1),
-        (capacity.backends as usize).saturating_sub(reserve.2),
-    );
+        .fold([0; 4], |a, n| std::array::from_fn(|i| a[i].max(n[i])));
+    let room = [
+        (capacity.services as usize).saturating_sub(reserve[0]),
+        (capacity.members as usize).saturating_sub(reserve[1]),
+        (capacity.backends as usize).saturating_sub(reserve[2]),
+        (capacity.source_ranges as usize).saturating_sub(reserve[3]),
+    ];
     // The usual case, every sync: the whole table fits, and no frontend's
     // programmed state needs looking up.
-    let slots = desired.slot_count();
-    if desired.frontends.len() + slots <= room.0
-        && slots <= room.1
-        && desired.backend_count() <= room.2
+    if desired.frontends.len() + desired.slot_count() <= room[0]
+        && desired.member_count() <= room[1]
+        && desired.backend_count() <= room[2]
+        && desired.source_range_count() <= room[3]
     {
         return Fitted {
             table: desired,
             ..Fitted::default()
         };
     }
+    let node = desired.node;
     let (programmed, new): (Vec<_>, Vec<_>) = desired
         .frontends
         .into_iter()
@@ -71,19 +79,24 @@ pub fn fit_to_capacity(
         })
         .partition(|(_, _, prev)| prev.is_some());
     let mut fitted = Fitted::default();
-    let (mut services, mut aff_match) = (0usize, 0usize);
+    fitted.table.node = node;
+    let (mut services, mut members, mut ranges) = (0usize, 0usize, 0usize);
     let mut backends = BTreeSet::new();
     let mut fits = |spec: &FrontendSpec| {
-        let (s, a, _) = needs(spec);
+        let [s, m, _, r] = needs(spec);
         let added = spec
-            .backends
-            .iter()
+            .all_backends()
             .filter(|b| !backends.contains(*b))
             .count();
-        if services + s <= room.0 && aff_match + a <= room.1 && backends.len() + added <= room.2 {
+        if services + s <= room[0]
+            && members + m <= room[1]
+            && backends.len() + added <= room[2]
+            && ranges + r <= room[3]
+        {
             services += s;
-            aff_match += a;
-            backends.extend(spec.backends.iter().copied());
+            members += m;
+            ranges += r;
+            backends.extend(spec.all_backends().copied());
             true
         } else {
             false

@@ -1,14 +1,24 @@
 //! The pure core of the daemon: from the watched Services and EndpointSlices
 //! to the [`DesiredTable`], with kube-proxy's semantics
-//! (../shared/reference/kube-proxy-reference.md §1):
+//! (kube-proxy's `pkg/proxy` service port and endpoint handling):
 //!
 //! - every port of a Service is a frontend `clusterIP:port/protocol`, named
 //!   `namespace/name:portname` (`namespace/name` when the port is unnamed);
+//!   a NodePort or LoadBalancer Service's port is also a frontend on each of
+//!   the node's NodePort addresses at its `nodePort`, and every Service's
+//!   port one on each `externalIPs` entry and (LoadBalancer) each
+//!   `status.loadBalancer.ingress[].ip` not in `ipMode: Proxy`;
 //! - its backends are the endpoints of the Service's slices whose port has
 //!   the same name and protocol: that port number is the (resolved) target
 //!   port, so named `targetPort`s need nothing more;
 //! - ready endpoints; when none is ready, the serving and terminating ones;
-//!   with `internalTrafficPolicy: Local`, the same choice among this node's;
+//!   with `internalTrafficPolicy: Local` (ClusterIP frontends), the same
+//!   choice among this node's, dropping (not rejecting) when that leaves
+//!   none while others exist; with `externalTrafficPolicy: Local` (external
+//!   frontends), traffic from outside the node gets this node's endpoints
+//!   and pods keep the cluster's (kube-proxy's short-circuit);
+//! - `loadBalancerSourceRanges` restrict LoadBalancer IPs only, never
+//!   NodePorts (kube-proxy's rule);
 //! - endpoints listed by several slices are merged (ready wins);
 //! - headless, ExternalName and `service-proxy-name`-labelled Services are
 //!   not ours; IPv6 addresses wait for the IPv6 dataplane;
@@ -26,7 +36,7 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::model::{
-    BackendAddr, DEFAULT_AFFINITY_TIMEOUT_S, DesiredTable, FrontendKey, FrontendSpec,
+    BackendAddr, DEFAULT_AFFINITY_TIMEOUT_S, FrontendKey, FrontendKind, FrontendSpec, Ipv4Cidr,
     MAX_AFFINITY_TIMEOUT_S, Protocol,
 };
 use crate::table_file::MAX_BACKENDS_PER_FRONTEND;
@@ -35,6 +45,7 @@ mod fit;
 #[cfg(test)]
 mod tests;
 
+pub use crate::model::DesiredTable;
 pub use fit::{Fitted, fit_to_capacity};
 
 /// Label linking an EndpointSlice to its Service.
@@ -53,11 +64,14 @@ pub const SLICE_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes
 /// Which kind of object was skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// A `v1` Service.
     Service,
+    /// A `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlice,
 }
 
 impl Kind {
+    /// The kind's name, as in `kind:` (and the metrics' `kind` label).
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Service => "Service",
@@ -69,6 +83,7 @@ impl Kind {
 /// An object left out of the table, and why.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Skipped {
+    /// What was skipped.
     pub kind: Kind,
     /// `namespace/name`.
     pub object: String,
@@ -88,17 +103,37 @@ pub struct NodeContext {
     /// This node's name (`--hostname-override`); endpoints whose `nodeName`
     /// equals it are local.
     pub name: Option<String>,
+    /// Addresses NodePorts are served on (see `nodeport_addresses`).
+    pub nodeport_addresses: Vec<Ipv4Addr>,
+    /// The address source NAT uses; `None`: none is done.
+    pub address: Option<Ipv4Addr>,
+}
+
+/// A Service whose `healthCheckNodePort` this node must answer
+/// (`type: LoadBalancer`, `externalTrafficPolicy: Local`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// Distinct ready endpoint addresses of the Service on this node
+    /// (terminating ones do not count, as in kube-proxy).
+    pub local_endpoints: usize,
 }
 
 /// The result of one computation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
+    /// What the maps must hold.
     pub table: DesiredTable,
     /// Invalid objects, in kind and name order.
     pub skipped: Vec<Skipped>,
-    /// Frontends with `internalTrafficPolicy: Local` that have endpoints, but
-    /// none on this node (kube-proxy's `no_local_endpoints` metric).
-    pub no_local_endpoints: usize,
+    /// Frontends with a Local traffic policy (internal, external) that have
+    /// endpoints, but none on this node (kube-proxy's `no_local_endpoints`).
+    pub no_local_endpoints: (usize, usize),
+    /// Health-check servers to run, by `healthCheckNodePort`.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
 }
 
 /// Computes the desired table from snapshots of the stores.
@@ -108,6 +143,7 @@ pub fn compute(
     node: &NodeContext,
 ) -> Outcome {
     let mut out = Outcome::default();
+    out.table.node.address = node.address;
     let endpoints = index_slices(slices, &mut out.skipped);
     let mut services: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
     services.sort_by_key(|s| object_name(&s.metadata));
@@ -126,7 +162,7 @@ pub fn compute(
             }
         };
         let eps = endpoints.get(&name);
-        add_service(&mut out, &name, &ports, eps, node);
+        add_service(&mut out, svc, &name, &ports, eps, node);
     }
     out.skipped.sort();
     out
@@ -273,9 +309,23 @@ fn parse_slice(slice: &EndpointSlice) -> Result<Vec<(PortKey, Vec<EndpointSource
 /// What the table needs of a Service.
 struct ServiceView {
     cluster_ip: Ipv4Addr,
-    ports: Vec<(String, u16, Protocol)>,
+    ports: Vec<PortView>,
     affinity_timeout_s: Option<u32>,
     internal_local: bool,
+    external_local: bool,
+    /// `spec.externalIPs`, then the LoadBalancer ingress IPs.
+    external: Vec<(Ipv4Addr, FrontendKind)>,
+    source_ranges: Vec<Ipv4Cidr>,
+    health_check_node_port: Option<u16>,
+}
+
+/// One `spec.ports[]` entry.
+struct PortView {
+    name: String,
+    port: u16,
+    proto: Protocol,
+    /// Only for `type: NodePort` and `LoadBalancer`.
+    node_port: Option<u16>,
 }
 
 impl ServiceView {
@@ -290,7 +340,8 @@ impl ServiceView {
         let Some(spec) = &svc.spec else {
             return Ok(None);
         };
-        if spec.type_.as_deref() == Some("ExternalName") {
+        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if type_ == "ExternalName" {
             return Ok(None);
         }
         let ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
@@ -312,12 +363,25 @@ impl ServiceView {
         let Some(cluster_ip) = cluster_ip else {
             return Ok(None); // no ClusterIP, or IPv6 only
         };
+        let has_node_ports = matches!(type_, "NodePort" | "LoadBalancer");
         let mut ports = Vec::new();
         for (i, p) in spec.ports.iter().flatten().enumerate() {
             let proto = parse_protocol(p.protocol.as_deref())
                 .map_err(|e| format!("spec.ports[{i}].protocol: {e}"))?;
             let port = parse_port(p.port).map_err(|e| format!("spec.ports[{i}].port: {e}"))?;
-            ports.push((p.name.clone().unwrap_or_default(), port, proto));
+            let node_port = match p.node_port.filter(|_| has_node_ports) {
+                // Unset or 0: none allocated (allocateLoadBalancerNodePorts: false).
+                None | Some(0) => None,
+                Some(n) => {
+                    Some(parse_port(n).map_err(|e| format!("spec.ports[{i}].nodePort: {e}"))?)
+                }
+            };
+            ports.push(PortView {
+                name: p.name.clone().unwrap_or_default(),
+                port,
+                proto,
+                node_port,
+            });
         }
         let affinity_timeout_s = match spec.session_affinity.as_deref() {
             None | Some("None") => None,
@@ -343,85 +407,228 @@ impl ServiceView {
                 ));
             }
         };
+        let mut external = Vec::new();
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => external.push((v4, FrontendKind::ExternalIp)),
+                Ok(IpAddr::V6(_)) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "spec.externalIPs[{i}]: `{ip}` is not an IP address"
+                    ));
+                }
+            }
+        }
+        let is_lb = type_ == "LoadBalancer";
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .filter(|_| is_lb);
+        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+            // kube-proxy programs only VIP-mode addresses.
+            if ing.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+                continue; // a hostname-only ingress
+            };
+            match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => external.push((v4, FrontendKind::LoadBalancer)),
+                Ok(IpAddr::V6(_)) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "status.loadBalancer.ingress[{i}].ip: `{ip}` is not an IP address"
+                    ));
+                }
+            }
+        }
+        let mut source_ranges = Vec::new();
+        for (i, r) in spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+        {
+            // Upstream accepts surrounding spaces; IPv6 ranges are the IPv6 dataplane's.
+            let r = r.trim();
+            if r.contains(':') {
+                continue;
+            }
+            source_ranges.push(
+                r.parse::<Ipv4Cidr>()
+                    .map_err(|e| format!("spec.loadBalancerSourceRanges[{i}]: {e}"))?,
+            );
+        }
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let health_check_node_port = match spec.health_check_node_port {
+            Some(p) if is_lb && external_local && p != 0 => {
+                Some(parse_port(p).map_err(|e| format!("spec.healthCheckNodePort: {e}"))?)
+            }
+            _ => None,
+        };
         Ok(Some(Self {
             cluster_ip,
             ports,
             affinity_timeout_s,
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local,
+            external,
+            source_ranges,
+            health_check_node_port,
         }))
     }
 }
 
 fn add_service(
     out: &mut Outcome,
+    svc_obj: &Service,
     name: &str,
     svc: &ServiceView,
     endpoints: Option<&BTreeMap<PortKey, Vec<EndpointSource>>>,
     node: &NodeContext,
 ) {
-    for (port_name, port, proto) in &svc.ports {
-        let key = FrontendKey {
-            addr: svc.cluster_ip,
-            port: *port,
-            proto: *proto,
-        };
-        let frontend_name = if port_name.is_empty() {
+    let mut local_ready: std::collections::BTreeSet<Ipv4Addr> = Default::default();
+    for p in &svc.ports {
+        let frontend_name = if p.name.is_empty() {
             name.to_owned()
         } else {
-            format!("{name}:{port_name}")
+            format!("{name}:{}", p.name)
         };
         let candidates = endpoints
             .and_then(|e| {
                 e.get(&PortKey {
-                    name: port_name.clone(),
-                    proto: *proto,
+                    name: p.name.clone(),
+                    proto: p.proto,
                 })
             })
             .map(|srcs| merge(srcs, node))
             .unwrap_or_default();
-        let chosen = select(&candidates, svc.internal_local);
-        if svc.internal_local
-            && chosen.is_empty()
-            && candidates.iter().any(|e| e.ready || e.serving)
-        {
-            out.no_local_endpoints += 1;
+        for e in candidates.iter().filter(|e| e.local) {
+            out.table.node.local_endpoints.insert(e.addr);
+            if e.ready {
+                local_ready.insert(e.addr);
+            }
         }
-        let mut backends: Vec<BackendAddr> = chosen
+        let usable_anywhere = candidates
             .iter()
-            .map(|e| BackendAddr {
-                addr: e.addr,
-                port: e.port,
-                proto: *proto,
-            })
-            .collect();
-        // kube-proxy's order ("IP:port" strings), so slot numbers match the
-        // order its rules would use.
-        backends.sort_by_cached_key(|b| format!("{}:{}", b.addr, b.port));
-        if backends.len() > MAX_BACKENDS_PER_FRONTEND {
+            .any(|e| e.ready || (e.serving && e.terminating));
+        let to_backends = |eps: Vec<Endpoint>| -> Vec<BackendAddr> {
+            let mut b: Vec<BackendAddr> = eps
+                .iter()
+                .map(|e| BackendAddr {
+                    addr: e.addr,
+                    port: e.port,
+                    proto: p.proto,
+                })
+                .collect();
+            // kube-proxy's order ("IP:port" strings), so slot numbers match
+            // the order its rules would use.
+            b.sort_by_cached_key(|b| format!("{}:{}", b.addr, b.port));
+            b
+        };
+        let cluster = to_backends(select(&candidates, false));
+        let local = to_backends(select(&candidates, true));
+        if cluster.len() + local.len() > MAX_BACKENDS_PER_FRONTEND {
             out.skipped.push(Skipped {
                 kind: Kind::Service,
                 object: name.to_owned(),
                 reason: format!(
                     "port {frontend_name}: {} endpoints, at most {MAX_BACKENDS_PER_FRONTEND} per port are supported",
-                    backends.len()
+                    cluster.len()
                 ),
             });
             continue;
         }
-        match out.table.frontends.entry(key) {
-            Entry::Vacant(v) => {
-                v.insert(FrontendSpec {
-                    name: frontend_name,
-                    backends,
-                    affinity_timeout_s: svc.affinity_timeout_s,
-                });
-            }
-            Entry::Occupied(o) => out.skipped.push(Skipped {
-                kind: Kind::Service,
-                object: name.to_owned(),
-                reason: format!("frontend {key} already belongs to {}", o.get().name),
-            }),
+        // The ClusterIP: internalTrafficPolicy decides.
+        let internal = if svc.internal_local {
+            local.clone()
+        } else {
+            cluster.clone()
+        };
+        let internal_starved = svc.internal_local && internal.is_empty() && usable_anywhere;
+        if internal_starved {
+            out.no_local_endpoints.0 += 1;
         }
+        let mut frontends = vec![(
+            svc.cluster_ip,
+            p.port,
+            FrontendSpec {
+                name: frontend_name.clone(),
+                kind: FrontendKind::ClusterIp,
+                backends: internal,
+                local_backends: None,
+                affinity_timeout_s: svc.affinity_timeout_s,
+                drop_when_empty: internal_starved,
+                source_ranges: Vec::new(),
+            },
+        )];
+        // External addresses: pods and the node use the cluster's endpoints;
+        // externalTrafficPolicy decides for traffic from outside.
+        let external_spec = |kind: FrontendKind| FrontendSpec {
+            name: frontend_name.clone(),
+            kind,
+            backends: cluster.clone(),
+            local_backends: svc.external_local.then(|| local.clone()),
+            affinity_timeout_s: svc.affinity_timeout_s,
+            drop_when_empty: false,
+            source_ranges: if kind == FrontendKind::LoadBalancer {
+                svc.source_ranges.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        let mut external_count = 0;
+        if let Some(np) = p.node_port {
+            for addr in &node.nodeport_addresses {
+                frontends.push((*addr, np, external_spec(FrontendKind::NodePort)));
+                external_count += 1;
+            }
+        }
+        for (addr, kind) in &svc.external {
+            frontends.push((*addr, p.port, external_spec(*kind)));
+            external_count += 1;
+        }
+        if svc.external_local && external_count > 0 && local.is_empty() && usable_anywhere {
+            out.no_local_endpoints.1 += 1;
+        }
+        for (addr, port, spec) in frontends {
+            let key = FrontendKey {
+                addr,
+                port,
+                proto: p.proto,
+            };
+            match out.table.frontends.entry(key) {
+                Entry::Vacant(v) => {
+                    v.insert(spec);
+                }
+                Entry::Occupied(o) => out.skipped.push(Skipped {
+                    kind: Kind::Service,
+                    object: name.to_owned(),
+                    reason: format!(
+                        "{} frontend {key} already belongs to {} ({})",
+                        spec.kind,
+                        o.get().name,
+                        o.get().kind
+                    ),
+                }),
+            }
+        }
+    }
+    if let Some(port) = svc.health_check_node_port {
+        out.health_checks.insert(
+            port,
+            HealthCheck {
+                namespace: svc_obj
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                name: svc_obj.metadata.name.clone().unwrap_or_default(),
+                local_endpoints: local_ready.len(),
+            },
+        );
     }
 }
 

@@ -31,6 +31,7 @@ fn compute_file(file: &str, node: Option<&str>) -> Outcome {
         &slices,
         &NodeContext {
             name: node.map(str::to_owned),
+            ..NodeContext::default()
         },
     )
 }
@@ -47,8 +48,25 @@ fn lines(out: &Outcome) -> Vec<String> {
                 .map(|b| format!("{}:{}", b.addr, b.port))
                 .collect();
             let mut line = format!("{k} {} [{}]", f.name, backends.join(" "));
+            if f.kind != crate::model::FrontendKind::ClusterIp {
+                line.push_str(&format!(" {}", f.kind));
+            }
+            if let Some(local) = &f.local_backends {
+                let local: Vec<String> = local
+                    .iter()
+                    .map(|b| format!("{}:{}", b.addr, b.port))
+                    .collect();
+                line.push_str(&format!(" local=[{}]", local.join(" ")));
+            }
             if let Some(t) = f.affinity_timeout_s {
                 line.push_str(&format!(" affinity={t}s"));
+            }
+            if !f.source_ranges.is_empty() {
+                let r: Vec<String> = f.source_ranges.iter().map(ToString::to_string).collect();
+                line.push_str(&format!(" sources={}", r.join(",")));
+            }
+            if f.drop_when_empty {
+                line.push_str(" drop");
             }
             line
         })
@@ -88,10 +106,10 @@ fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
         [
             "10.96.1.1:514/UDP obs/logs [10.244.1.41:5514]",
             "10.96.1.2:80/TCP obs/metrics [10.244.1.42:8080]",
-            "10.96.1.3:80/TCP obs/audit []",
+            "10.96.1.3:80/TCP obs/audit [] drop",
         ]
     );
-    assert_eq!(out.no_local_endpoints, 1);
+    assert_eq!(out.no_local_endpoints, (1, 0));
     // On node-b, each Service has a ready local endpoint.
     let out = compute_file("internal-local.yaml", Some("node-b"));
     assert_eq!(
@@ -102,7 +120,7 @@ fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
             "10.96.1.3:80/TCP obs/audit [10.244.2.43:8080]",
         ]
     );
-    assert_eq!(out.no_local_endpoints, 0);
+    assert_eq!(out.no_local_endpoints, (0, 0));
 }
 
 #[test]
@@ -162,7 +180,9 @@ fn a_frontend_claimed_twice_goes_to_the_first_service_by_name() {
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
-        ["Service default/zz-clash: frontend 10.96.0.20:443/TCP already belongs to default/api"]
+        [
+            "Service default/zz-clash: ClusterIP frontend 10.96.0.20:443/TCP already belongs to default/api (ClusterIP)"
+        ]
     );
 }
 
@@ -180,7 +200,8 @@ fn the_table_is_fitted_whole_with_headroom_and_programmed_frontends_first() {
     let cap = Capacity {
         services: 10,
         backends: 100,
-        aff_match: 100,
+        members: 100,
+        source_ranges: 100,
     };
     let fitted = fit_to_capacity(out.table.clone(), cap, programmed);
     assert_eq!(fitted.left_out, ["shop/web:http"]);
@@ -253,7 +274,7 @@ fn a_port_with_more_endpoints_than_slots_skips_the_service() {
         .collect();
     let out = compute(
         &services,
-        &[slices[0].clone(), Arc::new(big)],
+        &[Arc::clone(&slices[0]), Arc::new(big)],
         &NodeContext::default(),
     );
     assert_eq!(
@@ -268,5 +289,104 @@ fn a_port_with_more_endpoints_than_slots_skips_the_service() {
         [
             "Service default/cache: port default/cache: 65536 endpoints, at most 65535 per port are supported"
         ]
+    );
+}
+
+#[test]
+fn north_south_frontends_with_both_traffic_policies() {
+    let (services, slices) = load("external.yaml");
+    let node = NodeContext {
+        name: Some("node-a".into()),
+        nodeport_addresses: vec![
+            "192.168.0.11".parse().unwrap(),
+            "10.0.0.11".parse().unwrap(),
+        ],
+        address: Some("192.168.0.11".parse().unwrap()),
+    };
+    let out = compute(&services, &slices, &node);
+    assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+    assert_eq!(
+        lines(&out),
+        [
+            "10.0.0.11:30080/TCP shop/web:http [10.244.1.21:8080 10.244.2.21:8080] NodePort",
+            "10.0.0.11:30081/UDP shop/web:dns [10.244.1.21:8080 10.244.2.21:8080] NodePort",
+            "10.0.0.11:30443/TCP shop/edge [10.244.2.31:8443 10.244.2.32:8443] NodePort local=[10.244.1.31:8443] affinity=10800s",
+            "10.96.2.1:80/TCP shop/web:http [10.244.1.21:8080 10.244.2.21:8080]",
+            "10.96.2.1:80/UDP shop/web:dns [10.244.1.21:8080 10.244.2.21:8080]",
+            "10.96.2.2:443/TCP shop/edge [10.244.2.31:8443 10.244.2.32:8443] affinity=10800s",
+            "10.96.2.3:8000/TCP shop/legacy [10.244.2.41:8000]",
+            "10.96.2.4:5432/TCP shop/internal-lb [10.244.1.51:5432 10.244.1.52:5432]",
+            "192.168.0.11:30080/TCP shop/web:http [10.244.1.21:8080 10.244.2.21:8080] NodePort",
+            "192.168.0.11:30081/UDP shop/web:dns [10.244.1.21:8080 10.244.2.21:8080] NodePort",
+            "192.168.0.11:30443/TCP shop/edge [10.244.2.31:8443 10.244.2.32:8443] NodePort local=[10.244.1.31:8443] affinity=10800s",
+            "203.0.113.10:443/TCP shop/edge [10.244.2.31:8443 10.244.2.32:8443] LoadBalancer local=[10.244.1.31:8443] affinity=10800s sources=192.0.2.0/24,198.51.100.7/32",
+            "203.0.113.20:5432/TCP shop/internal-lb [10.244.1.51:5432 10.244.1.52:5432] LoadBalancer local=[10.244.1.51:5432 10.244.1.52:5432]",
+            "203.0.113.250:8000/TCP shop/legacy [10.244.2.41:8000] ExternalIP",
+        ]
+    );
+    // Health checks: the terminating endpoint does not count.
+    let hc: Vec<(u16, &str, usize)> = out
+        .health_checks
+        .iter()
+        .map(|(p, h)| (*p, h.name.as_str(), h.local_endpoints))
+        .collect();
+    assert_eq!(hc, [(32000, "edge", 0), (32001, "internal-lb", 2)]);
+    assert_eq!(out.table.node.address, node.address);
+    let local: Vec<String> = out
+        .table
+        .node
+        .local_endpoints
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        local,
+        ["10.244.1.21", "10.244.1.31", "10.244.1.51", "10.244.1.52"]
+    );
+    // From node-b, `edge` has ready local endpoints; `internal-lb` none,
+    // counted as an external policy without local endpoints.
+    let out = compute(
+        &services,
+        &slices,
+        &NodeContext {
+            name: Some("node-b".into()),
+            ..node
+        },
+    );
+    let edge_lb = out.table.frontends[&FrontendKey {
+        addr: "203.0.113.10".parse().unwrap(),
+        port: 443,
+        proto: crate::model::Protocol::Tcp,
+    }]
+        .clone();
+    assert_eq!(edge_lb.local_backends.unwrap().len(), 2);
+    assert_eq!(out.health_checks[&32000].local_endpoints, 2);
+    assert_eq!(out.health_checks[&32001].local_endpoints, 0);
+    assert_eq!(out.no_local_endpoints, (0, 1));
+}
+
+#[test]
+fn invalid_north_south_fields_skip_the_service_by_name() {
+    let (mut services, slices) = load("external.yaml");
+    let mut bad = (*services[1]).clone();
+    bad.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["10.0.0.0/40".into()]);
+    services[1] = Arc::new(bad);
+    let mut bad = (*services[2]).clone();
+    bad.spec.as_mut().unwrap().external_ips = Some(vec!["not-an-ip".into()]);
+    services[2] = Arc::new(bad);
+    let out = compute(&services, &slices, &NodeContext::default());
+    let skipped: Vec<String> = out.skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        skipped,
+        [
+            "Service shop/edge: spec.loadBalancerSourceRanges[0]: `10.0.0.0/40` is not an IPv4 CIDR (ADDRESS/0..32)",
+            "Service shop/legacy: spec.externalIPs[0]: `not-an-ip` is not an IP address",
+        ]
+    );
+    assert!(
+        out.table
+            .frontends
+            .values()
+            .all(|f| f.name.starts_with("shop/web") || f.name == "shop/internal-lb")
     );
 }

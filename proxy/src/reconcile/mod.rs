@@ -1,22 +1,31 @@
 //! Makes the maps hold a [`DesiredTable`], through [`LbMaps`].
 //!
 //! Invariant, kept after every single write: a frontend visible to the eBPF
-//! programs (its master entry exists) is complete — slots `1..=count` exist,
-//! name written backends and carry affinity-match entries. So writes go
-//! backends → affinity-match → slots → master; a shrink lowers the master's
-//! count before stale slots go; removals come last. Every step compares
+//! programs (its master entry exists) is complete — its slots exist, name
+//! written backends that carry membership entries, and its source ranges are
+//! in place. So writes go backends → memberships → slots → source ranges →
+//! master; a shrink lowers the master's counts before stale slots go;
+//! removals come last. Every step compares
 //! against `observed` (the map contents as last read or written) and is
 //! skipped when already done, so a failed pass is simply run again.
 use std::collections::{BTreeMap, BTreeSet};
 
-use proxy_common::lb::{
-    Lb4AffMatchKey, Lb4Backend, Lb4Key, Lb4Service, MASTER_SLOT, SVC_FLAG_AFFINITY,
+use proxy_common::{
+    config::Node4Config,
+    lb::{
+        Lb4Backend, Lb4Key, Lb4MemberKey, Lb4Service, MASTER_SLOT, MEMBER_CLUSTER, MEMBER_LOCAL,
+        SLOT_SCOPE_CLUSTER, SLOT_SCOPE_LOCAL, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY,
+        SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES,
+    },
 };
 use tracing::{debug, warn};
 
 use crate::{
-    datapath::{LbMaps, MapError},
-    model::{BackendAddr, DesiredTable, FrontendKey, FrontendSpec},
+    datapath::{LbMaps, MapError, SourceRange},
+    model::{
+        BackendAddr, BackendId, DesiredTable, FrontendId, FrontendKey, FrontendKind, FrontendSpec,
+        Ipv4Cidr, addr_be,
+    },
 };
 
 mod ids;
@@ -25,58 +34,114 @@ mod tests;
 
 use ids::Ids;
 
+/// Why a pass did not (fully) apply.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The maps could not be read.
     #[error("cannot read the current maps")]
     Restore(#[source] MapError),
+    /// The table does not fit; nothing was written.
     #[error(
         "the table needs {needed} `{map}` entries but the map holds {capacity}; nothing was applied"
     )]
     Capacity {
+        /// The map that is too small.
         map: &'static str,
+        /// Entries the table needs.
         needed: usize,
+        /// Entries the map holds.
         capacity: u32,
     },
+    /// A frontend has more backends than its slots can number; nothing was
+    /// applied.
+    #[error(
+        "frontend {frontend} has {slots} backend slots, at most {max} are possible; nothing was applied"
+    )]
+    TooManyBackends {
+        /// The frontend's name.
+        frontend: String,
+        /// Slots it needs (both ranges).
+        slots: usize,
+        /// [`crate::model::MAX_SLOTS_PER_FRONTEND`].
+        max: usize,
+    },
+    /// Some frontends failed; each keeps its previous, consistent state.
     #[error("{} frontend(s) could not be fully written; first: {}: {}", .failed.len(), .failed[0].0, .failed[0].1)]
-    Incomplete { failed: Vec<(String, MapError)> },
+    Incomplete {
+        /// What failed (a frontend's name, or another part), and why.
+        failed: Vec<(String, MapError)>,
+    },
 }
 
+/// Result of reconciler operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What one pass changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// Map entries written.
     pub writes: usize,
+    /// Map entries deleted.
     pub deletes: usize,
     /// Conntrack entries of UDP flows whose backend left their frontend.
     pub flushed_flows: usize,
 }
 
+/// Memberships removed from the maps whose traffic is still to be cleaned
+/// up (see [`Reconciler::defer_conntrack_flush`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Departures {
+    /// (frontend, backend) memberships whose UDP conntrack entries are to
+    /// be flushed (kube-proxy's conntrack cleanup).
+    pub memberships: BTreeSet<(FrontendId, BackendId)>,
+    /// The UDP backends among them, by address: sockets connected to such a
+    /// backend through the socket path must be told (the daemon closes them).
+    pub udp_backends: BTreeSet<(FrontendId, BackendAddr)>,
+}
+
+impl Departures {
+    /// Nothing departed.
+    pub fn is_empty(&self) -> bool {
+        self.memberships.is_empty() && self.udp_backends.is_empty()
+    }
+}
+
 /// Entries held by the maps the reconciler writes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EntryCounts {
+    /// Frontend master entries and slots.
     pub services: usize,
+    /// Backends.
     pub backends: usize,
-    pub aff_match: usize,
+    /// Memberships.
+    pub members: usize,
+    /// Source ranges.
+    pub source_ranges: usize,
 }
 
 /// The map contents as this process last read or wrote them.
 #[derive(Debug, Default)]
 struct Observed {
     services: BTreeMap<Lb4Key, Lb4Service>,
-    backends: BTreeMap<u32, Lb4Backend>,
-    /// Affinity-match entries as `(rev_nat_id, backend_id)`: ordered by
-    /// frontend, so one frontend's members are a range.
-    aff_match: BTreeSet<(u32, u32)>,
+    backends: BTreeMap<BackendId, Lb4Backend>,
+    /// Memberships → `MEMBER_*` bits: ordered by frontend, so one
+    /// frontend's members are a range.
+    members: BTreeMap<(FrontendId, BackendId), u8>,
+    /// Source ranges as `(frontend_id, cidr)`, ordered the same way.
+    source_ranges: BTreeSet<SourceRange>,
+    node: Node4Config,
 }
 
+/// Keeps the maps equal to a [`DesiredTable`] (see the module docs).
 pub struct Reconciler<M> {
     maps: M,
     ids: Ids,
     observed: Observed,
-    /// (frontend, backend) memberships removed whose UDP flows are not yet
-    /// flushed; kept across passes so a failed flush is retried.
-    departed: BTreeSet<(u32, u32)>,
+    /// Memberships removed whose traffic is not yet cleaned up; kept across
+    /// passes (a failed pass, a failed flush) until flushed or taken.
+    departed: Departures,
+    /// Whether `apply` leaves the UDP conntrack flush to its caller.
+    defer_flush: bool,
 }
 
 impl<M: LbMaps> Reconciler<M> {
@@ -87,11 +152,33 @@ impl<M: LbMaps> Reconciler<M> {
         let mut r = Self {
             maps,
             ids: Ids::default(),
-            departed: BTreeSet::new(),
+            departed: Departures::default(),
+            defer_flush: false,
             observed: Observed::default(),
         };
         r.refresh()?;
         Ok(r)
+    }
+
+    /// Leaves the cleanup of departed memberships to the caller, who takes
+    /// them with [`Self::take_departed`] after each pass (whatever its
+    /// outcome) instead of `apply` scanning conntrack itself. The daemon
+    /// flushes on another thread, so a change's way to the maps never waits
+    /// for a scan of up to a million entries, and closes the sockets
+    /// connected to departed UDP backends.
+    pub fn defer_conntrack_flush(mut self) -> Self {
+        self.defer_flush = true;
+        self
+    }
+
+    /// The memberships removed since the last call, passes that failed
+    /// included (with [`Self::defer_conntrack_flush`]; empty otherwise).
+    pub fn take_departed(&mut self) -> Departures {
+        if self.defer_flush {
+            std::mem::take(&mut self.departed)
+        } else {
+            Departures::default()
+        }
     }
 
     /// Re-reads the maps, forgetting what this process believed they hold:
@@ -108,17 +195,25 @@ impl<M: LbMaps> Reconciler<M> {
             .map_err(Error::Restore)?
             .into_iter()
             .collect();
-        let aff_match = maps
-            .dump_aff_match()
+        let members = maps
+            .dump_members()
             .map_err(Error::Restore)?
             .into_iter()
-            .map(|m| (m.rev_nat_id, m.backend_id))
+            .map(|(m, bits)| ((FrontendId(m.frontend_id), BackendId(m.backend_id)), bits))
             .collect();
+        let source_ranges = maps
+            .dump_source_ranges()
+            .map_err(Error::Restore)?
+            .into_iter()
+            .collect();
+        let node = maps.node().map_err(Error::Restore)?;
         self.ids = Ids::restore(&services, &backends);
         self.observed = Observed {
             services,
             backends,
-            aff_match,
+            members,
+            source_ranges,
+            node,
         };
         Ok(())
     }
@@ -127,17 +222,35 @@ impl<M: LbMaps> Reconciler<M> {
     /// is programmed.
     pub fn programmed_spec(&self, key: &FrontendKey) -> Option<FrontendSpec> {
         let master = self.observed.services.get(&key.lb4_key(MASTER_SLOT))?;
+        let backend_at = |slot: Lb4Key| {
+            let slot = self.observed.services.get(&slot)?;
+            BackendAddr::from_lb4_backend(self.observed.backends.get(&BackendId(slot.backend_id))?)
+        };
         let backends = (1..=master.count)
-            .map(|slot| {
-                let slot = self.observed.services.get(&key.lb4_key(slot))?;
-                BackendAddr::from_lb4_backend(self.observed.backends.get(&slot.backend_id)?)
-            })
+            .map(|s| backend_at(key.lb4_key(s)))
             .collect::<Option<Vec<_>>>()?;
+        let local_backends = if master.flags & SVC_FLAG_EXT_LOCAL != 0 {
+            Some(
+                (1..=master.local_count)
+                    .map(|s| backend_at(key.lb4_local_key(s)))
+                    .collect::<Option<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        let source_ranges = self
+            .ranges_of(FrontendId(master.frontend_id))
+            .map(|(_, cidr)| cidr)
+            .collect();
         Some(FrontendSpec {
             name: key.to_string(),
+            kind: FrontendKind::from_flags(master.flags),
             backends,
+            local_backends,
             affinity_timeout_s: (master.flags & SVC_FLAG_AFFINITY != 0)
                 .then_some(master.affinity_timeout_s),
+            drop_when_empty: master.flags & SVC_FLAG_DROP_EMPTY != 0,
+            source_ranges,
         })
     }
 
@@ -156,20 +269,23 @@ impl<M: LbMaps> Reconciler<M> {
         EntryCounts {
             services: self.observed.services.len(),
             backends: self.observed.backends.len(),
-            aff_match: self.observed.aff_match.len(),
+            members: self.observed.members.len(),
+            source_ranges: self.observed.source_ranges.len(),
         }
     }
 
+    /// The maps.
     pub fn maps(&self) -> &M {
         &self.maps
     }
 
+    /// The maps, mutably (tests and the daemon reach the conntrack map).
     pub fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
     }
 
-    /// Frontend ID (`rev_nat_id`) of a programmed frontend.
-    pub fn frontend_id(&self, key: &FrontendKey) -> Option<u32> {
+    /// Frontend ID of a programmed frontend.
+    pub fn frontend_id(&self, key: &FrontendKey) -> Option<FrontendId> {
         self.ids.frontend(key)
     }
 
@@ -180,10 +296,13 @@ impl<M: LbMaps> Reconciler<M> {
         self.check_capacity(desired)?;
         let mut report = Report::default();
         let mut failed = Vec::new();
+        if let Err(e) = self.write_node(desired, &mut report) {
+            failed.push(("the node entry".to_owned(), e));
+        }
         let mut wanted_backends = BTreeSet::new();
         for (key, spec) in &desired.frontends {
-            wanted_backends.extend(spec.backends.iter().copied());
-            if let Err(e) = self.upsert_frontend(key, spec, &mut report) {
+            wanted_backends.extend(spec.all_backends().copied());
+            if let Err(e) = self.upsert_frontend(key, spec, desired, &mut report) {
                 warn!(frontend = %spec.name, key = %key, error = %e, "frontend not fully written; will retry");
                 failed.push((spec.name.clone(), e));
             }
@@ -199,11 +318,11 @@ impl<M: LbMaps> Reconciler<M> {
             }
         }
         self.remove_orphans(&wanted_backends, &mut report, &mut failed);
-        if !self.departed.is_empty() {
-            match self.maps.flush_udp_flows(&self.departed) {
+        if !self.defer_flush && !self.departed.memberships.is_empty() {
+            match self.maps.flush_udp_flows(&self.departed.memberships) {
                 Ok(n) => {
                     report.flushed_flows += n;
-                    self.departed.clear();
+                    self.departed = Departures::default();
                 }
                 Err(e) => failed.push(("UDP flows of departed backends".into(), e)),
             }
@@ -249,16 +368,31 @@ impl<M: LbMaps> Reconciler<M> {
 
     fn check_capacity(&self, desired: &DesiredTable) -> Result<()> {
         use proxy_common::map_names as names;
+        if let Some(f) = desired
+            .frontends
+            .values()
+            .find(|f| f.slot_count() > crate::model::MAX_SLOTS_PER_FRONTEND)
+        {
+            return Err(Error::TooManyBackends {
+                frontend: f.name.clone(),
+                slots: f.slot_count(),
+                max: crate::model::MAX_SLOTS_PER_FRONTEND,
+            });
+        }
         let cap = self.maps.capacity();
-        let slots = desired.slot_count();
         let checks = [
             (
                 names::LB4_SERVICES,
-                desired.frontends.len() + slots,
+                desired.frontends.len() + desired.slot_count(),
                 cap.services,
             ),
             (names::LB4_BACKENDS, desired.backend_count(), cap.backends),
-            (names::LB4_AFF_MATCH, slots, cap.aff_match),
+            (names::LB4_MEMBERS, desired.member_count(), cap.members),
+            (
+                names::LB4_SOURCE_RANGES,
+                desired.source_range_count(),
+                cap.source_ranges,
+            ),
         ];
         for (map, needed, capacity) in checks {
             if needed > capacity as usize {
@@ -272,68 +406,137 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
+    fn write_node(&mut self, desired: &DesiredTable, report: &mut Report) -> Result<(), MapError> {
+        let want = Node4Config {
+            addr_be: desired.node.address.map_or(0, addr_be),
+            _pad: 0,
+        };
+        if self.observed.node != want {
+            self.maps.set_node(&want)?;
+            self.observed.node = want;
+            report.writes += 1;
+        }
+        Ok(())
+    }
+
     fn upsert_frontend(
         &mut self,
         key: &FrontendKey,
         spec: &FrontendSpec,
+        desired: &DesiredTable,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let rev_nat_id = self.ids.frontend_or_allocate(*key);
-        let ids: Vec<u32> = spec
-            .backends
-            .iter()
-            .map(|b| self.ids.backend_or_allocate(*b))
-            .collect();
+        let exhausted = |map| MapError::IdsExhausted { map };
+        let frontend_id = self
+            .ids
+            .frontend_or_allocate(*key)
+            .ok_or_else(|| exhausted(proxy_common::map_names::LB4_SERVICES))?;
+        let local = spec.local_backends.as_deref().unwrap_or_default();
+        let mut ids_of = |backends: &[BackendAddr]| -> Result<Vec<BackendId>, MapError> {
+            backends
+                .iter()
+                .map(|b| self.ids.backend_or_allocate(*b))
+                .collect::<Option<_>>()
+                .ok_or_else(|| exhausted(proxy_common::map_names::LB4_BACKENDS))
+        };
+        let cluster_ids = ids_of(&spec.backends)?;
+        let local_ids = ids_of(local)?;
 
-        for (id, b) in ids.iter().zip(&spec.backends) {
-            self.write_backend(*id, b, report)?;
+        let all = cluster_ids.iter().zip(&spec.backends);
+        for (id, b) in all.chain(local_ids.iter().zip(local)) {
+            let on_node = desired.node.local_endpoints.contains(&b.addr);
+            self.write_backend(*id, b, on_node, report)?;
         }
-        for id in &ids {
-            self.write_aff_match(
-                Lb4AffMatchKey {
-                    backend_id: *id,
-                    rev_nat_id,
-                },
-                report,
-            )?;
+        let mut ranges: BTreeMap<BackendId, u8> = BTreeMap::new();
+        for (ids, bit) in [(&cluster_ids, MEMBER_CLUSTER), (&local_ids, MEMBER_LOCAL)] {
+            for id in ids {
+                *ranges.entry(*id).or_default() |= bit;
+            }
         }
-        // Slots 1..=65535: the count is a u16 (the desired table never has more).
-        for (slot, id) in (1..=u16::MAX).zip(&ids) {
+        // A backend moving between ranges keeps its old bits until the
+        // master entry has moved the ranges too.
+        for (id, bits) in &ranges {
+            let old = self
+                .observed
+                .members
+                .get(&(frontend_id, *id))
+                .copied()
+                .unwrap_or(0);
+            self.write_member(frontend_id, *id, bits | old, report)?;
+        }
+        // Slots 1..=65535: the counts are u16 (`check_capacity` refused more).
+        let slots = |ids: &[BackendId], slot_key: fn(&FrontendKey, u16) -> Lb4Key| {
+            (1..=u16::MAX)
+                .zip(ids)
+                .map(move |(slot, id)| (slot_key(key, slot), *id))
+                .collect::<Vec<_>>()
+        };
+        let cluster_slots = slots(&cluster_ids, FrontendKey::lb4_key);
+        let local_slots = slots(&local_ids, FrontendKey::lb4_local_key);
+        for (slot_key, id) in cluster_slots.iter().chain(&local_slots) {
             let value = Lb4Service {
-                backend_id: *id,
-                rev_nat_id,
+                backend_id: id.0,
+                frontend_id: frontend_id.0,
                 ..Lb4Service::default()
             };
-            self.write_service(key.lb4_key(slot), value, report)?;
+            self.write_service(*slot_key, value, report)?;
+        }
+        for cidr in &spec.source_ranges {
+            self.write_source_range((frontend_id, *cidr), report)?;
+        }
+        let mut flags = spec.kind.bits();
+        for (on, flag) in [
+            (spec.affinity_timeout_s.is_some(), SVC_FLAG_AFFINITY),
+            (spec.local_backends.is_some(), SVC_FLAG_EXT_LOCAL),
+            (!spec.source_ranges.is_empty(), SVC_FLAG_SOURCE_RANGES),
+            (spec.drop_when_empty, SVC_FLAG_DROP_EMPTY),
+        ] {
+            if on {
+                flags |= flag;
+            }
         }
         let master = Lb4Service {
             backend_id: 0,
-            rev_nat_id,
+            frontend_id: frontend_id.0,
             affinity_timeout_s: spec.affinity_timeout_s.unwrap_or(0),
-            count: ids.len() as u16,
-            flags: if spec.affinity_timeout_s.is_some() {
-                SVC_FLAG_AFFINITY
-            } else {
-                0
-            },
+            count: cluster_ids.len() as u16,
+            local_count: local_ids.len() as u16,
+            flags,
             _pad: 0,
         };
         self.write_service(key.lb4_key(MASTER_SLOT), master, report)?;
 
-        // Break only after make: stale slots and memberships go last.
+        // Break only after make: stale slots, memberships and ranges go last.
+        for (id, bits) in &ranges {
+            self.write_member(frontend_id, *id, *bits, report)?;
+        }
         let stale_slots: Vec<Lb4Key> = self
             .slots_of(key)
-            .filter(|k| usize::from(k.backend_slot) > ids.len())
+            .filter(|k| {
+                let wanted = if k.scope == SLOT_SCOPE_LOCAL {
+                    local_ids.len()
+                } else {
+                    cluster_ids.len()
+                };
+                usize::from(k.backend_slot) > wanted
+            })
             .collect();
         for k in stale_slots {
             self.delete_service(&k, report)?;
         }
-        let wanted: BTreeSet<u32> = ids.iter().copied().collect();
+        let wanted: BTreeSet<BackendId> = ranges.keys().copied().collect();
         self.delete_members(
-            rev_nat_id,
+            frontend_id,
             |backend_id| !wanted.contains(&backend_id),
             report,
         )?;
+        let stale_ranges: Vec<SourceRange> = self
+            .ranges_of(frontend_id)
+            .filter(|(_, cidr)| !spec.source_ranges.contains(cidr))
+            .collect();
+        for r in stale_ranges {
+            self.delete_source_range(&r, report)?;
+        }
         Ok(())
     }
 
@@ -344,8 +547,12 @@ impl<M: LbMaps> Reconciler<M> {
         for k in slots {
             self.delete_service(&k, report)?;
         }
-        if let Some(rev_nat_id) = self.ids.frontend(key) {
-            self.delete_members(rev_nat_id, |_| true, report)?;
+        if let Some(frontend_id) = self.ids.frontend(key) {
+            self.delete_members(frontend_id, |_| true, report)?;
+            let ranges: Vec<SourceRange> = self.ranges_of(frontend_id).collect();
+            for r in ranges {
+                self.delete_source_range(&r, report)?;
+            }
         }
         self.ids.release_frontend(key);
         Ok(())
@@ -359,15 +566,15 @@ impl<M: LbMaps> Reconciler<M> {
         report: &mut Report,
         failed: &mut Vec<(String, MapError)>,
     ) {
-        let mut used: BTreeSet<u32> = self
+        let mut used: BTreeSet<BackendId> = self
             .observed
             .services
             .iter()
             .filter(|(k, _)| k.backend_slot != MASTER_SLOT)
-            .map(|(_, v)| v.backend_id)
+            .map(|(_, v)| BackendId(v.backend_id))
             .collect();
         used.extend(wanted.iter().filter_map(|b| self.ids.backend(b)));
-        let orphans: Vec<u32> = self
+        let orphans: Vec<BackendId> = self
             .observed
             .backends
             .keys()
@@ -381,17 +588,23 @@ impl<M: LbMaps> Reconciler<M> {
                     self.ids.release_backend(id);
                     report.deletes += 1;
                 }
-                Err(e) => failed.push((format!("backend {id}"), e)),
+                Err(e) => failed.push((id.to_string(), e)),
             }
         }
         // IDs allocated for frontends that failed before any write.
         self.ids.forget_unwritten(&self.observed.backends);
     }
 
+    /// The backend slots (both scopes) the maps hold for `key`.
     fn slots_of<'a>(&'a self, key: &FrontendKey) -> impl Iterator<Item = Lb4Key> + 'a {
         let master = key.lb4_key(MASTER_SLOT);
+        // Keys order by address, port, slot, protocol, scope.
         let first = key.lb4_key(1);
-        let last = key.lb4_key(u16::MAX);
+        let last = Lb4Key {
+            proto: u8::MAX,
+            scope: u8::MAX,
+            ..key.lb4_key(u16::MAX)
+        };
         self.observed
             .services
             .range(first..=last)
@@ -399,18 +612,32 @@ impl<M: LbMaps> Reconciler<M> {
             .filter(move |k| {
                 Lb4Key {
                     backend_slot: MASTER_SLOT,
+                    scope: SLOT_SCOPE_CLUSTER,
                     ..*k
                 } == master
             })
     }
 
+    fn ranges_of(&self, frontend_id: FrontendId) -> impl Iterator<Item = SourceRange> + '_ {
+        let lowest = Ipv4Cidr {
+            addr: std::net::Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+        };
+        self.observed
+            .source_ranges
+            .range((frontend_id, lowest)..)
+            .take_while(move |(id, _)| *id == frontend_id)
+            .copied()
+    }
+
     fn write_backend(
         &mut self,
-        id: u32,
+        id: BackendId,
         b: &BackendAddr,
+        on_node: bool,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let want = b.lb4_backend();
+        let want = b.lb4_backend(on_node);
         if self.observed.backends.get(&id) != Some(&want) {
             self.maps.update_backend(id, &want)?;
             self.observed.backends.insert(id, want);
@@ -419,42 +646,82 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
-    /// Deletes the affinity-match entries of frontend `rev_nat_id` whose
-    /// backend `doomed` selects.
+    /// Deletes the memberships of frontend `frontend_id` whose backend
+    /// `doomed` selects, remembering them for the UDP conntrack flush and
+    /// the daemon's socket cleanup.
     fn delete_members(
         &mut self,
-        rev_nat_id: u32,
-        doomed: impl Fn(u32) -> bool,
+        frontend_id: FrontendId,
+        doomed: impl Fn(BackendId) -> bool,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let members: Vec<u32> = self
+        let members: Vec<BackendId> = self
             .observed
-            .aff_match
-            .range((rev_nat_id, 0)..=(rev_nat_id, u32::MAX))
-            .map(|(_, backend_id)| *backend_id)
+            .members
+            .range((frontend_id, BackendId(0))..=(frontend_id, BackendId(u32::MAX)))
+            .map(|((_, backend_id), _)| *backend_id)
             .filter(|b| doomed(*b))
             .collect();
         for backend_id in members {
-            self.maps.delete_aff_match(&Lb4AffMatchKey {
-                backend_id,
-                rev_nat_id,
+            self.maps.delete_member(&Lb4MemberKey {
+                backend_id: backend_id.0,
+                frontend_id: frontend_id.0,
             })?;
-            self.observed.aff_match.remove(&(rev_nat_id, backend_id));
-            self.departed.insert((rev_nat_id, backend_id));
+            self.observed.members.remove(&(frontend_id, backend_id));
+            self.departed.memberships.insert((frontend_id, backend_id));
+            let addr = self
+                .observed
+                .backends
+                .get(&backend_id)
+                .and_then(BackendAddr::from_lb4_backend);
+            if let Some(addr) = addr.filter(|a| a.proto == crate::model::Protocol::Udp)
+                && self.defer_flush
+            {
+                self.departed.udp_backends.insert((frontend_id, addr));
+            }
             report.deletes += 1;
         }
         Ok(())
     }
 
-    fn write_aff_match(&mut self, m: Lb4AffMatchKey, report: &mut Report) -> Result<(), MapError> {
-        if !self
-            .observed
-            .aff_match
-            .contains(&(m.rev_nat_id, m.backend_id))
-        {
-            self.maps.update_aff_match(&m)?;
-            self.observed.aff_match.insert((m.rev_nat_id, m.backend_id));
+    fn write_member(
+        &mut self,
+        frontend_id: FrontendId,
+        backend_id: BackendId,
+        bits: u8,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
+        let key = (frontend_id, backend_id);
+        if self.observed.members.get(&key) != Some(&bits) {
+            let m = Lb4MemberKey {
+                backend_id: backend_id.0,
+                frontend_id: frontend_id.0,
+            };
+            self.maps.update_member(&m, bits)?;
+            self.observed.members.insert(key, bits);
             report.writes += 1;
+        }
+        Ok(())
+    }
+
+    fn write_source_range(&mut self, r: SourceRange, report: &mut Report) -> Result<(), MapError> {
+        if !self.observed.source_ranges.contains(&r) {
+            self.maps.update_source_range(&r)?;
+            self.observed.source_ranges.insert(r);
+            report.writes += 1;
+        }
+        Ok(())
+    }
+
+    fn delete_source_range(
+        &mut self,
+        r: &SourceRange,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
+        if self.observed.source_ranges.contains(r) {
+            self.maps.delete_source_range(r)?;
+            self.observed.source_ranges.remove(r);
+            report.deletes += 1;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use proxy_common::lb::MASTER_SLOT;
 use super::*;
 use crate::{
     datapath::{FakeLbMaps, FaultyLbMaps, MapSizes},
-    model::Protocol,
+    model::{BackendId, FrontendKind, Protocol},
     table_file,
 };
 
@@ -32,15 +32,18 @@ fn key() -> FrontendKey {
     }
 }
 
-/// The backends the maps route `key` to, in slot order.
+/// The backends the maps route `key` to, in slot order (both ranges).
 fn routed(maps: &FakeLbMaps, key: &FrontendKey) -> Vec<String> {
     let Some(master) = maps.services.get(&key.lb4_key(MASTER_SLOT)) else {
         return Vec::new();
     };
-    (1..=master.count)
-        .map(|s| {
-            let id = maps.services[&key.lb4_key(s)].backend_id;
-            BackendAddr::from_lb4_backend(&maps.backends[&id])
+    let cluster = (1..=master.count).map(|s| key.lb4_key(s));
+    let local = (1..=master.local_count).map(|s| key.lb4_local_key(s));
+    cluster
+        .chain(local)
+        .map(|slot| {
+            let id = maps.services[&slot].backend_id;
+            BackendAddr::from_lb4_backend(&maps.backends[&BackendId(id)])
                 .unwrap()
                 .to_string()
         })
@@ -100,7 +103,7 @@ fn shrinking_removes_backend_slot_and_membership_last() {
         ["10.244.1.2:8080/TCP", "10.244.1.4:8080/TCP"]
     );
     assert_eq!(r.maps().backends.len(), 3, "web's two plus dns's one");
-    assert_eq!(r.maps().aff_match.len(), 3);
+    assert_eq!(r.maps().members.len(), 3);
     assert_eq!(r.maps().services.len(), 2 + 2 + 1);
     // The departed backend's UDP flows, and only its, were flushed.
     let web_id = r.frontend_id(&key()).unwrap();
@@ -127,7 +130,7 @@ fn removed_frontend_and_its_backends_disappear_and_empty_frontend_stays_visible(
         "only web's master, count 0 (reject)"
     );
     assert_eq!(maps.services[&key().lb4_key(MASTER_SLOT)].count, 0);
-    assert!(maps.backends.is_empty() && maps.aff_match.is_empty());
+    assert!(maps.backends.is_empty() && maps.members.is_empty());
     r.apply(&DesiredTable::default()).unwrap();
     assert!(r.maps().services.is_empty());
 }
@@ -158,6 +161,88 @@ fn restart_adopts_ids_instead_of_renumbering() {
         );
     }
     assert_eq!(after.backends.len(), before.backends.len() + 1);
+}
+
+/// A NodePort with `externalTrafficPolicy: Local` and a LoadBalancer IP
+/// restricted to `ranges`, on a node with 10.244.1.0/24 local.
+fn north_south(cluster: &[&str], local: &[&str], ranges: &str) -> DesiredTable {
+    let list = |l: &[&str]| l.join(", ");
+    table(&format!(
+        "node: {{address: 192.168.0.11, localEndpoints: [10.244.1.5, 10.244.1.6]}}\nfrontends:\n  - {{name: np, kind: NodePort, address: 192.168.0.11, port: 30443, backends: [{}], localBackends: [{}]}}\n  - {{name: lb, kind: LoadBalancer, address: 203.0.113.10, port: 443, backends: [{}], sourceRanges: {ranges}}}\n",
+        list(cluster),
+        list(local),
+        list(cluster)
+    ))
+}
+
+#[test]
+fn north_south_frontends_write_both_ranges_flags_and_the_node() {
+    use proxy_common::lb::{
+        BACKEND_FLAG_LOCAL, SVC_FLAG_EXT_LOCAL, SVC_FLAG_SOURCE_RANGES, SVC_KIND_SHIFT,
+    };
+    let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes::small())).unwrap();
+    let desired = north_south(
+        &["10.244.1.5:8443", "10.244.2.5:8443"],
+        &["10.244.1.5:8443"],
+        "[192.0.2.0/24]",
+    );
+    r.apply(&desired).unwrap();
+    let np = FrontendKey {
+        addr: Ipv4Addr::new(192, 168, 0, 11),
+        port: 30443,
+        proto: Protocol::Tcp,
+    };
+    let maps = r.maps();
+    let master = maps.services[&np.lb4_key(MASTER_SLOT)];
+    assert_eq!((master.count, master.local_count), (2, 1));
+    assert_ne!(master.flags & SVC_FLAG_EXT_LOCAL, 0);
+    assert_eq!(
+        FrontendKind::from_flags(master.flags),
+        FrontendKind::NodePort
+    );
+    assert_eq!(
+        routed(maps, &np),
+        [
+            "10.244.1.5:8443/TCP",
+            "10.244.2.5:8443/TCP",
+            "10.244.1.5:8443/TCP"
+        ]
+    );
+    assert_eq!(maps.node.addr_be, addr_be(Ipv4Addr::new(192, 168, 0, 11)));
+    let local: Vec<bool> = maps
+        .backends
+        .values()
+        .map(|b| b.flags & BACKEND_FLAG_LOCAL != 0)
+        .collect();
+    assert_eq!(local, [true, false], "10.244.1.5 is on this node");
+    let lb = FrontendKey {
+        addr: Ipv4Addr::new(203, 0, 113, 10),
+        port: 443,
+        proto: Protocol::Tcp,
+    };
+    let lb_master = maps.services[&lb.lb4_key(MASTER_SLOT)];
+    assert_ne!(lb_master.flags & SVC_FLAG_SOURCE_RANGES, 0);
+    assert_eq!(lb_master.flags >> SVC_KIND_SHIFT, 3, "LoadBalancer");
+    assert_eq!(maps.source_ranges.len(), 1);
+    // What the maps hold reads back as the spec that was written.
+    let spec = r.programmed_spec(&np).unwrap();
+    assert_eq!(spec.local_backends, desired.frontends[&np].local_backends);
+    assert_eq!(
+        r.programmed_spec(&lb).unwrap().source_ranges,
+        desired.frontends[&lb].source_ranges
+    );
+    // Lifting the restriction removes the ranges after the flag.
+    r.apply(&north_south(&["10.244.2.5:8443"], &[], "[]"))
+        .unwrap();
+    let maps = r.maps();
+    assert!(maps.source_ranges.is_empty());
+    assert_eq!(
+        maps.services[&lb.lb4_key(MASTER_SLOT)].flags & SVC_FLAG_SOURCE_RANGES,
+        0
+    );
+    let master = maps.services[&np.lb4_key(MASTER_SLOT)];
+    assert_eq!((master.count, master.local_count), (1, 0));
+    assert_eq!(maps.services.len(), 4, "two masters, one slot each");
 }
 
 #[test]
@@ -202,6 +287,17 @@ fn converge_through_faults(fail: impl FnMut(u64) -> bool + Send + 'static) {
             "10.244.1.7:8080",
         ]),
         table("frontends:\n  - {address: 10.96.0.99, port: 443, backends: [10.244.1.5:8443]}\n"),
+        north_south(
+            &["10.244.1.5:8443", "10.244.2.5:8443"],
+            &["10.244.1.5:8443"],
+            "[192.0.2.0/24]",
+        ),
+        north_south(&["10.244.2.5:8443"], &[], "[192.0.2.0/24, 198.51.100.0/24]"),
+        north_south(
+            &["10.244.1.6:8443", "10.244.2.5:8443"],
+            &["10.244.1.6:8443"],
+            "[]",
+        ),
         DesiredTable::default(),
     ];
     let faulty = FaultyLbMaps::new(FakeLbMaps::new(MapSizes::small()), fail);
@@ -217,10 +313,21 @@ fn converge_through_faults(fail: impl FnMut(u64) -> bool + Send + 'static) {
         clean.apply(desired).unwrap();
         for k in desired.frontends.keys() {
             assert_eq!(routed(&r.maps().inner, k), routed(clean.maps(), k));
+            let (got, want) = (
+                r.programmed_spec(k).unwrap(),
+                clean.programmed_spec(k).unwrap(),
+            );
+            assert_eq!(got.source_ranges, want.source_ranges);
+            assert_eq!(got.local_backends, want.local_backends);
         }
         assert_eq!(r.maps().inner.services.len(), clean.maps().services.len());
         assert_eq!(r.maps().inner.backends.len(), clean.maps().backends.len());
-        assert_eq!(r.maps().inner.aff_match.len(), clean.maps().aff_match.len());
+        assert_eq!(r.maps().inner.members.len(), clean.maps().members.len());
+        assert_eq!(
+            r.maps().inner.source_ranges.len(),
+            clean.maps().source_ranges.len()
+        );
+        assert_eq!(r.maps().inner.node, clean.maps().node);
     }
     let maps = r.maps();
     assert!(maps.failures > 0, "the test injected failures");
@@ -277,8 +384,208 @@ fn a_large_table_is_written_consistently_and_then_left_alone() {
     assert_eq!(r.maps().services.len(), 10_000 * 11);
     assert_eq!(
         first.writes,
-        r.maps().services.len() + r.maps().backends.len() + r.maps().aff_match.len()
+        r.maps().services.len() + r.maps().backends.len() + r.maps().members.len()
     );
     r.maps().check_consistent().unwrap();
     assert_eq!(r.apply(&desired).unwrap(), Report::default());
+}
+
+#[test]
+fn a_frontend_with_more_backends_than_slots_is_refused_before_any_write() {
+    let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes {
+        backends: 70_000,
+        backend_slots: 70_000,
+        ..MapSizes::small()
+    }))
+    .unwrap();
+    let mut desired = web(&["10.244.1.2:8080"]);
+    let spec = desired.frontends.get_mut(&key()).unwrap();
+    spec.backends = (0..65_536u32)
+        .map(|i| BackendAddr {
+            addr: Ipv4Addr::from(0x0a80_0000 + i),
+            port: 8080,
+            proto: Protocol::Tcp,
+        })
+        .collect();
+    let err = r.apply(&desired).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooManyBackends {
+                slots: 65_536,
+                max: 65_535,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        r.maps().services.is_empty() && r.maps().backends.is_empty(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn pinned_state_with_the_largest_ids_is_adopted_without_a_panic() {
+    use proxy_common::lb::{Lb4Backend, Lb4Service};
+    // A foreign (or corrupt) frontend and backend holding ID u32::MAX.
+    let mut maps = FakeLbMaps::new(MapSizes::small());
+    let foreign = FrontendKey {
+        addr: Ipv4Addr::new(10, 96, 9, 9),
+        port: 9,
+        proto: Protocol::Tcp,
+    };
+    maps.services.insert(
+        foreign.lb4_key(MASTER_SLOT),
+        Lb4Service {
+            frontend_id: u32::MAX,
+            ..Lb4Service::default()
+        },
+    );
+    maps.backends.insert(
+        BackendId(u32::MAX),
+        Lb4Backend {
+            addr_be: 0x0101_0101,
+            port_be: 80u16.to_be(),
+            proto: 6,
+            flags: 0,
+        },
+    );
+    let mut r = Reconciler::restore(maps).unwrap();
+    r.apply(&web(&["10.244.1.2:8080", "10.244.1.3:8080"]))
+        .unwrap();
+    let id = r.frontend_id(&key()).unwrap();
+    assert!(id.0 >= 1 && id.0 < u32::MAX, "{id}");
+    assert_eq!(routed(r.maps(), &key()).len(), 2);
+    assert!(r.maps().check_consistent().is_ok());
+    assert!(
+        !r.maps().backends.contains_key(&BackendId(u32::MAX)),
+        "the foreign backend, referenced by nothing, is cleaned up"
+    );
+}
+
+#[test]
+fn a_failed_udp_flush_is_reported_and_retried() {
+    let mut maps = FakeLbMaps::new(MapSizes::small());
+    maps.failing_flushes = 1;
+    let mut r = Reconciler::restore(maps).unwrap();
+    let dns = |backend: &str| {
+        table(&format!(
+            "frontends:\n  - {{name: dns, address: 10.96.0.53, port: 53, protocol: UDP, backends: [{backend}]}}\n"
+        ))
+    };
+    r.apply(&dns("10.244.2.2:53")).unwrap();
+    let err = r.apply(&dns("10.244.2.3:53")).unwrap_err();
+    assert!(
+        matches!(&err, Error::Incomplete { failed } if failed[0].0.contains("UDP flows")),
+        "the cut-short scan is an error: {err}"
+    );
+    assert!(r.maps().flushed.is_empty());
+    // The next pass flushes what the failed one left.
+    r.apply(&dns("10.244.2.3:53")).unwrap();
+    assert_eq!(r.maps().flushed.len(), 1, "{:?}", r.maps().flushed);
+}
+
+#[test]
+fn a_deferred_flush_hands_every_departed_membership_to_the_caller() {
+    let mut maps = FakeLbMaps::new(MapSizes::small());
+    maps.failing_flushes = 10;
+    let mut r = Reconciler::restore(maps).unwrap().defer_conntrack_flush();
+    let dns = |backend: &str| {
+        table(&format!(
+            "frontends:\n  - {{name: dns, address: 10.96.0.53, port: 53, protocol: UDP, backends: [{backend}]}}\n"
+        ))
+    };
+    r.apply(&dns("10.244.2.2:53")).unwrap();
+    assert!(r.take_departed().is_empty());
+    // The pass itself never scans conntrack (the failing fake is not called).
+    r.apply(&dns("10.244.2.3:53")).unwrap();
+    let departed = r.take_departed();
+    assert_eq!(departed.memberships.len(), 1, "{departed:?}");
+    let udp: Vec<String> = departed
+        .udp_backends
+        .iter()
+        .map(|(_, b)| b.to_string())
+        .collect();
+    assert_eq!(
+        udp,
+        ["10.244.2.2:53/UDP"],
+        "the backend whose sockets must go"
+    );
+    assert!(r.take_departed().is_empty(), "handed over once");
+    assert!(r.maps().flushed.is_empty());
+}
+
+#[test]
+fn departures_of_a_failed_pass_are_still_handed_over() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    };
+    let udp = |b: &[&str]| {
+        let list = b.join(", ");
+        table(&format!(
+            "frontends:\n  - {{name: dns, address: 10.96.0.53, port: 53, protocol: UDP, backends: [{list}]}}\n"
+        ))
+    };
+    // The write to fail, counted from the start; -1: none.
+    let fail_at = Arc::new(AtomicI64::new(-1));
+    let seen = Arc::new(AtomicI64::new(0));
+    let (f, c) = (Arc::clone(&fail_at), Arc::clone(&seen));
+    let faulty = FaultyLbMaps::new(FakeLbMaps::new(MapSizes::small()), move |_| {
+        c.fetch_add(1, Ordering::SeqCst) == f.load(Ordering::SeqCst)
+    });
+    let mut r = Reconciler::restore(faulty).unwrap().defer_conntrack_flush();
+    r.apply(&udp(&["10.244.1.2:53", "10.244.1.3:53"])).unwrap();
+    assert!(r.take_departed().is_empty());
+    // Removing one backend: master, stale slot, membership, then the
+    // orphaned backend, whose delete fails: the pass is incomplete.
+    fail_at.store(seen.load(Ordering::SeqCst) + 3, Ordering::SeqCst);
+    let result = r.apply(&udp(&["10.244.1.2:53"]));
+    assert!(
+        matches!(result, Err(Error::Incomplete { .. })),
+        "{result:?}"
+    );
+    let departed = r.take_departed();
+    assert_eq!(departed.memberships.len(), 1, "{departed:?}");
+    assert_eq!(departed.udp_backends.len(), 1, "{departed:?}");
+}
+
+#[test]
+fn growing_the_cluster_range_never_puts_a_remote_backend_in_a_local_slot() {
+    // Cluster [1.5, 2.5], local [1.5] grows to cluster [1.5, 1.6, 2.5],
+    // local [1.5, 1.6]: while the master still holds the old counts, every
+    // slot of each range must name a backend of that range.
+    let faulty = FaultyLbMaps::new(FakeLbMaps::new(MapSizes::small()), |_| false);
+    let mut r = Reconciler::restore(faulty).unwrap();
+    r.apply(&north_south(
+        &["10.244.1.5:8443", "10.244.2.5:8443"],
+        &["10.244.1.5:8443"],
+        "[]",
+    ))
+    .unwrap();
+    r.apply(&north_south(
+        &["10.244.1.5:8443", "10.244.1.6:8443", "10.244.2.5:8443"],
+        &["10.244.1.5:8443", "10.244.1.6:8443"],
+        "[]",
+    ))
+    .unwrap();
+    assert_eq!(
+        r.maps().violation,
+        None,
+        "a slot named a backend outside its range"
+    );
+    r.apply(&north_south(&["10.244.2.5:8443"], &[], "[]"))
+        .unwrap();
+    assert_eq!(
+        r.maps().violation,
+        None,
+        "shrinking exposed a half-written range"
+    );
+    let scopes: Vec<u8> = r.maps().inner.services.keys().map(|k| k.scope).collect();
+    assert_eq!(
+        scopes,
+        [proxy_common::lb::SLOT_SCOPE_CLUSTER; 4],
+        "two masters and one cluster slot each remain; the local slots are gone"
+    );
 }

@@ -113,3 +113,52 @@ fn missing_fields_are_named() {
         ]
     );
 }
+
+#[test]
+fn north_south_entries_and_the_node_section() {
+    let t = parse(
+        "node: {address: 192.168.0.11, localEndpoints: [10.244.1.2]}
+frontends:
+  - {address: 192.168.0.11, port: 30080, kind: NodePort, backends: [10.244.1.2:80, 10.244.2.2:80], localBackends: [10.244.1.2:80]}
+  - {address: 203.0.113.1, port: 80, kind: LoadBalancer, backends: [10.244.2.2:80], sourceRanges: [192.0.2.7/24]}
+  - {address: 10.96.0.9, port: 80, dropWhenEmpty: true}
+",
+    )
+    .unwrap();
+    assert_eq!(t.node.address, Some("192.168.0.11".parse().unwrap()));
+    assert_eq!(t.node.local_endpoints.len(), 1);
+    let specs: Vec<&FrontendSpec> = t.frontends.values().collect();
+    assert_eq!(specs[0].kind, crate::model::FrontendKind::ClusterIp);
+    assert!(specs[0].drop_when_empty);
+    assert_eq!(specs[1].kind, crate::model::FrontendKind::NodePort);
+    assert_eq!(specs[1].local_backends.as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        specs[2].source_ranges[0].to_string(),
+        "192.0.2.0/24",
+        "host bits cleared, as Go's ParseCIDR does"
+    );
+}
+
+#[test]
+fn north_south_problems_are_named_by_entry_and_field() {
+    let p = problems(
+        "node: {address: 10.0.0.300, localEndpoints: [x]}
+frontends:
+  - {address: 10.96.0.10, port: 80, localBackends: [10.244.1.2:80]}
+  - {address: 192.168.0.11, port: 30080, kind: NodePort, sourceRanges: [10.0.0.0/8]}
+  - {address: 203.0.113.1, port: 80, kind: LoadBalancer, sourceRanges: [10.0.0.0/33]}
+  - {address: 203.0.113.2, port: 80, kind: Ingress}
+",
+    );
+    assert_eq!(
+        p,
+        [
+            "node.address: `10.0.0.300` is not an IPv4 address",
+            "node.localEndpoints[0]: `x` is not an IPv4 address",
+            "frontends[0].localBackends: only external kinds (NodePort, ExternalIP, LoadBalancer) have an external traffic policy",
+            "frontends[1].sourceRanges: only LoadBalancer frontends have source ranges",
+            "frontends[2].sourceRanges[0]: `10.0.0.0/33` is not an IPv4 CIDR (ADDRESS/0..32)",
+            "frontends[3].kind: `Ingress` is not one of ClusterIP, NodePort, ExternalIP, LoadBalancer",
+        ]
+    );
+}

@@ -4,7 +4,11 @@
 //! 1. EndpointSlice change → map write (p50/p99): a slice is replaced at the
 //!    API server (kube-rs) and the pinned map polled until it holds the new
 //!    backends. Baseline: the same change reaching a plain kube-rs watcher
-//!    in this process, i.e. the floor of any watch-based proxy.
+//!    in this process, i.e. the floor of any watch-based proxy. Measured
+//!    twice: a TCP Service with conntrack empty, and a UDP Service (each
+//!    change removes a backend, so its UDP flows are flushed) with the
+//!    conntrack map full (1,048,576 entries): the flush scans it on another
+//!    thread, and the change's latency must not show it.
 //! 2. Programming N Services × M endpoints on an empty node: objects are
 //!    created first, then the daemon starts from empty pins; time until all
 //!    frontends are in the maps (and the single sync's share of it).
@@ -87,24 +91,47 @@ fn main() -> Result<()> {
     };
 
     // Part 1: change → map write.
-    let mut daemon = Daemon::start(daemon_args(16, 16)?, &dir.path().join("daemon-1.log"))?;
-    daemon.wait_healthy(Duration::from_secs(30))?;
-    let (to_map, to_watch) = rt.block_on(change_latency(&client, &pin_root, args.changes))?;
-    daemon.stop(Signal::SIGTERM)?;
-    cleanup(&pin_root)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     // Rows are printed as they are measured: a long baseline loses nothing.
     println!("| measurement | Switchyard | baseline | ratio |");
     println!("|---|---|---|---|");
-    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
-        let (a, b) = (percentile(&to_map, q), percentile(&to_watch, q));
-        println!(
-            "| EndpointSlice change → map write, {label} (ms, {} changes) | {:.2} | {:.2} (change → kube-rs watcher) | {:.2}x |",
-            to_map.len(),
-            ms(a),
-            ms(b),
-            ms(a) / ms(b)
-        );
+    let full_ct = MapSizes::default().conntrack;
+    for (what, proto, vip, fill) in [
+        ("", "TCP", "10.96.200.1", 0),
+        (", UDP, conntrack full", "UDP", "10.96.200.2", full_ct),
+    ] {
+        let mut sizes = daemon_args(16, 16)?;
+        if fill > 0 {
+            let i = sizes
+                .iter()
+                .position(|a| a == "--max-conntrack")
+                .context("flag")?;
+            sizes[i + 1] = fill.to_string();
+        }
+        let mut daemon = Daemon::start(sizes, &dir.path().join(format!("daemon-1{proto}.log")))?;
+        daemon.wait_healthy(Duration::from_secs(30))?;
+        if fill > 0 {
+            fill_conntrack(&pin_root.join("maps"), fill)?;
+        }
+        let (to_map, to_watch) = rt.block_on(change_latency(
+            &client,
+            &pin_root,
+            args.changes,
+            proto,
+            vip.parse()?,
+        ))?;
+        daemon.stop(Signal::SIGTERM)?;
+        cleanup(&pin_root)?;
+        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+            let (a, b) = (percentile(&to_map, q), percentile(&to_watch, q));
+            println!(
+                "| EndpointSlice change → map write{what}, {label} (ms, {} changes) | {:.2} | {:.2} (change → kube-rs watcher) | {:.2}x |",
+                to_map.len(),
+                ms(a),
+                ms(b),
+                ms(a) / ms(b)
+            );
+        }
     }
 
     // Part 2: N × M from an empty node.
@@ -118,7 +145,7 @@ fn main() -> Result<()> {
     let log = dir.path().join("daemon-2.log");
     let started = Instant::now();
     let mut daemon = Daemon::start(daemon_args(n, m)?, &log)?;
-    let target = (n + 2) as f64; // + the Service of part 1 and default/kubernetes
+    let target = (n + 3) as f64; // + the Services of part 1 and default/kubernetes
     loop {
         if daemon
             .metric("switchyard_programmed_frontends")
@@ -182,14 +209,48 @@ async fn namespace(client: &Client) -> Result<()> {
     Ok(())
 }
 
-fn service_obj(name: &str, vip: std::net::Ipv4Addr) -> Result<Service> {
+fn service_obj(name: &str, vip: std::net::Ipv4Addr, proto: &str) -> Result<Service> {
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"clusterIP": vip.to_string(), "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        "spec": {"clusterIP": vip.to_string(), "ports": [{"name": "http", "port": 80, "protocol": proto, "targetPort": 8080}]}
     }))?)
 }
 
-fn slice_obj(name: &str, service: &str, ips: &[std::net::Ipv4Addr]) -> Result<EndpointSlice> {
+/// Fills the pinned conntrack map with `n` UDP flows (random tuples, no
+/// Service's), as a busy node's would be.
+fn fill_conntrack(maps: &Path, n: u32) -> Result<()> {
+    use proxy_common::ct::{CT_STATE_OPENED, Ct4Key, Ct4Value};
+    let mut ct = switchyard::datapath::conntrack::Conntrack::from_pins(maps)?;
+    let expires_s = switchyard::datapath::conntrack::now_s() + 3600;
+    for i in 0..n {
+        let key = Ct4Key {
+            saddr_be: (0x0a80_0000u32 + (i >> 8)).to_be(),
+            daddr_be: 0x0ac8_0001u32.to_be(),
+            sport_be: (1024 + (i & 0xff) as u16).to_be(),
+            dport_be: 53u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let value = Ct4Value {
+            saddr_be: key.saddr_be,
+            daddr_be: key.daddr_be,
+            sport_be: key.sport_be,
+            dport_be: key.dport_be,
+            expires_s,
+            state: CT_STATE_OPENED,
+            ..Ct4Value::default()
+        };
+        ct.insert(&key, &value)?;
+    }
+    Ok(())
+}
+
+fn slice_obj(
+    name: &str,
+    service: &str,
+    ips: &[std::net::Ipv4Addr],
+    proto: &str,
+) -> Result<EndpointSlice> {
     let endpoints: Vec<_> = ips
         .iter()
         .map(|ip| serde_json::json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}))
@@ -197,7 +258,7 @@ fn slice_obj(name: &str, service: &str, ips: &[std::net::Ipv4Addr]) -> Result<En
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": NS, "labels": {"kubernetes.io/service-name": service}},
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": 8080, "protocol": proto}],
         "endpoints": endpoints
     }))?)
 }
@@ -208,18 +269,21 @@ async fn change_latency(
     client: &Client,
     pin_root: &Path,
     changes: usize,
+    proto: &str,
+    vip: std::net::Ipv4Addr,
 ) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
-    let vip: std::net::Ipv4Addr = "10.96.200.1".parse()?;
+    let name = format!("latency-{}", proto.to_lowercase());
+    let slice_name = format!("{name}-1");
     services
-        .create(&PostParams::default(), &service_obj("latency", vip)?)
+        .create(&PostParams::default(), &service_obj(&name, vip, proto)?)
         .await?;
     let ip = |k: usize| std::net::Ipv4Addr::from(0x0a01_0000u32 + k as u32);
     let mut slice = slices
         .create(
             &PostParams::default(),
-            &slice_obj("latency-1", "latency", &[ip(0), ip(1)])?,
+            &slice_obj(&slice_name, &name, &[ip(0), ip(1)], proto)?,
         )
         .await?;
     // The baseline watcher: arrival time per resourceVersion.
@@ -241,14 +305,14 @@ async fn change_latency(
         }
     });
     let maps = pin_root.join("maps");
-    let frontend = format!("{vip}:80/TCP");
+    let frontend = format!("{vip}:80/{proto}");
     let wait_map = |want: String| -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let rows = switchyard::inspect::services(&maps)?;
             if rows
                 .iter()
-                .any(|r| r.frontend == frontend && r.backends.iter().any(|b| *b == want))
+                .any(|r| r.frontend == frontend && r.backends.contains(&want))
             {
                 return Ok(());
             }
@@ -258,7 +322,7 @@ async fn change_latency(
             std::thread::sleep(Duration::from_micros(200));
         }
     };
-    wait_map(format!("{}:8080/TCP", ip(1)))?;
+    wait_map(format!("{}:8080/{proto}", ip(1)))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut to_map, mut to_watch) = (Vec::new(), Vec::new());
     for k in 2..changes + 2 {
@@ -266,9 +330,9 @@ async fn change_latency(
         next.endpoints[1].addresses = vec![ip(k).to_string()];
         let sent = Instant::now();
         slice = slices
-            .replace("latency-1", &PostParams::default(), &next)
+            .replace(&slice_name, &PostParams::default(), &next)
             .await?;
-        tokio::task::block_in_place(|| wait_map(format!("{}:8080/TCP", ip(k))))?;
+        tokio::task::block_in_place(|| wait_map(format!("{}:8080/{proto}", ip(k))))?;
         to_map.push(sent.elapsed());
         let rv = slice
             .metadata
@@ -303,13 +367,16 @@ async fn create_table(client: &Client, n: usize, m: usize) -> Result<()> {
             async move {
                 let name = format!("svc-{i}");
                 services
-                    .create(&PostParams::default(), &service_obj(&name, service_ip(i))?)
+                    .create(
+                        &PostParams::default(),
+                        &service_obj(&name, service_ip(i), "TCP")?,
+                    )
                     .await?;
                 let ips: Vec<_> = (0..m).map(|j| endpoint_ip(i, j, m)).collect();
                 slices
                     .create(
                         &PostParams::default(),
-                        &slice_obj(&format!("{name}-1"), &name, &ips)?,
+                        &slice_obj(&format!("{name}-1"), &name, &ips, "TCP")?,
                     )
                     .await?;
                 anyhow::Ok(())

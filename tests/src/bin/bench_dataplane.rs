@@ -17,7 +17,7 @@ use aya::{
 };
 use clap::Parser;
 use proxy_common::{
-    ct::{CT_DIR_FORWARD, Ct4Key, Ct4Value},
+    ct::{CT_FLAG_NAT, CT_STATE_OPENED, CT_STATE_REPLIED, Ct4Key, Ct4Value},
     program_names,
 };
 use switchyard::{
@@ -126,17 +126,22 @@ fn tc_path(args: &Args) -> Result<TcFigures> {
             sport_be: client.port().to_be(),
             dport_be: from.port().to_be(),
             proto: 6,
-            dir: CT_DIR_FORWARD,
-            _pad: [0; 2],
+            _pad: [0; 3],
         };
         let value = Ct4Value {
-            nat_addr_be: u32::from_ne_bytes(to.ip().octets()),
-            nat_port_be: to.port().to_be(),
+            saddr_be: key.saddr_be,
+            daddr_be: u32::from_ne_bytes(to.ip().octets()),
+            sport_be: key.sport_be,
+            dport_be: to.port().to_be(),
             backend_id: 1,
-            rev_nat_id: 1,
+            frontend_id: 1,
+            // An established flow that never expires during the run.
+            expires_s: u32::MAX,
+            flags: CT_FLAG_NAT,
+            state: CT_STATE_OPENED | CT_STATE_REPLIED,
             ..Ct4Value::default()
         };
-        ct.insert(key, value, 0)?;
+        ct.insert(&key, &value)?;
     }
     let lb: &mut SchedClassifier = dp
         .ebpf_mut()
@@ -197,7 +202,8 @@ fn connect_latency(args: &Args) -> Result<SockFigures> {
                 &["connect-latency", "--target", target, "--count", &count],
             )?
             .finish()?;
-        Ok(serde_json::from_str(out.trim())?)
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        Ok(serde_json::from_value(v["connect_ns"].clone())?)
     };
     let direct_target = bed.backend(1);
     let (mut hook, mut direct) = (Vec::new(), Vec::new());

@@ -1,0 +1,306 @@
+//! Keeps the TC programs on the node's interfaces: the pod-facing programs
+//! on every pod interface (`--tc-iface`, `--pod-interface-name-prefix`), the
+//! node-facing programs on every interface holding a NodePort address (and
+//! `--node-iface`). It follows interfaces appearing and going: a pod
+//! created while the daemon runs gets the per-packet path, and an interface
+//! recreated under the same name (a new index) is attached again.
+//!
+//! Only Ethernet devices get programs (they parse an Ethernet header). A
+//! bridge with pod interfaces as ports (a bridge CNI's `cni0`, holding the
+//! pods' gateway address) is not node-facing, even when it holds a NodePort
+//! address: pod traffic crosses it after its pod interface, and must not
+//! be taken for traffic from outside. Name it with `--node-iface` to
+//! override.
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::{info, warn};
+
+use super::interfaces::Snapshot;
+use crate::{attach::HookArgs, datapath::loader::Dataplane, netns::with_netns};
+
+/// Which programs an interface gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Faces a pod: the pod-facing ingress program.
+    Pod,
+    /// Faces other nodes and the outside: the node-facing programs.
+    Node,
+}
+
+/// An attachment: role and interface name, and the interface's index.
+pub type Attachment = ((Role, String), u32);
+
+/// What to change: attachments to make, and ones whose interface is gone
+/// (or no longer wants them).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// To attach (new interfaces, or recreated ones with a new index).
+    pub attach: Vec<Attachment>,
+    /// To detach and forget.
+    pub detach: Vec<(Role, String)>,
+    /// Interfaces named by a flag that cannot get programs, with why.
+    pub refused: Vec<(String, &'static str)>,
+}
+
+/// The pure part: from what exists (`snap`), what is asked for (`hooks`,
+/// `node_ifaces`) and what is attached, the changes. An interface that is
+/// both a pod's and a node's is a pod's: its traffic must not be
+/// translated twice.
+pub fn plan(
+    snap: &Snapshot,
+    hooks: &HookArgs,
+    node_ifaces: &BTreeSet<String>,
+    attached: &BTreeMap<(Role, String), u32>,
+) -> Plan {
+    let mut wanted: BTreeMap<(Role, String), u32> = BTreeMap::new();
+    let mut plan = Plan::default();
+    let has_pod_ports = |bridge: u32| {
+        snap.links
+            .values()
+            .any(|l| l.master == Some(bridge) && hooks.is_pod_iface(&l.name))
+    };
+    for (index, link) in &snap.links {
+        let name = &link.name;
+        let named = hooks.tc_ifaces.contains(name) || hooks.node_ifaces.contains(name);
+        if !link.ethernet {
+            if named {
+                plan.refused.push((
+                    name.clone(),
+                    "not an Ethernet device (the programs parse Ethernet frames)",
+                ));
+            }
+            continue;
+        }
+        if hooks.is_pod_iface(name) {
+            wanted.insert((Role::Pod, name.clone()), *index);
+        } else if hooks.node_ifaces.contains(name)
+            || (node_ifaces.contains(name) && !(link.bridge && has_pod_ports(*index)))
+        {
+            wanted.insert((Role::Node, name.clone()), *index);
+        }
+    }
+    for (key, index) in &wanted {
+        if attached.get(key) != Some(index) {
+            plan.attach.push((key.clone(), *index));
+        }
+    }
+    for key in attached.keys() {
+        if !wanted.contains_key(key) {
+            plan.detach.push(key.clone());
+        }
+    }
+    plan
+}
+
+/// The loaded programs and what they are attached to.
+pub struct Attacher {
+    dataplane: Dataplane,
+    hooks: HookArgs,
+    attached: BTreeMap<(Role, String), u32>,
+}
+
+impl Attacher {
+    /// Takes over the loaded object; nothing is attached to interfaces yet.
+    pub fn new(dataplane: Dataplane, hooks: HookArgs) -> Self {
+        Self {
+            dataplane,
+            hooks,
+            attached: BTreeMap::new(),
+        }
+    }
+
+    /// Brings the attachments in line with `snap`. Returns one line per
+    /// interface that failed (it is retried on the next change); the others
+    /// proceed.
+    pub fn reconcile(&mut self, snap: &Snapshot, node_ifaces: &BTreeSet<String>) -> Vec<String> {
+        let plan = plan(snap, &self.hooks, node_ifaces, &self.attached);
+        let mut failed: Vec<String> = plan
+            .refused
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect();
+        for (role, name) in plan.detach {
+            match self.dataplane.detach_iface(&name, role == Role::Node) {
+                Ok(()) => {
+                    info!(iface = %name, ?role, "tc programs detached (interface gone or no longer wanted)");
+                    self.attached.remove(&(role, name));
+                }
+                Err(e) => failed.push(format!("{name}: {e:#}")),
+            }
+        }
+        if plan.attach.is_empty() {
+            return failed;
+        }
+        let dp = &mut self.dataplane;
+        let attached = &mut self.attached;
+        let mut attach_all = || -> anyhow::Result<()> {
+            for ((role, name), index) in &plan.attach {
+                let r = match role {
+                    Role::Pod => dp.attach_tc(name),
+                    Role::Node => dp.attach_node_iface(name),
+                };
+                match r {
+                    Ok(()) => {
+                        info!(iface = %name, index, ?role, "tc programs attached");
+                        attached.insert((*role, name.clone()), *index);
+                    }
+                    Err(e) => failed.push(format!("{name}: {:#}", anyhow::Error::from(e))),
+                }
+            }
+            Ok(())
+        };
+        let entered = match &self.hooks.tc_netns {
+            Some(ns) => with_netns(ns, attach_all),
+            None => attach_all(),
+        };
+        if let Err(e) = entered {
+            failed.push(format!("{e:#}"));
+        }
+        for f in &failed {
+            warn!(failure = %f, "tc attachment failed; retried on the next interface change");
+        }
+        failed
+    }
+
+    /// The loaded object (for the reconciler's maps).
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::interfaces::Link;
+
+    /// Ethernet links, but `lo`.
+    fn snap(links: &[(u32, &str)]) -> Snapshot {
+        Snapshot {
+            links: links
+                .iter()
+                .map(|(i, n)| {
+                    let link = Link {
+                        name: (*n).to_owned(),
+                        ethernet: *n != "lo",
+                        ..Link::default()
+                    };
+                    (*i, link)
+                })
+                .collect(),
+            addrs: Vec::new(),
+        }
+    }
+
+    fn hooks() -> HookArgs {
+        HookArgs {
+            tc_ifaces: vec!["h0".into()],
+            pod_interface_name_prefix: Some("veth".into()),
+            ..HookArgs::default()
+        }
+    }
+
+    #[test]
+    fn pods_by_name_and_prefix_nodes_by_their_addresses() {
+        let s = snap(&[
+            (1, "lo"),
+            (2, "eth0"),
+            (3, "h0"),
+            (4, "veth1"),
+            (5, "h1"),
+            (6, "eth1"),
+        ]);
+        let node = BTreeSet::from(["eth0".to_owned(), "veth1".to_owned()]);
+        let p = plan(&s, &hooks(), &node, &BTreeMap::new());
+        let got: Vec<(Role, &str, u32)> = p
+            .attach
+            .iter()
+            .map(|((r, n), i)| (*r, n.as_str(), *i))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Role::Pod, "h0", 3),
+                (Role::Pod, "veth1", 4),
+                (Role::Node, "eth0", 2)
+            ],
+            "veth1 is a pod's even if it held a NodePort address"
+        );
+        assert!(p.detach.is_empty());
+    }
+
+    #[test]
+    fn a_bridge_of_pods_is_not_node_facing_and_l3_devices_get_nothing() {
+        let mut s = snap(&[
+            (2, "eth0"),
+            (3, "cni0"),
+            (4, "veth1"),
+            (5, "br0"),
+            (6, "eth1"),
+            (7, "wg0"),
+        ]);
+        s.links.get_mut(&3).unwrap().bridge = true;
+        s.links.get_mut(&4).unwrap().master = Some(3);
+        s.links.get_mut(&5).unwrap().bridge = true;
+        s.links.get_mut(&6).unwrap().master = Some(5);
+        s.links.get_mut(&7).unwrap().ethernet = false;
+        // Every interface holds a NodePort address (nodePortAddresses unset).
+        let node = s.links.values().map(|l| l.name.clone()).collect();
+        let p = plan(&s, &hooks(), &node, &BTreeMap::new());
+        let got: Vec<(Role, &str)> = p
+            .attach
+            .iter()
+            .map(|((r, n), _)| (*r, n.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Role::Pod, "veth1"),
+                (Role::Node, "br0"),
+                (Role::Node, "eth0"),
+                (Role::Node, "eth1"),
+            ],
+            "cni0 bridges pods; br0 bridges the node's own port; wg0 has no Ethernet header"
+        );
+        assert!(p.refused.is_empty(), "nothing was named explicitly");
+        // Named by a flag: cni0 is node-facing after all; wg0 is refused.
+        let named = HookArgs {
+            node_ifaces: vec!["cni0".into(), "wg0".into()],
+            ..hooks()
+        };
+        let p = plan(&s, &named, &node, &BTreeMap::new());
+        assert!(p.attach.contains(&((Role::Node, "cni0".to_owned()), 3)));
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].0, "wg0");
+    }
+
+    #[test]
+    fn new_recreated_and_vanished_interfaces() {
+        let attached = BTreeMap::from([
+            ((Role::Pod, "veth1".to_owned()), 4),
+            ((Role::Pod, "veth2".to_owned()), 5),
+            ((Role::Node, "eth0".to_owned()), 2),
+        ]);
+        // veth1 was recreated (index 7), veth2 is gone, veth3 is new, eth0
+        // lost its NodePort address.
+        let s = snap(&[(2, "eth0"), (7, "veth1"), (8, "veth3")]);
+        let p = plan(&s, &hooks(), &BTreeSet::new(), &attached);
+        assert_eq!(
+            p.attach,
+            [
+                ((Role::Pod, "veth1".to_owned()), 7),
+                ((Role::Pod, "veth3".to_owned()), 8)
+            ]
+        );
+        assert_eq!(
+            p.detach,
+            [
+                (Role::Pod, "veth2".to_owned()),
+                (Role::Node, "eth0".to_owned())
+            ]
+        );
+        // Nothing changed: nothing to do.
+        let now = BTreeMap::from([((Role::Pod, "veth1".to_owned()), 7)]);
+        let p = plan(&snap(&[(7, "veth1")]), &hooks(), &BTreeSet::new(), &now);
+        assert_eq!(p, Plan::default());
+    }
+}

@@ -227,6 +227,23 @@ fn deploy_applies(bin: PathBuf) {
             {"kind": "ServiceAccount", "name": "switchyard", "namespace": "kube-system"}
         ])
     );
+    // The binding is enforced: the DaemonSet's account may do what the role
+    // grants and nothing else.
+    let can_i = |args: &[&str]| {
+        let mut a = vec![
+            "auth",
+            "can-i",
+            "--as=system:serviceaccount:kube-system:switchyard",
+        ];
+        a.extend_from_slice(args);
+        let out = k.run(&a);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    assert!(can_i(&["watch", "endpointslices.discovery.k8s.io", "-A"]));
+    assert!(can_i(&["list", "services", "-A"]));
+    assert!(can_i(&["create", "events", "-n", "default"]));
+    assert!(!can_i(&["delete", "services", "-n", "default"]));
+    assert!(!can_i(&["get", "secrets", "-n", "kube-system"]));
     // (A list: single-object gets are not served as Tables.)
     let table = k.ok(&["get", "clusterrolebindings"]);
     assert!(table.contains("ClusterRole/switchyard"), "{table}");

@@ -6,13 +6,14 @@ use anyhow::{Result, bail};
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
-use super::{Shared, endpointslice, nodeipam, nodelifecycle, replicaset};
+use super::{Shared, deployment, endpointslice, nodeipam, nodelifecycle, replicaset};
 
 /// Every controller this manager has, by upstream's name.
 pub const ALL: &[&str] = &[
     "endpointslice",
     "replicaset",
     "replicationcontroller",
+    "deployment",
     "nodelifecycle",
     "nodeipam",
 ];
@@ -132,6 +133,7 @@ pub async fn run(shared: Arc<Shared>, names: &[&'static str], settings: Settings
                     replicaset::run_replication_controllers(shared, settings.replicaset_workers)
                         .await
                 }
+                "deployment" => deployment::run(shared, settings.replicaset_workers).await,
                 "nodelifecycle" => nodelifecycle::run(shared, settings.nodelifecycle).await,
                 "nodeipam" => match settings.nodeipam {
                     Some(s) => nodeipam::run(shared, s).await,

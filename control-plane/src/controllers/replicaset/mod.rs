@@ -438,6 +438,9 @@ async fn manage<K: ReplicaKind>(
     let ns = owner.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let diff = core::replica_diff(owned.len(), owner.replicas());
+    if diff != 0 {
+        tracing::info!(owner = %owner.name_any(), active = owned.len(), wanted = owner.replicas(), "managing replicas");
+    }
     if diff > 0 {
         let Some(template) = owner.template() else {
             return Err((

@@ -46,6 +46,9 @@ use tracing::{debug, warn};
 
 use crate::client;
 
+/// The address hollow nodes report as theirs (they are all this machine).
+const HOST_IP: &str = "127.0.0.1";
+
 /// What the node says of itself.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -383,8 +386,15 @@ async fn handle(
     if running || started.contains(&uid) {
         return Ok(());
     }
-    let Some(ip) = ipam.as_mut().and_then(Ipam::next) else {
-        anyhow::bail!("no free pod address on node {}", opts.name);
+    // A host-network pod has the node's address.
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let ip = if host_network {
+        HOST_IP.to_owned()
+    } else {
+        let Some(ip) = ipam.as_mut().and_then(Ipam::next) else {
+            anyhow::bail!("no free pod address on node {}", opts.name);
+        };
+        ip
     };
     let now = Time(Timestamp::now());
     let cond = |ty: &str| json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
@@ -404,7 +414,7 @@ async fn handle(
     let status = json!({"status": {
         "phase": "Running",
         "podIP": ip, "podIPs": [{"ip": ip}],
-        "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
+        "hostIP": HOST_IP, "hostIPs": [{"ip": HOST_IP}],
         "startTime": now,
         "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("ContainersReady"), cond("Ready"), cond("PodScheduled")],
         "containerStatuses": containers,

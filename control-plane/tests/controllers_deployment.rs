@@ -81,8 +81,10 @@ fn watch(plane: &Plane, selector: &str) -> Watch {
     plane.rt.spawn(async move {
         let (store, writer) = reflector::store::<Pod>();
         let mut events = watcher(api, cfg).default_backoff().reflect(writer).boxed();
-        while events.next().await.is_some() {
-            if !armed.load(Ordering::SeqCst) {
+        let mut listed = false;
+        while let Some(e) = events.next().await {
+            listed |= matches!(e, Ok(watcher::Event::InitDone));
+            if !armed.load(Ordering::SeqCst) || !listed {
                 continue;
             }
             let pods = store.state();

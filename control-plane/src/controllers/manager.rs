@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
-use super::{Shared, deployment, endpointslice, nodeipam, nodelifecycle, replicaset};
+use super::{Shared, daemonset, deployment, endpointslice, nodeipam, nodelifecycle, replicaset};
 
 /// Every controller this manager has, by upstream's name.
 pub const ALL: &[&str] = &[
@@ -14,6 +14,7 @@ pub const ALL: &[&str] = &[
     "replicaset",
     "replicationcontroller",
     "deployment",
+    "daemonset",
     "nodelifecycle",
     "nodeipam",
 ];
@@ -134,6 +135,7 @@ pub async fn run(shared: Arc<Shared>, names: &[&'static str], settings: Settings
                         .await
                 }
                 "deployment" => deployment::run(shared, settings.replicaset_workers).await,
+                "daemonset" => daemonset::run(shared, settings.replicaset_workers).await,
                 "nodelifecycle" => nodelifecycle::run(shared, settings.nodelifecycle).await,
                 "nodeipam" => match settings.nodeipam {
                     Some(s) => nodeipam::run(shared, s).await,

@@ -49,7 +49,7 @@ use tracing::{debug, warn};
 
 use crate::client::{events::Recorder, informer::Informer};
 
-// pub mod daemonset;
+pub mod daemonset;
 pub mod deployment;
 // pub mod endpoints;
 pub mod endpointslice;

@@ -76,6 +76,9 @@ struct Args {
     /// The Service range, never given to nodes.
     #[arg(long)]
     service_cluster_ip_range: Option<String>,
+    /// A CA bundle published in every namespace as ConfigMap kube-root-ca.crt.
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -97,6 +100,12 @@ async fn main() -> Result<()> {
     settings.nodelifecycle.monitor_period = args.node_monitor_period;
     settings.nodelifecycle.grace_period = args.node_monitor_grace_period;
     settings.nodelifecycle.startup_grace_period = args.node_startup_grace_period;
+    if let Some(path) = args.root_ca_file.as_ref() {
+        settings.root_ca = Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--root-ca-file {}: {e}", path.display()))?,
+        );
+    }
     if args.allocate_node_cidrs {
         let Some(cidr) = args.cluster_cidr.as_deref() else {
             anyhow::bail!("--allocate-node-cidrs needs --cluster-cidr");

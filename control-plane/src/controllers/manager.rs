@@ -6,7 +6,10 @@ use anyhow::{Result, bail};
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
-use super::{Shared, daemonset, deployment, endpointslice, nodeipam, nodelifecycle, replicaset};
+use super::{
+    Shared, daemonset, deployment, endpointslice, nodeipam, nodelifecycle, replicaset,
+    serviceaccount,
+};
 
 /// Every controller this manager has, by upstream's name.
 pub const ALL: &[&str] = &[
@@ -17,6 +20,7 @@ pub const ALL: &[&str] = &[
     "daemonset",
     "nodelifecycle",
     "nodeipam",
+    "serviceaccount",
 ];
 
 /// Settings for every controller.
@@ -28,6 +32,8 @@ pub struct Settings {
     pub nodelifecycle: nodelifecycle::Settings,
     /// `None` unless `--allocate-node-cidrs` (then nodeipam does nothing).
     pub nodeipam: Option<nodeipam::Settings>,
+    /// `--root-ca-file`'s PEM, published as `kube-root-ca.crt`.
+    pub root_ca: Option<String>,
 }
 
 impl Default for Settings {
@@ -37,6 +43,7 @@ impl Default for Settings {
             replicaset_workers: 5,
             nodelifecycle: nodelifecycle::Settings::default(),
             nodeipam: None,
+            root_ca: None,
         }
     }
 }
@@ -137,6 +144,7 @@ pub async fn run(shared: Arc<Shared>, names: &[&'static str], settings: Settings
                 "deployment" => deployment::run(shared, settings.replicaset_workers).await,
                 "daemonset" => daemonset::run(shared, settings.replicaset_workers).await,
                 "nodelifecycle" => nodelifecycle::run(shared, settings.nodelifecycle).await,
+                "serviceaccount" => serviceaccount::run(shared, settings.root_ca).await,
                 "nodeipam" => match settings.nodeipam {
                     Some(s) => nodeipam::run(shared, s).await,
                     None => {

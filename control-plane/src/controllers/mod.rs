@@ -62,7 +62,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
-// pub mod serviceaccount;
+pub mod serviceaccount;
 
 /// One process's client and shared watch caches, each started the first
 /// time a controller asks for it (a controller run alone watches only what

@@ -128,6 +128,17 @@ fn rc_and_service_scenario(backend: Backend) {
         assert_eq!(t.uid, pod.uid());
     }
 
+    // The legacy Endpoints object says the same.
+    plane.wait("Endpoints web with 3 ready addresses", T, || {
+        let e = plane.kubectl.json(&["get", "endpoints", "web"]);
+        let subsets = e["subsets"].as_array()?;
+        (subsets.len() == 1
+            && subsets[0]["addresses"].as_array()?.len() == 3
+            && subsets[0]["notReadyAddresses"].is_null()
+            && subsets[0]["ports"][0]["port"] == 8080)
+            .then_some(())
+    });
+
     // The RC's status counts them.
     plane.wait("rc status 3/3/3", T, || {
         let rc = plane.kubectl.json(&["get", "rc", "web"]);
@@ -155,6 +166,13 @@ fn rc_and_service_scenario(backend: Backend) {
         let eps = endpoints(&plane.slices("default", "web"));
         let e = eps.iter().find(|e| e.0 == sick_ip)?;
         (eps.len() == 3 && !e.1 && !e.2 && eps.iter().filter(|e| e.1).count() == 2).then_some(())
+    });
+    plane.wait("Endpoints: the sick pod under notReadyAddresses", T, || {
+        let e = plane.kubectl.json(&["get", "endpoints", "web"]);
+        let s = &e["subsets"][0];
+        (s["addresses"].as_array()?.len() == 2
+            && s["notReadyAddresses"][0]["ip"] == sick_ip.as_str())
+        .then_some(())
     });
     plane.wait("rc readyReplicas 2", T, || {
         let rc = plane.kubectl.json(&["get", "rc", "web"]);
@@ -238,6 +256,24 @@ fn rc_and_service_scenario(backend: Backend) {
     for r in ["SuccessfulCreate", "SuccessfulDelete", "Scheduled"] {
         assert!(reasons.contains(&r), "no {r} event among {reasons:?}");
     }
+
+    // A Service without a selector keeps the Endpoints its owner writes;
+    // a deleted Service loses its own (and its slices).
+    plane.kubectl.ok_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: ext}\nsubsets: [{addresses: [{ip: 192.0.2.10}], ports: [{port: 80}]}]\n",
+    );
+    plane.kubectl.ok(&["delete", "service", "web"]);
+    plane.wait("Endpoints and slices of web gone", T, || {
+        let gone = !plane
+            .kubectl
+            .run(&["get", "endpoints", "web"])
+            .status
+            .success();
+        (gone && plane.slices("default", "web").is_empty()).then_some(())
+    });
+    let ext = plane.kubectl.json(&["get", "endpoints", "ext"]);
+    assert_eq!(ext["subsets"][0]["addresses"][0]["ip"], "192.0.2.10");
 }
 
 #[test]

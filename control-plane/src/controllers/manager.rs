@@ -7,12 +7,13 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use super::{
-    Shared, daemonset, deployment, endpointslice, nodeipam, nodelifecycle, replicaset,
+    Shared, daemonset, deployment, endpoints, endpointslice, nodeipam, nodelifecycle, replicaset,
     serviceaccount,
 };
 
 /// Every controller this manager has, by upstream's name.
 pub const ALL: &[&str] = &[
+    "endpoint",
     "endpointslice",
     "replicaset",
     "replicationcontroller",
@@ -133,6 +134,7 @@ pub async fn run(shared: Arc<Shared>, names: &[&'static str], settings: Settings
         info!(controller = name, "starting");
         set.spawn(async move {
             let r = match name {
+                "endpoint" => endpoints::run(shared, settings.endpointslice.concurrent_syncs).await,
                 "endpointslice" => endpointslice::run(shared, settings.endpointslice).await,
                 "replicaset" => {
                     replicaset::run_replica_sets(shared, settings.replicaset_workers).await

@@ -51,7 +51,7 @@ use crate::client::{events::Recorder, informer::Informer};
 
 pub mod daemonset;
 pub mod deployment;
-// pub mod endpoints;
+pub mod endpoints;
 pub mod endpointslice;
 // pub mod gc;
 // pub mod job;

@@ -57,11 +57,16 @@ pub mod map_names {
     pub const SOCK4_REVNAT: &str = "SY_SK4_RNAT";
     /// Backends of unconnected UDP sockets, LRU ([`crate::sock::Sock4FwdKey`] → `u32`).
     pub const SOCK4_FWD: &str = "SY_SK4_FWD";
+    /// Where to send a packet redirected to a pod interface that is a
+    /// bridge port: interface index `u32` → the bridge's index `u32`
+    /// (written by the daemon's attacher; an interface missing here is its
+    /// own target).
+    pub const IF_REDIRECT: &str = "SY_IF_REDIRECT";
     /// Packet counters of the per-packet paths, per CPU (`u32` → `u64`, see [`crate::stats`]).
     pub const STATS4: &str = "SY_STATS4";
 
     /// Every map Switchyard pins, for cleanup and inspection.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         LB4_SERVICES,
         LB4_BACKENDS,
         LB4_AFFINITY,
@@ -72,6 +77,7 @@ pub mod map_names {
         NODE4,
         SOCK4_REVNAT,
         SOCK4_FWD,
+        IF_REDIRECT,
         STATS4,
     ];
 

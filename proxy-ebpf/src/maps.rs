@@ -53,6 +53,18 @@ pub static SY_SK4_RNAT: LruHashMap<Sock4RevNatKey, Sock4RevNatValue> =
 pub static SY_SK4_FWD: LruHashMap<Sock4FwdKey, u32> = LruHashMap::with_max_entries(1, 0);
 
 #[map]
+pub static SY_IF_REDIRECT: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
+
+/// The interface to redirect to in place of `ifindex`: its bridge, when it
+/// is a pod's bridge port (the bridge resolves the pod's address; the port
+/// cannot).
+#[inline(always)]
+pub fn redirect_target(ifindex: u32) -> u32 {
+    // SAFETY: copied out at once.
+    unsafe { SY_IF_REDIRECT.get(&ifindex).copied() }.unwrap_or(ifindex)
+}
+
+#[map]
 pub static SY_STATS4: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts one packet under `stat` (a `proxy_common::stats::STAT_*`).

@@ -202,6 +202,7 @@ fn service_flow(
         DROP
     })?;
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    let back = maps::redirect_target(ingress);
     let node_addr = maps::node_addr_be();
     // A pod reaching itself must see the node as the peer (kube-proxy's
     // hairpin masquerade); traffic from outside to a backend on another
@@ -233,7 +234,7 @@ fn service_flow(
     if snat {
         fwd.flags |= CT_FLAG_SNAT;
         fwd.ifindex = if hairpin {
-            ingress
+            back
         } else {
             egress_ifindex(ctx, node_addr, be.addr_be, ingress).ok_or_else(|| {
                 maps::count(STAT_NO_ROUTE_TO_BACKEND);
@@ -243,14 +244,14 @@ fn service_flow(
     }
     // Replies go straight back out where the request came in: their new
     // source (a frontend) may be an address of the node, and is none the
-    // kernel's reverse-path filter would accept on the backend's side. (A
-    // pod interface that is a bridge port is a fine target too.)
+    // kernel's reverse-path filter would accept on the backend's side. A
+    // pod interface that is a bridge port is replaced by its bridge.
     let mut rev = Ct4Value {
         saddr_be: ip.daddr_be,
         daddr_be: ip.saddr_be,
         sport_be: ports.dport_be,
         dport_be: ports.sport_be,
-        ifindex: ingress,
+        ifindex: back,
         flags: CT_FLAG_REPLY | CT_FLAG_NAT | path,
         ..fwd
     };

@@ -59,7 +59,10 @@ pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 pub const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
 
 /// The subsets for `svc` over `pods`, and whether they were truncated.
-pub fn desired_subsets<P: AsRef<Pod>>(svc: &Service, pods: &[P]) -> (Vec<EndpointSubset>, bool) {
+pub fn desired_subsets<P: std::borrow::Borrow<Pod>>(
+    svc: &Service,
+    pods: &[P],
+) -> (Vec<EndpointSubset>, bool) {
     let family = endpoint::address_types(svc)[0];
     let publish = endpoint::publish_not_ready(svc);
     let svc_ports = svc
@@ -72,7 +75,7 @@ pub fn desired_subsets<P: AsRef<Pod>>(svc: &Service, pods: &[P]) -> (Vec<Endpoin
     let mut groups: BTreeMap<Vec<(String, i32, String)>, (Vec<EndpointPort>, Group)> =
         BTreeMap::new();
     for pod in pods {
-        let pod = pod.as_ref();
+        let pod: &Pod = pod.borrow();
         if pods::is_terminal(pod) || (!publish && pod.metadata.deletion_timestamp.is_some()) {
             continue;
         }

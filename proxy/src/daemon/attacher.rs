@@ -34,6 +34,9 @@ pub type Attachment = ((Role, String), u32);
 /// (or no longer wants them).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// Pod interfaces that are bridge ports → their bridge: where the
+    /// programs send what they redirect to such an interface.
+    pub redirects: BTreeMap<u32, u32>,
     /// To attach (new interfaces, or recreated ones with a new index).
     pub attach: Vec<Attachment>,
     /// To detach and forget.
@@ -73,6 +76,12 @@ pub fn plan(
         }
         if hooks.is_pod_iface(name) {
             wanted.insert((Role::Pod, name.clone()), *index);
+            if let Some(bridge) = link
+                .master
+                .filter(|m| snap.links.get(m).is_some_and(|b| b.bridge))
+            {
+                plan.redirects.insert(*index, bridge);
+            }
         } else if hooks.node_ifaces.contains(name)
             || (node_ifaces.contains(name) && !(link.bridge && has_pod_ports(*index)))
         {
@@ -127,6 +136,9 @@ impl Attacher {
                 }
                 Err(e) => failed.push(format!("{name}: {e:#}")),
             }
+        }
+        if let Err(e) = self.dataplane.set_if_redirects(&plan.redirects) {
+            failed.push(format!("redirect targets of bridged pod interfaces: {e:#}"));
         }
         if plan.attach.is_empty() {
             return failed;
@@ -269,6 +281,11 @@ mod tests {
         };
         let p = plan(&s, &named, &node, &BTreeMap::new());
         assert!(p.attach.contains(&((Role::Node, "cni0".to_owned()), 3)));
+        assert_eq!(
+            p.redirects,
+            BTreeMap::from([(4, 3)]),
+            "what goes back to veth1 goes through its bridge"
+        );
         assert_eq!(p.refused.len(), 1);
         assert_eq!(p.refused[0].0, "wg0");
     }

@@ -63,10 +63,7 @@ async fn livez_handler(State(h): State<Arc<Health>>) -> impl IntoResponse {
 
 async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
         m.render(),
     )
 }

@@ -17,13 +17,14 @@
 //! re-attach is make-before-break: the new link is attached before the old
 //! pin is removed.
 use std::{
+    collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapInfo, MapType},
+    maps::{HashMap as AyaHashMap, MapInfo, MapType},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -264,6 +265,36 @@ impl Dataplane {
         )
     }
 
+    /// Makes [`map_names::IF_REDIRECT`] hold exactly `redirects`: for each
+    /// pod interface that is a bridge port, its index → the bridge's index.
+    /// Set before attaching to such an interface: its programs redirect
+    /// replies there, and a bridge port cannot resolve the pod's address
+    /// (ARP answers reach the bridge, never the port).
+    pub fn set_if_redirects(&mut self, redirects: &BTreeMap<u32, u32>) -> Result<()> {
+        let name = map_names::IF_REDIRECT;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(MapError::Missing { map: name })?;
+        let mut map: AyaHashMap<_, u32, u32> =
+            AyaHashMap::try_from(map).map_err(|source| MapError::Layout { map: name, source })?;
+        let held: Vec<u32> = map.keys().filter_map(std::result::Result::ok).collect();
+        for k in held.iter().filter(|k| !redirects.contains_key(k)) {
+            let _ = map.remove(k);
+        }
+        for (k, v) in redirects {
+            if map.get(k, 0).ok() != Some(*v) {
+                map.insert(k, v, 0).map_err(|e| MapError::Write {
+                    op: "update",
+                    map: name,
+                    key: k.to_string(),
+                    source: super::aya_maps::io_error(e),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Detaches what [`Self::attach_tc`] (`node: false`) or
     /// [`Self::attach_node_iface`] (`node: true`) attached to `iface`, by
     /// removing the pins. An interface that is gone has lost its programs
@@ -444,6 +475,7 @@ fn layout(name: &str) -> Option<(MapType, usize, usize)> {
         ),
         n if n == map_names::NODE4 => (MapType::Array, 4, size_of::<Node4Config>()),
         n if n == map_names::STATS4 => (MapType::PerCpuArray, 4, size_of::<u64>()),
+        n if n == map_names::IF_REDIRECT => (MapType::Hash, 4, 4),
         n if n == map_names::LB4_AFFINITY => (
             MapType::LruHash,
             size_of::<Lb4AffinityKey>(),

@@ -1,5 +1,9 @@
 use proxy_common::map_names as names;
 
+/// Interfaces [`names::IF_REDIRECT`] can name (pod interfaces that are
+/// bridge ports).
+pub const IF_REDIRECT_ENTRIES: u32 = 16 * 1024;
+
 /// Map capacities, fixed when the maps are created (pinned maps keep theirs).
 ///
 /// The services map holds a master entry per frontend plus one entry per
@@ -66,7 +70,7 @@ impl MapSizes {
     }
 
     /// `max_entries` of every map, by map name (the node map always has one, the counters one per `STAT_*`).
-    pub fn max_entries(&self) -> [(&'static str, u32); 11] {
+    pub fn max_entries(&self) -> [(&'static str, u32); 12] {
         [
             (names::LB4_SERVICES, self.frontends + self.backend_slots),
             (names::LB4_BACKENDS, self.backends),
@@ -78,6 +82,7 @@ impl MapSizes {
             (names::NODE4, 1),
             (names::SOCK4_REVNAT, self.sockets),
             (names::SOCK4_FWD, self.sockets),
+            (names::IF_REDIRECT, IF_REDIRECT_ENTRIES),
             (names::STATS4, proxy_common::stats::STAT_COUNT),
         ]
     }

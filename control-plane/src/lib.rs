@@ -17,6 +17,7 @@
 pub mod api;
 pub mod client;
 pub mod controllers;
+pub mod dns;
 pub mod hollow_node;
 pub mod local_etcd;
 pub mod pki;

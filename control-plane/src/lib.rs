@@ -20,6 +20,7 @@ pub mod controllers;
 pub mod dns;
 pub mod hollow_node;
 pub mod local_etcd;
+pub mod node_agent;
 pub mod pki;
 pub mod scheduler;
 pub mod serve;

@@ -1,0 +1,676 @@
+//! The node agent on a two-node cluster in a box: a real sy-apiserver,
+//! controller manager (node IPAM, ReplicationController, EndpointSlice)
+//! and scheduler, and two `sy-node-agent`s each serving a node network
+//! namespace on an underlay bridge (nothing in the root namespace), with
+//! containers run by runc from an image built of busybox-static and the
+//! test bed's `netprobe`:
+//!
+//! - should serve a basic endpoint from pods: an RC's pods on both nodes
+//!   answer over the network with their own names (fieldRef env, `$(VAR)`
+//!   args), Running and Ready with addresses from their node's podCIDR;
+//! - Service environment variables in a pod, ConfigMap/Secret refs;
+//! - a readiness probe failing makes the pod not Ready and its endpoint
+//!   leaves the EndpointSlice's ready set;
+//! - graceful termination: preStop, then SIGTERM the container traps,
+//!   then the final delete, well before the grace period; a container
+//!   ignoring SIGTERM is killed at the end of the grace period;
+//! - restarts: an exiting container restarts with restartCount and the
+//!   last exit code reported.
+//!
+//! Needs root (namespaces, mounts) and runc; `netprobe` must be built
+//! (`cargo build --bins`, as the README's test command does).
+mod common;
+mod controllers_support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::Backend;
+use controllers_support::{Plane, endpoints, pod_ip};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{Api, ResourceExt as _};
+
+const T: Duration = Duration::from_secs(60);
+const IMAGE: &str = "switchyard/testbed:1";
+
+fn sh(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A named netns, deleted on drop.
+struct Ns(String);
+impl Ns {
+    fn new(name: &str) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        sh("ip", &["netns", "add", name]);
+        sh("ip", &["-n", name, "link", "set", "lo", "up"]);
+        Ns(name.to_owned())
+    }
+}
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// An agent process, killed (by PID) on drop.
+struct AgentProc {
+    child: Child,
+    log: PathBuf,
+}
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_sy-node-agent"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+struct Box2 {
+    // Drop order: agents (they clean their pods), then namespaces, then the plane.
+    agents: Vec<AgentProc>,
+    nodes: Vec<Ns>,
+    _underlay: Ns,
+    plane: Plane,
+    roots: Vec<PathBuf>,
+}
+
+impl Drop for Box2 {
+    fn drop(&mut self) {
+        // Stop the agents, then remove what their pods left (mounts, netns).
+        self.agents.clear();
+        for r in &self.roots {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "for m in $(awk '{{print $5}}' /proc/self/mountinfo | grep '^{}' | sort -r); do umount -l $m; done",
+                    r.display()
+                ))
+                .output();
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(r.join("runc"))
+                .args(["list", "-q"])
+                .output()
+                .map(|o| {
+                    for id in String::from_utf8_lossy(&o.stdout).lines() {
+                        let _ = Command::new("runc")
+                            .arg("--root")
+                            .arg(r.join("runc"))
+                            .args(["delete", "--force", id])
+                            .output();
+                    }
+                });
+            if let Ok(ds) = std::fs::read_dir(r.join("pods")) {
+                for d in ds.flatten() {
+                    let _ = Command::new("ip")
+                        .args([
+                            "netns",
+                            "del",
+                            &format!("sypod-{}", d.file_name().to_string_lossy()),
+                        ])
+                        .output();
+                }
+            }
+        }
+    }
+}
+
+fn preflight() {
+    assert!(
+        nix_is_root(),
+        "the node agent tests need root (network namespaces, mounts)"
+    );
+    let runc = Command::new("runc").arg("--version").output();
+    assert!(
+        runc.is_ok_and(|o| o.status.success()),
+        "runc is not installed (scripts/setup.sh installs it)"
+    );
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "busybox-static is not installed (scripts/setup.sh installs it)"
+    );
+    assert!(
+        bin_dir().join("netprobe").exists(),
+        "netprobe is not built: run `cargo build --bins` first"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+fn start_box(tag: &str) -> Box2 {
+    preflight();
+    let mut plane = Plane::start(Backend::Embedded, 0);
+    plane.fallback_cidrs = false;
+    plane.start_manager(&[
+        "--allocate-node-cidrs=true",
+        "--cluster-cidr=10.244.0.0/16",
+        "--service-cluster-ip-range=10.96.0.0/12",
+    ]);
+    plane.start_scheduler();
+    let underlay = Ns::new(&format!("sya{tag}-ul"));
+    sh(
+        "ip",
+        &["-n", &underlay.0, "link", "add", "br0", "type", "bridge"],
+    );
+    sh("ip", &["-n", &underlay.0, "link", "set", "br0", "up"]);
+    let image_dir = plane.dir.path().join("image");
+    let agent_bin = env!("CARGO_BIN_EXE_sy-node-agent");
+    let netprobe = bin_dir().join("netprobe");
+    sh(
+        agent_bin,
+        &[
+            "image",
+            "build",
+            "--out",
+            image_dir.to_str().unwrap(),
+            "--name",
+            IMAGE,
+            "--add",
+            &format!("{}:/bin/netprobe", netprobe.display()),
+        ],
+    );
+    let mut nodes = Vec::new();
+    let mut agents = Vec::new();
+    let mut roots = Vec::new();
+    for i in 1..=2u8 {
+        let ns = Ns::new(&format!("sya{tag}-n{i}"));
+        let (a, b) = (format!("u{i}"), format!("sya{tag}u{i}"));
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns.0,
+                "link",
+                "add",
+                &a,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &b,
+                "netns",
+                &underlay.0,
+            ],
+        );
+        sh(
+            "ip",
+            &["-n", &underlay.0, "link", "set", &b, "master", "br0", "up"],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns.0,
+                "addr",
+                "add",
+                &format!("192.168.0.{}/24", 10 + i),
+                "dev",
+                &a,
+            ],
+        );
+        sh("ip", &["-n", &ns.0, "link", "set", &a, "up"]);
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns.0,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        );
+        let root = plane.dir.path().join(format!("agent-{i}"));
+        sh(
+            agent_bin,
+            &[
+                "--root-dir",
+                root.to_str().unwrap(),
+                "image",
+                "import",
+                image_dir.to_str().unwrap(),
+            ],
+        );
+        let log = plane.dir.path().join(format!("agent-{i}.log"));
+        let child = Command::new(agent_bin)
+            .args(["--kubeconfig", plane.server.kubeconfig().to_str().unwrap()])
+            .args(["--node-name", &format!("node-{i}"), "--node-netns", &ns.0])
+            .args([
+                "--root-dir",
+                root.to_str().unwrap(),
+                "--port",
+                "0",
+                "--lease-interval",
+                "1s",
+            ])
+            .env("RUST_LOG", "info,control_plane=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        agents.push(AgentProc { child, log });
+        nodes.push(ns);
+        roots.push(root);
+    }
+    let bx = Box2 {
+        agents,
+        nodes,
+        _underlay: underlay,
+        plane,
+        roots,
+    };
+    // Routes between the nodes' pod CIDRs (a cloud's route controller's job).
+    let cidrs: Vec<String> = bx.plane.wait("podCIDRs on both nodes", T, || {
+        let api: Api<Node> = Api::all(bx.plane.client.clone());
+        (1..=2)
+            .map(|i| {
+                bx.plane
+                    .rt
+                    .block_on(api.get_opt(&format!("node-{i}")))
+                    .ok()
+                    .flatten()?
+                    .spec?
+                    .pod_cidr
+            })
+            .collect()
+    });
+    for (i, ns) in bx.nodes.iter().enumerate() {
+        let j = 1 - i;
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns.0,
+                "route",
+                "add",
+                &cidrs[j],
+                "via",
+                &format!("192.168.0.{}", 11 + j),
+            ],
+        );
+    }
+    bx
+}
+
+impl Box2 {
+    fn logs(&self) -> String {
+        let mut s = self.plane.logs();
+        for a in &self.agents {
+            let l = std::fs::read_to_string(&a.log).unwrap_or_default();
+            let tail: Vec<&str> = l.lines().rev().take(60).collect();
+            s.push_str(&format!(
+                "\n--- {} ---\n{}",
+                a.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        s
+    }
+
+    fn wait<X>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Option<X>) -> X {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn pod(&self, ns: &str, name: &str) -> Option<Pod> {
+        let api: Api<Pod> = Api::namespaced(self.plane.client.clone(), ns);
+        self.plane.rt.block_on(api.get_opt(name)).unwrap()
+    }
+
+    /// `netprobe tcp` from node `i`'s namespace: who answered.
+    fn probe_from_node(&self, i: usize, target: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i - 1].0])
+            .arg(bin_dir().join("netprobe"))
+            .args(["tcp", "--target", target, "--count", "1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The container's log as the agent wrote it (CRI lines' text).
+    fn log_of(&self, pod: &Pod, container: &str) -> String {
+        let dir = format!(
+            "{}_{}_{}",
+            pod.namespace().unwrap(),
+            pod.name_any(),
+            pod.uid().unwrap()
+        );
+        self.roots
+            .iter()
+            .filter_map(|r| {
+                std::fs::read_to_string(r.join("logs").join(&dir).join(container).join("0.log"))
+                    .ok()
+            })
+            .flat_map(|t| {
+                t.lines()
+                    .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+const RC: &str = r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: web}
+spec:
+  replicas: 4
+  selector: {app: web}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: switchyard/testbed:1
+        command: [netprobe, serve]
+        args: [--name, $(POD_NAME), --port, "8080"]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        ports: [{containerPort: 8080, name: tcp}]
+        readinessProbe:
+          tcpSocket: {port: tcp}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+"#;
+
+#[test]
+fn should_serve_a_basic_endpoint_from_pods_on_two_agents() {
+    let bx = start_box("b");
+    bx.plane.kubectl.ok_stdin(&["apply", "-f", "-"], RC);
+    let pods = bx.wait("4 ready pods with addresses", T, || {
+        let pods = bx.plane.pods("default", "app=web");
+        (pods.len() == 4 && pods.iter().all(|p| ready(p) && pod_ip(p).is_some())).then_some(pods)
+    });
+    let mut nodes: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(
+        nodes,
+        ["node-1", "node-2"],
+        "the scheduler spreads the RC over both agents"
+    );
+    for p in &pods {
+        let ip = pod_ip(p).unwrap();
+        let st = p.status.as_ref().unwrap();
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        let cs = &st.container_statuses.as_ref().unwrap()[0];
+        assert!(cs.ready && cs.started == Some(true) && cs.restart_count == 0);
+        assert!(cs.container_id.as_deref().unwrap().starts_with("runc://"));
+        // From node-1's namespace, each pod (local or across the underlay)
+        // answers with its own name.
+        let out = bx.probe_from_node(1, &format!("{ip}:8080"));
+        assert!(
+            out.contains(&p.name_any()),
+            "pod {} at {ip} answered {out:?}\n{}",
+            p.name_any(),
+            bx.logs()
+        );
+    }
+    let slices = bx.plane.slices("default", "web");
+    let eps = endpoints(&slices);
+    assert_eq!(eps.iter().filter(|e| e.1).count(), 4, "{eps:?}");
+}
+
+#[test]
+fn service_env_vars_probes_restarts_and_graceful_termination() {
+    let bx = start_box("e");
+    let host = bx.plane.dir.path().join("hostdir");
+    std::fs::create_dir_all(&host).unwrap();
+    bx.plane.kubectl.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: backend-service}
+spec:
+  selector: {app: none}
+  ports: [{name: http, port: 8080}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {greeting: hello}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: sec}
+stringData: {password: hunter2}
+"#,
+    );
+    let svc = bx.plane.service("default", "backend-service");
+    let cip = svc.spec.unwrap().cluster_ip.unwrap();
+    let pod_yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: envpod}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes:
+  - {{name: host, hostPath: {{path: {host}}}}}
+  - {{name: cm, configMap: {{name: cfg}}}}
+  containers:
+  - name: main
+    image: switchyard/testbed:1
+    command: [sh, -c]
+    args:
+    - |
+      env | sort
+      echo "file=$(cat /etc/cfg/greeting)"
+      trap 'echo term >> /host/events; exit 0' TERM
+      touch /tmp/ready
+      (sleep 6; rm /tmp/ready) &
+      while true; do sleep 0.2; done
+    env:
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: cfg, key: greeting}}}}}}
+    - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: sec, key: password}}}}}}
+    volumeMounts:
+    - {{name: host, mountPath: /host}}
+    - {{name: cm, mountPath: /etc/cfg, readOnly: true}}
+    readinessProbe:
+      exec: {{command: [cat, /tmp/ready]}}
+      periodSeconds: 1
+    lifecycle:
+      preStop:
+        exec: {{command: [sh, -c, "echo prestop >> /host/events"]}}
+  - name: crasher
+    image: switchyard/testbed:1
+    command: [sh, -c, "echo run; sleep 1; exit 3"]
+"#,
+        host = host.display()
+    );
+    bx.plane.kubectl.ok_stdin(&["apply", "-f", "-"], &pod_yaml);
+    let p = bx.wait("envpod ready", T, || {
+        bx.pod("default", "envpod").filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.name == "main" && c.ready))
+        })
+    });
+    let log = bx.wait("the env dump", T, || {
+        let l = bx.log_of(&p, "main");
+        l.contains("file=").then_some(l)
+    });
+    for want in [
+        format!("BACKEND_SERVICE_SERVICE_HOST={cip}"),
+        "BACKEND_SERVICE_SERVICE_PORT=8080".into(),
+        "BACKEND_SERVICE_SERVICE_PORT_HTTP=8080".into(),
+        format!("BACKEND_SERVICE_PORT=tcp://{cip}:8080"),
+        format!("BACKEND_SERVICE_PORT_53_UDP=udp://{cip}:53"),
+        "BACKEND_SERVICE_PORT_53_UDP_PROTO=udp".into(),
+        "BACKEND_SERVICE_PORT_53_UDP_PORT=53".into(),
+        format!("BACKEND_SERVICE_PORT_53_UDP_ADDR={cip}"),
+        "KUBERNETES_SERVICE_PORT=443".into(),
+        "GREETING=hello".into(),
+        "PASSWORD=hunter2".into(),
+        "file=hello".into(),
+        "HOSTNAME=envpod".into(),
+    ] {
+        assert!(
+            log.lines().any(|l| l == want),
+            "`{want}` not in the container's env:\n{log}"
+        );
+    }
+    // The readiness probe starts failing after 6 s: not Ready, no restart.
+    let p = bx.wait("envpod not ready", T, || {
+        bx.pod("default", "envpod").filter(|p| {
+            !ready(p)
+                && p.status
+                    .as_ref()
+                    .unwrap()
+                    .container_statuses
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c.name == "main" && !c.ready)
+        })
+    });
+    let cs = p
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .clone()
+        .unwrap();
+    let main = cs.iter().find(|c| c.name == "main").unwrap();
+    assert_eq!(main.restart_count, 0, "readiness failures never restart");
+    assert!(main.state.as_ref().unwrap().running.is_some());
+    // The crasher restarts (restartPolicy Always), its exit code reported.
+    let p = bx.wait("crasher restarted", T, || {
+        bx.pod("default", "envpod").filter(|p| {
+            p.status
+                .as_ref()
+                .unwrap()
+                .container_statuses
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|c| c.name == "crasher" && c.restart_count >= 1)
+        })
+    });
+    let crasher = p
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "crasher")
+        .unwrap();
+    let last = crasher
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("lastState.terminated");
+    assert_eq!(last.exit_code, 3);
+    assert_eq!(last.reason.as_deref(), Some("Error"));
+    // Graceful deletion: preStop, then TERM (trapped: exits at once); the
+    // crasher is stopped too; the pod is gone long before the 20 s grace.
+    let t0 = Instant::now();
+    bx.plane
+        .kubectl
+        .ok(&["delete", "pod", "envpod", "--wait=false"]);
+    bx.wait("envpod gone", T, || {
+        bx.pod("default", "envpod").is_none().then_some(())
+    });
+    let took = t0.elapsed();
+    let events = std::fs::read_to_string(host.join("events")).unwrap_or_default();
+    assert_eq!(
+        events,
+        "prestop\nterm\n",
+        "preStop runs before SIGTERM\n{}",
+        bx.logs()
+    );
+    assert!(took < Duration::from_secs(15), "deletion took {took:?}");
+}
+
+#[test]
+fn a_container_ignoring_sigterm_is_killed_at_the_end_of_the_grace_period() {
+    let bx = start_box("k");
+    bx.plane.kubectl.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 4
+  containers:
+  - name: main
+    image: switchyard/testbed:1
+    command: [sh, -c, "trap '' TERM; echo up; while true; do sleep 0.2; done"]
+"#,
+    );
+    bx.wait("stubborn running", T, || {
+        bx.pod("default", "stubborn")
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    });
+    let t0 = Instant::now();
+    bx.plane
+        .kubectl
+        .ok(&["delete", "pod", "stubborn", "--wait=false"]);
+    bx.wait("stubborn gone", T, || {
+        bx.pod("default", "stubborn").is_none().then_some(())
+    });
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "killed before the grace period ended: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(12),
+        "not killed at the end of the grace period: {took:?}"
+    );
+}

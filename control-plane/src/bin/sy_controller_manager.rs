@@ -55,6 +55,9 @@ struct Args {
     /// ReplicaSets (and ReplicationControllers) synced at once.
     #[arg(long, default_value_t = 5)]
     concurrent_replicaset_syncs: u16,
+    /// Jobs synced at once.
+    #[arg(long, default_value_t = 5)]
+    concurrent_job_syncs: u16,
     /// How often each Node's health is checked.
     #[arg(long, default_value = "5s", value_parser = manager::parse_duration)]
     node_monitor_period: Duration,
@@ -97,6 +100,7 @@ async fn main() -> Result<()> {
     settings.endpointslice.max_endpoints_per_slice = args.max_endpoints_per_slice;
     settings.endpointslice.concurrent_syncs = args.concurrent_service_endpoint_syncs;
     settings.replicaset_workers = args.concurrent_replicaset_syncs;
+    settings.job_workers = args.concurrent_job_syncs;
     settings.nodelifecycle.monitor_period = args.node_monitor_period;
     settings.nodelifecycle.grace_period = args.node_monitor_grace_period;
     settings.nodelifecycle.startup_grace_period = args.node_startup_grace_period;

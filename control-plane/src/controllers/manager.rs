@@ -7,8 +7,8 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use super::{
-    Shared, daemonset, deployment, endpoints, endpointslice, nodeipam, nodelifecycle, replicaset,
-    serviceaccount,
+    Shared, daemonset, deployment, endpoints, endpointslice, job, nodeipam, nodelifecycle,
+    replicaset, serviceaccount,
 };
 
 /// Every controller this manager has, by upstream's name.
@@ -19,6 +19,7 @@ pub const ALL: &[&str] = &[
     "replicationcontroller",
     "deployment",
     "daemonset",
+    "job",
     "nodelifecycle",
     "nodeipam",
     "serviceaccount",
@@ -30,6 +31,8 @@ pub struct Settings {
     pub endpointslice: endpointslice::Settings,
     /// `--concurrent-replicaset-syncs` / `--concurrent-rc-syncs` (5).
     pub replicaset_workers: u16,
+    /// `--concurrent-job-syncs` (5).
+    pub job_workers: u16,
     pub nodelifecycle: nodelifecycle::Settings,
     /// `None` unless `--allocate-node-cidrs` (then nodeipam does nothing).
     pub nodeipam: Option<nodeipam::Settings>,
@@ -42,6 +45,7 @@ impl Default for Settings {
         Self {
             endpointslice: endpointslice::Settings::default(),
             replicaset_workers: 5,
+            job_workers: 5,
             nodelifecycle: nodelifecycle::Settings::default(),
             nodeipam: None,
             root_ca: None,
@@ -145,6 +149,7 @@ pub async fn run(shared: Arc<Shared>, names: &[&'static str], settings: Settings
                 }
                 "deployment" => deployment::run(shared, settings.replicaset_workers).await,
                 "daemonset" => daemonset::run(shared, settings.replicaset_workers).await,
+                "job" => job::run(shared, settings.job_workers).await,
                 "nodelifecycle" => nodelifecycle::run(shared, settings.nodelifecycle).await,
                 "serviceaccount" => serviceaccount::run(shared, settings.root_ca).await,
                 "nodeipam" => match settings.nodeipam {

@@ -54,7 +54,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 // pub mod gc;
-// pub mod job;
+pub mod job;
 pub mod manager;
 // pub mod mirroring;
 // pub mod namespace;

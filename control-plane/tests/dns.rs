@@ -357,7 +357,7 @@ endpoints:
     );
     assert_eq!(
         dig(&dns, "21.2.244.10.in-addr.arpa.", "PTR").data("PTR"),
-        [pod_fqdn.clone()]
+        std::slice::from_ref(&pod_fqdn)
     );
     // The same hostname under another Service does not exist.
     assert_eq!(
@@ -743,4 +743,116 @@ fn bad_flags_are_named() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kubeconfig"));
+}
+
+/// `deploy/dns/` applies as written: the Service at 10.96.0.10 with
+/// kube-dns' ports, the Deployment's flags accepted by `sy-dns`, and its
+/// ServiceAccount allowed exactly the watches it makes.
+#[test]
+fn deploy_manifest_applies_and_grants_the_watches() {
+    let c = cluster(Backend::Embedded);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/dns");
+    c.kubectl.ok(&["apply", "-f", dir]);
+    let svc = c.kubectl.json(&[
+        "get",
+        "service",
+        "kube-dns",
+        "-n",
+        "kube-system",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
+    let ports: Vec<String> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}/{}",
+                p["name"].as_str().unwrap(),
+                p["port"],
+                p["protocol"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(ports, ["dns/53/UDP", "dns-tcp/53/TCP"]);
+    let sa = "system:serviceaccount:kube-system:sy-dns";
+    for (verb, resource, want) in [
+        ("watch", "endpointslices.discovery.k8s.io", "yes"),
+        ("list", "services", "yes"),
+        ("watch", "namespaces", "yes"),
+        ("list", "pods", "no"),
+        ("update", "services", "no"),
+    ] {
+        let out = c.kubectl.run(&[
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "--all-namespaces",
+            "--as",
+            sa,
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "{verb} {resource}"
+        );
+    }
+    // The container's arguments, as sy-dns parses them (only the listen
+    // addresses moved to loopback): it starts and answers.
+    let deploy = c.kubectl.json(&[
+        "get",
+        "deployment",
+        "sy-dns",
+        "-n",
+        "kube-system",
+        "-o",
+        "json",
+    ]);
+    let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .filter(|a| {
+            !a.starts_with("--listen")
+                && !a.starts_with("--health-listen")
+                && !a.starts_with("--ready-listen")
+        })
+        .collect();
+    // The node's resolv.conf stands in for the pod's (`dnsPolicy: Default`),
+    // on loopback: nothing here is forwarded anyway.
+    let resolv = c._dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+    let flag = format!("--upstream-resolv-conf={}", resolv.display());
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if a.starts_with("--upstream-resolv-conf=") {
+                flag.as_str()
+            } else {
+                a.as_str()
+            }
+        })
+        .collect();
+    assert!(args.contains(&flag.as_str()), "{args:?}");
+    let dns = Dns::start(&c.server, &args);
+    let d = wait_dig(
+        &dns,
+        "kube-dns.kube-system.svc.cluster.local.",
+        "A",
+        Duration::from_secs(5),
+        |d| d.status == "NOERROR",
+    );
+    assert_eq!(d.data("A"), ["10.96.0.10"]);
+    assert_eq!(
+        dig(&dns, "cluster.local.", "NS").data("NS"),
+        ["ns.dns.cluster.local."]
+    );
+    assert_eq!(
+        dig(&dns, "ns.dns.cluster.local.", "A").data("A"),
+        ["10.96.0.10"]
+    );
 }

@@ -15,6 +15,7 @@ use control_plane::{
     dns::{
         DEFAULT_CLUSTER_DOMAIN, health,
         lookup::{DEFAULT_TTL, Zone},
+        resolv_conf,
         server::{self, ClusterDnsHandler, SharedSnapshot},
         snapshot::Snapshot,
         watch,
@@ -39,6 +40,11 @@ struct Args {
     /// are REFUSED.
     #[arg(long = "upstream", value_parser = parse_upstream)]
     upstreams: Vec<SocketAddr>,
+    /// Add the `nameserver`s of this resolv.conf as upstreams, after the
+    /// `--upstream`s (CoreDNS' `forward . /etc/resolv.conf`; a pod with
+    /// `dnsPolicy: Default` has the node's there).
+    #[arg(long)]
+    upstream_resolv_conf: Option<PathBuf>,
     /// TTL of answers, seconds (CoreDNS' default 5; 0-3600).
     #[arg(long, default_value_t = DEFAULT_TTL)]
     ttl: u32,
@@ -78,6 +84,20 @@ async fn main() -> Result<()> {
     }
     let zone = Zone::new(&args.cluster_domain, args.ttl)
         .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
+    let mut upstreams = args.upstreams.clone();
+    if let Some(path) = &args.upstream_resolv_conf {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--upstream-resolv-conf {}", path.display()))?;
+        for ns in resolv_conf::parse_host_resolv_conf(&text).0 {
+            let addr = parse_upstream(&ns).map_err(|e| {
+                anyhow::anyhow!(
+                    "--upstream-resolv-conf {}: nameserver {ns:?}: {e}",
+                    path.display()
+                )
+            })?;
+            upstreams.push(addr);
+        }
+    }
     let client = client::connect(args.kubeconfig.as_deref()).await?;
     let snapshot: SharedSnapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
     let mut watching = tokio::spawn(watch::run(client, Arc::clone(&snapshot)));
@@ -91,7 +111,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let handler = ClusterDnsHandler::new(zone, Arc::clone(&snapshot), args.upstreams.clone());
+    let handler = ClusterDnsHandler::new(zone, Arc::clone(&snapshot), upstreams.clone());
     let (addr, mut dns) = server::bind(args.listen, handler).await?;
     for listen in [args.health_listen, args.ready_listen]
         .into_iter()
@@ -101,7 +121,7 @@ async fn main() -> Result<()> {
         info!(%at, "health and readiness endpoints");
         tokio::spawn(serve);
     }
-    info!(%addr, domain = %args.cluster_domain, upstreams = ?args.upstreams, "serving DNS over UDP and TCP");
+    info!(%addr, domain = %args.cluster_domain, upstreams = ?upstreams, "serving DNS over UDP and TCP");
     // Tests and scripts read the bound address from the first line.
     println!("listening on {addr}");
 

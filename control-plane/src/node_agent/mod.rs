@@ -349,7 +349,13 @@ async fn pods_loop(agent: Arc<Agent>) -> Result<()> {
             }
             watcher::Event::Delete(p) => {
                 if let Some(tx) = workers.remove(&p.uid().unwrap_or_default()) {
-                    let _ = tx.send(None);
+                    // A DELETED event carrying a graceful mark still gets
+                    // its grace period (preStop, SIGTERM); otherwise the
+                    // pod was force-deleted.
+                    let graceful = p.metadata.deletion_timestamp.is_some()
+                        && p.metadata.deletion_grace_period_seconds.unwrap_or(0) > 0;
+                    info!(pod = %p.name_any(), graceful, "pod deleted from the API");
+                    let _ = tx.send(graceful.then_some(p));
                 }
             }
             watcher::Event::InitDone => {

@@ -129,6 +129,7 @@ pub async fn run(agent: Arc<Agent>, mut rx: watch::Receiver<Option<Pod>>) {
             Input::Ev(None) | Input::Tick => {}
         }
         if w.pod.metadata.deletion_timestamp.is_some() || w.vanished {
+            info!(pod = %w.label(), vanished = w.vanished, grace = ?w.pod.metadata.deletion_grace_period_seconds, "deletion seen");
             w.terminate().await;
             break;
         }

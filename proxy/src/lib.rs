@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod desired;
 pub mod inspect;
+pub mod kubeproxy;
 pub mod model;
 pub mod netns;
 pub mod node;

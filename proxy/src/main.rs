@@ -16,6 +16,7 @@ use switchyard::{
         lock::PinRootLock,
     },
     inspect,
+    kubeproxy::{self, ProxyMode},
     reconcile::Reconciler,
     table_file,
 };
@@ -65,7 +66,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Detach every program and remove every pin Switchyard made.
+    /// Detach every program and remove every pin Switchyard made; with
+    /// `--proxy-mode iptables|nftables` (given before the subcommand),
+    /// remove that mode's kube-proxy rules instead (from `--tc-netns` when
+    /// given), as `kube-proxy --cleanup` does.
     Cleanup,
 }
 
@@ -105,6 +109,16 @@ fn main() -> Result<()> {
         Command::Attach(args) => attach(&cli.pin_root, &args),
         Command::ApplyFile { file } => apply_file(&cli.pin_root, &file),
         Command::Inspect { what, json } => print_inspect(&cli.pin_root, what, json),
+        Command::Cleanup if cli.daemon.proxy_mode.is_some_and(|m| m != ProxyMode::Ebpf) => {
+            let mode = cli.daemon.proxy_mode.unwrap_or_default();
+            kubeproxy::apply::cleanup(
+                cli.daemon.hooks.tc_netns.as_deref(),
+                mode,
+                cli.daemon.iptables_variant.unwrap_or_default(),
+            )?;
+            info!(mode = mode.as_str(), "kube-proxy rules removed");
+            Ok(())
+        }
         Command::Cleanup => {
             let _lock = PinRootLock::acquire(&cli.pin_root, Duration::ZERO)?;
             let removed = loader::cleanup(&cli.pin_root)?;

@@ -12,6 +12,7 @@ use proxy_common::config::DatapathConfig;
 use crate::{
     attach::HookArgs,
     datapath::{MapSizeArgs, MapSizes, loader::DEFAULT_PIN_ROOT},
+    kubeproxy::{ProxyMode, apply::IptablesVariant},
     model::Ipv4Cidr,
     node::NodePortAddresses,
 };
@@ -83,6 +84,21 @@ pub struct DaemonArgs {
     /// outside the kernel's ephemeral range and the NodePort range.
     #[arg(long)]
     pub snat_port_range: Option<String>,
+    /// Which dataplane programs Services: `ebpf` (Switchyard's), or
+    /// kube-proxy's own `iptables` or `nftables` rule layouts (the
+    /// benchmarks' baseline, and a fallback) [default: ebpf]. The
+    /// configuration file's `mode` is not read: a kube-proxy ConfigMap
+    /// reused as is says `iptables`.
+    #[arg(long)]
+    pub proxy_mode: Option<ProxyMode>,
+    /// In iptables mode, which iptables: `auto` (as installed), `legacy`
+    /// or `nft` [default: auto].
+    #[arg(long)]
+    pub iptables_variant: Option<IptablesVariant>,
+    /// In iptables and nftables modes, masquerade every connection to a
+    /// ClusterIP (kube-proxy's `--masquerade-all`).
+    #[arg(long)]
+    pub masquerade_all: bool,
     /// The hooks: cgroup, pod- and node-facing interfaces, the node's netns.
     #[command(flatten)]
     pub hooks: HookArgs,
@@ -124,6 +140,12 @@ pub struct Settings {
     pub datapath: DatapathConfig,
     /// Keys of the configuration file that Switchyard does not use.
     pub ignored_keys: Vec<String>,
+    /// `--proxy-mode`.
+    pub proxy_mode: ProxyMode,
+    /// `--iptables-variant`.
+    pub iptables_variant: IptablesVariant,
+    /// `--masquerade-all`.
+    pub masquerade_all: bool,
 }
 
 /// The subset of `KubeProxyConfiguration` Switchyard reads.
@@ -404,6 +426,9 @@ impl Settings {
             nodeport_addresses,
             datapath,
             ignored_keys: file.ignored,
+            proxy_mode: args.proxy_mode.unwrap_or_default(),
+            iptables_variant: args.iptables_variant.unwrap_or_default(),
+            masquerade_all: args.masquerade_all,
         })
     }
 }

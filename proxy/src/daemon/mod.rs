@@ -43,6 +43,7 @@ mod healthcheck;
 mod http;
 mod interfaces;
 pub mod metrics;
+mod rules_mode;
 mod sync;
 mod watch;
 
@@ -60,6 +61,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub fn run(settings: Settings) -> Result<()> {
     for key in &settings.ignored_keys {
         warn!(key, "configuration key not used by switchyard");
+    }
+    if settings.proxy_mode != crate::kubeproxy::ProxyMode::Ebpf {
+        return rules_mode::run(settings);
     }
     // One writer per pin root; a daemon being replaced gets its grace period.
     let _lock = PinRootLock::acquire(&settings.pin_root, Duration::from_secs(30))?;

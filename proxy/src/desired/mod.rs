@@ -43,7 +43,7 @@ use crate::table_file::MAX_BACKENDS_PER_FRONTEND;
 
 mod fit;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use crate::model::DesiredTable;
 pub use fit::{Fitted, fit_to_capacity};
@@ -134,6 +134,81 @@ pub struct Outcome {
     pub no_local_endpoints: (usize, usize),
     /// Health-check servers to run, by `healthCheckNodePort`.
     pub health_checks: BTreeMap<u16, HealthCheck>,
+    /// The same Services per ServicePort, the unit kube-proxy's rule
+    /// layouts are written in (`--proxy-mode iptables|nftables`), in
+    /// Service and port order.
+    pub service_ports: Vec<ServicePort>,
+}
+
+/// One ServicePort (`namespace/name:port` and protocol) with everything
+/// kube-proxy's proxiers derive from it (`pkg/proxy/serviceport.go`,
+/// `CategorizeEndpoints` in `pkg/proxy/topology.go`). IPv4 only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `namespace/name:portname`, or `namespace/name` for an unnamed port.
+    pub name: String,
+    /// The port's protocol.
+    pub proto: Protocol,
+    /// The Service's IPv4 ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// `spec.ports[].port`.
+    pub port: u16,
+    /// `spec.ports[].nodePort` of a NodePort or LoadBalancer Service.
+    pub node_port: Option<u16>,
+    /// `spec.externalIPs` (IPv4).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` in VIP mode (IPv4).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges` (IPv4).
+    pub source_ranges: Vec<Ipv4Cidr>,
+    /// `spec.healthCheckNodePort` when the Service needs one.
+    pub health_check_node_port: Option<u16>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout_s: Option<u32>,
+    /// Cluster endpoints: ready ones, else serving-and-terminating ones;
+    /// sorted by their `IP:port` string as kube-proxy sorts them.
+    pub cluster: Vec<BackendAddr>,
+    /// This node's endpoints, chosen the same way.
+    pub local: Vec<BackendAddr>,
+    /// Whether any endpoint anywhere is usable (kube-proxy's
+    /// `hasAnyEndpoints`): decides REJECT against DROP.
+    pub has_any_endpoints: bool,
+}
+
+impl Default for ServicePort {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            proto: Protocol::Tcp,
+            cluster_ip: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            node_port: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
+            health_check_node_port: None,
+            internal_local: false,
+            external_local: false,
+            affinity_timeout_s: None,
+            cluster: Vec::new(),
+            local: Vec::new(),
+            has_any_endpoints: false,
+        }
+    }
+}
+
+impl ServicePort {
+    /// NodePort, externalIPs or LoadBalancer IPs (kube-proxy's
+    /// `ExternallyAccessible`).
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
 }
 
 /// Computes the desired table from snapshots of the stores.
@@ -530,6 +605,33 @@ fn add_service(
         };
         let cluster = to_backends(select(&candidates, false));
         let local = to_backends(select(&candidates, true));
+        out.service_ports.push(ServicePort {
+            name: frontend_name.clone(),
+            proto: p.proto,
+            cluster_ip: svc.cluster_ip,
+            port: p.port,
+            node_port: p.node_port,
+            external_ips: svc
+                .external
+                .iter()
+                .filter(|(_, k)| *k == FrontendKind::ExternalIp)
+                .map(|(a, _)| *a)
+                .collect(),
+            load_balancer_ips: svc
+                .external
+                .iter()
+                .filter(|(_, k)| *k == FrontendKind::LoadBalancer)
+                .map(|(a, _)| *a)
+                .collect(),
+            source_ranges: svc.source_ranges.clone(),
+            health_check_node_port: svc.health_check_node_port,
+            internal_local: svc.internal_local,
+            external_local: svc.external_local,
+            affinity_timeout_s: svc.affinity_timeout_s,
+            cluster: cluster.clone(),
+            local: local.clone(),
+            has_any_endpoints: usable_anywhere,
+        });
         if cluster.len() + local.len() > MAX_BACKENDS_PER_FRONTEND {
             out.skipped.push(Skipped {
                 kind: Kind::Service,

@@ -7,7 +7,7 @@ use serde::Deserialize as _;
 use super::*;
 use crate::{datapath::Capacity, model::FrontendKey};
 
-fn load(file: &str) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+pub(crate) fn load(file: &str) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
         .join(file);

@@ -1,0 +1,301 @@
+//! The I/O seam of the kube-proxy modes: runs `iptables-restore`,
+//! `iptables` and `nft`, inside the node's network namespace when one is
+//! named (`ip netns exec`), and remembers what it wrote.
+use std::{
+    collections::BTreeSet,
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{RuleConfig, ServicePort, iptables, nftables};
+
+/// Which iptables binaries to run: `iptables-restore` and `iptables` as
+/// installed (`auto`), or the legacy or nf_tables variant by name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IptablesVariant {
+    /// `iptables`, whatever the alternatives system points it at.
+    #[default]
+    Auto,
+    /// `iptables-legacy` (the x_tables kernel interface).
+    Legacy,
+    /// `iptables-nft` (iptables rules stored as nf_tables objects).
+    Nft,
+}
+
+impl std::str::FromStr for IptablesVariant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "legacy" => Ok(Self::Legacy),
+            "nft" => Ok(Self::Nft),
+            o => Err(format!("`{o}` (expected auto, legacy or nft)")),
+        }
+    }
+}
+
+impl IptablesVariant {
+    fn binary(self, tool: &str) -> String {
+        match self {
+            Self::Auto => tool.to_owned(),
+            Self::Legacy => tool.replacen("iptables", "iptables-legacy", 1),
+            Self::Nft => tool.replacen("iptables", "iptables-nft", 1),
+        }
+    }
+}
+
+/// Runs `program args…` (in `netns` if set) with `stdin`; its stdout, or
+/// an error holding its stderr.
+fn run(netns: Option<&str>, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    };
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run `{program}`"))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())
+            .with_context(|| format!("writing to `{program}`"))?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Names the input line an `iptables-restore` error points at, with the
+/// lines around it (kube-proxy logs the same).
+fn with_failing_line(err: anyhow::Error, payload: &str) -> anyhow::Error {
+    let msg = format!("{err:#}");
+    let line = msg
+        .split("line ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<usize>().ok());
+    match line {
+        Some(n) if n > 0 => {
+            let lines: Vec<&str> = payload.lines().collect();
+            let from = n.saturating_sub(2);
+            let around: Vec<String> = (from..(n + 1).min(lines.len()))
+                .map(|i| format!("{:>6}: {}", i + 1, lines[i]))
+                .collect();
+            err.context(format!("around input line {n}:\n{}", around.join("\n")))
+        }
+        _ => err,
+    }
+}
+
+/// Outcome of one sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Rules (and, for nftables, map elements) written.
+    pub objects: usize,
+}
+
+/// kube-proxy's iptables mode, applied.
+pub struct IptablesRules {
+    netns: Option<String>,
+    variant: IptablesVariant,
+    /// Service chains in the kernel from earlier syncs.
+    chains: BTreeSet<String>,
+    /// Jump rules verified since start.
+    jumps_ensured: bool,
+}
+
+impl IptablesRules {
+    /// For the namespace `netns` (`None`: the daemon's own); reads which
+    /// service chains an earlier run left.
+    pub fn new(netns: Option<String>, variant: IptablesVariant) -> Result<Self> {
+        let save = run(
+            netns.as_deref(),
+            &variant.binary("iptables-save"),
+            &["-t", "nat"],
+            None,
+        )?;
+        Ok(Self {
+            chains: iptables::service_chains_in(&save),
+            netns,
+            variant,
+            jumps_ensured: false,
+        })
+    }
+
+    fn iptables(&self, args: &[&str]) -> Result<String> {
+        run(
+            self.netns.as_deref(),
+            &self.variant.binary("iptables"),
+            args,
+            None,
+        )
+    }
+
+    /// Creates the top-level chains and the jumps into them when missing
+    /// (`-C`, else `-I … 1`), as kube-proxy does on a full sync.
+    fn ensure_jumps(&self) -> Result<()> {
+        for j in iptables::jumps() {
+            if self
+                .iptables(&["-w", "5", "-t", j.table, "-L", j.target, "-n"])
+                .is_err()
+            {
+                self.iptables(&["-w", "5", "-t", j.table, "-N", j.target])?;
+            }
+            let args: Vec<&str> = j.args.iter().map(String::as_str).collect();
+            let mut check = vec!["-w", "5", "-t", j.table, "-C", j.chain];
+            check.extend(&args);
+            if self.iptables(&check).is_err() {
+                let mut insert = vec!["-w", "5", "-t", j.table, "-I", j.chain, "1"];
+                insert.extend(&args);
+                self.iptables(&insert)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One sync: jumps ensured (`full`, or never yet), then one
+    /// `iptables-restore --noflush --counters` of both tables.
+    pub fn sync(&mut self, ports: &[ServicePort], cfg: &RuleConfig, full: bool) -> Result<Applied> {
+        if full || !self.jumps_ensured {
+            self.ensure_jumps()?;
+            self.jumps_ensured = true;
+        }
+        let payload = iptables::render(ports, cfg, &self.chains);
+        run(
+            self.netns.as_deref(),
+            &self.variant.binary("iptables-restore"),
+            &["-w", "5", "--noflush", "--counters"],
+            Some(&payload.text),
+        )
+        .map_err(|e| with_failing_line(e, &payload.text))?;
+        self.chains = payload.nat_chains;
+        Ok(Applied {
+            objects: payload.rules,
+        })
+    }
+}
+
+/// kube-proxy's nftables mode, applied.
+pub struct NftablesRules {
+    netns: Option<String>,
+    previous: nftables::Previous,
+}
+
+impl NftablesRules {
+    /// For the namespace `netns` (`None`: the daemon's own).
+    pub fn new(netns: Option<String>) -> Self {
+        Self {
+            netns,
+            previous: nftables::Previous::default(),
+        }
+    }
+
+    /// One sync: one atomic `nft -f -` transaction. After a failure the
+    /// next one rebuilds the table from scratch.
+    pub fn sync(&mut self, ports: &[ServicePort], cfg: &RuleConfig) -> Result<Applied> {
+        let script = nftables::render(ports, cfg, &self.previous);
+        if let Err(e) = run(
+            self.netns.as_deref(),
+            "nft",
+            &["-f", "-"],
+            Some(&script.text),
+        ) {
+            self.previous = nftables::Previous::default();
+            return Err(with_failing_line(e, &script.text));
+        }
+        self.previous = nftables::Previous {
+            table_written: true,
+            chains: script.chains,
+            sets: script.sets,
+        };
+        Ok(Applied {
+            objects: script.objects,
+        })
+    }
+}
+
+/// Removes kube-proxy's iptables chains and jumps, or its nftables table,
+/// from `netns` (`switchyard cleanup --proxy-mode …`). Missing pieces are
+/// not errors.
+pub fn cleanup(
+    netns: Option<&str>,
+    mode: super::ProxyMode,
+    variant: IptablesVariant,
+) -> Result<()> {
+    match mode {
+        super::ProxyMode::Ebpf => Ok(()),
+        super::ProxyMode::Nftables => {
+            let _ = run(
+                netns,
+                "nft",
+                &["delete", "table", "ip", nftables::TABLE],
+                None,
+            );
+            Ok(())
+        }
+        super::ProxyMode::Iptables => {
+            let ipt = variant.binary("iptables");
+            for j in iptables::jumps() {
+                let mut del = vec!["-w", "5", "-t", j.table, "-D", j.chain];
+                del.extend(j.args.iter().map(String::as_str));
+                let _ = run(netns, &ipt, &del, None);
+            }
+            let save = run(
+                netns,
+                &variant.binary("iptables-save"),
+                &["-t", "nat"],
+                None,
+            )?;
+            let mut nat: Vec<String> = iptables::service_chains_in(&save).into_iter().collect();
+            nat.extend(
+                [
+                    "KUBE-SERVICES",
+                    "KUBE-NODEPORTS",
+                    "KUBE-POSTROUTING",
+                    "KUBE-MARK-MASQ",
+                ]
+                .map(str::to_owned),
+            );
+            let filter = [
+                "KUBE-SERVICES",
+                "KUBE-EXTERNAL-SERVICES",
+                "KUBE-FORWARD",
+                "KUBE-NODEPORTS",
+                "KUBE-PROXY-FIREWALL",
+                "KUBE-FIREWALL",
+            ];
+            for (table, chains) in [("nat", nat), ("filter", filter.map(str::to_owned).to_vec())] {
+                for c in &chains {
+                    let _ = run(netns, &ipt, &["-w", "5", "-t", table, "-F", c], None);
+                }
+                for c in &chains {
+                    let _ = run(netns, &ipt, &["-w", "5", "-t", table, "-X", c], None);
+                }
+            }
+            Ok(())
+        }
+    }
+}

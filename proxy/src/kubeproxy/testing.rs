@@ -1,0 +1,27 @@
+//! Shared by the renderers' tests: ServicePorts from real YAML under
+//! `proxy/testdata/`, through the same `desired::compute` the daemon runs.
+use std::path::Path;
+
+use crate::desired::{self, NodeContext, ServicePort};
+
+/// The ServicePorts of `file`, computed for node `node`.
+pub fn ports(file: &str, node: Option<&str>) -> Vec<ServicePort> {
+    let (services, slices) = desired::tests::load(file);
+    desired::compute(
+        &services,
+        &slices,
+        &NodeContext {
+            name: node.map(str::to_owned),
+            ..NodeContext::default()
+        },
+    )
+    .service_ports
+}
+
+/// The text of a golden file under `proxy/testdata/`.
+pub fn golden(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

@@ -89,7 +89,9 @@ fn dig_at(addr: SocketAddr, transport: &str, name: &str, rtype: &str) -> Dig {
     let out = Command::new("dig")
         .arg(format!("@{}", addr.ip()))
         .args(["-p", &addr.port().to_string()])
-        .args(["+time=2", "+tries=1", transport, name, rtype])
+        .args(["+time=2", "+tries=1"])
+        .args(transport.split_whitespace())
+        .args([name, rtype])
         .output()
         .expect("dig (bind9-dnsutils, installed by scripts/setup.sh)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -855,4 +857,65 @@ fn deploy_manifest_applies_and_grants_the_watches() {
         dig(&dns, "ns.dns.cluster.local.", "A").data("A"),
         ["10.96.0.10"]
     );
+}
+
+/// Upstream's "should provide DNS for the cluster": the API server's own
+/// Service by name over UDP and TCP, its SRV and PTR, and a pod A record.
+#[test]
+fn should_provide_dns_for_the_cluster() {
+    let c = cluster(Backend::Embedded);
+    let dns = Dns::start(&c.server, &[]);
+    let name = "kubernetes.default.svc.cluster.local.";
+    let d = wait_dig(&dns, name, "A", Duration::from_secs(5), |d| {
+        d.status == "NOERROR"
+    });
+    assert_eq!(d.data("A"), ["10.96.0.1"]);
+    assert_eq!(dig(&dns, name, "A").data("A"), ["10.96.0.1"]);
+    assert_eq!(
+        dig(
+            &dns,
+            "_https._tcp.kubernetes.default.svc.cluster.local.",
+            "SRV"
+        )
+        .data("SRV"),
+        ["0 100 443 kubernetes.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        dig(&dns, "1.0.96.10.in-addr.arpa.", "PTR").data("PTR"),
+        [name]
+    );
+    assert_eq!(
+        dig(&dns, &fqdn("10-244-0-5.default.pod"), "A").data("A"),
+        ["10.244.0.5"]
+    );
+}
+
+/// An answer too large for a 512-byte datagram (a headless Service with
+/// 60 endpoints, no EDNS) comes truncated over UDP, with the TC flag, and
+/// whole over TCP, as resolvers expect to retry.
+#[test]
+fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
+    let c = cluster(Backend::Embedded);
+    let endpoints: String = (1..=60)
+        .map(|i| format!("- addresses: [10.244.3.{i}]\n"))
+        .collect();
+    c.kubectl.ok_stdin(
+        &["create", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: big, namespace: dns-e2e}}\nspec: {{clusterIP: None, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: big-a, namespace: dns-e2e, labels: {{kubernetes.io/service-name: big}}}}\naddressType: IPv4\nports: [{{name: http, port: 80, protocol: TCP}}]\nendpoints:\n{endpoints}"
+        ),
+    );
+    let dns = Dns::start(&c.server, &[]);
+    let name = fqdn("big.dns-e2e.svc");
+    wait_dig(&dns, &name, "A", Duration::from_secs(5), |d| {
+        d.status == "NOERROR"
+    });
+    let udp = dig_at(dns.addr, "+notcp +noedns +ignore", &name, "A");
+    assert!(udp.flags.contains(&"tc".to_owned()), "{:?}", udp.flags);
+    assert!(udp.answer.len() < 60, "{}", udp.answer.len());
+    let tcp = dig_at(dns.addr, "+tcp", &name, "A");
+    assert_eq!(tcp.data("A").len(), 60);
+    assert!(!tcp.flags.contains(&"tc".to_owned()));
+    // dig's default EDNS buffer (1232) holds them all over UDP.
+    assert_eq!(dig_at(dns.addr, "+notcp", &name, "A").data("A").len(), 60);
 }

@@ -919,3 +919,46 @@ fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
     // dig's default EDNS buffer (1232) holds them all over UDP.
     assert_eq!(dig_at(dns.addr, "+notcp", &name, "A").data("A").len(), 60);
 }
+
+/// Before its caches have listed (here: the API server is gone), `sy-dns`
+/// still starts after `--startup-timeout`, answers SERVFAIL where it
+/// would say NXDOMAIN — never denying a name it may not know yet — and
+/// reports not ready while staying live.
+#[test]
+fn unsynced_caches_answer_servfail_and_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let kubeconfig = server.kubeconfig();
+    server.kill();
+    let (h, r) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sy-dns"))
+        .env("RUST_LOG", "error")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--listen", "127.0.0.1:0", "--startup-timeout", "1s"])
+        .args(["--health-listen", &h, "--ready-listen", &r])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let dns = Dns {
+        addr: line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .parse()
+            .unwrap(),
+        child,
+    };
+    assert_eq!(dig(&dns, &fqdn("web.default.svc"), "A").status, "SERVFAIL");
+    assert_eq!(dig(&dns, "example.com.", "A").status, "REFUSED");
+    assert_eq!(http_get(&h, "/health"), Some(200));
+    assert_eq!(http_get(&r, "/ready"), Some(503));
+}

@@ -537,49 +537,72 @@ fn names(server: &Server) -> Vec<String> {
         .collect()
 }
 
+/// The server records a delete's propagation policy and leaves the work to
+/// the garbage-collector controller (none runs here): Background deletes
+/// the owner at once, Foreground and Orphan hold it with their finalizer;
+/// an invalid policy, or one given twice, is refused.
 #[test]
-fn deletion_propagates_through_owner_references() {
-    for policy in ["Background", "Foreground"] {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(&dir.path().join("data"));
-        family(&server);
-        let (code, _) = server.json(
-            "DELETE",
-            &format!("{CMS}/owner"),
-            &json!({"propagationPolicy": policy}).to_string(),
-        );
-        assert_eq!(code, 200);
-        assert_eq!(
-            names(&server),
-            ["stranger"],
-            "{policy}: the owner and all its descendants are gone"
-        );
-    }
+fn deletion_records_the_propagation_policy() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
-    let uid = family(&server);
+    family(&server);
     let (code, _) = server.json(
         "DELETE",
         &format!("{CMS}/owner"),
-        r#"{"propagationPolicy":"Orphan"}"#,
+        r#"{"propagationPolicy":"Background"}"#,
     );
     assert_eq!(code, 200);
     assert_eq!(
         names(&server),
         ["child-a", "child-b", "grandchild", "stranger"],
-        "Orphan: only the owner went"
+        "Background: only the owner went; its dependents are the collector's"
     );
-    let (_, a) = server.json("GET", &format!("{CMS}/child-a"), "");
+    for (policy, finalizer) in [("Foreground", "foregroundDeletion"), ("Orphan", "orphan")] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("data"));
+        family(&server);
+        let (code, owner) = server.json(
+            "DELETE",
+            &format!("{CMS}/owner"),
+            &json!({"propagationPolicy": policy}).to_string(),
+        );
+        assert_eq!(code, 200, "{owner}");
+        assert_eq!(
+            owner["metadata"]["finalizers"],
+            json!([finalizer]),
+            "{policy}: {owner}"
+        );
+        assert!(owner["metadata"]["deletionTimestamp"].is_string());
+        assert_eq!(names(&server).len(), 5, "{policy}: nothing deleted yet");
+        // The finalizer removed (as the collector does), the owner goes.
+        let (code, _) = server.http(
+            "PATCH",
+            &format!("{CMS}/owner"),
+            MERGE,
+            r#"{"metadata":{"finalizers":null}}"#,
+        );
+        assert_eq!(code, 200);
+        assert!(!names(&server).contains(&"owner".to_owned()));
+    }
+    let (code, e) = server.json(
+        "DELETE",
+        &format!("{CMS}/stranger"),
+        r#"{"propagationPolicy":"Sideways"}"#,
+    );
+    assert_eq!(code, 422, "{e}");
     assert!(
-        !a.to_string().contains(&uid),
-        "the orphan no longer names its owner: {a}"
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Unsupported value: \"Sideways\""),
+        "{e}"
     );
-    let (_, g) = server.json("GET", &format!("{CMS}/grandchild"), "");
-    assert_eq!(
-        g["metadata"]["ownerReferences"].as_array().map(Vec::len),
-        Some(1),
-        "other owners untouched"
+    let (code, e) = server.json(
+        "DELETE",
+        &format!("{CMS}/stranger"),
+        r#"{"propagationPolicy":"Orphan","orphanDependents":true}"#,
     );
+    assert_eq!(code, 422, "{e}");
 }
 
 #[test]

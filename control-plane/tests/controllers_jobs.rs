@@ -84,7 +84,7 @@ fn condition(status: &Value, ty: &str) -> Option<Value> {
 
 fn jobs(backend: Backend) {
     let mut plane = Plane::start(backend, 2);
-    plane.start_manager(&["--controllers=job"]);
+    plane.start_manager(&["--controllers=job,garbagecollector"]);
     plane.start_scheduler();
 
     // completions 3, parallelism 2: two pods at a time until three succeed.

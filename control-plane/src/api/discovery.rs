@@ -106,6 +106,15 @@ fn sub_entry(r: &Resource, sub: Sub) -> Value {
         Sub::Binding => {
             json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Binding", "verbs": ["create"]})
         }
+        Sub::Finalize => {
+            json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["update"]})
+        }
+        Sub::Log => {
+            json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Pod", "verbs": ["get"]})
+        }
+        Sub::Exec => {
+            json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "PodExecOptions", "verbs": ["create", "get"]})
+        }
         Sub::Token => {
             json!({"name": name, "singularName": "", "namespaced": r.namespaced, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]})
         }

@@ -1,16 +1,13 @@
 //! What individual kinds add to the generic object handling: preparing
-//! new objects (upstream's create strategies), validation, and namespace
-//! finalization.
-use std::{sync::Arc, time::Duration};
-
+//! new objects (upstream's create strategies) and validation. (A
+//! terminating namespace is emptied by the namespace controller.)
 use serde_json::{Value, json};
 
 use super::{
-    ApiServer, objects,
-    resources::{self, Resource},
+    objects,
+    resources::Resource,
     status::{ApiError, ApiResult},
 };
-use crate::store::Store;
 
 /// Prepares a new object of `res` as upstream's create strategies do:
 /// defaults, a Namespace's finalizer and phase, a Pod's phase, a Job's
@@ -113,52 +110,4 @@ pub(super) fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> ApiR
         objects::name_of(obj).unwrap_or_default(),
         causes,
     ))
-}
-
-/// Deletes everything in a terminating namespace, then the namespace, in
-/// the background (objects held by finalizers are waited for).
-pub(super) async fn finalize_namespace<S: Store>(api: &ApiServer<S>, ns: &str) -> ApiResult<()> {
-    let (store, alloc, ns) = (
-        Arc::clone(&api.store),
-        Arc::clone(&api.alloc),
-        ns.to_owned(),
-    );
-    tokio::spawn(async move {
-        for _ in 0..600 {
-            let mut remaining = 0;
-            for res in resources::all()
-                .into_iter()
-                .filter(|r| r.namespaced && !r.review)
-            {
-                let Ok(page) = store.list(&res.key_prefix(Some(&ns)), None, None).await else {
-                    return;
-                };
-                for kv in page.items {
-                    let held = serde_json::from_slice::<Value>(&kv.value)
-                        .ok()
-                        .and_then(|o| {
-                            o.pointer("/metadata/finalizers")
-                                .and_then(Value::as_array)
-                                .map(|f| !f.is_empty())
-                        })
-                        .unwrap_or(false);
-                    if held {
-                        remaining += 1;
-                    } else {
-                        let _ = store.delete(&kv.key, Some(kv.mod_rev)).await;
-                    }
-                }
-            }
-            if remaining == 0 {
-                let _ = store
-                    .delete(&Resource::namespaces().key(None, &ns), None)
-                    .await;
-                // Its Services' addresses are free again.
-                alloc.lock().await.forget();
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
-    Ok(())
 }

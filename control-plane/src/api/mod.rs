@@ -361,7 +361,9 @@ async fn object<S: Store>(api: &ApiServer<S>, t: Target, req: Request) -> ApiRes
         ("GET", true, Some(Sub::Scale)) => read::get_scale(api, &t, &req).await,
         ("POST", false, None) => write::create(api, &t, &req).await,
         ("POST", true, Some(Sub::Binding)) => write::bind(api, &t, &req).await,
-        ("PUT", true, None | Some(Sub::Status)) => write::update(api, &t, &req).await,
+        ("PUT", true, None | Some(Sub::Status | Sub::Finalize)) => {
+            write::update(api, &t, &req).await
+        }
         ("PUT", true, Some(Sub::Scale)) => write::put_scale(api, &t, &req).await,
         ("PATCH", true, None | Some(Sub::Status)) => write::patch(api, &t, &req).await,
         ("PATCH", true, Some(Sub::Scale)) => write::patch_scale(api, &t, &req).await,

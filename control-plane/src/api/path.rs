@@ -83,9 +83,17 @@ pub fn parse(path: &str) -> ApiResult<Route> {
 }
 
 fn sub(name: &str, res: &Resource) -> Option<Sub> {
-    [Sub::Status, Sub::Scale, Sub::Binding, Sub::Token]
-        .into_iter()
-        .find(|s| s.name() == name && res.has(*s))
+    [
+        Sub::Status,
+        Sub::Scale,
+        Sub::Binding,
+        Sub::Token,
+        Sub::Finalize,
+        Sub::Log,
+        Sub::Exec,
+    ]
+    .into_iter()
+    .find(|s| s.name() == name && res.has(*s))
 }
 
 fn target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
@@ -105,9 +113,9 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
         })
     };
     match rest {
-        // `/api/v1/namespaces/{name}[/status]` is a Namespace object…
+        // `/api/v1/namespaces/{name}[/status|/finalize]` is a Namespace object…
         ["namespaces", tail @ ..]
-            if tail.len() <= 1 || (tail.len() == 2 && tail[1] == "status") =>
+            if tail.len() <= 1 || (tail.len() == 2 && matches!(tail[1], "status" | "finalize")) =>
         {
             object(find("namespaces")?, None, tail)
         }

@@ -9,6 +9,13 @@ pub enum Sub {
     Binding,
     /// `serviceaccounts/<name>/token`: a TokenRequest.
     Token,
+    /// `pods/<name>/log`: the container's log, from its node agent.
+    Log,
+    /// `pods/<name>/exec`: a command in a container, over WebSocket.
+    Exec,
+    /// `namespaces/<name>/finalize`: the only way to change a Namespace's
+    /// `spec.finalizers` (the namespace controller removes `kubernetes`).
+    Finalize,
 }
 
 impl Sub {
@@ -18,6 +25,9 @@ impl Sub {
             Self::Scale => "scale",
             Self::Binding => "binding",
             Self::Token => "token",
+            Self::Log => "log",
+            Self::Exec => "exec",
+            Self::Finalize => "finalize",
         }
     }
 }
@@ -85,8 +95,8 @@ macro_rules! review {
 
 /// Every resource served, in discovery order.
 pub const RESOURCES: &[Resource] = &[
-    resource!("", "v1", "namespaces", "namespace", "Namespace", false, short: &["ns"], subs: &[Sub::Status], fields: &["status.phase"]),
-    resource!("", "v1", "pods", "pod", "Pod", true, short: &["po"], subs: &[Sub::Status, Sub::Binding],
+    resource!("", "v1", "namespaces", "namespace", "Namespace", false, short: &["ns"], subs: &[Sub::Status, Sub::Finalize], fields: &["status.phase"]),
+    resource!("", "v1", "pods", "pod", "Pod", true, short: &["po"], subs: &[Sub::Status, Sub::Binding, Sub::Log, Sub::Exec],
         fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP"]),
     resource!("", "v1", "services", "service", "Service", true, short: &["svc"], subs: &[Sub::Status], fields: NONE),
     resource!("", "v1", "endpoints", "endpoints", "Endpoints", true, short: &["ep"], subs: &[], fields: NONE),

@@ -142,7 +142,8 @@ pub(super) async fn create_object<S: Store>(
 }
 
 /// What follows an object's deletion: a Service's IP and node ports are
-/// free again, and its dependents are garbage-collected.
+/// free again. (Its dependents are the garbage collector's: a controller,
+/// as upstream's.)
 async fn deleted<S: Store>(api: &ApiServer<S>, res: &Resource, obj: &Value) -> ApiResult<()> {
     if res.kind == "Service" {
         api.alloc.lock().await.release(obj);
@@ -150,8 +151,7 @@ async fn deleted<S: Store>(api: &ApiServer<S>, res: &Resource, obj: &Value) -> A
     if res.kind == "CustomResourceDefinition" {
         delete_custom_resources(api, obj).await?;
     }
-    // An orphaning delete has already cut its dependents loose.
-    gc::delete_dependents(api, obj).await
+    Ok(())
 }
 
 /// A deleted CRD takes its objects with it (upstream's
@@ -285,7 +285,7 @@ where
         if dry_run {
             return Ok(objects::with_revision(new, rev));
         }
-        if objects::meta_str(&new, "deletionTimestamp").is_some() && finalizers(&new).is_empty() {
+        if objects::meta_str(&new, "deletionTimestamp").is_some() && !held(t.res, &new) {
             // `deleted` releases the Service's allocations itself.
             drop(allocations.take());
             let gone = api.store.delete(&key, Some(rev)).await;
@@ -322,6 +322,18 @@ where
     Err(ApiError::conflict(&resource, &name))
 }
 
+/// Whether finalizers hold an object being deleted: its own, and for a
+/// Namespace also `spec.finalizers` (upstream's
+/// `ShouldDeleteNamespaceDuringUpdate`).
+fn held(res: &Resource, obj: &Value) -> bool {
+    !finalizers(obj).is_empty()
+        || (res.kind == "Namespace"
+            && obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty()))
+}
+
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -336,6 +348,31 @@ fn finalizers(obj: &Value) -> Vec<String> {
 /// What a write to the main resource or to `/status` may change: the main
 /// resource keeps the old status, `/status` keeps everything but status.
 fn split_status(t: &super::path::Target, current: &Value, mut new: Value) -> Value {
+    // A Namespace's `spec.finalizers` change only through `/finalize`, and
+    // only they do (upstream's namespace and finalize strategies).
+    if t.res.kind == "Namespace" {
+        let theirs = new.pointer("/spec/finalizers").cloned();
+        if t.sub == Some(Sub::Finalize) {
+            let mut out = current.clone();
+            match theirs {
+                Some(f) => out["spec"]["finalizers"] = f,
+                None => {
+                    out.get_mut("spec")
+                        .and_then(Value::as_object_mut)
+                        .map(|s| s.remove("finalizers"));
+                }
+            }
+            return out;
+        }
+        match current.pointer("/spec/finalizers") {
+            Some(f) => new["spec"]["finalizers"] = f.clone(),
+            None => {
+                new.get_mut("spec")
+                    .and_then(Value::as_object_mut)
+                    .map(|s| s.remove("finalizers"));
+            }
+        }
+    }
     if !t.res.has(Sub::Status) {
         return new;
     }
@@ -644,16 +681,6 @@ pub(super) struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    /// What the garbage collector deletes dependents with.
-    pub(super) fn background() -> Self {
-        Self {
-            propagation: Some("Background".into()),
-            grace_seconds: None,
-            uid: None,
-            rv: None,
-        }
-    }
-
     fn from_request(req: &Request) -> ApiResult<Self> {
         let body: Value = if req.body.is_empty() {
             json!({})
@@ -674,12 +701,40 @@ impl DeleteOptions {
             })?),
             None => None,
         };
+        // The deprecated `orphanDependents` stands for a policy when none
+        // is given (both given is upstream's 422).
+        let orphan = body
+            .get("orphanDependents")
+            .and_then(Value::as_bool)
+            .or(req.query.get("orphanDependents").map(|v| v == "true"));
+        let policy = body
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .or(req.query.get("propagationPolicy"))
+            .map(str::to_owned);
+        let invalid = |message: String| {
+            ApiError::invalid_in(
+                "meta.k8s.io",
+                "DeleteOptions",
+                "",
+                vec![super::status::Cause::invalid("propagationPolicy", message)],
+            )
+        };
+        if let Some(p) = policy.as_deref()
+            && !matches!(p, "Orphan" | "Background" | "Foreground")
+        {
+            return Err(invalid(format!(
+                "Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+            )));
+        }
+        if let (Some(p), Some(_)) = (policy.as_deref(), orphan) {
+            return Err(invalid(format!(
+                "Invalid value: \"{p}\": orphanDependents and deletionPropagation cannot be both set"
+            )));
+        }
+        let policy = policy.or(orphan.map(|o| if o { "Orphan" } else { "Background" }.to_owned()));
         Ok(Self {
-            propagation: body
-                .get("propagationPolicy")
-                .and_then(Value::as_str)
-                .or(req.query.get("propagationPolicy"))
-                .map(str::to_owned),
+            propagation: policy,
             grace_seconds: grace,
             uid: body
                 .pointer("/preconditions/uid")
@@ -716,19 +771,37 @@ pub(super) async fn delete_object<S: Store>(
         ));
     }
     let mut held = finalizers(&current);
-    let cascade = match opts.propagation.as_deref() {
+    // The policy is recorded as a finalizer the garbage collector acts on
+    // (upstream's `deletionFinalizersForGarbageCollection`); without one,
+    // the resource's default: Orphan for a core/v1 ReplicationController
+    // (kept for backwards compatibility, as upstream), else Background.
+    let policy = opts.propagation.as_deref().or(match t.res.kind {
+        "ReplicationController" => Some("Orphan"),
+        _ => None,
+    });
+    let cascade = match policy {
         Some("Foreground") => Some(gc::FOREGROUND),
         Some("Orphan") => Some(gc::ORPHAN),
         _ => None,
     };
-    held.extend(cascade.map(str::to_owned));
+    // Background removes the GC finalizers an earlier delete asked for.
+    if policy == Some("Background") {
+        held.retain(|f| f != gc::FOREGROUND && f != gc::ORPHAN);
+    } else if let Some(c) = cascade {
+        held.retain(|f| f != gc::FOREGROUND && f != gc::ORPHAN || f == c);
+    }
+    if let Some(c) = cascade
+        && !held.iter().any(|f| f == c)
+    {
+        held.push(c.to_owned());
+    }
     let graceful_pod = t.res.kind == "Pod"
         && current
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty())
         && opts.grace_seconds.unwrap_or(30) > 0;
-    if held.is_empty() && !graceful_pod && t.res.kind != "Namespace" {
+    if held.is_empty() && !graceful_pod && !self::held(t.res, &current) {
         let kv = api
             .store
             .delete(&t.res.key(t.namespace.as_deref(), &name), Some(rev))
@@ -751,11 +824,16 @@ pub(super) async fn delete_object<S: Store>(
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
         }
         if !held.is_empty() {
-            let mut f = finalizers(cur);
+            // Others' finalizers as they are now; the GC's as chosen above.
+            let mut f: Vec<String> = finalizers(cur)
+                .into_iter()
+                .filter(|x| x != gc::FOREGROUND && x != gc::ORPHAN)
+                .collect();
             f.extend(
                 held.iter()
-                    .filter(|h| !finalizers(cur).contains(h))
-                    .cloned(),
+                    .filter(|h| !f.contains(h))
+                    .cloned()
+                    .collect::<Vec<_>>(),
             );
             meta.insert("finalizers".into(), json!(f));
         }
@@ -765,27 +843,6 @@ pub(super) async fn delete_object<S: Store>(
         Ok(out)
     })
     .await?;
-    if t.res.kind == "Namespace" {
-        kinds::finalize_namespace(api, &name).await?;
-    }
-    if let Some(finalizer) = cascade {
-        if finalizer == gc::FOREGROUND {
-            gc::delete_dependents(api, &marked).await?;
-        } else {
-            gc::orphan_dependents(api, &marked).await?;
-        }
-        // Our part done: without other finalizers the owner goes now.
-        return modify(api, t, None, &Owner::Server, |cur| {
-            let mut out = cur.clone();
-            let rest: Vec<String> = finalizers(cur)
-                .into_iter()
-                .filter(|f| f != finalizer)
-                .collect();
-            objects::meta_mut(&mut out).insert("finalizers".into(), json!(rest));
-            Ok(out)
-        })
-        .await;
-    }
     Ok(marked)
 }
 

@@ -58,6 +58,18 @@ struct Args {
     /// Jobs synced at once.
     #[arg(long, default_value_t = 5)]
     concurrent_job_syncs: u16,
+    /// Objects the garbage collector syncs at once, per resource.
+    #[arg(long, default_value_t = 5)]
+    concurrent_gc_syncs: u16,
+    /// Terminating namespaces emptied at once.
+    #[arg(long, default_value_t = 10)]
+    concurrent_namespace_syncs: u16,
+    /// Most endpoints the mirroring controller puts in one slice.
+    #[arg(long, default_value_t = 1000)]
+    mirroring_max_endpoints_per_subset: usize,
+    /// Endpoints objects mirrored at once.
+    #[arg(long, default_value_t = 5)]
+    mirroring_concurrent_service_endpoint_syncs: u16,
     /// How often each Node's health is checked.
     #[arg(long, default_value = "5s", value_parser = manager::parse_duration)]
     node_monitor_period: Duration,
@@ -101,6 +113,10 @@ async fn main() -> Result<()> {
     settings.endpointslice.concurrent_syncs = args.concurrent_service_endpoint_syncs;
     settings.replicaset_workers = args.concurrent_replicaset_syncs;
     settings.job_workers = args.concurrent_job_syncs;
+    settings.gc_workers = args.concurrent_gc_syncs;
+    settings.namespace_workers = args.concurrent_namespace_syncs;
+    settings.mirroring.max_endpoints_per_subset = args.mirroring_max_endpoints_per_subset;
+    settings.mirroring.concurrent_syncs = args.mirroring_concurrent_service_endpoint_syncs;
     settings.nodelifecycle.monitor_period = args.node_monitor_period;
     settings.nodelifecycle.grace_period = args.node_monitor_grace_period;
     settings.nodelifecycle.startup_grace_period = args.node_startup_grace_period;

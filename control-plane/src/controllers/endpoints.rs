@@ -15,7 +15,8 @@
 //! - More than 1000 addresses: ready ones are kept first and the object is
 //!   annotated `endpoints.kubernetes.io/over-capacity: truncated`.
 //! - Labels: the Service's, plus `service.kubernetes.io/headless` when
-//!   headless. No ownerReference (as upstream): when the Service goes, this
+//!   headless and `endpointslice.kubernetes.io/skip-mirror: "true"` (so the
+//!   mirroring controller leaves them alone, as upstream). No ownerReference (as upstream): when the Service goes, this
 //!   controller deletes the Endpoints itself — and any Endpoints whose
 //!   Service does not exist (checked by a live read), except leader-election
 //!   records.
@@ -232,6 +233,7 @@ fn labels_for(svc: &Service) -> BTreeMap<String, String> {
     } else {
         labels.remove("service.kubernetes.io/headless");
     }
+    labels.insert(super::mirroring::LABEL_SKIP_MIRROR.into(), "true".into());
     labels
 }
 

@@ -7,19 +7,22 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use super::{
-    Shared, daemonset, deployment, endpoints, endpointslice, job, nodeipam, nodelifecycle,
-    replicaset, serviceaccount,
+    Shared, daemonset, deployment, endpoints, endpointslice, gc, job, mirroring, namespace,
+    nodeipam, nodelifecycle, replicaset, serviceaccount,
 };
 
 /// Every controller this manager has, by upstream's name.
 pub const ALL: &[&str] = &[
     "endpoint",
     "endpointslice",
+    "endpointslicemirroring",
     "replicaset",
     "replicationcontroller",
     "deployment",
     "daemonset",
     "job",
+    "garbagecollector",
+    "namespace",
     "nodelifecycle",
     "nodeipam",
     "serviceaccount",
@@ -33,6 +36,11 @@ pub struct Settings {
     pub replicaset_workers: u16,
     /// `--concurrent-job-syncs` (5).
     pub job_workers: u16,
+    /// `--concurrent-gc-syncs`: objects synced at once per resource (5).
+    pub gc_workers: u16,
+    /// `--concurrent-namespace-syncs` (10).
+    pub namespace_workers: u16,
+    pub mirroring: mirroring::Settings,
     pub nodelifecycle: nodelifecycle::Settings,
     /// `None` unless `--allocate-node-cidrs` (then nodeipam does nothing).
     pub nodeipam: Option<nodeipam::Settings>,
@@ -46,6 +54,9 @@ impl Default for Settings {
             endpointslice: endpointslice::Settings::default(),
             replicaset_workers: 5,
             job_workers: 5,
+            gc_workers: 5,
+            namespace_workers: 10,
+            mirroring: mirroring::Settings::default(),
             nodelifecycle: nodelifecycle::Settings::default(),
             nodeipam: None,
             root_ca: None,
@@ -140,6 +151,7 @@ pub async fn run(shared: Arc<Shared>, names: &[&'static str], settings: Settings
             let r = match name {
                 "endpoint" => endpoints::run(shared, settings.endpointslice.concurrent_syncs).await,
                 "endpointslice" => endpointslice::run(shared, settings.endpointslice).await,
+                "endpointslicemirroring" => mirroring::run(shared, settings.mirroring).await,
                 "replicaset" => {
                     replicaset::run_replica_sets(shared, settings.replicaset_workers).await
                 }
@@ -150,6 +162,8 @@ pub async fn run(shared: Arc<Shared>, names: &[&'static str], settings: Settings
                 "deployment" => deployment::run(shared, settings.replicaset_workers).await,
                 "daemonset" => daemonset::run(shared, settings.replicaset_workers).await,
                 "job" => job::run(shared, settings.job_workers).await,
+                "garbagecollector" => gc::run(shared, settings.gc_workers).await,
+                "namespace" => namespace::run(shared, settings.namespace_workers).await,
                 "nodelifecycle" => nodelifecycle::run(shared, settings.nodelifecycle).await,
                 "serviceaccount" => serviceaccount::run(shared, settings.root_ca).await,
                 "nodeipam" => match settings.nodeipam {

@@ -94,14 +94,23 @@ pub enum Resolution {
     /// NOERROR with records. `chase` names an ExternalName target outside
     /// the zone that the server may resolve upstream (and append).
     Answer {
+        /// The answer section.
         answers: Vec<Record>,
+        /// The additional section (SRV targets' addresses).
         additionals: Vec<Record>,
+        /// An ExternalName's out-of-zone target, for the upstream.
         chase: Option<Name>,
     },
     /// NOERROR, no answer; SOA of `apex` in the authority section.
-    NoData { apex: Name },
+    NoData {
+        /// The zone whose SOA goes in the authority section.
+        apex: Name,
+    },
     /// NXDOMAIN; SOA of `apex` in the authority section.
-    NxDomain { apex: Name },
+    NxDomain {
+        /// The zone whose SOA goes in the authority section.
+        apex: Name,
+    },
     /// SERVFAIL: the name would be NXDOMAIN but the caches have not listed
     /// yet (CoreDNS before its first sync).
     ServFail,
@@ -111,7 +120,10 @@ pub enum Resolution {
     Outside,
     /// A reverse name of no Service or endpoint: forward (kubeadm's
     /// `fallthrough in-addr.arpa ip6.arpa`), else NXDOMAIN of `apex`.
-    UnknownReverse { apex: Name },
+    UnknownReverse {
+        /// `in-addr.arpa.` or `ip6.arpa.`.
+        apex: Name,
+    },
 }
 
 /// The host part of a found record.

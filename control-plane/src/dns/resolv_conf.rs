@@ -44,8 +44,11 @@ pub struct PodDnsInput<'a> {
 /// A pod's resolver settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodResolvConf {
+    /// `nameserver` lines, in order (at most [`MAX_NAMESERVERS`]).
     pub nameservers: Vec<String>,
+    /// The `search` list, in order.
     pub searches: Vec<String>,
+    /// The `options` line's entries (`ndots:5`).
     pub options: Vec<String>,
     /// What the kubelet would report as `DNSConfigForming` or
     /// `MissingClusterDNS` Warning events on the pod.

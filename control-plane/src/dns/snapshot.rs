@@ -43,8 +43,11 @@ pub enum ServiceKind {
 /// One Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceRecord {
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// How it is published.
     pub kind: ServiceKind,
     /// `spec.ports` (ClusterIP Services' SRV records).
     pub ports: Vec<Port>,
@@ -53,11 +56,13 @@ pub struct ServiceRecord {
 /// One ready endpoint address of a Service, with its slice's ports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointRecord {
+    /// One of the endpoint's `addresses`.
     pub ip: IpAddr,
     /// The DNS label naming the endpoint under its Service: the slice's
     /// `hostname`, else the address with `.`/`:` turned into `-` (CoreDNS
     /// without `endpoint_pod_names`).
     pub label: String,
+    /// The ports of the slice(s) the address is in.
     pub ports: Vec<Port>,
 }
 
@@ -67,7 +72,9 @@ pub struct EndpointRecord {
 pub struct ReverseTarget {
     /// The endpoint's label for an endpoint address; `None` for a ClusterIP.
     pub endpoint: Option<String>,
+    /// The Service's name.
     pub service: String,
+    /// The Service's namespace.
     pub namespace: String,
 }
 

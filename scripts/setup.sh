@@ -7,7 +7,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- Debian packages -------------------------------------------------------
-DEB_PKGS=(iptables nftables conntrack iperf3 bpftool iproute2 socat tcpdump iputils-ping etcd-server protobuf-compiler libprotobuf-dev curl util-linux bind9-dnsutils runc busybox-static)
+DEB_PKGS=(iptables nftables conntrack iperf3 bpftool iproute2 socat tcpdump iputils-ping etcd-server protobuf-compiler libprotobuf-dev curl util-linux bind9-dnsutils runc busybox-static fonts-dejavu-core)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

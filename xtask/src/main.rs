@@ -17,9 +17,16 @@ struct Cli {
 enum Cmd {
     /// Build in release mode and run the ClusterIP demo (root).
     Demo,
-    /// Build in release mode and run the dataplane benchmarks (root).
+    /// Build in release mode and run the side-by-side benchmark (root):
+    /// Switchyard against kube-proxy's iptables (legacy, nft) and nftables
+    /// modes with N Services (bench-services), and the TC path's per-packet
+    /// cost (bench-dataplane). Writes CSVs and PNGs under docs/bench/ and
+    /// the tables into docs/benchmarks.md.
     Bench {
-        /// Extra arguments for bench-dataplane.
+        /// Add 50,000 Services.
+        #[arg(long)]
+        full: bool,
+        /// Extra arguments for bench-services (e.g. `--services 1,1000`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -38,9 +45,92 @@ fn exec(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn release_bin(name: &str, args: &[String]) -> Result<()> {
+fn release_bin(name: &str) -> Result<()> {
     exec(Command::new("cargo").args(["build", "--release", "--bins"]))?;
-    exec(Command::new(format!("target/release/{name}")).args(args))
+    exec(&mut Command::new(format!("target/release/{name}")))
+}
+
+/// Output of a command, failing with its command line.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+const BEGIN: &str = "<!-- cargo xtask bench: begin -->";
+const END: &str = "<!-- cargo xtask bench: end -->";
+
+/// The machine, as the tables' heading states it.
+fn machine() -> String {
+    let first = |cmd: &[&str]| {
+        Command::new(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!(
+        "{} ({} CPUs: {cpu}), kernel {}, {}, {}, {}",
+        first(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]),
+        first(&["nproc"]),
+        first(&["uname", "-r"]),
+        first(&["iptables-legacy", "--version"]),
+        first(&["iptables-nft", "--version"]),
+        first(&["nft", "--version"]),
+    )
+}
+
+fn bench(full: bool, extra: &[String]) -> Result<()> {
+    exec(Command::new("cargo").args(["build", "--release", "--bins"]))?;
+    let mut services = Command::new("target/release/bench-services");
+    services.args(["--out", "docs/bench"]);
+    if full {
+        services.arg("--full");
+    }
+    services.args(extra);
+    let services = output(&mut services)?;
+    let dataplane = output(Command::new("target/release/bench-dataplane").args(["--rounds", "5"]))?;
+    let section = format!(
+        "{BEGIN}\n## Side by side: `cargo xtask bench`\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine and run: {}.\nCSVs and plots: `docs/bench/`.\n\n![New connections/s against the number of Services](bench/services-conns-per-s.png)\n\n![connect() p99](bench/services-connect-p99.png)\n\n![Pod-to-pod connections/s with N Services](bench/services-pod-to-pod.png)\n\n{services}\n#### TC path and socket hook (bench-dataplane, medians of 5 rounds)\n\n{dataplane}{END}\n",
+        machine()
+    );
+    let path = "docs/benchmarks.md";
+    let doc = std::fs::read_to_string(path)?;
+    let doc = match (doc.find(BEGIN), doc.find(END)) {
+        (Some(b), Some(e)) if b < e => format!(
+            "{}{section}{}",
+            &doc[..b],
+            doc[e + END.len()..].trim_start_matches('\n')
+        ),
+        _ => {
+            // First run: right after the introduction.
+            let at = doc.find("\n## ").map_or(doc.len(), |i| i + 1);
+            format!("{}{section}\n{}", &doc[..at], &doc[at..])
+        }
+    };
+    std::fs::write(path, doc)?;
+    eprintln!("wrote docs/bench/ and the tables in {path}");
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -49,8 +139,8 @@ fn main() -> Result<()> {
         .context("workspace root")?;
     std::env::set_current_dir(root)?;
     match Cli::parse().cmd {
-        Cmd::Demo => release_bin("demo", &[]),
-        Cmd::Bench { args } => release_bin("bench-dataplane", &args),
+        Cmd::Demo => release_bin("demo"),
+        Cmd::Bench { full, args } => bench(full, &args),
         Cmd::Clippy => {
             exec(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
             exec(Command::new("cargo").current_dir("proxy-ebpf").args([

@@ -1,0 +1,665 @@
+//! `bench-services`: Switchyard against kube-proxy's iptables (legacy and
+//! nf_tables) and nftables modes, with N Services × 10 endpoints
+//! programmed, side by side in one run.
+//!
+//! Each mode has a node of its own (a node namespace, a client pod, the same
+//! ten backend pods at the same addresses), so all modes are programmed at
+//! once and every measurement round visits every mode in turn (drift on a
+//! noisy machine hits all alike):
+//!
+//! - `floor`: no Service rules at all; the client connects to the pods
+//!   directly (the floor of any proxy);
+//! - `iptables-legacy`, `iptables-nft`, `nftables`: kube-proxy's layouts,
+//!   rendered by `switchyard::kubeproxy` from the same desired computation
+//!   and loaded with the real tools (one restore/transaction from empty);
+//! - `switchyard-socket` (cgroup `connect4` hook) and `switchyard-tc` (the
+//!   per-packet path; the client outside the hooked cgroup), from one set
+//!   of maps written by the reconciler.
+//!
+//! Per N: time to program from empty and to apply one endpoint change
+//! (each a full restore/transaction for kube-proxy's modes, which is what
+//! they cost on a full sync; the maps' change is the reconciler's diff),
+//! then `--rounds` rounds of `--connects` connections per mode and target:
+//! the ClusterIP of a Service last in iptables' list, of one at a random
+//! position, and a pod directly (pod-to-pod traffic with N Services
+//! programmed). Connection rate (connections/s, each waits for the server's
+//! greeting) and connect() latency p50/p99.
+//!
+//! Writes `<out>/services-connections.csv`, `<out>/services-programming.csv`,
+//! PNG plots, and a Markdown table to stdout (and to `--table-out`).
+//!
+//! Run as root: `cargo run --release -p switchyard-tests --bin bench-services`.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use switchyard::{
+    datapath::{MapSizes, loader::Dataplane},
+    desired::{self, NodeContext, ServicePort},
+    kubeproxy::{RuleConfig, apply::IptablesVariant, iptables, nftables},
+    model::DesiredTable,
+    reconcile::Reconciler,
+};
+use testbed::{
+    lab::{ClientPlacement, Testbed},
+    netns::InNetns,
+    plot, privileges,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// Service counts (comma-separated).
+    #[arg(long, default_value = "1,1000,10000", value_delimiter = ',')]
+    services: Vec<usize>,
+    /// Add 50,000 Services.
+    #[arg(long)]
+    full: bool,
+    /// Measurement rounds per N (each visits every mode).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Connections per mode, target and round.
+    #[arg(long, default_value_t = 300)]
+    connects: usize,
+    /// Give up programming a mode after this many seconds (its row then
+    /// says so and it is not measured at that N).
+    #[arg(long, default_value_t = 120)]
+    program_timeout: u64,
+    /// Where CSVs and plots go.
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+    /// Also write the Markdown table here.
+    #[arg(long)]
+    table_out: Option<PathBuf>,
+}
+
+const ENDPOINTS: usize = 10;
+const VIP_LAST: &str = "10.100.0.1";
+const VIP_MID: &str = "10.100.0.2";
+const PORT: u16 = 80;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Floor,
+    IptablesLegacy,
+    IptablesNft,
+    Nftables,
+    SwitchyardSocket,
+    SwitchyardTc,
+}
+
+impl Mode {
+    const ALL: [Mode; 6] = [
+        Mode::Floor,
+        Mode::IptablesLegacy,
+        Mode::IptablesNft,
+        Mode::Nftables,
+        Mode::SwitchyardSocket,
+        Mode::SwitchyardTc,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Floor => "floor (no rules)",
+            Mode::IptablesLegacy => "iptables-legacy",
+            Mode::IptablesNft => "iptables-nft",
+            Mode::Nftables => "nftables",
+            Mode::SwitchyardSocket => "switchyard socket",
+            Mode::SwitchyardTc => "switchyard per-packet",
+        }
+    }
+    fn placement(self) -> ClientPlacement {
+        if self == Mode::SwitchyardSocket {
+            ClientPlacement::InNodeCgroup
+        } else {
+            ClientPlacement::OutsideCgroup
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Last,
+    Random,
+    Pod,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Last => "ClusterIP, last Service",
+            Target::Random => "ClusterIP, random position",
+            Target::Pod => "pod to pod",
+        }
+    }
+}
+
+/// One measurement cell: connections over all rounds.
+#[derive(Default, Clone)]
+struct Conns {
+    connect_ns: Vec<u64>,
+    total_ns: u64,
+}
+
+impl Conns {
+    fn rate(&self) -> f64 {
+        self.connect_ns.len() as f64 / (self.total_ns as f64 / 1e9)
+    }
+    fn pct(&self, q: f64) -> f64 {
+        let mut v = self.connect_ns.clone();
+        v.sort_unstable();
+        v[((v.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0
+    }
+}
+
+#[derive(Clone, Default)]
+struct Programming {
+    /// Seconds to program from empty; `None`: timed out.
+    program_s: Option<f64>,
+    /// Seconds to apply one endpoint change.
+    change_s: Option<f64>,
+}
+
+fn main() -> Result<()> {
+    privileges::require();
+    let mut args = Args::parse();
+    if args.full && !args.services.contains(&50_000) {
+        args.services.push(50_000);
+    }
+    let max_n = *args.services.iter().max().context("--services")?;
+    let beds: BTreeMap<Mode, Testbed> = Mode::ALL
+        .iter()
+        .map(|m| Ok((*m, Testbed::new(ENDPOINTS as u8)?)))
+        .collect::<Result<_>>()?;
+    // One set of maps: socket hooks on one node's cgroup, TC on another's
+    // pod interfaces.
+    let sizes = MapSizes {
+        frontends: (max_n as u32 + 16).max(1024),
+        backends: (max_n * ENDPOINTS) as u32 + 1024,
+        backend_slots: (max_n * ENDPOINTS) as u32 + 1024,
+        ..MapSizes::default()
+    };
+    let mut dp = Dataplane::load(None, &sizes)?;
+    dp.attach_cgroup(beds[&Mode::SwitchyardSocket].cgroup.path())?;
+    {
+        let tc = &beds[&Mode::SwitchyardTc];
+        let _in = InNetns::enter(&tc.topo.node)?;
+        for iface in tc.topo.host_ifs() {
+            dp.attach_tc(iface)?;
+        }
+    }
+    let mut reconciler = Reconciler::restore(dp.lb_maps()?)?;
+    let backends: Vec<String> = beds[&Mode::Floor]
+        .topo
+        .backends
+        .iter()
+        .map(|p| p.ip.to_string())
+        .collect();
+    let pod_target = beds[&Mode::Floor].backend(1);
+    std::fs::create_dir_all(&args.out)?;
+
+    let mut conns: BTreeMap<(usize, Mode, Target), Conns> = BTreeMap::new();
+    let mut programming: BTreeMap<(usize, Mode), Programming> = BTreeMap::new();
+    let cfg = RuleConfig {
+        local_detector: Some("10.244.0.0/16".parse()?),
+        ..RuleConfig::default()
+    };
+    for &n in &args.services {
+        eprintln!("N = {n}: computing the table");
+        let (table, ports) = compute(n, &backends, ENDPOINTS)?;
+        let (changed_table, changed_ports) = compute(n, &backends, ENDPOINTS - 1)?;
+        let timeout = Duration::from_secs(args.program_timeout);
+        let mut programmed: Vec<Mode> = vec![Mode::Floor];
+        for mode in Mode::ALL.iter().copied().skip(1) {
+            let ns = beds[&mode].topo.node.name().to_owned();
+            let p = match mode {
+                Mode::IptablesLegacy | Mode::IptablesNft => {
+                    let variant = if mode == Mode::IptablesLegacy {
+                        IptablesVariant::Legacy
+                    } else {
+                        IptablesVariant::Nft
+                    };
+                    program_iptables(&ns, variant, &ports, &changed_ports, &cfg, timeout)?
+                }
+                Mode::Nftables => program_nftables(&ns, &ports, &changed_ports, &cfg, timeout)?,
+                Mode::SwitchyardSocket => {
+                    let started = Instant::now();
+                    reconciler.apply(&table)?;
+                    let program_s = started.elapsed().as_secs_f64();
+                    let started = Instant::now();
+                    reconciler.apply(&changed_table)?;
+                    let change_s = started.elapsed().as_secs_f64();
+                    reconciler.apply(&table)?;
+                    Programming {
+                        program_s: Some(program_s),
+                        change_s: Some(change_s),
+                    }
+                }
+                // The same maps serve both eBPF paths.
+                Mode::SwitchyardTc => programming[&(n, Mode::SwitchyardSocket)].clone(),
+                Mode::Floor => unreachable!(),
+            };
+            eprintln!(
+                "N = {n}: {} programmed in {:?} s, change {:?} s",
+                mode.name(),
+                p.program_s,
+                p.change_s
+            );
+            if p.program_s.is_some() {
+                programmed.push(mode);
+            }
+            programming.insert((n, mode), p);
+        }
+        for round in 0..args.rounds {
+            eprintln!("N = {n}: round {}", round + 1);
+            for &mode in &programmed {
+                for target in [Target::Last, Target::Random, Target::Pod] {
+                    if target == Target::Random && n < 3 {
+                        continue; // one Service: no other position
+                    }
+                    let dest = match (mode, target) {
+                        (_, Target::Pod) | (Mode::Floor, _) => pod_target.clone(),
+                        (_, Target::Last) => format!("{VIP_LAST}:{PORT}"),
+                        (_, Target::Random) => format!("{VIP_MID}:{PORT}"),
+                    };
+                    // One warm-up connection (neighbour entries, caches).
+                    connect(&beds[&mode], mode.placement(), &dest, 1)?;
+                    let got = connect(&beds[&mode], mode.placement(), &dest, args.connects)
+                        .with_context(|| format!("N = {n}, {}, {}", mode.name(), target.name()))?;
+                    let cell = conns.entry((n, mode, target)).or_default();
+                    cell.connect_ns.extend(got.connect_ns);
+                    cell.total_ns += got.total_ns;
+                }
+            }
+        }
+        // Empty every mode before the next N.
+        for mode in [Mode::IptablesLegacy, Mode::IptablesNft] {
+            let v = if mode == Mode::IptablesLegacy {
+                IptablesVariant::Legacy
+            } else {
+                IptablesVariant::Nft
+            };
+            switchyard::kubeproxy::apply::cleanup(
+                Some(beds[&mode].topo.node.name()),
+                switchyard::kubeproxy::ProxyMode::Iptables,
+                v,
+            )?;
+        }
+        switchyard::kubeproxy::apply::cleanup(
+            Some(beds[&Mode::Nftables].topo.node.name()),
+            switchyard::kubeproxy::ProxyMode::Nftables,
+            IptablesVariant::Auto,
+        )?;
+        reconciler.apply(&DesiredTable::default())?;
+    }
+    let table = report(&args, &conns, &programming)?;
+    print!("{table}");
+    if let Some(path) = &args.table_out {
+        std::fs::write(path, &table)?;
+    }
+    Ok(())
+}
+
+/// N Services (two of them with the real backends: one sorting last, one at
+/// a random position) × `per` endpoints, through `desired::compute`.
+fn compute(n: usize, backends: &[String], per: usize) -> Result<(DesiredTable, Vec<ServicePort>)> {
+    let mut services = Vec::with_capacity(n);
+    let mut slices = Vec::with_capacity(n);
+    let random = if n > 2 { (n * 7919) % (n - 1) } else { 0 };
+    for i in 0..n {
+        let (name, vip, eps): (String, String, Vec<String>) = if i + 1 == n {
+            ("zz-last".into(), VIP_LAST.into(), backends[..per].to_vec())
+        } else if i == random && n > 1 {
+            (
+                format!("svc-{i:06}-random"),
+                VIP_MID.into(),
+                backends[..per].to_vec(),
+            )
+        } else {
+            let vip = std::net::Ipv4Addr::from(0x0a60_0000u32 + 1 + i as u32);
+            let eps = (0..per)
+                .map(|j| {
+                    std::net::Ipv4Addr::from(0x0a80_0000u32 + 1 + (i * ENDPOINTS + j) as u32)
+                        .to_string()
+                })
+                .collect();
+            (format!("svc-{i:06}"), vip.to_string(), eps)
+        };
+        services.push(Arc::new(serde_json::from_value::<Service>(serde_json::json!({
+            "metadata": {"namespace": "bench", "name": name},
+            "spec": {"clusterIP": vip, "ports": [{"name": "http", "port": PORT, "protocol": "TCP", "targetPort": 8080}]}
+        }))?));
+        let endpoints: Vec<serde_json::Value> = eps
+            .iter()
+            .map(|a| serde_json::json!({"addresses": [a], "conditions": {"ready": true}}))
+            .collect();
+        slices.push(Arc::new(serde_json::from_value::<EndpointSlice>(serde_json::json!({
+            "metadata": {"namespace": "bench", "name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints
+        }))?));
+    }
+    let out = desired::compute(&services, &slices, &NodeContext::default());
+    if !out.skipped.is_empty() {
+        bail!("invalid bench objects: {:?}", &out.skipped[..1]);
+    }
+    Ok((out.table, out.service_ports))
+}
+
+/// Runs `tool args` in `ns` with `stdin`, killed after `timeout`; the
+/// elapsed seconds, or `None` on timeout.
+fn timed(
+    ns: &str,
+    tool: &str,
+    args: &[&str],
+    stdin: &str,
+    timeout: Duration,
+) -> Result<Option<f64>> {
+    let started = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, tool])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut input = child.stdin.take().context("stdin")?;
+    let text = stdin.to_owned();
+    let writer = std::thread::spawn(move || input.write_all(text.as_bytes()));
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let elapsed = started.elapsed().as_secs_f64();
+            let _ = writer.join();
+            if !status.success() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(
+                    &mut child.stderr.take().context("stderr")?,
+                    &mut err,
+                )?;
+                bail!("{tool} in {ns} failed ({status}): {}", err.trim());
+            }
+            return Ok(Some(elapsed));
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn program_iptables(
+    ns: &str,
+    variant: IptablesVariant,
+    ports: &[ServicePort],
+    changed: &[ServicePort],
+    cfg: &RuleConfig,
+    timeout: Duration,
+) -> Result<Programming> {
+    // The jumps and top-level chains first (what kube-proxy's first sync
+    // also ensures), untimed.
+    let mut rules = switchyard::kubeproxy::apply::IptablesRules::new(Some(ns.to_owned()), variant)?;
+    rules.sync(&[], cfg, true)?;
+    let tool = match variant {
+        IptablesVariant::Legacy => "iptables-legacy-restore",
+        _ => "iptables-nft-restore",
+    };
+    let args = ["-w", "5", "--noflush", "--counters"];
+    let payload = iptables::render(ports, cfg, &Default::default());
+    let program_s = timed(ns, tool, &args, &payload.text, timeout)?;
+    let change_s = match program_s {
+        Some(_) => {
+            let next = iptables::render(changed, cfg, &payload.nat_chains);
+            let s = timed(ns, tool, &args, &next.text, timeout)?;
+            // Back to the full table for the traffic measurements.
+            let back = iptables::render(ports, cfg, &next.nat_chains);
+            timed(ns, tool, &args, &back.text, timeout)?;
+            s
+        }
+        None => None,
+    };
+    Ok(Programming {
+        program_s,
+        change_s,
+    })
+}
+
+fn program_nftables(
+    ns: &str,
+    ports: &[ServicePort],
+    changed: &[ServicePort],
+    cfg: &RuleConfig,
+    timeout: Duration,
+) -> Result<Programming> {
+    let first = nftables::render(ports, cfg, &nftables::Previous::default());
+    let program_s = timed(ns, "nft", &["-f", "-"], &first.text, timeout)?;
+    let change_s = match program_s {
+        Some(_) => {
+            let prev = nftables::Previous {
+                table_written: true,
+                chains: first.chains.clone(),
+                sets: first.sets.clone(),
+            };
+            let next = nftables::render(changed, cfg, &prev);
+            let s = timed(ns, "nft", &["-f", "-"], &next.text, timeout)?;
+            let prev = nftables::Previous {
+                table_written: true,
+                chains: next.chains,
+                sets: next.sets,
+            };
+            timed(
+                ns,
+                "nft",
+                &["-f", "-"],
+                &nftables::render(ports, cfg, &prev).text,
+                timeout,
+            )?;
+            s
+        }
+        None => None,
+    };
+    Ok(Programming {
+        program_s,
+        change_s,
+    })
+}
+
+fn connect(bed: &Testbed, placement: ClientPlacement, target: &str, count: usize) -> Result<Conns> {
+    let out = bed
+        .spawn_client(
+            placement,
+            &[
+                "connect-latency",
+                "--target",
+                target,
+                "--count",
+                &count.to_string(),
+            ],
+        )?
+        .finish()?;
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("netprobe printed `{out}`"))?;
+    Ok(Conns {
+        connect_ns: serde_json::from_value(v["connect_ns"].clone())?,
+        total_ns: serde_json::from_value(v["total_ns"].clone())?,
+    })
+}
+
+fn fmt_s(v: Option<f64>, timeout: u64) -> String {
+    v.map_or_else(|| format!("> {timeout} (gave up)"), |s| format!("{s:.3}"))
+}
+
+/// CSVs, plots, and the Markdown table.
+fn report(
+    args: &Args,
+    conns: &BTreeMap<(usize, Mode, Target), Conns>,
+    programming: &BTreeMap<(usize, Mode), Programming>,
+) -> Result<String> {
+    let mut csv = String::from(
+        "services,mode,target,connections,conns_per_s,connect_p50_us,connect_p99_us\n",
+    );
+    for ((n, mode, target), c) in conns {
+        let _ = writeln!(
+            csv,
+            "{n},{},{},{},{:.1},{:.1},{:.1}",
+            mode.name(),
+            target.name(),
+            c.connect_ns.len(),
+            c.rate(),
+            c.pct(0.5),
+            c.pct(0.99)
+        );
+    }
+    std::fs::write(args.out.join("services-connections.csv"), &csv)?;
+    let mut pcsv = String::from("services,mode,program_s,change_s\n");
+    for ((n, mode), p) in programming {
+        let f = |v: Option<f64>| v.map_or_else(String::new, |s| format!("{s:.4}"));
+        let _ = writeln!(
+            pcsv,
+            "{n},{},{},{}",
+            mode.name(),
+            f(p.program_s),
+            f(p.change_s)
+        );
+    }
+    std::fs::write(args.out.join("services-programming.csv"), &pcsv)?;
+
+    // Plots: one line per mode, against N on a log axis.
+    let series = |target: Target, value: fn(&Conns) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        Mode::ALL
+            .iter()
+            .map(|m| {
+                let pts = args
+                    .services
+                    .iter()
+                    .filter_map(|n| conns.get(&(*n, *m, target)).map(|c| (*n as f64, value(c))))
+                    .collect();
+                (m.name().to_owned(), pts)
+            })
+            .collect()
+    };
+    plot::lines(
+        &args.out.join("services-conns-per-s.png"),
+        "New connections/s to a ClusterIP (last Service)",
+        "Services (x10 endpoints)",
+        "connections/s",
+        &series(Target::Last, Conns::rate),
+    )?;
+    plot::lines(
+        &args.out.join("services-connect-p99.png"),
+        "connect() p99 to a ClusterIP (last Service), µs",
+        "Services (x10 endpoints)",
+        "µs",
+        &series(Target::Last, |c| c.pct(0.99)),
+    )?;
+    plot::lines(
+        &args.out.join("services-pod-to-pod.png"),
+        "Pod-to-pod new connections/s with N Services programmed",
+        "Services (x10 endpoints)",
+        "connections/s",
+        &series(Target::Pod, Conns::rate),
+    )?;
+
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "#### New connections (each waits for the server's greeting; {} rounds × {} per cell)\n",
+        args.rounds, args.connects
+    );
+    let _ = writeln!(
+        t,
+        "| Services | target | mode | conns/s | vs floor | vs iptables-legacy | vs iptables-nft | p50 µs | p99 µs |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
+    for &n in &args.services {
+        for target in [Target::Last, Target::Random, Target::Pod] {
+            if target == Target::Random && n < 3 {
+                continue;
+            }
+            let floor = conns.get(&(n, Mode::Floor, Target::Pod)).map(Conns::rate);
+            let base = |m: Mode| conns.get(&(n, m, target)).map(Conns::rate);
+            for mode in Mode::ALL {
+                let Some(c) = conns.get(&(n, mode, target)) else {
+                    if mode != Mode::Floor {
+                        let _ = writeln!(
+                            t,
+                            "| {n} | {} | {} | not programmed within {} s | | | | | |",
+                            target.name(),
+                            mode.name(),
+                            args.program_timeout
+                        );
+                    }
+                    continue;
+                };
+                if mode == Mode::Floor && target != Target::Pod {
+                    continue;
+                }
+                let ratio = |b: Option<f64>| {
+                    b.map_or_else(|| "–".to_owned(), |b| format!("{:.2}x", c.rate() / b))
+                };
+                let _ = writeln!(
+                    t,
+                    "| {n} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {:.0} |",
+                    target.name(),
+                    mode.name(),
+                    c.rate(),
+                    ratio(floor),
+                    ratio(base(Mode::IptablesLegacy)),
+                    ratio(base(Mode::IptablesNft)),
+                    c.pct(0.5),
+                    c.pct(0.99)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\n#### Programming N Services × {ENDPOINTS} endpoints from empty, and one endpoint change (s)\n"
+    );
+    let _ = writeln!(
+        t,
+        "| Services | mode | program | vs switchyard | one endpoint change | vs switchyard |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    for &n in &args.services {
+        let sy = programming
+            .get(&(n, Mode::SwitchyardSocket))
+            .cloned()
+            .unwrap_or_default();
+        for mode in [
+            Mode::SwitchyardSocket,
+            Mode::IptablesLegacy,
+            Mode::IptablesNft,
+            Mode::Nftables,
+        ] {
+            let p = programming.get(&(n, mode)).cloned().unwrap_or_default();
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.1}x", a / b),
+                _ => "–".to_owned(),
+            };
+            let name = if mode == Mode::SwitchyardSocket {
+                "switchyard (maps)"
+            } else {
+                mode.name()
+            };
+            let _ = writeln!(
+                t,
+                "| {n} | {name} | {} | {} | {} | {} |",
+                fmt_s(p.program_s, args.program_timeout),
+                ratio(p.program_s, sy.program_s),
+                fmt_s(p.change_s, args.program_timeout),
+                ratio(p.change_s, sy.change_s),
+            );
+        }
+    }
+    Ok(t)
+}

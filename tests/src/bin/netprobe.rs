@@ -6,6 +6,13 @@
 //!   A UDP datagram is answered with `N` (`N|IP:PORT` for `whoami`); one
 //!   larger than 1,400 bytes gets an answer as large, so both directions
 //!   are fragmented on a 1,500-byte link.
+//! - `front --name N --port P --backend HOST:PORT`: a front end on TCP
+//!   0.0.0.0:P. Each connection resolves HOST (DNS, through the pod's
+//!   resolv.conf) and connects to the back end, reads its greeting `B`
+//!   and greets the client with `N>B\n` — or, if the client spoke first
+//!   with an HTTP request (curl, wget), answers it with `200` and that
+//!   line as the body. A back end that cannot be reached closes the
+//!   client's connection without a greeting (a failed request).
 //! - `tcp|udp --target IP:PORT --count C`: C new connections (or sockets),
 //!   each reporting who answered; prints one JSON [`testbed::probe::Outcome`].
 //!   `--whoami` also records how the server saw the client; `--source-port`
@@ -45,6 +52,15 @@ enum Cmd {
         name: String,
         #[arg(long)]
         port: u16,
+    },
+    Front {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        port: u16,
+        /// The back end, `HOST:PORT` (a name resolved per connection).
+        #[arg(long)]
+        backend: String,
     },
     Tcp {
         #[arg(long)]
@@ -123,6 +139,11 @@ fn main() {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { name, port } => serve(&name, port),
+        Cmd::Front {
+            name,
+            port,
+            backend,
+        } => front(&name, port, &backend),
         Cmd::Tcp {
             target,
             count,
@@ -248,6 +269,62 @@ fn serve(name: &str, port: u16) {
             }
         });
     }
+}
+
+fn front(name: &str, port: u16, backend: &str) {
+    let tcp = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+    println!("ready");
+    std::io::stdout().flush().expect("stdout");
+    for conn in tcp.incoming().flatten() {
+        let (name, backend) = (name.to_owned(), backend.to_owned());
+        std::thread::spawn(move || {
+            // An HTTP client speaks first; a netprobe client waits for the greeting.
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+            let mut first = [0u8; 4];
+            let http = matches!((&conn).read(&mut first), Ok(4) if &first == b"GET ");
+            let answer = match ask_backend(&backend) {
+                Ok(b) => format!("{name}>{b}"),
+                Err(e) => {
+                    eprintln!("{name}: back end {backend}: {e}");
+                    return;
+                }
+            };
+            let mut w = &conn;
+            let _ = if http {
+                // Drain the request head before answering.
+                let _ = conn.set_read_timeout(Some(TIMEOUT));
+                let mut r = BufReader::new(&conn);
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim() != "" {
+                    line.clear();
+                }
+                write!(
+                    w,
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{answer}\n",
+                    answer.len() + 1
+                )
+            } else {
+                writeln!(w, "{answer}")
+            };
+        });
+    }
+}
+
+/// Resolves and connects to `backend` (`HOST:PORT`); its greeting line.
+fn ask_backend(backend: &str) -> std::io::Result<String> {
+    use std::net::ToSocketAddrs as _;
+    let addr = backend
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(line.trim().to_owned())
 }
 
 fn tcp_once(target: SocketAddr, out: &mut Outcome) -> Option<BufReader<TcpStream>> {

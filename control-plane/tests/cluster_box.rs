@@ -1,0 +1,433 @@
+//! `sy-cluster`, the cluster in a box, end to end: `up --nodes 2` (every
+//! real part: sy-apiserver, controller manager, scheduler, sy-dns,
+//! sy-node-agent with runc, the switchyard daemon), the front end and
+//! back end of examples/frontend-backend/ applied with kubectl, traffic
+//! by DNS name, Service variables, ClusterIP and NodePort from the
+//! external namespace; then `down` must leave nothing: no namespace with
+//! the cluster's prefix, no pod namespace, cgroup, mount, process or
+//! state file. Each test uses a prefix of its own, so tests run side by
+//! side. Needs root, runc, busybox-static, dig, and every binary built
+//! (`cargo build --bins`).
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+const SY_CLUSTER: &str = env!("CARGO_BIN_EXE_sy-cluster");
+
+fn bin_dir() -> PathBuf {
+    Path::new(SY_CLUSTER).parent().unwrap().to_owned()
+}
+
+fn kubectl_bin() -> PathBuf {
+    let venv = std::env::var_os("SWITCHYARD_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".local/share/switchyard/venv")
+        });
+    let k = venv.join("bin/kubectl");
+    assert!(
+        k.exists(),
+        "{} is missing: run scripts/setup.sh",
+        k.display()
+    );
+    k
+}
+
+fn preflight() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the cluster-in-a-box tests need root (namespaces, cgroups, mounts, eBPF)"
+    );
+    for b in ["switchyard", "netprobe"] {
+        assert!(
+            bin_dir().join(b).exists(),
+            "{b} is not built: run `cargo build --bins` first"
+        );
+    }
+}
+
+/// A cluster brought up by `sy-cluster`; `down` on drop if a test failed
+/// before its own `down`.
+struct Box {
+    prefix: String,
+    dir: tempfile::TempDir,
+    home: tempfile::TempDir,
+}
+
+impl Box {
+    fn up(tag: &str, extra: &[&str]) -> Self {
+        preflight();
+        let prefix = format!("sc{tag}{}", std::process::id() % 100_000);
+        let dir = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let b = Box { prefix, dir, home };
+        let out = b.sy(&[&["up", "--nodes", "2", "--prefix", &b.prefix], extra].concat());
+        assert!(
+            out.status.success(),
+            "sy-cluster up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "export KUBECONFIG={}",
+                b.state().join("kubeconfig").display()
+            )),
+            "{stdout}"
+        );
+        b
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn sy(&self, args: &[&str]) -> Output {
+        Command::new(SY_CLUSTER)
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new(kubectl_bin())
+            .env("KUBECONFIG", self.state().join("kubeconfig"))
+            .env("HOME", self.home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `cmd` in namespace `ns` (and cgroup `cgroup`: the socket path).
+    fn run_in(&self, ns: &str, cgroup: Option<&Path>, cmd: &str) -> String {
+        // The cgroup is joined before `ip netns exec`, which remounts /sys.
+        let join = cgroup
+            .map(|cg| format!("echo $$ > {}/cgroup.procs && ", cg.display()))
+            .unwrap_or_default();
+        let out = Command::new("sh")
+            .args(["-c", &format!("{join}exec ip netns exec {ns} {cmd}")])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(d) = std::fs::read_dir(self.state().join("logs")) {
+            for e in d.flatten() {
+                let l = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let lines: Vec<&str> = l.lines().collect();
+                s.push_str(&format!(
+                    "\n--- {} ---\n{}",
+                    e.path().display(),
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                ));
+            }
+        }
+        s
+    }
+
+    fn state_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.state().join("state.json")).unwrap()).unwrap()
+    }
+
+    /// `down`, then checks nothing the cluster made is left.
+    fn down_and_check(&self, pod_uids: &[String]) {
+        let st = self.state_json();
+        let out = self.sy(&["down"]);
+        assert!(
+            out.status.success(),
+            "sy-cluster down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let netns: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ours: Vec<&String> = netns
+            .iter()
+            .filter(|n| {
+                n.starts_with(&format!("{}-", self.prefix))
+                    || pod_uids.iter().any(|u| **n == format!("sypod-{u}"))
+            })
+            .collect();
+        assert!(ours.is_empty(), "namespaces left: {ours:?}");
+        for cg in st["cgroups"].as_array().unwrap() {
+            let cg = cg.as_str().unwrap();
+            assert!(!Path::new(cg).exists(), "cgroup left: {cg}");
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let state = self.state();
+        let state = state.to_string_lossy();
+        assert!(
+            !mounts.contains(state.as_ref()),
+            "mounts left under {state}:\n{mounts}"
+        );
+        for p in st["processes"].as_array().unwrap() {
+            let pid = p["pid"].as_i64().unwrap();
+            let start = p["start_time"].as_u64().unwrap();
+            let still = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let rest = &s[s.rfind(')').unwrap() + 1..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f[0] != "Z" && f[19].parse::<u64>().ok() == Some(start)
+            });
+            assert!(!still, "process left: {p}");
+        }
+        assert!(!self.state().exists(), "{} is left", self.state().display());
+    }
+}
+
+impl Drop for Box {
+    fn drop(&mut self) {
+        if self.state().join("state.json").exists() {
+            let _ = self.sy(&["down"]);
+        }
+    }
+}
+
+fn wait<T>(what: &str, logs: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{what} did not happen{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/frontend-backend")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn up_runs_the_application_reachable_by_dns_clusterip_and_nodeport_and_down_leaves_nothing() {
+    let b = Box::up("a", &[]);
+    let status = b.sy(&["status"]);
+    let status_out = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "status: {status_out}");
+    for c in [
+        "sy-apiserver",
+        "sy-controller-manager",
+        "sy-scheduler",
+        "sy-dns",
+        "sy-node-agent node-2",
+        "switchyard node-2",
+    ] {
+        assert!(status_out.contains(c), "{status_out}");
+    }
+    assert!(status_out.contains("node-1     True"), "{status_out}");
+
+    b.kubectl(&["apply", "-f", &example("backend.yaml")]);
+    b.kubectl(&["apply", "-f", &example("frontend.yaml")]);
+    wait(
+        "3 backend and 2 frontend pods Running and Ready",
+        || b.logs(),
+        || {
+            let out = b.kubectl(&[
+            "get", "pods", "-l", "app=demo", "-o",
+            r#"jsonpath={range .items[*]}{.status.phase}/{.status.conditions[?(@.type=="Ready")].status} {end}"#,
+        ]);
+            (out.split_whitespace()
+                .filter(|s| *s == "Running/True")
+                .count()
+                == 5)
+                .then_some(())
+        },
+    );
+    let uids: Vec<String> = b
+        .kubectl(&[
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "jsonpath={.items[*].metadata.uid}",
+        ])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let st = b.state_json();
+    let node1_cg = PathBuf::from(st["nodes"][0]["cgroup"].as_str().unwrap());
+    let n1 = format!("{}-n1", b.prefix);
+    let ext = format!("{}-ext", b.prefix);
+
+    // DNS: the cluster DNS Service answers the back end's name from a node.
+    let cluster_ip = b.kubectl(&[
+        "get",
+        "svc",
+        "backend-service",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let dig = b.run_in(
+        &n1,
+        Some(&node1_cg),
+        "dig +short +time=2 +tries=3 @10.96.0.10 backend-service.default.svc.cluster.local",
+    );
+    assert_eq!(
+        dig.trim(),
+        cluster_ip,
+        "dig from node-1:\n{dig}{}",
+        b.logs()
+    );
+
+    // ClusterIP from a node (socket path): every back end answers.
+    let netprobe = bin_dir().join("netprobe");
+    let out = b.run_in(
+        &n1,
+        Some(&node1_cg),
+        &format!(
+            "{} tcp --target {cluster_ip}:8080 --count 30",
+            netprobe.display()
+        ),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let answers: std::collections::BTreeSet<&str> = v["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(answers.len(), 3, "ClusterIP answers: {out}");
+    assert!(v["errors"].as_object().unwrap().is_empty(), "{out}");
+
+    // NodePort from outside, on both nodes: the front end reaches the back
+    // end by DNS name (30080) and by Service variables (30081).
+    for (node, port) in [("192.168.0.11", 30080), ("192.168.0.12", 30081)] {
+        let out = b.run_in(
+            &ext,
+            None,
+            &format!(
+                "{} tcp --target {node}:{port} --count 12",
+                netprobe.display()
+            ),
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let answers: Vec<&str> = v["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(answers.len(), 12, "{node}:{port}: {out}{}", b.logs());
+        for a in &answers {
+            let (front, back) = a.split_once('>').unwrap_or_else(|| panic!("{a}"));
+            assert!(front.starts_with("v1/frontend-"), "{a}");
+            assert_eq!(front.ends_with("/env"), port == 30081, "{a}");
+            assert!(back.starts_with("backend-"), "{a}");
+        }
+        let backs: std::collections::BTreeSet<&str> = answers
+            .iter()
+            .map(|a| a.split_once('>').unwrap().1)
+            .collect();
+        assert!(
+            backs.len() >= 2,
+            "one back end answered everything: {answers:?}"
+        );
+    }
+    // And with an HTTP client.
+    let curl = b.run_in(&ext, None, "curl -s -m 5 http://192.168.0.12:30080/");
+    assert!(
+        curl.starts_with("v1/frontend-") && curl.contains(">backend-"),
+        "curl: {curl}"
+    );
+
+    b.down_and_check(&uids);
+}
+
+#[test]
+fn down_after_a_crash_removes_everything_and_spares_reused_pids() {
+    let b = Box::up("b", &["--etcd"]);
+    b.kubectl(&[
+        "create",
+        "deployment",
+        "one",
+        "--image=switchyard/testbed:1",
+        "--",
+        "/bin/netprobe",
+        "serve",
+        "--name",
+        "one",
+        "--port",
+        "8080",
+    ]);
+    wait(
+        "a pod Running",
+        || b.logs(),
+        || {
+            b.kubectl(&["get", "pods", "-o", "jsonpath={.items[*].status.phase}"])
+                .contains("Running")
+                .then_some(())
+        },
+    );
+    let uids: Vec<String> = b
+        .kubectl(&["get", "pods", "-o", "jsonpath={.items[*].metadata.uid}"])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    // A crash: the API server and node-1's agent die at once (their pods
+    // and namespaces stay behind), and one record names a process that is
+    // no longer the one started (same PID, other start time): ours to keep.
+    let mut st = b.state_json();
+    for p in st["processes"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        if name == "sy-apiserver" || name == "sy-node-agent node-1" {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p["pid"].as_i64().unwrap() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    st["processes"].as_array_mut().unwrap().push(serde_json::json!({
+        "name": "impostor", "pid": bystander.id(), "start_time": 1, "log": "/dev/null", "netns": ""
+    }));
+    std::fs::write(
+        b.state().join("state.json"),
+        serde_json::to_vec(&st).unwrap(),
+    )
+    .unwrap();
+    let status = b.sy(&["status"]);
+    assert!(
+        !status.status.success(),
+        "status must report the dead components"
+    );
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert!(err.contains("sy-apiserver"), "{err}");
+    b.down_and_check(&uids);
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "a process not ours was signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}

@@ -42,7 +42,8 @@ import collections, json, sys
 d = json.load(sys.stdin)
 for who, n in sorted(collections.Counter(d["answers"]).items()):
     print(f"  {n:3d}  {who}")
-print(f"  {len(d[\"answers\"])} answered, {sum(d[\"errors\"].values())} failed {dict(d[\"errors\"]) or \"\"}")
+ok, failed = len(d["answers"]), sum(d["errors"].values())
+print(f"  {ok} answered, {failed} failed", d["errors"] or "")
 '
 }
 wait_ready() { # label selector, count
@@ -100,8 +101,11 @@ python3 -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
 a = d["answers"]
-first_v2 = next((i for i, x in enumerate(a) if x.startswith("v2/")), None)
-print(f"  {len(a)} answered, {sum(d[\"errors\"].values())} failed; v1 until request {first_v2}, then v2")
+v1 = sum(x.startswith("v1/") for x in a)
+v2 = sum(x.startswith("v2/") for x in a)
+failed = sum(d["errors"].values())
+last_v1 = max((i for i, x in enumerate(a) if x.startswith("v1/")), default=None)
+print(f"  {len(a)} answered ({v1} by v1 front ends, {v2} by v2), {failed} failed; the last v1 answer was request {last_v1}")
 ' "$STATE/roll.json"
 ask 192.168.0.11:30080 6 | summarize
 

@@ -101,15 +101,28 @@ fn machine() -> String {
 }
 
 fn bench(full: bool, extra: &[String]) -> Result<()> {
-    exec(Command::new("cargo").args(["build", "--release", "--bins"]))?;
-    let mut services = Command::new("target/release/bench-services");
+    // Only what the benchmarks run: the proxy and the test bed's binaries.
+    exec(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "switchyard",
+        "-p",
+        "switchyard-tests",
+        "--bins",
+    ]))?;
+    let bin = |name: &str| {
+        let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+        format!("{dir}/release/{name}")
+    };
+    let mut services = Command::new(bin("bench-services"));
     services.args(["--out", "docs/bench"]);
     if full {
         services.arg("--full");
     }
     services.args(extra);
     let services = output(&mut services)?;
-    let dataplane = output(Command::new("target/release/bench-dataplane").args(["--rounds", "5"]))?;
+    let dataplane = output(Command::new(bin("bench-dataplane")).args(["--rounds", "5"]))?;
     let section = format!(
         "{BEGIN}\n## Side by side: `cargo xtask bench`\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine and run: {}.\nCSVs and plots: `docs/bench/`.\n\n![New connections/s against the number of Services](bench/services-conns-per-s.png)\n\n![connect() p99](bench/services-connect-p99.png)\n\n![Pod-to-pod connections/s with N Services](bench/services-pod-to-pod.png)\n\n{services}\n#### TC path and socket hook (bench-dataplane, medians of 5 rounds)\n\n{dataplane}{END}\n",
         machine()

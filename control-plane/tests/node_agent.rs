@@ -11,9 +11,11 @@
 //! - Service environment variables in a pod, ConfigMap/Secret refs;
 //! - a readiness probe failing makes the pod not Ready and its endpoint
 //!   leaves the EndpointSlice's ready set;
-//! - graceful termination: a container ignoring SIGTERM is killed at the
-//!   end of the grace period (ignored until the API server keeps deleted
-//!   pods for their grace period);
+//! - graceful termination: the API server keeps a deleted pod for its
+//!   grace period (its endpoint terminating), a container ignoring SIGTERM
+//!   is killed at the end of it, a second DELETE shortens it;
+//! - `kubectl logs [-f]` and `kubectl exec` (1.33 and 1.37) through the
+//!   API server's `pods/log` and `pods/exec`;
 //! - restarts: an exiting container restarts with restartCount and the
 //!   last exit code reported.
 //!
@@ -628,12 +630,12 @@ spec:
     assert_eq!(last.reason.as_deref(), Some("Error"));
 }
 
-// sy-apiserver currently removes a bound pod at once on DELETE (the agent
-// sees DELETED without a deletionTimestamp), so the agent's graceful path
-// (preStop, SIGTERM, SIGKILL at the deadline) cannot be reached through
-// the API yet: see docs/node-agent.md, "Not done yet".
+// Upstream's graceful deletion, end to end: the API server keeps the
+// deleted pod (deletionTimestamp, deletionGracePeriodSeconds) while the
+// agent stops it; its endpoint turns terminating (serving while Ready);
+// a second DELETE may shorten the grace period; the agent's DELETE with
+// grace 0 at the end removes the pod.
 #[test]
-#[ignore = "sy-apiserver deletes bound pods without a grace period (docs/node-agent.md)"]
 fn a_container_ignoring_sigterm_is_killed_at_the_end_of_the_grace_period() {
     let bx = start_box("k");
     bx.plane.kubectl.ok_stdin(
@@ -641,23 +643,61 @@ fn a_container_ignoring_sigterm_is_killed_at_the_end_of_the_grace_period() {
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: stubborn}
+metadata: {name: stubborn, labels: {app: stubborn}}
 spec:
   terminationGracePeriodSeconds: 4
   containers:
   - name: main
     image: switchyard/testbed:1
     command: [sh, -c, "trap '' TERM; echo up; while true; do sleep 0.2; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: patient}
+spec:
+  terminationGracePeriodSeconds: 600
+  containers:
+  - name: main
+    image: switchyard/testbed:1
+    command: [sh, -c, "trap '' TERM; while true; do sleep 0.2; done"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: stubborn}
+spec:
+  selector: {app: stubborn}
+  ports: [{port: 80}]
 "#,
     );
-    bx.wait("stubborn running", T, || {
-        bx.pod("default", "stubborn")
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    let bxr = &bx;
+    let running = |name: &'static str| {
+        move || {
+            bxr.pod("default", name)
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        }
+    };
+    let pod = bx.wait("stubborn running", T, running("stubborn"));
+    let ip = pod_ip(&pod).unwrap();
+    bx.wait("stubborn's endpoint ready", T, || {
+        let eps = endpoints(&bx.plane.slices("default", "stubborn"));
+        (eps.len() == 1 && eps[0].0 == ip && eps[0].1).then_some(())
     });
     let t0 = Instant::now();
     bx.plane
         .kubectl
         .ok(&["delete", "pod", "stubborn", "--wait=false"]);
+    // Still there, terminating, with the pod's grace period.
+    let marked = bx
+        .pod("default", "stubborn")
+        .expect("kept while terminating");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(4));
+    // Its endpoint: not ready, still serving (the pod is Ready), terminating.
+    bx.wait("stubborn's endpoint terminating", T, || {
+        let eps = endpoints(&bx.plane.slices("default", "stubborn"));
+        (eps.len() == 1 && eps[0] == (ip.clone(), false, true, true, eps[0].4.clone()))
+            .then_some(())
+    });
     bx.wait("stubborn gone", T, || {
         bx.pod("default", "stubborn").is_none().then_some(())
     });
@@ -671,4 +711,266 @@ spec:
         took < Duration::from_secs(12),
         "not killed at the end of the grace period: {took:?}"
     );
+    bx.wait("the endpoint gone", T, || {
+        endpoints(&bx.plane.slices("default", "stubborn"))
+            .is_empty()
+            .then_some(())
+    });
+
+    // A second DELETE shortens a long grace period (a longer one is ignored).
+    bx.wait("patient running", T, running("patient"));
+    bx.plane
+        .kubectl
+        .ok(&["delete", "pod", "patient", "--wait=false"]);
+    bx.plane.kubectl.ok(&[
+        "delete",
+        "pod",
+        "patient",
+        "--wait=false",
+        "--grace-period=900",
+    ]);
+    let p = bx.pod("default", "patient").unwrap();
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(600));
+    let t1 = Instant::now();
+    bx.plane.kubectl.ok(&[
+        "delete",
+        "pod",
+        "patient",
+        "--wait=false",
+        "--grace-period=2",
+    ]);
+    let p = bx.pod("default", "patient").unwrap();
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(2));
+    bx.wait("patient gone", T, || {
+        bx.pod("default", "patient").is_none().then_some(())
+    });
+    assert!(
+        t1.elapsed() < Duration::from_secs(20),
+        "the shortened grace period was not kept: {:?}",
+        t1.elapsed()
+    );
+}
+
+/// `kubectl logs [-f]` and `kubectl exec` through sy-apiserver's
+/// `pods/log` and `pods/exec`, proxied to the agent, with kubectl 1.33 and
+/// 1.37 (both exec over WebSocket): output, new lines followed, exit codes,
+/// stdin; upstream's errors for a wrong container, a missing pod and an
+/// unscheduled one; RBAC's `get pods/log` and `create pods/exec`.
+#[test]
+fn kubectl_logs_and_exec_through_the_api_server() {
+    let bx = start_box("x");
+    bx.plane.kubectl.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  containers:
+  - name: main
+    image: switchyard/testbed:1
+    command: [sh, -c, "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.3; done"]
+  - name: side
+    image: switchyard/testbed:1
+    command: [sh, -c, "echo side up; exec sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nowhere}
+spec:
+  nodeSelector: {no-such-label: "true"}
+  containers:
+  - name: main
+    image: switchyard/testbed:1
+"#,
+    );
+    bx.wait("talker running", T, || {
+        bx.pod("default", "talker")
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    });
+    let newest = common::Kubectl::new(
+        common::kubectl_newest(),
+        &bx.plane.server,
+        &bx.plane.dir.path().join("home-newest"),
+    );
+    for k in [&bx.plane.kubectl, &newest] {
+        let which = k.bin.display().to_string();
+        let logs = bx.wait("log lines", T, || {
+            let out = k.ok(&["logs", "talker", "-c", "main"]);
+            out.contains("line 2").then_some(out)
+        });
+        assert!(logs.starts_with("line 0\n"), "{which}: {logs}");
+        assert_eq!(k.ok(&["logs", "talker", "-c", "side"]), "side up\n");
+        let tail = k.ok(&["logs", "talker", "-c", "main", "--tail=1"]);
+        assert_eq!(tail.lines().count(), 1, "{which}: {tail}");
+        let stamped = k.ok(&["logs", "talker", "-c", "side", "--timestamps"]);
+        assert!(
+            stamped.ends_with("Z side up\n") && stamped.starts_with("20"),
+            "{which}: {stamped}"
+        );
+
+        // -f: lines written after the request arrive.
+        let last: u64 = tail
+            .trim()
+            .strip_prefix("line ")
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        let mut follow = k
+            .command(&["logs", "-f", "talker", "-c", "main"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = follow.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let want = last + 5;
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while !seen.contains(&format!("line {want}")) {
+            assert!(
+                start.elapsed() < T,
+                "{which}: `logs -f` did not follow: {seen:?}"
+            );
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+                seen.push(l);
+            }
+        }
+        let _ = follow.kill();
+        let _ = follow.wait();
+
+        // exec: output, hostname, exit codes, stdin.
+        assert_eq!(
+            k.ok(&["exec", "talker", "-c", "main", "--", "cat", "/etc/hostname"]),
+            "talker\n"
+        );
+        let out = k.run(&[
+            "exec",
+            "talker",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{which}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+        assert_eq!(
+            k.ok_stdin(
+                &["exec", "-i", "talker", "-c", "main", "--", "cat"],
+                "hi\nthere\n"
+            ),
+            "hi\nthere\n"
+        );
+
+        // Upstream's refusals.
+        let out = k.run(&["logs", "talker", "-c", "nope"]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("container nope is not valid for pod talker"),
+            "{which}: {out:?}"
+        );
+        let out = k.run(&["exec", "talker", "-c", "nope", "--", "true"]);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr)
+                    .contains("container nope is not valid for pod talker"),
+            "{which}: {out:?}"
+        );
+        let out = k.run(&["exec", "ghost", "--", "true"]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("pods \"ghost\" not found"),
+            "{which}: {out:?}"
+        );
+        let out = k.run(&["exec", "nowhere", "--", "true"]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("pod nowhere does not have a host assigned"),
+            "{which}: {out:?}"
+        );
+    }
+
+    // The raw API: no container named on a two-container pod.
+    let (code, status) =
+        bx.plane
+            .server
+            .json("GET", "/api/v1/namespaces/default/pods/talker/log", "");
+    assert_eq!(code, 400, "{status}");
+    assert_eq!(
+        status["message"],
+        "a container name must be specified for pod talker, choose one of: [main side]"
+    );
+    let (code, status) = bx.plane.server.json(
+        "GET",
+        "/api/v1/namespaces/default/pods/talker/log?container=main&tailLines=-1",
+        "",
+    );
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{status}"
+    );
+
+    // RBAC: `get pods/log` lets bob read logs; exec needs `create pods/exec`.
+    let admin = &bx.plane.kubectl;
+    admin.ok(&[
+        "create",
+        "role",
+        "logs",
+        "--verb=get",
+        "--resource=pods,pods/log",
+    ]);
+    admin.ok(&[
+        "create",
+        "rolebinding",
+        "bob-logs",
+        "--role=logs",
+        "--user=bob",
+    ]);
+    bx.wait("bob reads logs", T, || {
+        admin
+            .run(&["logs", "talker", "-c", "side", "--as=bob"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let out = admin.run(&["exec", "talker", "-c", "main", "--as=bob", "--", "true"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "cannot create resource \"pods/exec\" in API group \"\" in the namespace \"default\""
+        ),
+        "{out:?}"
+    );
+    admin.ok(&[
+        "create",
+        "role",
+        "exec",
+        "--verb=create",
+        "--resource=pods/exec",
+    ]);
+    admin.ok(&[
+        "create",
+        "rolebinding",
+        "bob-exec",
+        "--role=exec",
+        "--user=bob",
+    ]);
+    bx.wait("bob execs", T, || {
+        let out = admin.run(&[
+            "exec", "talker", "-c", "main", "--as=bob", "--", "echo", "ok",
+        ]);
+        (out.status.success() && out.stdout == b"ok\n").then_some(())
+    });
 }

@@ -24,6 +24,7 @@ mod decode;
 pub mod defaults;
 mod discovery;
 mod gc;
+mod graceful;
 mod kinds;
 pub mod kubernetes_service;
 pub mod list_options;
@@ -32,6 +33,7 @@ pub mod objects;
 mod openapi;
 pub mod patch;
 pub mod path;
+pub mod pod_proxy;
 pub mod proto;
 pub mod rbac;
 mod read;
@@ -152,6 +154,8 @@ pub struct Request {
     pub user: Option<crate::pki::Identity>,
     /// Warnings for the client, sent as `Warning` headers with the answer.
     warnings: std::sync::Mutex<Vec<String>>,
+    /// The connection's upgrade, for `pods/exec` to take.
+    upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl Request {
@@ -165,7 +169,13 @@ impl Request {
             body: Bytes::new(),
             user: None,
             warnings: std::sync::Mutex::default(),
+            upgrade: std::sync::Mutex::default(),
         }
+    }
+
+    /// The connection's switch to another protocol, once (see `pod_proxy`).
+    pub fn take_upgrade(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.upgrade.lock().ok()?.take()
     }
 
     pub fn content_type(&self) -> &str {
@@ -236,12 +246,28 @@ pub fn json_response(code: axum::http::StatusCode, value: &Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The connection's upgrade, when hyper offers one (taken from the
+/// request's extensions, as axum's WebSocket extractor does).
+struct Upgrade(Option<hyper::upgrade::OnUpgrade>);
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Upgrade {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &St,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.remove::<hyper::upgrade::OnUpgrade>()))
+    }
+}
+
 async fn handle<S: Store>(
     State(api): State<Arc<ApiServer<S>>>,
     peer: Option<axum::Extension<auth::PeerIdentity>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    Upgrade(upgrade): Upgrade,
     body: Body,
 ) -> Response {
     let peer = peer.map(|axum::Extension(p)| p).unwrap_or_default();
@@ -265,6 +291,7 @@ async fn handle<S: Store>(
         body,
         user: identity,
         warnings: std::sync::Mutex::default(),
+        upgrade: std::sync::Mutex::new(upgrade),
     };
     if let Err(e) = authorize(&api, &req, uri.path(), &parsed).await {
         return e.into_response();
@@ -290,7 +317,13 @@ async fn authorize<S: Store>(
     match parsed {
         Ok(Route::Object(t) | Route::Watch(t)) => {
             let watch = matches!(parsed, Ok(Route::Watch(_))) || req.query.flag("watch");
-            let verb = auth::verb(&req.method, t, watch);
+            // Exec is `create` whichever method carries the upgrade (upstream
+            // checks it for WebSocket GETs too).
+            let verb = if t.sub == Some(resources::Sub::Exec) {
+                "create"
+            } else {
+                auth::verb(&req.method, t, watch)
+            };
             authz::authorize(api, id, &authz::resource_attributes(verb, t)).await?;
             if matches!(t.res.kind, "Node" | "Lease") {
                 let name = match &t.name {
@@ -361,6 +394,8 @@ async fn object<S: Store>(api: &ApiServer<S>, t: Target, req: Request) -> ApiRes
         ("GET", true, Some(Sub::Scale)) => read::get_scale(api, &t, &req).await,
         ("POST", false, None) => write::create(api, &t, &req).await,
         ("POST", true, Some(Sub::Binding)) => write::bind(api, &t, &req).await,
+        ("GET", true, Some(Sub::Log)) => pod_proxy::log(api, &t, &req).await,
+        ("GET" | "POST", true, Some(Sub::Exec)) => pod_proxy::exec(api, &t, &req).await,
         ("PUT", true, None | Some(Sub::Status | Sub::Finalize)) => {
             write::update(api, &t, &req).await
         }

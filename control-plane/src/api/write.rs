@@ -4,7 +4,7 @@ use axum::{http::StatusCode, response::Response};
 use serde_json::{Value, json};
 
 use super::{
-    ApiServer, Request, authz, clock, decode, gc, kinds,
+    ApiServer, Request, authz, clock, decode, gc, graceful, kinds,
     objects::{self, Writer, from_stored, name_of, sent_revision, to_stored},
     patch::{self, PatchType},
     read::{self, Filter, get_object, object_name},
@@ -285,7 +285,10 @@ where
         if dry_run {
             return Ok(objects::with_revision(new, rev));
         }
-        if objects::meta_str(&new, "deletionTimestamp").is_some() && !held(t.res, &new) {
+        if objects::meta_str(&new, "deletionTimestamp").is_some()
+            && !held(t.res, &new)
+            && graceful::grace_over(&new)
+        {
             // `deleted` releases the Service's allocations itself.
             drop(allocations.take());
             let gone = api.store.delete(&key, Some(rev)).await;
@@ -770,6 +773,13 @@ pub(super) async fn delete_object<S: Store>(
             "namespaces \"default\" is forbidden: this namespace may not be deleted",
         ));
     }
+    // A pod bound to a node terminates gracefully (see `graceful`); a
+    // pending grace period is only shortened, never lengthened.
+    let pod_plan = (t.res.kind == "Pod")
+        .then(|| graceful::plan(&current, opts.grace_seconds, std::time::SystemTime::now()));
+    if pod_plan == Some(graceful::PodDelete::Pending) {
+        return Ok(current);
+    }
     let mut held = finalizers(&current);
     // The policy is recorded as a finalizer the garbage collector acts on
     // (upstream's `deletionFinalizersForGarbageCollection`); without one,
@@ -795,12 +805,7 @@ pub(super) async fn delete_object<S: Store>(
     {
         held.push(c.to_owned());
     }
-    let graceful_pod = t.res.kind == "Pod"
-        && current
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty())
-        && opts.grace_seconds.unwrap_or(30) > 0;
+    let graceful_pod = matches!(pod_plan, Some(graceful::PodDelete::Mark { .. }));
     if held.is_empty() && !graceful_pod && !self::held(t.res, &current) {
         let kv = api
             .store
@@ -814,14 +819,23 @@ pub(super) async fn delete_object<S: Store>(
             Err(e) => Err(ApiError::from_store(e, &resource, &name)),
         };
     }
-    let grace = opts.grace_seconds.unwrap_or(30);
     let marked = modify(api, t, None, &Owner::Server, |cur| {
         let mut out = cur.clone();
         let meta = objects::meta_mut(&mut out);
-        meta.entry("deletionTimestamp")
-            .or_insert_with(|| json!(clock::now()));
-        if graceful_pod {
-            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        match &pod_plan {
+            Some(graceful::PodDelete::Mark { timestamp, grace }) => {
+                meta.insert("deletionTimestamp".into(), json!(timestamp));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            }
+            _ => {
+                meta.entry("deletionTimestamp")
+                    .or_insert_with(|| json!(clock::now()));
+                // Finalizers hold it; its grace period is over (upstream's
+                // `markAsDeleting`), so it goes with the last one.
+                if pod_plan.is_some() {
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                }
+            }
         }
         if !held.is_empty() {
             // Others' finalizers as they are now; the GC's as chosen above.

@@ -130,7 +130,7 @@ pub async fn run(agent: Arc<Agent>, mut rx: watch::Receiver<Option<Pod>>) {
         }
         if w.pod.metadata.deletion_timestamp.is_some() || w.vanished {
             info!(pod = %w.label(), vanished = w.vanished, grace = ?w.pod.metadata.deletion_grace_period_seconds, "deletion seen");
-            w.terminate().await;
+            w.terminate(&mut rx).await;
             break;
         }
         w.step().await;
@@ -966,8 +966,10 @@ impl Worker {
         self.agent.update_view(&self.pod, &self.ctrs_view());
     }
 
-    /// Graceful termination, then the final DELETE.
-    async fn terminate(&mut self) {
+    /// Graceful termination, then the final DELETE. A later, shorter grace
+    /// period (a second DELETE) or the pod's removal from the API brings
+    /// the SIGKILL forward, as kubelet does.
+    async fn terminate(&mut self, rx: &mut watch::Receiver<Option<Pod>>) {
         self.terminating = true;
         let grace = if self.vanished {
             Duration::from_secs(1)
@@ -1026,6 +1028,24 @@ impl Worker {
                 .any(|c| matches!(c.state, CState::Running { .. }));
             if !running {
                 break;
+            }
+            if !killed && rx.has_changed().unwrap_or(false) {
+                let newer = rx.borrow_and_update().clone();
+                let shorter = match &newer {
+                    Some(p) => p
+                        .metadata
+                        .deletion_grace_period_seconds
+                        .filter(|g| Duration::from_secs(g.max(&0).unsigned_abs()) < grace)
+                        .map(|g| Instant::now() + Duration::from_secs(g.max(0).unsigned_abs())),
+                    None => Some(Instant::now()),
+                };
+                if let Some(at) = shorter {
+                    info!(pod = %self.label(), "grace period shortened");
+                    kill_at = kill_at.min(at);
+                }
+                if let Some(p) = newer {
+                    self.pod = p;
+                }
             }
             if Instant::now() >= kill_at && !killed {
                 killed = true;

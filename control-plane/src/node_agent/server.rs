@@ -1,6 +1,7 @@
 //! The agent's endpoint for the API server's `pods/log` and `pods/exec`
 //! (kubelet's paths): `GET /containerLogs/{ns}/{pod}/{container}` with
-//! `follow`, `previous`, `timestamps`, `tailLines`, `limitBytes`; and
+//! `follow`, `previous`, `timestamps`, `sinceSeconds`, `sinceTime`,
+//! `tailLines`, `limitBytes`; and
 //! `GET /exec/{ns}/{pod}/{container}?command=…` upgraded to a WebSocket
 //! speaking `v5.channel.k8s.io` or `v4.channel.k8s.io` (kubectl ≥ 1.30:
 //! byte 0 of each binary message is the channel — 0 stdin, 1 stdout,
@@ -9,7 +10,12 @@
 //!
 //! It has no authentication of its own: it listens where only the API
 //! server should reach it (loopback by default).
-use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     Router,
@@ -83,6 +89,27 @@ fn num(ps: &[(String, String)], k: &str) -> Option<i64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// The earliest log time asked for: `sinceSeconds` before now, or
+/// `sinceTime` (RFC 3339).
+fn since(ps: &[(String, String)]) -> Option<SystemTime> {
+    if let Some(s) = num(ps, "sinceSeconds") {
+        return SystemTime::now().checked_sub(Duration::from_secs(s.max(0).unsigned_abs()));
+    }
+    ps.iter()
+        .find(|(n, _)| n == "sinceTime")
+        .and_then(|(_, v)| crate::api::clock::parse(v))
+}
+
+/// Whether a CRI log line was written at or after `since` (to the second).
+fn newer(line: &str, since: Option<SystemTime>) -> bool {
+    let Some(since) = since else { return true };
+    let since_secs = since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    parse_cri_line(line)
+        .and_then(|(ts, _, _)| crate::api::clock::parse(ts))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .is_none_or(|t| t.as_secs() >= since_secs)
+}
+
 /// Formats one CRI log line as `kubectl logs` shows it.
 fn render(line: &str, timestamps: bool) -> Option<String> {
     let (ts, _stream, text) = parse_cri_line(line)?;
@@ -128,7 +155,12 @@ async fn logs(
         }
     }
     let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
-    let mut lines: Vec<String> = text.lines().filter_map(|l| render(l, timestamps)).collect();
+    let since = since(&ps);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| newer(l, since))
+        .filter_map(|l| render(l, timestamps))
+        .collect();
     if let Some(n) = num(&ps, "tailLines") {
         let n = n.max(0) as usize;
         if lines.len() > n {
@@ -357,6 +389,16 @@ mod tests {
         let s: serde_json::Value = serde_json::from_str(&exit_status(Some(7))).unwrap();
         assert_eq!(s["details"]["causes"][0]["message"], "7");
         assert_eq!(s["reason"], "NonZeroExitCode");
+    }
+
+    #[test]
+    fn since_keeps_lines_from_that_second_on() {
+        let since = crate::api::clock::parse("2024-01-01T00:00:10Z");
+        assert!(!newer("2024-01-01T00:00:09.999Z stdout F a", since));
+        assert!(newer("2024-01-01T00:00:10.1Z stdout F b", since));
+        assert!(newer("2024-01-01T00:00:09Z stdout F c", None));
+        let ps = vec![("sinceTime".to_owned(), "2024-01-01T00:00:10Z".to_owned())];
+        assert_eq!(super::since(&ps), since);
     }
 
     #[test]

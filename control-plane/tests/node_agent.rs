@@ -352,16 +352,6 @@ impl Box2 {
         self.plane.rt.block_on(api.get_opt(name)).unwrap()
     }
 
-    /// A graceful DELETE with the pod's grace period, as kubectl sends it.
-    fn delete(&self, name: &str, grace: u32) {
-        let api: Api<Pod> = Api::namespaced(self.plane.client.clone(), "default");
-        let dp = kube::api::DeleteParams {
-            grace_period_seconds: Some(grace),
-            ..Default::default()
-        };
-        self.plane.rt.block_on(api.delete(name, &dp)).unwrap();
-    }
-
     /// `netprobe tcp` from node `i`'s namespace: who answered.
     fn probe_from_node(&self, i: usize, target: &str) -> String {
         let out = Command::new("ip")

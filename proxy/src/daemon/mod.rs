@@ -86,10 +86,7 @@ pub fn run(settings: Settings) -> Result<()> {
         nodeport_addresses = %settings.nodeport_addresses,
         "dataplane ready"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     // The loaded object lives in the attacher until the loop is done: links
     // are pinned, so dropping it then detaches nothing.
     runtime.block_on(serve(settings, reconciler, dataplane))
@@ -187,15 +184,7 @@ async fn serve(
     let mut syncer = Syncer::new(reconciler, Arc::clone(&metrics));
     let mut health_checks = HealthCheckServers::new(netns.clone(), Arc::clone(&health));
 
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let stop = async {
-        tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        }
-    };
-    let mut stop = std::pin::pin!(stop);
+    let mut stop = std::pin::pin!(stop_signal()?);
 
     tokio::select! {
         r = stores.wait_until_ready() => r?,
@@ -313,6 +302,27 @@ async fn serve(
 
 fn lock(a: &Mutex<Attacher>) -> std::sync::MutexGuard<'_, Attacher> {
     a.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The daemon's runtime: two workers (syncs block one of them).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves to the name of the first SIGTERM or SIGINT; the handlers are
+/// installed when it is called, so a signal before the first poll counts.
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    })
 }
 
 /// Brings the TC attachments in line with the interfaces (off the async

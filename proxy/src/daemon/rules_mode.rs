@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Instant};
 
 use anyhow::Result;
-use tokio::{signal::unix::SignalKind, sync::Notify};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::{
@@ -16,7 +16,7 @@ use super::{
     healthcheck::HealthCheckServers,
     http, interfaces,
     metrics::{Metrics, SyncRecord},
-    sync, watch,
+    runtime, stop_signal, sync, watch,
 };
 use crate::{
     desired::{self, NodeContext},
@@ -44,10 +44,7 @@ pub fn run(settings: Settings) -> Result<()> {
         ProxyMode::Nftables => Rules::Nftables(NftablesRules::new(netns)),
         ProxyMode::Ebpf => unreachable!("the eBPF mode is daemon::run's"),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     runtime.block_on(serve(settings, rules))
 }
 
@@ -67,15 +64,7 @@ async fn serve(settings: Settings, mut rules: Rules) -> Result<()> {
     let changed = Arc::new(Notify::new());
     let stores = watch::start(&client, &settings.node_name, &changed, &health, &metrics);
     let mut health_checks = HealthCheckServers::new(netns, Arc::clone(&health));
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let stop = async {
-        tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        }
-    };
-    let mut stop = std::pin::pin!(stop);
+    let mut stop = std::pin::pin!(stop_signal()?);
     tokio::select! {
         r = stores.wait_until_ready() => r?,
         signal = &mut stop => {

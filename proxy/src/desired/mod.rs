@@ -209,6 +209,46 @@ impl ServicePort {
             || !self.external_ips.is_empty()
             || !self.load_balancer_ips.is_empty()
     }
+
+    /// kube-proxy's `UsesClusterEndpoints`: ClusterIP traffic under the
+    /// Cluster policy, and external traffic whatever its policy (pods and
+    /// the node short-circuit `externalTrafficPolicy: Local`).
+    pub fn uses_cluster_endpoints(&self) -> bool {
+        !self.internal_local || self.externally_accessible()
+    }
+
+    /// kube-proxy's `UsesLocalEndpoints`.
+    pub fn uses_local_endpoints(&self) -> bool {
+        self.internal_local || (self.external_local && self.externally_accessible())
+    }
+
+    /// Whether ClusterIP traffic has somewhere to go (kube-proxy's
+    /// `hasInternalEndpoints`); without, it is rejected (no endpoints at
+    /// all) or dropped (none here under the Local policy).
+    pub fn has_internal_endpoints(&self) -> bool {
+        self.has_any_endpoints && !(self.internal_local && self.local.is_empty())
+    }
+
+    /// The same for external traffic (`hasExternalEndpoints`).
+    pub fn has_external_endpoints(&self) -> bool {
+        self.has_any_endpoints && !(self.external_local && self.local.is_empty())
+    }
+
+    /// The endpoints some policy in use can reach, once each, in `IP:port`
+    /// order: those that get an endpoint chain (kube-proxy's
+    /// `allLocallyReachableEndpoints`).
+    pub fn reachable_endpoints(&self) -> Vec<BackendAddr> {
+        let mut eps: Vec<BackendAddr> = Vec::new();
+        if self.uses_cluster_endpoints() {
+            eps.extend(self.cluster.iter().copied());
+        }
+        if self.uses_local_endpoints() {
+            eps.extend(self.local.iter().copied());
+        }
+        eps.sort_by_cached_key(|b| format!("{}:{}", b.addr, b.port));
+        eps.dedup();
+        eps
+    }
 }
 
 /// Computes the desired table from snapshots of the stores.

@@ -270,24 +270,10 @@ pub fn cleanup(
                 None,
             )?;
             let mut nat: Vec<String> = iptables::service_chains_in(&save).into_iter().collect();
-            nat.extend(
-                [
-                    "KUBE-SERVICES",
-                    "KUBE-NODEPORTS",
-                    "KUBE-POSTROUTING",
-                    "KUBE-MARK-MASQ",
-                ]
-                .map(str::to_owned),
-            );
-            let filter = [
-                "KUBE-SERVICES",
-                "KUBE-EXTERNAL-SERVICES",
-                "KUBE-FORWARD",
-                "KUBE-NODEPORTS",
-                "KUBE-PROXY-FIREWALL",
-                "KUBE-FIREWALL",
-            ];
-            for (table, chains) in [("nat", nat), ("filter", filter.map(str::to_owned).to_vec())] {
+            nat.extend(iptables::NAT_CHAINS.map(str::to_owned));
+            let mut filter: Vec<String> = iptables::FILTER_CHAINS.map(str::to_owned).to_vec();
+            filter.push(iptables::FIREWALL_CHAIN.to_owned());
+            for (table, chains) in [("nat", nat), ("filter", filter)] {
                 for c in &chains {
                     let _ = run(netns, &ipt, &["-w", "5", "-t", table, "-F", c], None);
                 }

@@ -36,6 +36,27 @@ pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = [
     "KUBE-SEP-",
 ];
 
+/// The filter table's top-level chains, re-declared (so flushed) by
+/// every payload.
+pub const FILTER_CHAINS: [&str; 5] = [
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-FORWARD",
+    "KUBE-NODEPORTS",
+    "KUBE-PROXY-FIREWALL",
+];
+
+/// The nat table's top-level chains, likewise.
+pub const NAT_CHAINS: [&str; 4] = [
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+];
+
+/// kubelet's anti-martian chain, written with localhost NodePorts.
+pub const FIREWALL_CHAIN: &str = "KUBE-FIREWALL";
+
 const NODEPORTS_TAIL_COMMENT: &str =
     "\"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
 
@@ -204,25 +225,14 @@ fn proto_match(sp: &ServicePort) -> String {
 /// kernel from earlier syncs (deleted unless still in use).
 pub fn render(ports: &[ServicePort], cfg: &RuleConfig, stale: &BTreeSet<String>) -> Payload {
     let mark = format!("{:#x}", 1u32 << cfg.masquerade_bit);
-    let total_endpoints: usize = ports.iter().map(|sp| all_reachable(sp).len()).sum();
+    let total_endpoints: usize = ports.iter().map(|sp| sp.reachable_endpoints().len()).sum();
     let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
     let (mut filter_chains, mut filter) = (Lines::default(), Lines::default());
     let (mut nat_chains, mut nat) = (Lines::default(), Lines::default());
-    for c in [
-        "KUBE-SERVICES",
-        "KUBE-EXTERNAL-SERVICES",
-        "KUBE-FORWARD",
-        "KUBE-NODEPORTS",
-        "KUBE-PROXY-FIREWALL",
-    ] {
+    for c in FILTER_CHAINS {
         filter_chains.chain(c);
     }
-    for c in [
-        "KUBE-SERVICES",
-        "KUBE-NODEPORTS",
-        "KUBE-POSTROUTING",
-        "KUBE-MARK-MASQ",
-    ] {
+    for c in NAT_CHAINS {
         nat_chains.chain(c);
     }
     nat.rule(format!(
@@ -234,7 +244,7 @@ pub fn render(ports: &[ServicePort], cfg: &RuleConfig, stale: &BTreeSet<String>)
     );
     nat.rule(format!("-A KUBE-MARK-MASQ -j MARK --or-mark {mark}"));
     if cfg.localhost_nodeports {
-        filter_chains.chain("KUBE-FIREWALL");
+        filter_chains.chain(FIREWALL_CHAIN);
         filter.rule(
             "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
         );
@@ -296,31 +306,6 @@ pub fn render(ports: &[ServicePort], cfg: &RuleConfig, stale: &BTreeSet<String>)
     }
 }
 
-/// Cluster endpoints (if used) and local endpoints (if used), once each,
-/// in `IP:port` order: the endpoints that get a `KUBE-SEP` chain.
-fn all_reachable(sp: &ServicePort) -> Vec<BackendAddr> {
-    let mut set: Vec<BackendAddr> = Vec::new();
-    if uses_cluster_endpoints(sp) {
-        set.extend(sp.cluster.iter().copied());
-    }
-    if uses_local_endpoints(sp) {
-        set.extend(sp.local.iter().filter(|e| !sp.cluster.contains(e)).copied());
-    }
-    set.sort_by_cached_key(|b| format!("{}:{}", b.addr, b.port));
-    set.dedup();
-    set
-}
-
-/// kube-proxy's `UsesClusterEndpoints`.
-fn uses_cluster_endpoints(sp: &ServicePort) -> bool {
-    !sp.internal_local || sp.externally_accessible()
-}
-
-/// kube-proxy's `UsesLocalEndpoints`.
-fn uses_local_endpoints(sp: &ServicePort) -> bool {
-    sp.internal_local || (sp.external_local && sp.externally_accessible())
-}
-
 /// The filter verdict for traffic without (local) endpoints: (target, comment).
 struct NoEndpoints {
     internal: Option<(&'static str, String)>,
@@ -338,8 +323,8 @@ fn no_endpoints(sp: &ServicePort) -> NoEndpoints {
     }
     let drop = ("DROP", quoted(&format!("{name} has no local endpoints")));
     NoEndpoints {
-        internal: (sp.internal_local && sp.local.is_empty()).then(|| drop.clone()),
-        external: (sp.external_local && sp.local.is_empty()).then_some(drop),
+        internal: (!sp.has_internal_endpoints()).then(|| drop.clone()),
+        external: (!sp.has_external_endpoints()).then_some(drop),
     }
 }
 
@@ -363,13 +348,13 @@ fn service_port(
     let name = &sp.name;
     let p = proto_match(sp);
     let has_endpoints = sp.has_any_endpoints;
-    let uses_cluster_chain = !sp.cluster.is_empty() && uses_cluster_endpoints(sp);
-    let uses_local_chain = !sp.local.is_empty() && uses_local_endpoints(sp);
+    let uses_cluster_chain = !sp.cluster.is_empty() && sp.uses_cluster_endpoints();
+    let uses_local_chain = !sp.local.is_empty() && sp.uses_local_endpoints();
     let internal_chain = if sp.internal_local { &svl } else { &svc };
     let external_policy_chain = if sp.external_local { &svl } else { &svc };
     let verdicts = no_endpoints(sp);
-    let has_internal = has_endpoints && verdicts.internal.is_none();
-    let has_external = has_endpoints && verdicts.external.is_none();
+    let has_internal = sp.has_internal_endpoints();
+    let has_external = sp.has_external_endpoints();
     let uses_ext_chain = has_endpoints && sp.externally_accessible();
     let uses_fw_chain =
         has_endpoints && !sp.load_balancer_ips.is_empty() && !sp.source_ranges.is_empty();
@@ -559,7 +544,7 @@ fn service_port(
         in_use.insert(svl.clone());
         endpoint_rules(nat, &svl, &sp.local);
     }
-    for ep in all_reachable(sp) {
+    for ep in sp.reachable_endpoints() {
         let sep = iptables_endpoint_chain(sp, &ep);
         nat_chains.chain(&sep);
         in_use.insert(sep.clone());

@@ -260,13 +260,11 @@ fn service_port(
     let proto = proto_lower(sp);
     let (cip, port) = (sp.cluster_ip, sp.port);
     let externally = sp.externally_accessible();
-    let uses_cluster = !sp.internal_local || externally;
-    let uses_local = sp.internal_local || (sp.external_local && externally);
     let has_endpoints = sp.has_any_endpoints;
-    let uses_cluster_chain = !sp.cluster.is_empty() && uses_cluster;
-    let uses_local_chain = !sp.local.is_empty() && uses_local;
-    let has_internal = has_endpoints && !(sp.internal_local && sp.local.is_empty());
-    let has_external = has_endpoints && !(sp.external_local && sp.local.is_empty());
+    let uses_cluster_chain = !sp.cluster.is_empty() && sp.uses_cluster_endpoints();
+    let uses_local_chain = !sp.local.is_empty() && sp.uses_local_endpoints();
+    let has_internal = sp.has_internal_endpoints();
+    let has_external = sp.has_external_endpoints();
     let internal_chain = if sp.internal_local { &local } else { &svc };
     let external_policy_chain = if sp.external_local { &local } else { &svc };
     let uses_ext_chain = has_endpoints && externally;
@@ -281,15 +279,7 @@ fn service_port(
         }
     };
 
-    let mut reachable: Vec<BackendAddr> = Vec::new();
-    if uses_cluster {
-        reachable.extend(sp.cluster.iter().copied());
-    }
-    if uses_local {
-        reachable.extend(sp.local.iter().copied());
-    }
-    reachable.sort_by_cached_key(|b| format!("{}:{}", b.addr, b.port));
-    reachable.dedup();
+    let reachable = sp.reachable_endpoints();
     // Declare every chain and set first: elements and rules refer to them.
     let declare = |o: &mut Out, chains: &mut BTreeSet<String>, name: &str| {
         o.chain(name);

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod fs;
 pub mod iptables_baseline;
+pub mod kmem;
 pub mod plot;
 pub mod lab;
 pub mod multinode;

@@ -42,10 +42,15 @@ pub fn stale() {
         }
     }
     if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
-        for dir in mounts.lines().filter_map(|l| {
-            let f: Vec<_> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_owned())
-        }) {
+        // cgroup2 mounts, and the v1 memory hierarchy (`kmem::MemCgroup`).
+        let dirs = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<_> = l.split_whitespace().collect();
+                (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_owned())
+            })
+            .chain(["/sys/fs/cgroup/memory".to_owned()]);
+        for dir in dirs {
             if let Ok(entries) = fs::read_dir(&dir) {
                 for e in entries.flatten() {
                     if is_stale(&e.file_name().to_string_lossy()) {

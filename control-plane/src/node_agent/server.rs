@@ -300,7 +300,7 @@ async fn run_exec(
             let mut m = vec![3u8];
             m.extend_from_slice(st.to_string().as_bytes());
             let _ = sink.send(Message::Binary(m.into())).await;
-            let _ = sink.close().await;
+            close_normally(&mut sink).await;
             return;
         }
     };
@@ -376,6 +376,19 @@ async fn run_exec(
     let mut m = vec![3u8];
     m.extend_from_slice(exit_status(code).as_bytes());
     let _ = sink.send(Message::Binary(m.into())).await;
+    close_normally(&mut sink).await;
+}
+
+/// Ends the exec stream with a Close frame carrying 1000 (normal closure).
+/// client-go reads only that code as the end of the streams; a Close frame
+/// without a code arrives as 1005 and fails `kubectl exec` with "error
+/// reading from error stream" even after the exit status was sent.
+async fn close_normally(sink: &mut futures::stream::SplitSink<WebSocket, Message>) {
+    let frame = axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
 }
 

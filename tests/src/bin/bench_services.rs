@@ -47,9 +47,10 @@ use switchyard::{
     desired::{self, NodeContext, ServicePort},
     kubeproxy::{RuleConfig, apply::IptablesVariant, iptables, nftables},
     model::DesiredTable,
-    reconcile::Reconciler,
+    reconcile::{EntryCounts, Reconciler},
 };
 use testbed::{
+    kmem::{self, MapMemory, MemCgroup},
     lab::{ClientPlacement, Testbed},
     netns::InNetns,
     plot, privileges,
@@ -165,6 +166,9 @@ struct Programming {
     program_s: Option<f64>,
     /// Seconds to apply one endpoint change.
     change_s: Option<f64>,
+    /// Kernel memory the rules hold after programming from empty (bytes,
+    /// memcg-charged; see `testbed::kmem`); `None` where not measured.
+    kmem_bytes: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -196,6 +200,7 @@ fn main() -> Result<()> {
         }
     }
     let mut reconciler = Reconciler::restore(dp.lb_maps()?)?;
+    let maps = kmem::bpf_maps()?;
     let backends: Vec<String> = beds[&Mode::Floor]
         .topo
         .backends
@@ -207,6 +212,7 @@ fn main() -> Result<()> {
 
     let mut conns: BTreeMap<(usize, Mode, Target), Conns> = BTreeMap::new();
     let mut programming: BTreeMap<(usize, Mode), Programming> = BTreeMap::new();
+    let mut entries: BTreeMap<usize, EntryCounts> = BTreeMap::new();
     let cfg = RuleConfig {
         local_detector: Some("10.244.0.0/16".parse()?),
         ..RuleConfig::default()
@@ -233,6 +239,7 @@ fn main() -> Result<()> {
                     let started = Instant::now();
                     reconciler.apply(&table)?;
                     let program_s = started.elapsed().as_secs_f64();
+                    entries.insert(n, reconciler.entry_counts());
                     let started = Instant::now();
                     reconciler.apply(&changed_table)?;
                     let change_s = started.elapsed().as_secs_f64();
@@ -240,6 +247,9 @@ fn main() -> Result<()> {
                     Programming {
                         program_s: Some(program_s),
                         change_s: Some(change_s),
+                        // Preallocated maps: by capacity, in the table's
+                        // memory section.
+                        kmem_bytes: None,
                     }
                 }
                 // The same maps serve both eBPF paths.
@@ -299,7 +309,8 @@ fn main() -> Result<()> {
         )?;
         reconciler.apply(&DesiredTable::default())?;
     }
-    let table = report(&args, &conns, &programming)?;
+    let mut table = report(&args, &conns, &programming)?;
+    table.push_str(&memory_report(&args, &maps, &entries, &programming)?);
     print!("{table}");
     if let Some(path) = &args.table_out {
         std::fs::write(path, &table)?;
@@ -354,17 +365,19 @@ fn compute(n: usize, backends: &[String], per: usize) -> Result<(DesiredTable, V
     Ok((out.table, out.service_ports))
 }
 
-/// Runs `tool args` in `ns` with `stdin`, killed after `timeout`; the
-/// elapsed seconds, or `None` on timeout.
+/// Runs `tool args` in `ns` with `stdin` (inside `memcg` when given),
+/// killed after `timeout`; the elapsed seconds, or `None` on timeout.
 fn timed(
     ns: &str,
     tool: &str,
     args: &[&str],
     stdin: &str,
     timeout: Duration,
+    memcg: Option<&MemCgroup>,
 ) -> Result<Option<f64>> {
     let started = Instant::now();
-    let mut child = Command::new("ip")
+    let mut child = memcg
+        .map_or_else(|| Command::new("ip"), |m| m.command("ip"))
         .args(["netns", "exec", ns, tool])
         .args(args)
         .stdin(Stdio::piped())
@@ -415,14 +428,16 @@ fn program_iptables(
     };
     let args = ["-w", "5", "--noflush", "--counters"];
     let payload = iptables::render(ports, cfg, &Default::default());
-    let program_s = timed(ns, tool, &args, &payload.text, timeout)?;
+    let memcg = MemCgroup::new(&format!("{ns}-kmem"))?;
+    let program_s = timed(ns, tool, &args, &payload.text, timeout, Some(&memcg))?;
+    let kmem_bytes = Some(memcg.kernel_bytes()?);
     let change_s = match program_s {
         Some(_) => {
             let next = iptables::render(changed, cfg, &payload.nat_chains);
-            let s = timed(ns, tool, &args, &next.text, timeout)?;
+            let s = timed(ns, tool, &args, &next.text, timeout, None)?;
             // Back to the full table for the traffic measurements.
             let back = iptables::render(ports, cfg, &next.nat_chains);
-            timed(ns, tool, &args, &back.text, timeout)?;
+            timed(ns, tool, &args, &back.text, timeout, None)?;
             s
         }
         None => None,
@@ -430,6 +445,7 @@ fn program_iptables(
     Ok(Programming {
         program_s,
         change_s,
+        kmem_bytes,
     })
 }
 
@@ -441,7 +457,9 @@ fn program_nftables(
     timeout: Duration,
 ) -> Result<Programming> {
     let first = nftables::render(ports, cfg, &nftables::Previous::default());
-    let program_s = timed(ns, "nft", &["-f", "-"], &first.text, timeout)?;
+    let memcg = MemCgroup::new(&format!("{ns}-kmem"))?;
+    let program_s = timed(ns, "nft", &["-f", "-"], &first.text, timeout, Some(&memcg))?;
+    let kmem_bytes = Some(memcg.kernel_bytes()?);
     let change_s = match program_s {
         Some(_) => {
             let prev = nftables::Previous {
@@ -450,7 +468,7 @@ fn program_nftables(
                 sets: first.sets.clone(),
             };
             let next = nftables::render(changed, cfg, &prev);
-            let s = timed(ns, "nft", &["-f", "-"], &next.text, timeout)?;
+            let s = timed(ns, "nft", &["-f", "-"], &next.text, timeout, None)?;
             let prev = nftables::Previous {
                 table_written: true,
                 chains: next.chains,
@@ -462,6 +480,7 @@ fn program_nftables(
                 &["-f", "-"],
                 &nftables::render(ports, cfg, &prev).text,
                 timeout,
+                None,
             )?;
             s
         }
@@ -470,6 +489,7 @@ fn program_nftables(
     Ok(Programming {
         program_s,
         change_s,
+        kmem_bytes,
     })
 }
 
@@ -661,5 +681,82 @@ fn report(
             );
         }
     }
+    Ok(t)
+}
+
+/// Kernel memory per mode and N (CSV and Markdown): for the maps, the
+/// entries in use at the kernel's own per-entry accounting (`memlock` over
+/// capacity; the maps are preallocated, so a daemon holds its capacity
+/// whatever it uses, and that total is stated too); for kube-proxy's
+/// modes, the memcg kernel charge left by the restore from empty.
+fn memory_report(
+    args: &Args,
+    maps: &[MapMemory],
+    entries: &BTreeMap<usize, EntryCounts>,
+    programming: &BTreeMap<(usize, Mode), Programming>,
+) -> Result<String> {
+    use proxy_common::map_names::{LB4_BACKENDS, LB4_MEMBERS, LB4_SERVICES};
+    let per_entry = |name: &str| -> Result<f64> {
+        let m = maps
+            .iter()
+            .find(|m| m.name == name)
+            .with_context(|| format!("no map named {name} open in this process"))?;
+        Ok(m.bytes_per_entry())
+    };
+    let (svc, be, member) = (
+        per_entry(LB4_SERVICES)?,
+        per_entry(LB4_BACKENDS)?,
+        per_entry(LB4_MEMBERS)?,
+    );
+    let maps_bytes = |c: &EntryCounts| {
+        c.services as f64 * svc + c.backends as f64 * be + c.members as f64 * member
+    };
+    let capacity: u64 = maps.iter().map(|m| m.memlock).sum();
+    let mut csv = String::from("services,mode,kernel_bytes\n");
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n#### Kernel memory held for N Services × {ENDPOINTS} endpoints (MiB; per Service in KiB)\n"
+    );
+    let _ = writeln!(
+        t,
+        "Maps: entries in use × the kernel's `memlock` per entry of capacity ({svc:.0} B per frontend or slot, {be:.0} B per backend, {member:.0} B per membership). This run's maps are preallocated for its largest N: {:.1} MiB for every map the dataplane holds, conntrack included. kube-proxy's modes: the kernel memory charged to a fresh memory cgroup by the restore from empty (iptables-legacy's per-CPU rule counters are not charged, so its figure is a lower bound).\n",
+        capacity as f64 / 1048576.0
+    );
+    let _ = writeln!(t, "| Services | mode | kernel memory | per Service | vs switchyard |");
+    let _ = writeln!(t, "|---|---|---|---|---|");
+    for &n in &args.services {
+        let sy = entries.get(&n).map(maps_bytes);
+        let rows = [
+            ("switchyard (maps)", sy),
+            (
+                Mode::IptablesLegacy.name(),
+                programming.get(&(n, Mode::IptablesLegacy)).and_then(|p| p.kmem_bytes.map(|b| b as f64)),
+            ),
+            (
+                Mode::IptablesNft.name(),
+                programming.get(&(n, Mode::IptablesNft)).and_then(|p| p.kmem_bytes.map(|b| b as f64)),
+            ),
+            (
+                Mode::Nftables.name(),
+                programming.get(&(n, Mode::Nftables)).and_then(|p| p.kmem_bytes.map(|b| b as f64)),
+            ),
+        ];
+        for (name, bytes) in rows {
+            let Some(bytes) = bytes else {
+                let _ = writeln!(t, "| {n} | {name} | – | – | – |");
+                continue;
+            };
+            let _ = writeln!(csv, "{n},{name},{bytes:.0}");
+            let ratio = sy.filter(|s| *s > 0.0).map_or_else(|| "–".to_owned(), |s| format!("{:.1}x", bytes / s));
+            let _ = writeln!(
+                t,
+                "| {n} | {name} | {:.2} | {:.2} | {ratio} |",
+                bytes / 1048576.0,
+                bytes / n as f64 / 1024.0,
+            );
+        }
+    }
+    std::fs::write(args.out.join("services-memory.csv"), &csv)?;
     Ok(t)
 }

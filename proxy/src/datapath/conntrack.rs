@@ -69,7 +69,9 @@ impl Conntrack {
     /// the walk gives up after visiting twice the map's size, saying so.
     pub fn scan(&self) -> Result<Scan> {
         let max = self.capacity() as usize;
-        let mut seen = std::collections::HashSet::with_capacity(max.min(1 << 20));
+        // Grown as entries come: sized for the capacity, an empty map's
+        // walk would allocate tens of MB (a 1M-entry table) each time.
+        let mut seen = std::collections::HashSet::new();
         let mut entries = Vec::new();
         let mut visits = 0usize;
         for item in self.map.iter() {

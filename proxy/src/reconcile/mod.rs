@@ -668,13 +668,19 @@ impl<M: LbMaps> Reconciler<M> {
                 frontend_id: frontend_id.0,
             })?;
             self.observed.members.remove(&(frontend_id, backend_id));
-            self.departed.memberships.insert((frontend_id, backend_id));
             let addr = self
                 .observed
                 .backends
                 .get(&backend_id)
                 .and_then(BackendAddr::from_lb4_backend);
-            if let Some(addr) = addr.filter(|a| a.proto == crate::model::Protocol::Udp)
+            // Only UDP flows are flushed (kube-proxy clears conntrack for
+            // UDP only; TCP flows end on their own): a TCP departure costs
+            // no conntrack walk. A backend of unknown protocol is flushed.
+            let udp = addr.is_none_or(|a| a.proto == crate::model::Protocol::Udp);
+            if udp {
+                self.departed.memberships.insert((frontend_id, backend_id));
+            }
+            if let Some(addr) = addr.filter(|_| udp)
                 && self.defer_flush
             {
                 self.departed.udp_backends.insert((frontend_id, addr));

@@ -220,6 +220,7 @@ fn main() -> Result<()> {
     for &n in &args.services {
         eprintln!("N = {n}: computing the table");
         let (table, ports) = compute(n, &backends, ENDPOINTS)?;
+        // One endpoint change: the last Service loses one of its endpoints.
         let (changed_table, changed_ports) = compute(n, &backends, ENDPOINTS - 1)?;
         let timeout = Duration::from_secs(args.program_timeout);
         let mut programmed: Vec<Mode> = vec![Mode::Floor];
@@ -319,14 +320,20 @@ fn main() -> Result<()> {
 }
 
 /// N Services (two of them with the real backends: one sorting last, one at
-/// a random position) × `per` endpoints, through `desired::compute`.
-fn compute(n: usize, backends: &[String], per: usize) -> Result<(DesiredTable, Vec<ServicePort>)> {
+/// a random position) × `ENDPOINTS` endpoints, except that the last one has
+/// `last_per` (fewer: one endpoint change), through `desired::compute`.
+fn compute(
+    n: usize,
+    backends: &[String],
+    last_per: usize,
+) -> Result<(DesiredTable, Vec<ServicePort>)> {
+    let per = ENDPOINTS;
     let mut services = Vec::with_capacity(n);
     let mut slices = Vec::with_capacity(n);
     let random = if n > 2 { (n * 7919) % (n - 1) } else { 0 };
     for i in 0..n {
         let (name, vip, eps): (String, String, Vec<String>) = if i + 1 == n {
-            ("zz-last".into(), VIP_LAST.into(), backends[..per].to_vec())
+            ("zz-last".into(), VIP_LAST.into(), backends[..last_per].to_vec())
         } else if i == random && n > 1 {
             (
                 format!("svc-{i:06}-random"),

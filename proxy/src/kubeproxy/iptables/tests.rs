@@ -178,3 +178,15 @@ fn chains_left_by_an_earlier_run_are_read_from_iptables_save() {
         BTreeSet::from(["KUBE-SEP-BBBB".to_owned(), "KUBE-SVC-AAAA".to_owned()])
     );
 }
+
+/// Cleanup declares (so flushes) every chain before deleting any, per table.
+#[test]
+fn cleanup_flushes_every_chain_before_deleting_any() {
+    let nat = ["KUBE-SERVICES".to_owned(), "KUBE-SVC-X".to_owned()];
+    let filter = ["KUBE-FORWARD".to_owned()];
+    assert_eq!(
+        cleanup_payload(&[("nat", &nat), ("filter", &filter)]),
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-X - [0:0]\n-X KUBE-SERVICES\n-X KUBE-SVC-X\nCOMMIT\n\
+         *filter\n:KUBE-FORWARD - [0:0]\n-X KUBE-FORWARD\nCOMMIT\n"
+    );
+}

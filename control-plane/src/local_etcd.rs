@@ -26,7 +26,21 @@ fn free_ports() -> Result<(u16, u16)> {
 }
 
 impl LocalEtcd {
+    /// Starts etcd and returns once it answers `/health` as healthy. The
+    /// ports are free when chosen but not held, so another process can
+    /// take one first; then etcd exits, and it is started again on others.
     pub fn start() -> Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(etcd) => return Ok(etcd),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three attempts"))
+    }
+
+    fn try_start() -> Result<Self> {
         let (client, peer) = free_ports()?;
         let dir = std::env::temp_dir().join(format!("sy-etcd-{}-{client}", std::process::id()));
         let endpoint = format!("http://127.0.0.1:{client}");
@@ -51,19 +65,43 @@ impl LocalEtcd {
             .stderr(Stdio::null())
             .spawn()
             .context("starting etcd (Debian's etcd-server; run scripts/setup.sh)")?;
-        let etcd = Self {
+        let mut etcd = Self {
             child,
             endpoint,
             dir,
         };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", client)).is_ok() {
+        for _ in 0..200 {
+            if let Some(status) = etcd.child.try_wait()? {
+                bail!("etcd on {} exited at start ({status})", etcd.endpoint);
+            }
+            // Something answering on the port is not enough: it may be
+            // another process that took the port first.
+            if healthy(client) {
                 return Ok(etcd);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("etcd did not start listening on {}", etcd.endpoint)
+        bail!("etcd on {} did not report healthy within 10 s", etcd.endpoint)
     }
+}
+
+/// Whether the etcd on `127.0.0.1:port` answers `GET /health` with
+/// `"health":"true"`.
+fn healthy(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    if conn
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer.contains(r#""health":"true""#)
 }
 
 impl Drop for LocalEtcd {

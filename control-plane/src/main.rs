@@ -156,10 +156,21 @@ async fn main() -> Result<()> {
         let etcd = EtcdStore::connect(&args.etcd_servers, &args.etcd_prefix)
             .await
             .with_context(|| format!("connecting to etcd at {}", args.etcd_servers.join(",")))?;
-        // Fail now, not at the first request, if etcd does not answer.
-        etcd.current_revision()
-            .await
-            .context("etcd does not answer")?;
+        // Fail now, not at the first request, if etcd does not answer; an
+        // etcd still starting gets a few seconds, as kube-apiserver
+        // retries its storage at start.
+        let mut attempts = 0;
+        loop {
+            match etcd.current_revision().await {
+                Ok(_) => break,
+                Err(e) if attempts < 20 => {
+                    attempts += 1;
+                    warn!(error = %e, "etcd does not answer yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e).context("etcd does not answer"),
+            }
+        }
         AnyStore::Etcd(Box::new(etcd))
     });
     // The serving certificate also holds the names in-cluster clients use.

@@ -437,7 +437,8 @@ fn program_iptables(
     let payload = iptables::render(ports, cfg, &Default::default());
     let memcg = MemCgroup::new(&format!("{ns}-kmem"))?;
     let program_s = timed(ns, tool, &args, &payload.text, timeout, Some(&memcg))?;
-    let kmem_bytes = Some(memcg.kernel_bytes()?);
+    // A restore killed at the time-out left nothing worth counting.
+    let kmem_bytes = program_s.map(|_| memcg.kernel_bytes()).transpose()?;
     let change_s = match program_s {
         Some(_) => {
             let next = iptables::render(changed, cfg, &payload.nat_chains);
@@ -466,7 +467,7 @@ fn program_nftables(
     let first = nftables::render(ports, cfg, &nftables::Previous::default());
     let memcg = MemCgroup::new(&format!("{ns}-kmem"))?;
     let program_s = timed(ns, "nft", &["-f", "-"], &first.text, timeout, Some(&memcg))?;
-    let kmem_bytes = Some(memcg.kernel_bytes()?);
+    let kmem_bytes = program_s.map(|_| memcg.kernel_bytes()).transpose()?;
     let change_s = match program_s {
         Some(_) => {
             let prev = nftables::Previous {
@@ -751,7 +752,7 @@ fn memory_report(
         ];
         for (name, bytes) in rows {
             let Some(bytes) = bytes else {
-                let _ = writeln!(t, "| {n} | {name} | – | – | – |");
+                let _ = writeln!(t, "| {n} | {name} | not programmed within {} s | – | – |", args.program_timeout);
                 continue;
             };
             let _ = writeln!(csv, "{n},{name},{bytes:.0}");

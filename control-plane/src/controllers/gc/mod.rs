@@ -23,13 +23,21 @@
 //!   own, else in the background; one that still has a live owner only
 //!   loses its references to the gone or waiting ones.
 //!
+//! Nothing is synced until every watched resource has delivered its first
+//! full list (or [`FIRST_LIST_GRACE`] has passed): a graph missing
+//! dependents would orphan too few of them and let foreground owners go
+//! first.
+//!
 //! The API server only records the policy (finalizers, deletionTimestamp);
 //! everything above happens here.
 pub mod graph;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -56,6 +64,10 @@ use crate::client;
 /// garbage collector re-syncs its monitors every 30 s).
 const DISCOVERY_PERIOD: Duration = Duration::from_secs(30);
 
+/// How long a resource whose first list keeps failing may hold back every
+/// sync (upstream also gives up waiting for its monitors after a while).
+const FIRST_LIST_GRACE: Duration = Duration::from_secs(60);
+
 /// A resource the API server serves: how to reach it, whether namespaced.
 #[derive(Clone, Debug)]
 struct Kind {
@@ -72,6 +84,21 @@ struct Gc {
     triggers: Mutex<HashMap<ApiResource, mpsc::UnboundedSender<ObjectRef<DynamicObject>>>>,
     backoff: Backoff<(String, String)>,
     workers: u16,
+    /// Watches that have not delivered their first full list. Until they
+    /// have, the graph may miss dependents: orphaning would skip them (and
+    /// they would then be deleted as dangling) and a foreground owner
+    /// could go before them. So nothing is synced meanwhile, as upstream's
+    /// collector waits for every monitor's cache.
+    unsynced: AtomicUsize,
+}
+
+impl Gc {
+    /// Counts one watch's first list as done (once per `flag`).
+    fn first_list_done(&self, flag: &AtomicBool) {
+        if !flag.swap(true, Ordering::SeqCst) {
+            self.unsynced.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 struct Ctx {
@@ -89,6 +116,7 @@ pub async fn run(shared: Arc<Shared>, workers: u16) -> anyhow::Result<()> {
         triggers: Mutex::default(),
         backoff: Backoff::new(Duration::from_millis(5), Duration::from_secs(300)),
         workers: workers.max(1),
+        unsynced: AtomicUsize::new(0),
     });
     let mut started: HashSet<ApiResource> = HashSet::new();
     loop {
@@ -97,6 +125,7 @@ pub async fn run(shared: Arc<Shared>, workers: u16) -> anyhow::Result<()> {
                 *gc.kinds.write().expect("kinds") = all;
                 for kind in watchable {
                     if started.insert(kind.resource.clone()) {
+                        gc.unsynced.fetch_add(1, Ordering::SeqCst);
                         debug!(resource = %kind.resource.plural, group = %kind.resource.group, "garbage collector: watching");
                         tokio::spawn(watch(Arc::clone(&gc), kind));
                     }
@@ -248,6 +277,17 @@ async fn watch(gc: Arc<Gc>, kind: Kind) {
         .run(reconcile, error_policy, ctx);
     tokio::spawn(super::drive("garbagecollector", controller));
 
+    let listed = Arc::new(AtomicBool::new(false));
+    {
+        let (gc, listed, plural) = (Arc::clone(&gc), Arc::clone(&listed), ar.plural.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(FIRST_LIST_GRACE).await;
+            if !listed.load(Ordering::SeqCst) {
+                warn!(resource = %plural, "garbage collector: no first list yet; syncing without it");
+                gc.first_list_done(&listed);
+            }
+        });
+    }
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -279,6 +319,7 @@ async fn watch(gc: Arc<Gc>, kind: Kind) {
                     }
                 }
                 touched.append(&mut relist);
+                gc.first_list_done(&listed);
             }
             watcher::Event::Apply(o) => {
                 if let Some(n) = Node::of(o, &ar) {
@@ -340,6 +381,10 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action> {
 }
 
 async fn sync(gc: &Gc, node: &Node) -> Result<Action> {
+    if gc.unsynced.load(Ordering::SeqCst) > 0 {
+        debug!(object = %describe(node), "waiting for every resource's first list");
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     if node.orphaning() {
         return orphan(gc, node).await;
     }

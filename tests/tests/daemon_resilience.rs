@@ -2,6 +2,7 @@
 //! (SIGKILL) and restarting it drops no connection, and losing the API
 //! server for a minute keeps the last state serving, then converges.
 use std::{
+    sync::{Mutex, MutexGuard},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -28,6 +29,14 @@ fn apply_service(c: &Cluster, name: &str, vip: &str, pods: &[usize]) {
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}"
         ))
         .unwrap();
+}
+
+/// The two tests run one after the other: each brings up a whole cluster,
+/// and on a 2-core machine the other's load can stall a test server long
+/// enough to time out a connection that the proxy handled correctly.
+fn alone() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn backends(c: &Cluster, pods: &[usize]) -> Vec<String> {
@@ -62,6 +71,7 @@ fn wait_healthy(d: &mut Daemon) {
 #[test]
 fn sigterm_sigkill_and_restart_drop_no_connection() {
     privileges::require();
+    let _alone = alone();
     let mut c = Cluster::start(3).unwrap();
     let vip = "10.96.0.50";
     let target = format!("{vip}:80");
@@ -177,6 +187,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_minute_without_the_api_server_keeps_serving_then_converges() {
     privileges::require();
+    let _alone = alone();
     let mut c = Cluster::start(3).unwrap();
     // The daemon reaches the API server through a relay the test can cut.
     let mut relay = Relay::start(c.api.addr).unwrap();

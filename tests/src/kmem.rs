@@ -16,6 +16,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+/// Where a cgroup v1 `memory` hierarchy is mounted.
+pub const V1_MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
+
 /// A memory cgroup this process created, removed on drop (its remaining
 /// charges move to the parent, as the kernel does for any removed memcg).
 pub struct MemCgroup {
@@ -35,7 +38,7 @@ impl MemCgroup {
     /// Creates `<memory hierarchy>/<name>`. Errors when the machine has no
     /// memory controller (v1 `memory` mount, or v2 root delegating `memory`).
     pub fn new(name: &str) -> Result<Self> {
-        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let v1 = Path::new(V1_MEMORY_ROOT);
         let (parent, version) = if v1.join("memory.kmem.usage_in_bytes").exists() {
             (v1.to_path_buf(), Version::V1)
         } else {

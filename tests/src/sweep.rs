@@ -49,7 +49,7 @@ pub fn stale() {
                 let f: Vec<_> = l.split_whitespace().collect();
                 (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_owned())
             })
-            .chain(["/sys/fs/cgroup/memory".to_owned()]);
+            .chain([crate::kmem::V1_MEMORY_ROOT.to_owned()]);
         for dir in dirs {
             if let Ok(entries) = fs::read_dir(&dir) {
                 for e in entries.flatten() {

@@ -475,12 +475,7 @@ async fn scale_up(client: &Client, n: usize) -> Result<()> {
         .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t0 = Instant::now();
-    deps.patch(
-        "big",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"replicas": n}})),
-    )
-    .await?;
+    set_replicas(&deps, "big", n).await?;
     let limit = Duration::from_secs(600);
     wait_for("every pod bound", limit, || {
         let v = view.lock().expect("state");
@@ -511,6 +506,18 @@ async fn scale_up(client: &Client, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Scales Deployment `name` to `n` replicas (a merge patch, as `kubectl
+/// scale` writes it).
+async fn set_replicas(deps: &Api<Deployment>, name: &str, n: usize) -> Result<()> {
+    deps.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": n}})),
+    )
+    .await?;
+    Ok(())
+}
+
 fn fmt_s(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
 }
@@ -530,12 +537,7 @@ async fn footprint(
     let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let slices = watch_slices(client, "big");
     let t0 = Instant::now();
-    deps.patch(
-        "big",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"replicas": n}})),
-    )
-    .await?;
+    set_replicas(&deps, "big", n).await?;
     wait_for(
         &format!("{n} ready endpoints"),
         Duration::from_secs(1800),

@@ -735,20 +735,15 @@ fn memory_report(
     let _ = writeln!(t, "|---|---|---|---|---|");
     for &n in &args.services {
         let sy = entries.get(&n).map(maps_bytes);
+        let rules = |mode: Mode| {
+            let bytes = programming.get(&(n, mode)).and_then(|p| p.kmem_bytes);
+            (mode.name(), bytes.map(|b| b as f64))
+        };
         let rows = [
             ("switchyard (maps)", sy),
-            (
-                Mode::IptablesLegacy.name(),
-                programming.get(&(n, Mode::IptablesLegacy)).and_then(|p| p.kmem_bytes.map(|b| b as f64)),
-            ),
-            (
-                Mode::IptablesNft.name(),
-                programming.get(&(n, Mode::IptablesNft)).and_then(|p| p.kmem_bytes.map(|b| b as f64)),
-            ),
-            (
-                Mode::Nftables.name(),
-                programming.get(&(n, Mode::Nftables)).and_then(|p| p.kmem_bytes.map(|b| b as f64)),
-            ),
+            rules(Mode::IptablesLegacy),
+            rules(Mode::IptablesNft),
+            rules(Mode::Nftables),
         ];
         for (name, bytes) in rows {
             let Some(bytes) = bytes else {

@@ -32,8 +32,8 @@ fn apply_service(c: &Cluster, name: &str, vip: &str, pods: &[usize]) {
 }
 
 /// The two tests run one after the other: each brings up a whole cluster,
-/// and on a 2-core machine the other's load can stall a test server long
-/// enough to time out a connection that the proxy handled correctly.
+/// and on a 2-core machine they would compete for CPU while the restart
+/// test counts failed connections.
 fn alone() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

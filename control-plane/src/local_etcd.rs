@@ -81,7 +81,10 @@ impl LocalEtcd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("etcd on {} did not report healthy within 10 s", etcd.endpoint)
+        bail!(
+            "etcd on {} did not report healthy within 10 s",
+            etcd.endpoint
+        )
     }
 }
 

@@ -13,7 +13,8 @@
 //!   translated back.
 //! - egress of both kinds ([`Hook::Egress`]): replies of the node's own
 //!   processes (host-network backends) to flows translated on the way in,
-//!   from pods or from outside.
+//!   from pods or from outside. Forwarded packets (`ingress_ifindex` set)
+//!   pass untouched: their ingress hook handled them.
 //!
 //! Every Service flow, and every other TCP and UDP flow of a local pod, is
 //! tracked (`ct`), so the first packet of a flow decides its translation
@@ -71,6 +72,14 @@ pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
 
 #[inline(always)]
 fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
+    // Egress is for what the node itself sends. A forwarded packet was
+    // translated, if at all, where it entered; its tuple, translated, can be
+    // the reply key of another flow (a socket-path connection on the same
+    // wire tuple as a per-packet one, whose own source port was remapped),
+    // and looking it up again would hand it to that flow.
+    if hook == Hook::Egress && unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
+        return Ok(PASS);
+    }
     let Some(ip) = packet::parse_ipv4(ctx) else {
         return Ok(PASS);
     };

@@ -43,8 +43,8 @@ impl MemCgroup {
             (v1.to_path_buf(), Version::V1)
         } else {
             let v2 = Path::new("/sys/fs/cgroup");
-            let controllers = std::fs::read_to_string(v2.join("cgroup.subtree_control"))
-                .unwrap_or_default();
+            let controllers =
+                std::fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
             if !controllers.split_whitespace().any(|c| c == "memory") {
                 bail!(
                     "no memory cgroup controller: neither /sys/fs/cgroup/memory (v1) nor `memory` in /sys/fs/cgroup/cgroup.subtree_control (v2)"
@@ -156,7 +156,9 @@ fn parse_map_fdinfo(text: &str) -> Option<(u32, u64, u64)> {
     let field = |key: &str| {
         text.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            (k.trim() == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+            (k.trim() == key)
+                .then(|| v.trim().parse::<u64>().ok())
+                .flatten()
         })
     };
     Some((

@@ -19,6 +19,11 @@ pub struct Outcome {
     /// With `--whoami`: the client address each server saw, in order.
     #[serde(default)]
     pub seen_as: Vec<String>,
+    /// What each failed attempt was doing when it failed: the phase, the
+    /// addresses, how long it had run and when (Unix milliseconds), so a
+    /// failure can be laid beside the logs of the components in the path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
 }
 
 /// One attempt of a `netprobe udp-stream`, printed as a JSON line.
@@ -63,6 +68,19 @@ impl Outcome {
     pub fn error(&mut self, e: &std::io::Error, took: Duration) {
         *self.errors.entry(error_kind(e)).or_default() += 1;
         self.slowest_error_ms = self.slowest_error_ms.max(took.as_millis() as u64);
+    }
+
+    /// Like [`Outcome::error`], and records `what` the attempt was doing.
+    pub fn error_in(&mut self, e: &std::io::Error, took: Duration, what: &str) {
+        self.error(e, took);
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.failures.push(format!(
+            "{what}: {} after {} ms (at unix {unix_ms} ms)",
+            error_kind(e),
+            took.as_millis()
+        ));
     }
 
     /// Answers per responder.

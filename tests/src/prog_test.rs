@@ -109,8 +109,28 @@ impl Harness {
         self.run_on(Hook::Pod, pkt)
     }
 
-    /// Runs the program of `hook` once.
+    /// Runs the program of `hook` once, on a packet the node itself sent
+    /// (for egress) or received (for ingress).
     pub fn run_on(&mut self, hook: Hook, pkt: &[u8]) -> (u32, Vec<u8>) {
+        self.run_with(hook, pkt, 0)
+    }
+
+    /// Runs the program of `hook` once on a packet the node forwards, as
+    /// if it had entered through interface `ingress_ifindex`.
+    pub fn run_forwarded(
+        &mut self,
+        hook: Hook,
+        pkt: &[u8],
+        ingress_ifindex: u32,
+    ) -> (u32, Vec<u8>) {
+        self.run_with(hook, pkt, ingress_ifindex)
+    }
+
+    fn run_with(&mut self, hook: Hook, pkt: &[u8], ingress_ifindex: u32) -> (u32, Vec<u8>) {
+        // The head of a `struct __sk_buff`, up to `ifindex`: the kernel
+        // takes `ingress_ifindex` (offset 36) as the skb's input interface.
+        let mut skb = [0u8; 44];
+        skb[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         let _inside = InNetns::enter(&self.netns).expect("enter the harness namespace");
         let prog: &mut SchedClassifier = self
             .dp
@@ -124,6 +144,7 @@ impl Harness {
             .test_run(TestRunOptions {
                 data_in: Some(pkt),
                 data_out: Some(&mut out),
+                ctx_in: (ingress_ifindex != 0).then_some(&skb[..]),
                 ..TestRunOptions::default()
             })
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {} bytes: {e:?}", pkt.len()));

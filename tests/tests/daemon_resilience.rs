@@ -36,7 +36,9 @@ fn apply_service(c: &Cluster, name: &str, vip: &str, pods: &[usize]) {
 /// test counts failed connections.
 fn alone() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn backends(c: &Cluster, pods: &[usize]) -> Vec<String> {
@@ -82,7 +84,8 @@ fn sigterm_sigkill_and_restart_drop_no_connection() {
         .unwrap();
     // Both datapaths carry connections of one Service from one pod: a
     // per-packet flow and a socket-level one may pick the same source port
-    // to the same backend, and conntrack keeps their wire tuples apart.
+    // to the same backend (about one run in four did), and conntrack keeps
+    // their wire tuples, and their replies, apart.
     let tc_target = target.as_str();
     let maps_before = c.daemon.inspect("services").unwrap();
 

@@ -937,6 +937,70 @@ fn a_socket_path_flow_and_a_per_packet_flow_sharing_a_wire_tuple_both_work() {
 }
 
 #[test]
+fn a_per_packet_flow_and_a_later_socket_path_flow_sharing_a_wire_tuple_both_work() {
+    let c = cluster();
+    service(
+        &c,
+        "two",
+        "  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    );
+    endpoints(&c, "two", "http", "TCP", &ready(&[(1, 1)]));
+    let vip = format!("{}:80", jsonpath(&c, "two", ".spec.clusterIP"));
+    programmed(&c, 1, &format!("{vip}/TCP"), &[backend(&c, 1, 1, "TCP")]);
+    // A connection through the per-packet path, held: on the wire it is
+    // client:40310 → n1b1:8080.
+    let mut held = c
+        .net
+        .spawn_in_pod(
+            1,
+            0,
+            false,
+            &[
+                "hold",
+                "--target",
+                &vip,
+                "--count",
+                "1",
+                "--source-port",
+                "40310",
+            ],
+        )
+        .unwrap();
+    let first: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
+    ok(&first, "held connection");
+    // The same pod, through the socket path, from the same port: the
+    // kernel sees another destination (the backend, not the ClusterIP), so
+    // it allows the port; on the wire it is the held flow's tuple, unless
+    // the per-packet path remaps it. Its replies, translated back where
+    // they enter the node, must then leave by the client's interface as
+    // they are.
+    for _ in 0..3 {
+        let out = c
+            .net
+            .from_pod(
+                1,
+                0,
+                true,
+                &[
+                    "tcp",
+                    "--target",
+                    &vip,
+                    "--count",
+                    "1",
+                    "--source-port",
+                    "40310",
+                ],
+            )
+            .unwrap();
+        ok(&out, "socket-path flow on the held flow's tuple");
+    }
+    held.write_line("check").unwrap();
+    let check: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
+    ok(&check, "the held connection is unharmed");
+    assert_eq!(names(&check), set(&["n1b1"]));
+}
+
+#[test]
 fn a_connected_udp_socket_leaves_a_departed_backend() {
     let c = cluster();
     service(

@@ -448,3 +448,38 @@ fn traffic_from_outside_that_is_no_services_is_not_tracked() {
         "outside traffic filled conntrack"
     );
 }
+
+/// A socket-path connection (direct to the backend) from the port of a
+/// live per-packet flow to the same backend: its source port is remapped,
+/// and its replies, translated back where they enter the node (the
+/// backend's interface), leave by the client's interface untouched. Looked
+/// up again there, their tuple is the per-packet flow's reply key, and they
+/// would reach the client as from the ClusterIP, resetting the other flow.
+#[test]
+fn a_reply_translated_where_it_entered_is_not_translated_again_where_it_leaves() {
+    let mut h = Harness::new(&table(&[B1]));
+    let via_vip = tcp(CLIENT, VIP, TCP_SYN);
+    h.run(&via_vip);
+    h.run(&tcp(B1, CLIENT, TCP_SYN | TCP_ACK));
+    h.run(&tcp(CLIENT, VIP, TCP_ACK));
+    let held = h.entry_of(&via_vip).expect("the per-packet flow");
+    let (_, syn) = h.run(&tcp(CLIENT, B1, TCP_SYN));
+    let remapped = View::new(&syn).src();
+    assert_ne!(remapped.port(), 40000, "the direct flow's port is remapped");
+    let (_, reply) = h.run(&tcp(B1, &remapped.to_string(), TCP_SYN | TCP_ACK));
+    let back = View::new(&reply);
+    assert_eq!((back.src(), back.dst()), (sa(B1), sa(CLIENT)));
+    // Forwarded out of the client's interface (ingress_ifindex set).
+    let (verdict, out) = h.run_forwarded(Hook::Egress, &reply, 7);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, reply, "a forwarded packet leaves as it came");
+    assert_eq!(
+        h.entry_of(&via_vip),
+        Some(held),
+        "the per-packet flow is untouched"
+    );
+    // Sent by the node itself (a host-network backend's reply), the same
+    // tuple is the per-packet flow's, translated back to the ClusterIP.
+    let (_, out) = h.run_on(Hook::Egress, &tcp(B1, CLIENT, TCP_ACK));
+    assert_eq!(View::new(&out).src(), sa(VIP));
+}

@@ -333,7 +333,11 @@ fn compute(
     let random = if n > 2 { (n * 7919) % (n - 1) } else { 0 };
     for i in 0..n {
         let (name, vip, eps): (String, String, Vec<String>) = if i + 1 == n {
-            ("zz-last".into(), VIP_LAST.into(), backends[..last_per].to_vec())
+            (
+                "zz-last".into(),
+                VIP_LAST.into(),
+                backends[..last_per].to_vec(),
+            )
         } else if i == random && n > 1 {
             (
                 format!("svc-{i:06}-random"),
@@ -731,7 +735,10 @@ fn memory_report(
         "Maps: entries in use × the kernel's `memlock` per entry of capacity ({svc:.0} B per frontend or slot, {be:.0} B per backend, {member:.0} B per membership). This run's maps are preallocated for its largest N: {:.1} MiB for every map the dataplane holds, conntrack included. kube-proxy's modes: the kernel memory charged to a fresh memory cgroup by the restore from empty (iptables-legacy's per-CPU rule counters are not charged, so its figure is a lower bound).\n",
         capacity as f64 / 1048576.0
     );
-    let _ = writeln!(t, "| Services | mode | kernel memory | per Service | vs switchyard |");
+    let _ = writeln!(
+        t,
+        "| Services | mode | kernel memory | per Service | vs switchyard |"
+    );
     let _ = writeln!(t, "|---|---|---|---|---|");
     for &n in &args.services {
         let sy = entries.get(&n).map(maps_bytes);
@@ -747,11 +754,17 @@ fn memory_report(
         ];
         for (name, bytes) in rows {
             let Some(bytes) = bytes else {
-                let _ = writeln!(t, "| {n} | {name} | not programmed within {} s | – | – |", args.program_timeout);
+                let _ = writeln!(
+                    t,
+                    "| {n} | {name} | not programmed within {} s | – | – |",
+                    args.program_timeout
+                );
                 continue;
             };
             let _ = writeln!(csv, "{n},{name},{bytes:.0}");
-            let ratio = sy.filter(|s| *s > 0.0).map_or_else(|| "–".to_owned(), |s| format!("{:.1}x", bytes / s));
+            let ratio = sy
+                .filter(|s| *s > 0.0)
+                .map_or_else(|| "–".to_owned(), |s| format!("{:.1}x", bytes / s));
             let _ = writeln!(
                 t,
                 "| {n} | {name} | {:.2} | {:.2} | {ratio} |",

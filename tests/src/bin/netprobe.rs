@@ -370,10 +370,13 @@ fn tcp_once_from(
     let stream = match connected {
         Ok(s) => s,
         Err(e) => {
-            out.error(&e, started.elapsed());
+            out.error_in(&e, started.elapsed(), &format!("connect to {target}"));
             return None;
         }
     };
+    let local = stream
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     out.note_latency(started.elapsed());
     if stream.peer_addr().ok() != Some(target) {
         out.peer_mismatch += 1;
@@ -387,14 +390,19 @@ fn tcp_once_from(
             Some(reader)
         }
         Ok(_) => {
-            out.error(
+            out.error_in(
                 &std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
                 started.elapsed(),
+                &format!("greeting on {local} -> {target}"),
             );
             None
         }
         Err(e) => {
-            out.error(&e, started.elapsed());
+            out.error_in(
+                &e,
+                started.elapsed(),
+                &format!("greeting on {local} -> {target}"),
+            );
             None
         }
     }

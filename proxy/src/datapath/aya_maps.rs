@@ -11,7 +11,12 @@ use proxy_common::{
     map_names as names,
 };
 
-use super::{Capacity, LbMaps, MapError, Result, SourceRange, conntrack::Conntrack};
+use super::{
+    Capacity, LbMaps, MapError, Result, SourceRange,
+    batch::{self, BatchError},
+    conntrack::Conntrack,
+    one_by_one,
+};
 use crate::model::{BackendId, FrontendId, Ipv4Cidr, addr_be, addr_from_be};
 
 /// The maps the reconciler writes, and the conntrack map it flushes.
@@ -154,7 +159,46 @@ fn lpm_key(&(frontend_id, cidr): &SourceRange) -> Key<Lb4SourceRangeKey> {
     )
 }
 
+/// Writes `entries` into `map` in one batch; `None` where the kernel has
+/// no batch update (the caller writes them one by one).
+fn update_batch<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+    map: &MapData,
+    name: &'static str,
+    entries: &[(K, V)],
+) -> Option<(usize, Result<()>)> {
+    let (keys, values): (Vec<K>, Vec<V>) = entries.iter().copied().unzip();
+    match batch::update(map, &keys, &values) {
+        (n, Ok(())) => Some((n, Ok(()))),
+        (_, Err(BatchError::Unsupported)) => None,
+        (n, Err(BatchError::Failed(source))) => Some((
+            n,
+            Err(MapError::Write {
+                op: "update",
+                map: name,
+                key: format!("{:?}", keys[n.min(keys.len() - 1)]),
+                source,
+            }),
+        )),
+    }
+}
+
 impl LbMaps for AyaLbMaps {
+    fn update_backends(&mut self, entries: &[(BackendId, Lb4Backend)]) -> (usize, Result<()>) {
+        let raw: Vec<(u32, Lb4Backend)> = entries.iter().map(|(id, b)| (id.0, *b)).collect();
+        update_batch(self.backends.map(), names::LB4_BACKENDS, &raw)
+            .unwrap_or_else(|| one_by_one(entries, |(id, b)| self.update_backend(*id, b)))
+    }
+
+    fn update_services(&mut self, entries: &[(Lb4Key, Lb4Service)]) -> (usize, Result<()>) {
+        update_batch(self.services.map(), names::LB4_SERVICES, entries)
+            .unwrap_or_else(|| one_by_one(entries, |(k, v)| self.update_service(k, v)))
+    }
+
+    fn update_members(&mut self, entries: &[(Lb4MemberKey, u8)]) -> (usize, Result<()>) {
+        update_batch(self.members.map(), names::LB4_MEMBERS, entries)
+            .unwrap_or_else(|| one_by_one(entries, |(k, bits)| self.update_member(k, *bits)))
+    }
+
     fn flush_udp_flows(&mut self, pairs: &BTreeSet<(FrontendId, BackendId)>) -> Result<usize> {
         self.conntrack.flush_udp(pairs)
     }

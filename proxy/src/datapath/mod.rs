@@ -13,6 +13,8 @@ use proxy_common::{
 use crate::model::{BackendId, FrontendId, Ipv4Cidr};
 
 mod aya_maps;
+#[allow(unsafe_code)]
+mod batch;
 pub mod conntrack;
 pub mod drops;
 mod fake;
@@ -104,6 +106,23 @@ pub trait LbMaps {
     /// Writes what the programs know of the node.
     fn set_node(&mut self, node: &Node4Config) -> Result<()>;
 
+    /// Writes backends in order, as one `BPF_MAP_UPDATE_BATCH` where the
+    /// maps have it (the default writes them one by one). Returns how many
+    /// were written: on an error, those before it and none after.
+    fn update_backends(&mut self, entries: &[(BackendId, Lb4Backend)]) -> (usize, Result<()>) {
+        one_by_one(entries, |(id, b)| self.update_backend(*id, b))
+    }
+    /// Writes frontend slots and master entries in order, as
+    /// [`Self::update_backends`] does backends.
+    fn update_services(&mut self, entries: &[(Lb4Key, Lb4Service)]) -> (usize, Result<()>) {
+        one_by_one(entries, |(k, v)| self.update_service(k, v))
+    }
+    /// Writes memberships in order, as [`Self::update_backends`] does
+    /// backends.
+    fn update_members(&mut self, entries: &[(Lb4MemberKey, u8)]) -> (usize, Result<()>) {
+        one_by_one(entries, |(k, bits)| self.update_member(k, *bits))
+    }
+
     /// Forgets the UDP flows the per-packet paths track from
     /// a frontend to a backend, for each (frontend, backend) pair: a UDP
     /// client whose backend left moves on with its next datagram, as
@@ -125,6 +144,20 @@ pub trait LbMaps {
 
     /// How many entries the maps the reconciler writes can hold.
     fn capacity(&self) -> Capacity;
+}
+
+/// Applies `write` to each entry until one fails: how many succeeded, and
+/// the failure.
+pub fn one_by_one<T>(
+    entries: &[T],
+    mut write: impl FnMut(&T) -> Result<()>,
+) -> (usize, Result<()>) {
+    for (done, e) in entries.iter().enumerate() {
+        if let Err(err) = write(e) {
+            return (done, Err(err));
+        }
+    }
+    (entries.len(), Ok(()))
 }
 
 /// `max_entries` of the maps the reconciler writes.

@@ -8,6 +8,13 @@
 //! removals come last. Every step compares
 //! against `observed` (the map contents as last read or written) and is
 //! skipped when already done, so a failed pass is simply run again.
+//!
+//! A pass first plans every frontend, then writes what they all need before
+//! their masters one map at a time, each in one batch (`BPF_MAP_UPDATE_BATCH`
+//! on the kernel's maps), then the masters in one batch: per frontend the
+//! order above still holds. Stale entries then go frontend by frontend. A
+//! batch that fails, or new entries that would not fit beside the old
+//! ones, leave the rest of the pass to frontend-by-frontend writes.
 use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
@@ -130,6 +137,22 @@ struct Observed {
     /// Source ranges as `(frontend_id, cidr)`, ordered the same way.
     source_ranges: BTreeSet<SourceRange>,
     node: Node4Config,
+}
+
+/// What one frontend's entries must hold, worked out before any write.
+struct Plan {
+    frontend_id: FrontendId,
+    /// Its backends' entries, cluster range first.
+    backends: Vec<(BackendId, Lb4Backend)>,
+    /// Each backend's `MEMBER_*` bits.
+    ranges: BTreeMap<BackendId, u8>,
+    /// Its slots, both scopes.
+    slots: Vec<(Lb4Key, Lb4Service)>,
+    /// Its master entry.
+    master: Lb4Service,
+    /// Whether [`Reconciler::make_in_batches`] wrote everything up to and
+    /// including the master.
+    made: bool,
 }
 
 /// Keeps the maps equal to a [`DesiredTable`] (see the module docs).
@@ -300,9 +323,20 @@ impl<M: LbMaps> Reconciler<M> {
             failed.push(("the node entry".to_owned(), e));
         }
         let mut wanted_backends = BTreeSet::new();
+        let mut plans = Vec::with_capacity(desired.frontends.len());
         for (key, spec) in &desired.frontends {
             wanted_backends.extend(spec.all_backends().copied());
-            if let Err(e) = self.upsert_frontend(key, spec, desired, &mut report) {
+            match self.plan_frontend(key, spec, desired) {
+                Ok(plan) => plans.push((key, spec, plan)),
+                Err(e) => {
+                    warn!(frontend = %spec.name, key = %key, error = %e, "frontend not written; will retry");
+                    failed.push((spec.name.clone(), e));
+                }
+            }
+        }
+        self.make_in_batches(&mut plans, &mut report);
+        for (key, spec, plan) in &plans {
+            if let Err(e) = self.upsert_frontend(key, spec, plan, &mut report) {
                 warn!(frontend = %spec.name, key = %key, error = %e, "frontend not fully written; will retry");
                 failed.push((spec.name.clone(), e));
             }
@@ -419,13 +453,13 @@ impl<M: LbMaps> Reconciler<M> {
         Ok(())
     }
 
-    fn upsert_frontend(
+    /// Allocates `key`'s IDs and works out what its entries must hold.
+    fn plan_frontend(
         &mut self,
         key: &FrontendKey,
         spec: &FrontendSpec,
         desired: &DesiredTable,
-        report: &mut Report,
-    ) -> Result<(), MapError> {
+    ) -> Result<Plan, MapError> {
         let exhausted = |map| MapError::IdsExhausted { map };
         let frontend_id = self
             .ids
@@ -441,48 +475,37 @@ impl<M: LbMaps> Reconciler<M> {
         };
         let cluster_ids = ids_of(&spec.backends)?;
         let local_ids = ids_of(local)?;
-
         let all = cluster_ids.iter().zip(&spec.backends);
-        for (id, b) in all.chain(local_ids.iter().zip(local)) {
-            let on_node = desired.node.local_endpoints.contains(&b.addr);
-            self.write_backend(*id, b, on_node, report)?;
-        }
+        let backends = all
+            .chain(local_ids.iter().zip(local))
+            .map(|(id, b)| {
+                let on_node = desired.node.local_endpoints.contains(&b.addr);
+                (*id, b.lb4_backend(on_node))
+            })
+            .collect();
         let mut ranges: BTreeMap<BackendId, u8> = BTreeMap::new();
         for (ids, bit) in [(&cluster_ids, MEMBER_CLUSTER), (&local_ids, MEMBER_LOCAL)] {
             for id in ids {
                 *ranges.entry(*id).or_default() |= bit;
             }
         }
-        // A backend moving between ranges keeps its old bits until the
-        // master entry has moved the ranges too.
-        for (id, bits) in &ranges {
-            let old = self
-                .observed
-                .members
-                .get(&(frontend_id, *id))
-                .copied()
-                .unwrap_or(0);
-            self.write_member(frontend_id, *id, bits | old, report)?;
-        }
         // Slots 1..=65535: the counts are u16 (`check_capacity` refused more).
-        let slots = |ids: &[BackendId], slot_key: fn(&FrontendKey, u16) -> Lb4Key| {
-            (1..=u16::MAX)
-                .zip(ids)
-                .map(move |(slot, id)| (slot_key(key, slot), *id))
-                .collect::<Vec<_>>()
-        };
-        let cluster_slots = slots(&cluster_ids, FrontendKey::lb4_key);
-        let local_slots = slots(&local_ids, FrontendKey::lb4_local_key);
-        for (slot_key, id) in cluster_slots.iter().chain(&local_slots) {
-            let value = Lb4Service {
-                backend_id: id.0,
-                frontend_id: frontend_id.0,
-                ..Lb4Service::default()
-            };
-            self.write_service(*slot_key, value, report)?;
-        }
-        for cidr in &spec.source_ranges {
-            self.write_source_range((frontend_id, *cidr), report)?;
+        let mut slots = Vec::with_capacity(cluster_ids.len() + local_ids.len());
+        for (ids, slot_key) in [
+            (
+                &cluster_ids,
+                FrontendKey::lb4_key as fn(&FrontendKey, u16) -> Lb4Key,
+            ),
+            (&local_ids, FrontendKey::lb4_local_key),
+        ] {
+            for (slot, id) in (1..=u16::MAX).zip(ids) {
+                let value = Lb4Service {
+                    backend_id: id.0,
+                    frontend_id: frontend_id.0,
+                    ..Lb4Service::default()
+                };
+                slots.push((slot_key(key, slot), value));
+            }
         }
         let mut flags = spec.kind.bits();
         for (on, flag) in [
@@ -504,30 +527,207 @@ impl<M: LbMaps> Reconciler<M> {
             flags,
             _pad: 0,
         };
-        self.write_service(key.lb4_key(MASTER_SLOT), master, report)?;
+        Ok(Plan {
+            frontend_id,
+            backends,
+            ranges,
+            slots,
+            master,
+            made: false,
+        })
+    }
+
+    /// The member bits a pass writes before the master: a backend moving
+    /// between ranges keeps its old bits until the master entry has moved
+    /// the ranges too.
+    fn member_bits_before(&self, frontend_id: FrontendId, id: BackendId, bits: u8) -> u8 {
+        bits | self
+            .observed
+            .members
+            .get(&(frontend_id, id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Writes the entries every planned frontend needs before its master,
+    /// then the masters, each map in one batch (see the module docs: per
+    /// frontend this is [`Self::upsert_frontend`]'s order). A batch that
+    /// fails stops the rest: [`Self::upsert_frontend`] then writes what is
+    /// missing entry by entry, each frontend on its own.
+    fn make_in_batches(
+        &mut self,
+        plans: &mut [(&FrontendKey, &FrontendSpec, Plan)],
+        report: &mut Report,
+    ) {
+        let mut backends: BTreeMap<BackendId, Lb4Backend> = BTreeMap::new();
+        let mut members = Vec::new();
+        let mut slots = Vec::new();
+        for (_, _, plan) in plans.iter() {
+            for (id, b) in &plan.backends {
+                if self.observed.backends.get(id) != Some(b) {
+                    backends.insert(*id, *b);
+                }
+            }
+            for (id, bits) in &plan.ranges {
+                let bits = self.member_bits_before(plan.frontend_id, *id, *bits);
+                if self.observed.members.get(&(plan.frontend_id, *id)) != Some(&bits) {
+                    let key = Lb4MemberKey {
+                        backend_id: id.0,
+                        frontend_id: plan.frontend_id.0,
+                    };
+                    members.push((key, bits));
+                }
+            }
+            for (k, v) in &plan.slots {
+                if self.observed.services.get(k) != Some(v) {
+                    slots.push((*k, *v));
+                }
+            }
+        }
+        // New entries come before stale ones go, for every frontend at
+        // once: batch only what fits beside what is there (a table that
+        // changes much of a full map is written frontend by frontend).
+        let cap = self.maps.capacity();
+        let new = |keys: &mut dyn Iterator<Item = bool>| keys.filter(|fresh| *fresh).count();
+        let fits = [
+            (
+                self.observed.backends.len()
+                    + new(&mut backends
+                        .keys()
+                        .map(|k| !self.observed.backends.contains_key(k))),
+                cap.backends,
+            ),
+            (
+                self.observed.members.len()
+                    + new(&mut members.iter().map(|(k, _)| {
+                        !self
+                            .observed
+                            .members
+                            .contains_key(&(FrontendId(k.frontend_id), BackendId(k.backend_id)))
+                    })),
+                cap.members,
+            ),
+            (
+                self.observed.services.len()
+                    + plans.len()
+                    + new(&mut slots
+                        .iter()
+                        .map(|(k, _)| !self.observed.services.contains_key(k))),
+                cap.services,
+            ),
+        ]
+        .iter()
+        .all(|(needed, capacity)| *needed <= *capacity as usize);
+        if !fits {
+            return;
+        }
+        let backends: Vec<_> = backends.into_iter().collect();
+        let (n, written) = self.maps.update_backends(&backends);
+        self.observed.backends.extend(backends[..n].iter().copied());
+        report.writes += n;
+        if let Err(e) = written {
+            debug!(error = %e, "batched backend writes stopped; writing entry by entry");
+            return;
+        }
+        let (n, written) = self.maps.update_members(&members);
+        self.observed.members.extend(
+            members[..n]
+                .iter()
+                .map(|(k, bits)| ((FrontendId(k.frontend_id), BackendId(k.backend_id)), *bits)),
+        );
+        report.writes += n;
+        if let Err(e) = written {
+            debug!(error = %e, "batched membership writes stopped; writing entry by entry");
+            return;
+        }
+        let (n, written) = self.maps.update_services(&slots);
+        self.observed.services.extend(slots[..n].iter().copied());
+        report.writes += n;
+        if let Err(e) = written {
+            debug!(error = %e, "batched slot writes stopped; writing entry by entry");
+            return;
+        }
+        // A frontend whose source ranges are not all in place yet gets its
+        // master from `upsert_frontend`, after them.
+        let mut masters = Vec::new();
+        let mut ready = Vec::new();
+        for (i, (key, spec, plan)) in plans.iter().enumerate() {
+            let ranges_in_place = spec.source_ranges.iter().all(|cidr| {
+                self.observed
+                    .source_ranges
+                    .contains(&(plan.frontend_id, *cidr))
+            });
+            if !ranges_in_place {
+                continue;
+            }
+            let k = key.lb4_key(MASTER_SLOT);
+            if self.observed.services.get(&k) != Some(&plan.master) {
+                masters.push((k, plan.master));
+            }
+            ready.push(i);
+        }
+        let (n, written) = self.maps.update_services(&masters);
+        self.observed.services.extend(masters[..n].iter().copied());
+        report.writes += n;
+        if let Err(e) = written {
+            debug!(error = %e, "batched master writes stopped; writing entry by entry");
+            return;
+        }
+        for i in ready {
+            plans[i].2.made = true;
+        }
+    }
+
+    /// Makes `key`'s entries hold `plan`: what [`Self::make_in_batches`] did
+    /// not write, entry by entry, then the stale slots, memberships and
+    /// source ranges go (break only after make).
+    fn upsert_frontend(
+        &mut self,
+        key: &FrontendKey,
+        spec: &FrontendSpec,
+        plan: &Plan,
+        report: &mut Report,
+    ) -> Result<(), MapError> {
+        let frontend_id = plan.frontend_id;
+        if !plan.made {
+            for (id, want) in &plan.backends {
+                self.write_backend(*id, *want, report)?;
+            }
+            for (id, bits) in &plan.ranges {
+                let bits = self.member_bits_before(frontend_id, *id, *bits);
+                self.write_member(frontend_id, *id, bits, report)?;
+            }
+            for (slot_key, value) in &plan.slots {
+                self.write_service(*slot_key, *value, report)?;
+            }
+            for cidr in &spec.source_ranges {
+                self.write_source_range((frontend_id, *cidr), report)?;
+            }
+            self.write_service(key.lb4_key(MASTER_SLOT), plan.master, report)?;
+        }
 
         // Break only after make: stale slots, memberships and ranges go last.
-        for (id, bits) in &ranges {
+        for (id, bits) in &plan.ranges {
             self.write_member(frontend_id, *id, *bits, report)?;
         }
+        let (cluster, local) = (plan.master.count, plan.master.local_count);
         let stale_slots: Vec<Lb4Key> = self
             .slots_of(key)
             .filter(|k| {
                 let wanted = if k.scope == SLOT_SCOPE_LOCAL {
-                    local_ids.len()
+                    local
                 } else {
-                    cluster_ids.len()
+                    cluster
                 };
-                usize::from(k.backend_slot) > wanted
+                k.backend_slot > wanted
             })
             .collect();
         for k in stale_slots {
             self.delete_service(&k, report)?;
         }
-        let wanted: BTreeSet<BackendId> = ranges.keys().copied().collect();
         self.delete_members(
             frontend_id,
-            |backend_id| !wanted.contains(&backend_id),
+            |backend_id| !plan.ranges.contains_key(&backend_id),
             report,
         )?;
         let stale_ranges: Vec<SourceRange> = self
@@ -633,11 +833,9 @@ impl<M: LbMaps> Reconciler<M> {
     fn write_backend(
         &mut self,
         id: BackendId,
-        b: &BackendAddr,
-        on_node: bool,
+        want: Lb4Backend,
         report: &mut Report,
     ) -> Result<(), MapError> {
-        let want = b.lb4_backend(on_node);
         if self.observed.backends.get(&id) != Some(&want) {
             self.maps.update_backend(id, &want)?;
             self.observed.backends.insert(id, want);

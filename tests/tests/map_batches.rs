@@ -60,31 +60,16 @@ fn table(n: usize, per: usize, shift: usize) -> DesiredTable {
 }
 
 fn contents(m: &impl LbMaps) -> String {
-    let services: BTreeSet<_> = m
-        .dump_services()
-        .unwrap()
-        .into_iter()
-        .map(|e| format!("{e:?}"))
-        .collect();
-    let backends: BTreeSet<_> = m
-        .dump_backends()
-        .unwrap()
-        .into_iter()
-        .map(|e| format!("{e:?}"))
-        .collect();
-    let members: BTreeSet<_> = m
-        .dump_members()
-        .unwrap()
-        .into_iter()
-        .map(|e| format!("{e:?}"))
-        .collect();
-    let ranges: BTreeSet<_> = m
-        .dump_source_ranges()
-        .unwrap()
-        .into_iter()
-        .map(|e| format!("{e:?}"))
-        .collect();
-    format!("{services:#?}\n{backends:#?}\n{members:#?}\n{ranges:#?}")
+    fn sorted<T: std::fmt::Debug>(entries: Vec<T>) -> BTreeSet<String> {
+        entries.iter().map(|e| format!("{e:?}")).collect()
+    }
+    format!(
+        "{:#?}\n{:#?}\n{:#?}\n{:#?}",
+        sorted(m.dump_services().unwrap()),
+        sorted(m.dump_backends().unwrap()),
+        sorted(m.dump_members().unwrap()),
+        sorted(m.dump_source_ranges().unwrap()),
+    )
 }
 
 #[test]

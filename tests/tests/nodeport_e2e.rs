@@ -878,58 +878,43 @@ fn a_direct_connection_after_a_translated_one_from_the_same_port_is_not_hijacked
     }
 }
 
-#[test]
-fn a_socket_path_flow_and_a_per_packet_flow_sharing_a_wire_tuple_both_work() {
+/// Holds one connection to Service `name`'s ClusterIP from `port` through
+/// one datapath (`held_in_cgroup`: the socket path), then connects
+/// `attempts` times from the same port through the other. On the wire both
+/// are client:port → n1b1:8080 unless the per-packet path remaps one: every
+/// connection must work and the held one stay unharmed.
+fn share_a_wire_tuple(name: &str, port: u16, held_in_cgroup: bool, attempts: usize) {
     let c = cluster();
     service(
         &c,
-        "one",
+        name,
         "  ports: [{name: http, port: 80, targetPort: 8080}]\n",
     );
-    endpoints(&c, "one", "http", "TCP", &ready(&[(1, 1)]));
-    let vip = format!("{}:80", jsonpath(&c, "one", ".spec.clusterIP"));
+    endpoints(&c, name, "http", "TCP", &ready(&[(1, 1)]));
+    let vip = format!("{}:80", jsonpath(&c, name, ".spec.clusterIP"));
     programmed(&c, 1, &format!("{vip}/TCP"), &[backend(&c, 1, 1, "TCP")]);
-    // A connection through the socket path, held: on the wire it is
-    // client:40300 → n1b1:8080.
+    let port = port.to_string();
+    let args = |cmd| {
+        [
+            cmd,
+            "--target",
+            &vip,
+            "--count",
+            "1",
+            "--source-port",
+            &port,
+        ]
+    };
     let mut held = c
         .net
-        .spawn_in_pod(
-            1,
-            0,
-            true,
-            &[
-                "hold",
-                "--target",
-                &vip,
-                "--count",
-                "1",
-                "--source-port",
-                "40300",
-            ],
-        )
+        .spawn_in_pod(1, 0, held_in_cgroup, &args("hold"))
         .unwrap();
     let first: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
     ok(&first, "held connection");
-    // The same pod, outside the cgroup, through the per-packet path from
-    // the same port: the same wire tuple, unless its port is remapped.
-    let out = c
-        .net
-        .from_pod(
-            1,
-            0,
-            false,
-            &[
-                "tcp",
-                "--target",
-                &vip,
-                "--count",
-                "1",
-                "--source-port",
-                "40300",
-            ],
-        )
-        .unwrap();
-    ok(&out, "per-packet flow on the held flow's tuple");
+    for _ in 0..attempts {
+        let out = c.net.from_pod(1, 0, !held_in_cgroup, &args("tcp")).unwrap();
+        ok(&out, "the other datapath's flow on the held flow's tuple");
+    }
     held.write_line("check").unwrap();
     let check: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
     ok(&check, "the held connection is unharmed");
@@ -937,67 +922,18 @@ fn a_socket_path_flow_and_a_per_packet_flow_sharing_a_wire_tuple_both_work() {
 }
 
 #[test]
+fn a_socket_path_flow_and_a_per_packet_flow_sharing_a_wire_tuple_both_work() {
+    // The per-packet flow comes second: its port is remapped.
+    share_a_wire_tuple("one", 40300, true, 1);
+}
+
+#[test]
 fn a_per_packet_flow_and_a_later_socket_path_flow_sharing_a_wire_tuple_both_work() {
-    let c = cluster();
-    service(
-        &c,
-        "two",
-        "  ports: [{name: http, port: 80, targetPort: 8080}]\n",
-    );
-    endpoints(&c, "two", "http", "TCP", &ready(&[(1, 1)]));
-    let vip = format!("{}:80", jsonpath(&c, "two", ".spec.clusterIP"));
-    programmed(&c, 1, &format!("{vip}/TCP"), &[backend(&c, 1, 1, "TCP")]);
-    // A connection through the per-packet path, held: on the wire it is
-    // client:40310 → n1b1:8080.
-    let mut held = c
-        .net
-        .spawn_in_pod(
-            1,
-            0,
-            false,
-            &[
-                "hold",
-                "--target",
-                &vip,
-                "--count",
-                "1",
-                "--source-port",
-                "40310",
-            ],
-        )
-        .unwrap();
-    let first: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
-    ok(&first, "held connection");
-    // The same pod, through the socket path, from the same port: the
-    // kernel sees another destination (the backend, not the ClusterIP), so
-    // it allows the port; on the wire it is the held flow's tuple, unless
-    // the per-packet path remaps it. Its replies, translated back where
-    // they enter the node, must then leave by the client's interface as
-    // they are.
-    for _ in 0..3 {
-        let out = c
-            .net
-            .from_pod(
-                1,
-                0,
-                true,
-                &[
-                    "tcp",
-                    "--target",
-                    &vip,
-                    "--count",
-                    "1",
-                    "--source-port",
-                    "40310",
-                ],
-            )
-            .unwrap();
-        ok(&out, "socket-path flow on the held flow's tuple");
-    }
-    held.write_line("check").unwrap();
-    let check: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
-    ok(&check, "the held connection is unharmed");
-    assert_eq!(names(&check), set(&["n1b1"]));
+    // The kernel sees another destination for the socket-path connection
+    // (the backend, not the ClusterIP), so it allows the port; the
+    // per-packet path remaps it, and its replies, translated back where
+    // they enter the node, must leave by the client's interface as they are.
+    share_a_wire_tuple("two", 40310, false, 3);
 }
 
 #[test]

@@ -139,6 +139,25 @@ struct Observed {
     node: Node4Config,
 }
 
+/// Notes the first `n` of `entries` a batch wrote (`done` = `(n, result)`)
+/// through `observe` and in the report; whether the whole batch was written.
+fn record<T: Copy, R>(
+    (n, result): (usize, Result<(), MapError>),
+    entries: &[T],
+    mut observe: impl FnMut(T) -> R,
+    report: &mut Report,
+) -> bool {
+    for e in &entries[..n] {
+        observe(*e);
+    }
+    report.writes += n;
+    if let Err(e) = result {
+        debug!(error = %e, written = n, of = entries.len(), "batch stopped; the rest goes entry by entry");
+        return false;
+    }
+    true
+}
+
 /// What one frontend's entries must hold, worked out before any write.
 struct Plan {
     frontend_id: FrontendId,
@@ -559,92 +578,72 @@ impl<M: LbMaps> Reconciler<M> {
         plans: &mut [(&FrontendKey, &FrontendSpec, Plan)],
         report: &mut Report,
     ) {
+        // New entries come before stale ones go, for every frontend at
+        // once: batch only what fits beside what is there (a table that
+        // changes much of a full map is written frontend by frontend).
         let mut backends: BTreeMap<BackendId, Lb4Backend> = BTreeMap::new();
-        let mut members = Vec::new();
-        let mut slots = Vec::new();
+        let (mut members, mut slots) = (Vec::new(), Vec::new());
+        let (mut new_backends, mut new_members, mut new_slots) = (0, 0, 0);
         for (_, _, plan) in plans.iter() {
             for (id, b) in &plan.backends {
-                if self.observed.backends.get(id) != Some(b) {
-                    backends.insert(*id, *b);
+                match self.observed.backends.get(id) {
+                    Some(old) if old == b => {}
+                    old => {
+                        new_backends += usize::from(old.is_none() && !backends.contains_key(id));
+                        backends.insert(*id, *b);
+                    }
                 }
             }
             for (id, bits) in &plan.ranges {
                 let bits = self.member_bits_before(plan.frontend_id, *id, *bits);
-                if self.observed.members.get(&(plan.frontend_id, *id)) != Some(&bits) {
-                    let key = Lb4MemberKey {
-                        backend_id: id.0,
-                        frontend_id: plan.frontend_id.0,
-                    };
-                    members.push((key, bits));
+                match self.observed.members.get(&(plan.frontend_id, *id)) {
+                    Some(old) if *old == bits => {}
+                    old => {
+                        new_members += usize::from(old.is_none());
+                        let key = Lb4MemberKey {
+                            backend_id: id.0,
+                            frontend_id: plan.frontend_id.0,
+                        };
+                        members.push((key, bits));
+                    }
                 }
             }
             for (k, v) in &plan.slots {
-                if self.observed.services.get(k) != Some(v) {
-                    slots.push((*k, *v));
+                match self.observed.services.get(k) {
+                    Some(old) if old == v => {}
+                    old => {
+                        new_slots += usize::from(old.is_none());
+                        slots.push((*k, *v));
+                    }
                 }
             }
         }
-        // New entries come before stale ones go, for every frontend at
-        // once: batch only what fits beside what is there (a table that
-        // changes much of a full map is written frontend by frontend).
         let cap = self.maps.capacity();
-        let new = |keys: &mut dyn Iterator<Item = bool>| keys.filter(|fresh| *fresh).count();
-        let fits = [
-            (
-                self.observed.backends.len()
-                    + new(&mut backends
-                        .keys()
-                        .map(|k| !self.observed.backends.contains_key(k))),
-                cap.backends,
-            ),
-            (
-                self.observed.members.len()
-                    + new(&mut members.iter().map(|(k, _)| {
-                        !self
-                            .observed
-                            .members
-                            .contains_key(&(FrontendId(k.frontend_id), BackendId(k.backend_id)))
-                    })),
-                cap.members,
-            ),
-            (
-                self.observed.services.len()
-                    + plans.len()
-                    + new(&mut slots
-                        .iter()
-                        .map(|(k, _)| !self.observed.services.contains_key(k))),
-                cap.services,
-            ),
-        ]
-        .iter()
-        .all(|(needed, capacity)| *needed <= *capacity as usize);
+        let o = &self.observed;
+        let fits = o.backends.len() + new_backends <= cap.backends as usize
+            && o.members.len() + new_members <= cap.members as usize
+            && o.services.len() + new_slots + plans.len() <= cap.services as usize;
         if !fits {
             return;
         }
         let backends: Vec<_> = backends.into_iter().collect();
-        let (n, written) = self.maps.update_backends(&backends);
-        self.observed.backends.extend(backends[..n].iter().copied());
-        report.writes += n;
-        if let Err(e) = written {
-            debug!(error = %e, "batched backend writes stopped; writing entry by entry");
+        let done = self.maps.update_backends(&backends);
+        let o = &mut self.observed;
+        if !record(done, &backends, |(id, b)| o.backends.insert(id, b), report) {
             return;
         }
-        let (n, written) = self.maps.update_members(&members);
-        self.observed.members.extend(
-            members[..n]
-                .iter()
-                .map(|(k, bits)| ((FrontendId(k.frontend_id), BackendId(k.backend_id)), *bits)),
-        );
-        report.writes += n;
-        if let Err(e) = written {
-            debug!(error = %e, "batched membership writes stopped; writing entry by entry");
+        let done = self.maps.update_members(&members);
+        let o = &mut self.observed;
+        let member = |(k, bits): (Lb4MemberKey, u8)| {
+            let key = (FrontendId(k.frontend_id), BackendId(k.backend_id));
+            o.members.insert(key, bits)
+        };
+        if !record(done, &members, member, report) {
             return;
         }
-        let (n, written) = self.maps.update_services(&slots);
-        self.observed.services.extend(slots[..n].iter().copied());
-        report.writes += n;
-        if let Err(e) = written {
-            debug!(error = %e, "batched slot writes stopped; writing entry by entry");
+        let done = self.maps.update_services(&slots);
+        let o = &mut self.observed;
+        if !record(done, &slots, |(k, v)| o.services.insert(k, v), report) {
             return;
         }
         // A frontend whose source ranges are not all in place yet gets its
@@ -666,11 +665,9 @@ impl<M: LbMaps> Reconciler<M> {
             }
             ready.push(i);
         }
-        let (n, written) = self.maps.update_services(&masters);
-        self.observed.services.extend(masters[..n].iter().copied());
-        report.writes += n;
-        if let Err(e) = written {
-            debug!(error = %e, "batched master writes stopped; writing entry by entry");
+        let done = self.maps.update_services(&masters);
+        let o = &mut self.observed;
+        if !record(done, &masters, |(k, v)| o.services.insert(k, v), report) {
             return;
         }
         for i in ready {

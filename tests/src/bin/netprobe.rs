@@ -374,9 +374,6 @@ fn tcp_once_from(
             return None;
         }
     };
-    let local = stream
-        .local_addr()
-        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     out.note_latency(started.elapsed());
     if stream.peer_addr().ok() != Some(target) {
         out.peer_mismatch += 1;
@@ -384,28 +381,19 @@ fn tcp_once_from(
     stream.set_read_timeout(Some(TIMEOUT)).ok()?;
     let mut reader = BufReader::new(stream);
     let mut name = String::new();
-    match reader.read_line(&mut name) {
+    let read = match reader.read_line(&mut name) {
         Ok(n) if n > 0 => {
             out.answer(name.trim());
-            Some(reader)
+            return Some(reader);
         }
-        Ok(_) => {
-            out.error_in(
-                &std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-                started.elapsed(),
-                &format!("greeting on {local} -> {target}"),
-            );
-            None
-        }
-        Err(e) => {
-            out.error_in(
-                &e,
-                started.elapsed(),
-                &format!("greeting on {local} -> {target}"),
-            );
-            None
-        }
-    }
+        Ok(_) => std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        Err(e) => e,
+    };
+    let local = reader.get_ref().local_addr();
+    let local = local.map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let what = format!("greeting on {local} -> {target}");
+    out.error_in(&read, started.elapsed(), &what);
+    None
 }
 
 /// Asks the server of `conn` how it sees the client.

@@ -15,9 +15,10 @@ use std::fmt::Write as _;
 /// Pod CIDR for the "not from a pod" masquerade rule.
 const CLUSTER_CIDR: &str = "10.128.0.0/10";
 
-/// ClusterIP of Service `i`: 10.96.0.0/12.
+/// ClusterIP of Service `i`: from 10.96.1.0 up, clear of 10.96.0.1 (the
+/// `kubernetes` Service's, which the API server allocates itself).
 pub fn service_ip(i: usize) -> std::net::Ipv4Addr {
-    let n = 0x0a60_0000u32 + 1 + i as u32;
+    let n = 0x0a60_0100u32 + i as u32;
     n.into()
 }
 

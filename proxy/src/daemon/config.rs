@@ -23,9 +23,10 @@ pub const DEFAULT_HEALTHZ: &str = "0.0.0.0:10256";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
 /// kube-proxy's default `syncPeriod`: the periodic full resync.
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
-/// How long a burst of changes is gathered before one recompute. kube-proxy
-/// rate-limits iptables-restore to 1 s; a map write costs microseconds, so
-/// Switchyard only coalesces.
+/// Spacing of syncs once kube-proxy's burst of 2 is spent (a change after a
+/// quiet spell syncs at once; see `daemon::pacer`). kube-proxy's 1 s
+/// rate-limits iptables-restore; a map write costs microseconds, so
+/// Switchyard's only gathers a stream of changes into fewer recomputes.
 pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_millis(2);
 
 /// Flags of the daemon (`switchyard` with no subcommand).

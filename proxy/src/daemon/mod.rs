@@ -4,7 +4,7 @@
 //! ```text
 //!  API server ─watch─▶ reflector stores (Service, EndpointSlice, Node)
 //!  rtnetlink ─notify─▶ the node's interfaces and addresses ─▶ Attacher (TC programs)
-//!                         │ change → debounce (min sync period)
+//!                         │ change → paced (min sync period, burst 2)
 //!                         ▼
 //!                  desired::compute (pure) → fit_to_capacity → Reconciler ─▶ maps
 //!                         │
@@ -19,7 +19,7 @@
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -43,6 +43,7 @@ mod healthcheck;
 mod http;
 mod interfaces;
 pub mod metrics;
+mod pacer;
 mod rules_mode;
 mod sync;
 mod watch;
@@ -199,6 +200,7 @@ async fn serve(
         "initial lists received"
     );
     let mut resync = tokio::time::interval(settings.sync_period);
+    let mut pacer = pacer::SyncPacer::new(settings.min_sync_period, pacer::BURST, Instant::now());
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // The first tick fires at once: the first sync is a full one.
@@ -217,8 +219,13 @@ async fn serve(
                 return Ok(());
             }
         };
-        // Coalesce a burst of changes into one recompute.
-        tokio::time::sleep(settings.min_sync_period).await;
+        // kube-proxy's pacing: at once if a token is left, else every
+        // change until the next token shares one recompute.
+        let wait = pacer.delay(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        pacer.take(Instant::now());
         let node_obj = stores.node.state().into_iter().next();
         let snapshot = ifaces.borrow_and_update().clone();
         let now = node::select(

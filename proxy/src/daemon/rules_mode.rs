@@ -16,7 +16,7 @@ use super::{
     healthcheck::HealthCheckServers,
     http, interfaces,
     metrics::{Metrics, SyncRecord},
-    runtime, stop_signal, sync, watch,
+    pacer, runtime, stop_signal, sync, watch,
 };
 use crate::{
     desired::{self, NodeContext},
@@ -75,6 +75,7 @@ async fn serve(settings: Settings, mut rules: Rules) -> Result<()> {
     let mode = settings.proxy_mode.as_str();
     info!(mode, "initial lists received; kube-proxy rule layout");
     let mut resync = tokio::time::interval(settings.sync_period);
+    let mut pacer = pacer::SyncPacer::new(settings.min_sync_period, pacer::BURST, Instant::now());
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let full = tokio::select! {
@@ -87,8 +88,13 @@ async fn serve(settings: Settings, mut rules: Rules) -> Result<()> {
                 return Ok(());
             }
         };
-        // kube-proxy's minSyncPeriod: changes within it share one sync.
-        tokio::time::sleep(settings.min_sync_period).await;
+        // kube-proxy's minSyncPeriod pacing (burst 2): changes that wait
+        // for a token share one sync.
+        let wait = pacer.delay(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        pacer.take(Instant::now());
         let node_obj = stores.node.state().into_iter().next();
         let snapshot = ifaces.borrow_and_update().clone();
         let addressing = node::select(

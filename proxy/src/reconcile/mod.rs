@@ -15,6 +15,14 @@
 //! order above still holds. Stale entries then go frontend by frontend. A
 //! batch that fails, or new entries that would not fit beside the old
 //! ones, leave the rest of the pass to frontend-by-frontend writes.
+//!
+//! A pass plans only the frontends whose entries may have changed: a
+//! frontend last written completely from the same spec, none of whose
+//! backends moved on or off the node, is skipped (`applied`). Backends
+//! orphaned by the frontends a pass rewrote or removed are found from
+//! reference counts; the whole table is swept for orphans only after the
+//! maps were (re-)read and after a pass that failed. So a pass costs in
+//! proportion to what changed, not to the size of the table.
 use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
@@ -35,10 +43,12 @@ use crate::{
     },
 };
 
+mod applied;
 mod ids;
 #[cfg(test)]
 mod tests;
 
+use applied::Applied;
 use ids::Ids;
 
 /// Why a pass did not (fully) apply.
@@ -184,6 +194,11 @@ pub struct Reconciler<M> {
     departed: Departures,
     /// Whether `apply` leaves the UDP conntrack flush to its caller.
     defer_flush: bool,
+    /// What each frontend was last written from (see the module docs).
+    applied: Applied,
+    /// The next pass sweeps every backend for orphans: the maps were just
+    /// read, or a pass failed part-way.
+    sweep_due: bool,
 }
 
 impl<M: LbMaps> Reconciler<M> {
@@ -197,6 +212,8 @@ impl<M: LbMaps> Reconciler<M> {
             departed: Departures::default(),
             defer_flush: false,
             observed: Observed::default(),
+            applied: Applied::default(),
+            sweep_due: true,
         };
         r.refresh()?;
         Ok(r)
@@ -250,6 +267,8 @@ impl<M: LbMaps> Reconciler<M> {
             .collect();
         let node = maps.node().map_err(Error::Restore)?;
         self.ids = Ids::restore(&services, &backends);
+        self.applied.clear();
+        self.sweep_due = true;
         self.observed = Observed {
             services,
             backends,
@@ -341,23 +360,33 @@ impl<M: LbMaps> Reconciler<M> {
         if let Err(e) = self.write_node(desired, &mut report) {
             failed.push(("the node entry".to_owned(), e));
         }
-        let mut wanted_backends = BTreeSet::new();
-        let mut plans = Vec::with_capacity(desired.frontends.len());
+        let moved = self.applied.moved_endpoints(&desired.node.local_endpoints);
+        // Backends no written frontend wants any more, from this pass's
+        // rewrites and removals: the orphan candidates.
+        let mut dropped = Vec::new();
+        let mut plans = Vec::new();
         for (key, spec) in &desired.frontends {
-            wanted_backends.extend(spec.all_backends().copied());
+            if self.applied.is_current(key, spec, &moved) {
+                continue;
+            }
             match self.plan_frontend(key, spec, desired) {
                 Ok(plan) => plans.push((key, spec, plan)),
                 Err(e) => {
                     warn!(frontend = %spec.name, key = %key, error = %e, "frontend not written; will retry");
+                    self.applied.forget(key, &mut dropped);
                     failed.push((spec.name.clone(), e));
                 }
             }
         }
         self.make_in_batches(&mut plans, &mut report);
         for (key, spec, plan) in &plans {
-            if let Err(e) = self.upsert_frontend(key, spec, plan, &mut report) {
-                warn!(frontend = %spec.name, key = %key, error = %e, "frontend not fully written; will retry");
-                failed.push((spec.name.clone(), e));
+            match self.upsert_frontend(key, spec, plan, &mut report) {
+                Ok(()) => self.applied.record(**key, spec, &mut dropped),
+                Err(e) => {
+                    warn!(frontend = %spec.name, key = %key, error = %e, "frontend not fully written; will retry");
+                    self.applied.forget(key, &mut dropped);
+                    failed.push((spec.name.clone(), e));
+                }
             }
         }
         let stale: Vec<FrontendKey> = self
@@ -366,11 +395,24 @@ impl<M: LbMaps> Reconciler<M> {
             .filter(|k| !desired.frontends.contains_key(k))
             .collect();
         for key in stale {
+            self.applied.forget(&key, &mut dropped);
             if let Err(e) = self.remove_frontend(&key, &mut report) {
                 failed.push((key.to_string(), e));
             }
         }
-        self.remove_orphans(&wanted_backends, &mut report, &mut failed);
+        if self.sweep_due || !failed.is_empty() {
+            let wanted = desired
+                .frontends
+                .values()
+                .flat_map(FrontendSpec::all_backends)
+                .copied()
+                .collect();
+            self.remove_orphans(&wanted, &mut report, &mut failed);
+        } else {
+            self.remove_dropped(&dropped, &mut report, &mut failed);
+        }
+        // A failed pass may leave entries no spec accounts for.
+        self.sweep_due = !failed.is_empty();
         if !self.defer_flush && !self.departed.memberships.is_empty() {
             match self.maps.flush_udp_flows(&self.departed.memberships) {
                 Ok(n) => {
@@ -779,17 +821,34 @@ impl<M: LbMaps> Reconciler<M> {
             .copied()
             .collect();
         for id in orphans {
-            match self.maps.delete_backend(id) {
-                Ok(()) => {
-                    self.observed.backends.remove(&id);
-                    self.ids.release_backend(id);
-                    report.deletes += 1;
-                }
-                Err(e) => failed.push((id.to_string(), e)),
+            if let Err(e) = self.delete_backend(id, report) {
+                failed.push((id.to_string(), e));
             }
         }
         // IDs allocated for frontends that failed before any write.
         self.ids.forget_unwritten(&self.observed.backends);
+    }
+
+    /// Deletes the `dropped` backends that no written frontend wants again.
+    /// Only after a pass in which every frontend was written: then the
+    /// slots name exactly the backends the written frontends want.
+    fn remove_dropped(
+        &mut self,
+        dropped: &[BackendAddr],
+        report: &mut Report,
+        failed: &mut Vec<(String, MapError)>,
+    ) {
+        for addr in dropped {
+            let Some(id) = self.ids.backend(addr) else {
+                continue;
+            };
+            if self.applied.wants(addr) || !self.observed.backends.contains_key(&id) {
+                continue;
+            }
+            if let Err(e) = self.delete_backend(id, report) {
+                failed.push((id.to_string(), e));
+            }
+        }
     }
 
     /// The backend slots (both scopes) the maps hold for `key`.
@@ -825,6 +884,14 @@ impl<M: LbMaps> Reconciler<M> {
             .range((frontend_id, lowest)..)
             .take_while(move |(id, _)| *id == frontend_id)
             .copied()
+    }
+
+    fn delete_backend(&mut self, id: BackendId, report: &mut Report) -> Result<(), MapError> {
+        self.maps.delete_backend(id)?;
+        self.observed.backends.remove(&id);
+        self.ids.release_backend(id);
+        report.deletes += 1;
+        Ok(())
     }
 
     fn write_backend(

@@ -602,3 +602,202 @@ fn growing_the_cluster_range_never_puts_a_remote_backend_in_a_local_slot() {
         "two masters and one cluster slot each remain; the local slots are gone"
     );
 }
+
+/// What the maps hold, free of ID numbering: each frontend as a spec, every
+/// backend entry as (address, flags), and the entry counts.
+type Contents = (
+    BTreeMap<FrontendKey, FrontendSpec>,
+    Vec<(BackendAddr, u8)>,
+    EntryCounts,
+);
+
+fn contents<M: LbMaps>(r: &Reconciler<M>, backends: &BTreeMap<BackendId, Lb4Backend>) -> Contents {
+    let specs = r
+        .ids
+        .frontend_keys()
+        .filter_map(|k| Some((k, r.programmed_spec(&k)?)))
+        .collect();
+    let mut entries: Vec<(BackendAddr, u8)> = backends
+        .values()
+        .map(|b| (BackendAddr::from_lb4_backend(b).unwrap(), b.flags))
+        .collect();
+    entries.sort();
+    (specs, entries, r.entry_counts())
+}
+
+/// A pseudo-random successor of `prev` over a small pool of frontends and
+/// backends: passes share backends between frontends, move endpoints on and
+/// off the node, and add, change, keep and remove frontends.
+fn random_table(prev: &DesiredTable, next: &mut impl FnMut() -> u64) -> DesiredTable {
+    let backend = |i: u64| BackendAddr {
+        addr: Ipv4Addr::new(10, 244, 1, 1 + i as u8),
+        port: 8080,
+        proto: Protocol::Tcp,
+    };
+    let pick = |bits: u64| -> Vec<BackendAddr> {
+        (0..8).filter(|i| bits >> i & 1 == 1).map(backend).collect()
+    };
+    let mut t = prev.clone();
+    t.node.address = Some(Ipv4Addr::new(192, 168, 0, 11));
+    if next().is_multiple_of(3) {
+        t.node.local_endpoints = pick(next() & 0x0f).iter().map(|b| b.addr).collect();
+    }
+    for f in 0..6u8 {
+        let key = FrontendKey {
+            addr: Ipv4Addr::new(10, 96, 0, 1 + f),
+            port: 80,
+            proto: Protocol::Tcp,
+        };
+        match next() % 8 {
+            0 => {
+                t.frontends.remove(&key);
+                continue;
+            }
+            1..=4 if t.frontends.contains_key(&key) => continue, // unchanged
+            _ => {}
+        }
+        let kinds = [
+            FrontendKind::ClusterIp,
+            FrontendKind::NodePort,
+            FrontendKind::LoadBalancer,
+        ];
+        let kind = kinds[usize::from(f % 3)];
+        let backends = pick(next() & 0xff);
+        let local_backends = (kind == FrontendKind::NodePort).then(|| {
+            backends
+                .iter()
+                .filter(|b| t.node.local_endpoints.contains(&b.addr))
+                .copied()
+                .collect()
+        });
+        let source_ranges = if kind == FrontendKind::LoadBalancer && next().is_multiple_of(2) {
+            vec!["192.0.2.0/24".parse().unwrap()]
+        } else {
+            Vec::new()
+        };
+        let spec = FrontendSpec {
+            name: format!("default/svc-{f}:http"),
+            kind,
+            backends,
+            local_backends,
+            affinity_timeout_s: (next().is_multiple_of(3)).then_some(30),
+            drop_when_empty: false,
+            source_ranges,
+        };
+        t.frontends.insert(key, spec);
+    }
+    t
+}
+
+/// xorshift64: the same sequence from the same seed.
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// 300 random passes, the n-th write failing when `fail(n)`; after each,
+/// the maps must be what a reconciler that has just read them leaves alone
+/// and what a reconciler writing from empty maps writes.
+fn incremental_passes_match_full_ones(fail: impl FnMut(u64) -> bool + Send + 'static) {
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    let faulty = FaultyLbMaps::new(FakeLbMaps::new(MapSizes::small()), fail);
+    let mut incremental = Reconciler::restore(faulty).unwrap();
+    let (mut skipped, mut desired) = (0, DesiredTable::default());
+    for pass in 0..300 {
+        let prev = std::mem::take(&mut desired);
+        desired = random_table(&prev, &mut next);
+        skipped += desired
+            .frontends
+            .iter()
+            .filter(|(k, s)| prev.frontends.get(k) == Some(s))
+            .count();
+        let mut attempts = 0;
+        while let Err(e) = incremental.apply(&desired) {
+            attempts += 1;
+            assert!(attempts < 100, "pass {pass}: no convergence: {e}");
+        }
+        // A reconciler that has just read the maps plans every frontend and
+        // sweeps every backend: its pass must find nothing left to do.
+        let mut full = Reconciler::restore(incremental.maps().inner.clone()).unwrap();
+        assert_eq!(
+            full.apply(&desired).unwrap(),
+            Report::default(),
+            "pass {pass}: the incremental pass left work undone"
+        );
+        let mut clean = Reconciler::restore(FakeLbMaps::new(MapSizes::small())).unwrap();
+        clean.apply(&desired).unwrap();
+        assert_eq!(
+            contents(&incremental, &incremental.maps().inner.backends),
+            contents(&clean, &clean.maps().backends),
+            "pass {pass}"
+        );
+        incremental.maps().inner.check_consistent().unwrap();
+    }
+    assert!(
+        skipped > 300,
+        "the passes kept frontends unchanged: {skipped}"
+    );
+    assert_eq!(
+        incremental.maps().violation,
+        None,
+        "a half-written frontend was visible"
+    );
+}
+
+#[test]
+fn skipping_unchanged_frontends_leaves_the_maps_as_a_full_pass_would() {
+    incremental_passes_match_full_ones(|_| false);
+}
+
+#[test]
+fn skipping_unchanged_frontends_converges_like_a_full_pass_through_failures() {
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+    incremental_passes_match_full_ones(move |_| next().is_multiple_of(40));
+}
+
+#[test]
+fn an_endpoint_moving_onto_the_node_rewrites_the_backend_of_an_unchanged_frontend() {
+    use proxy_common::lb::BACKEND_FLAG_LOCAL;
+    let yaml = |local: &str| {
+        format!(
+            "node: {{address: 192.168.0.11, localEndpoints: [{local}]}}\nfrontends:\n  - {{name: web, address: 10.96.0.10, port: 80, backends: [10.244.1.5:8080, 10.244.1.6:8080]}}\n"
+        )
+    };
+    let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes::small())).unwrap();
+    r.apply(&table(&yaml("10.244.1.5"))).unwrap();
+    let report = r.apply(&table(&yaml("10.244.1.6"))).unwrap();
+    assert_eq!(report.writes, 2, "both backend entries change sides");
+    let local: Vec<String> = r
+        .maps()
+        .backends
+        .values()
+        .filter(|b| b.flags & BACKEND_FLAG_LOCAL != 0)
+        .map(|b| BackendAddr::from_lb4_backend(b).unwrap().to_string())
+        .collect();
+    assert_eq!(local, ["10.244.1.6:8080/TCP"]);
+}
+
+#[test]
+fn maps_changed_behind_the_reconcilers_back_are_repaired_after_a_refresh() {
+    let desired = web(&["10.244.1.2:8080", "10.244.1.3:8080"]);
+    let mut r = Reconciler::restore(FakeLbMaps::new(MapSizes::small())).unwrap();
+    r.apply(&desired).unwrap();
+    // Someone deletes a slot and a backend the reconciler wrote.
+    let slot = key().lb4_key(2);
+    let id = BackendId(r.maps().services[&slot].backend_id);
+    r.maps_mut().services.remove(&slot);
+    r.maps_mut().backends.remove(&id);
+    r.refresh().unwrap();
+    // The backend comes back under a new ID: backend, membership and slot.
+    let report = r.apply(&desired).unwrap();
+    assert_eq!(report.writes, 3);
+    r.maps().check_consistent().unwrap();
+    assert_eq!(
+        routed(r.maps(), &key()),
+        ["10.244.1.2:8080/TCP", "10.244.1.3:8080/TCP"]
+    );
+}

@@ -2,7 +2,7 @@
 //! taken from above the largest in use, and from gaps once the top is
 //! reached: whatever the pinned maps hold (a foreign or corrupt entry with
 //! ID `u32::MAX` included), allocation never panics.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proxy_common::lb::{Lb4Backend, Lb4Key, Lb4Service};
 
@@ -13,8 +13,8 @@ pub(super) struct Ids {
     frontends: BTreeMap<FrontendKey, FrontendId>,
     /// Every frontend ID the maps hold, foreign entries' included.
     frontend_ids: BTreeSet<u32>,
-    backends: BTreeMap<BackendAddr, BackendId>,
-    backend_addrs: BTreeMap<BackendId, BackendAddr>,
+    backends: HashMap<BackendAddr, BackendId>,
+    backend_addrs: HashMap<BackendId, BackendAddr>,
     /// Every backend ID the maps hold.
     backend_ids: BTreeSet<u32>,
     next_frontend: u32,
@@ -43,7 +43,7 @@ impl Ids {
     /// half-written by a crashed writer) is known too, so it gets cleaned up.
     pub(super) fn restore(
         services: &BTreeMap<Lb4Key, Lb4Service>,
-        backends: &BTreeMap<BackendId, Lb4Backend>,
+        backends: &HashMap<BackendId, Lb4Backend>,
     ) -> Self {
         let mut ids = Self::default();
         for (k, v) in services {
@@ -57,7 +57,10 @@ impl Ids {
         }
         for (id, b) in backends {
             if let Some(addr) = BackendAddr::from_lb4_backend(b) {
-                ids.backends.entry(addr).or_insert(*id);
+                // Two entries for one address (a foreign writer): the
+                // lowest ID is the address's, whatever the dump's order.
+                let adopted = ids.backends.entry(addr).or_insert(*id);
+                *adopted = (*adopted).min(*id);
                 ids.backend_addrs.insert(*id, addr);
             }
             ids.backend_ids.insert(id.0);
@@ -120,7 +123,7 @@ impl Ids {
 
     /// Drops backend IDs allocated in a pass whose writes failed before the
     /// backend reached the map.
-    pub(super) fn forget_unwritten(&mut self, written: &BTreeMap<BackendId, Lb4Backend>) {
+    pub(super) fn forget_unwritten(&mut self, written: &HashMap<BackendId, Lb4Backend>) {
         let unwritten: Vec<BackendId> = self
             .backend_addrs
             .keys()

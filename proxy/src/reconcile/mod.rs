@@ -23,7 +23,7 @@
 //! reference counts; the whole table is swept for orphans only after the
 //! maps were (re-)read and after a pass that failed. So a pass costs in
 //! proportion to what changed, not to the size of the table.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proxy_common::{
     config::Node4Config,
@@ -140,7 +140,7 @@ pub struct EntryCounts {
 #[derive(Debug, Default)]
 struct Observed {
     services: BTreeMap<Lb4Key, Lb4Service>,
-    backends: BTreeMap<BackendId, Lb4Backend>,
+    backends: HashMap<BackendId, Lb4Backend>,
     /// Memberships → `MEMBER_*` bits: ordered by frontend, so one
     /// frontend's members are a range.
     members: BTreeMap<(FrontendId, BackendId), u8>,
@@ -182,6 +182,9 @@ struct Plan {
     /// Whether [`Reconciler::make_in_batches`] wrote everything up to and
     /// including the master.
     made: bool,
+    /// The maps held nothing of this frontend before the pass: there is
+    /// nothing stale to break.
+    fresh: bool,
 }
 
 /// Keeps the maps equal to a [`DesiredTable`] (see the module docs).
@@ -249,7 +252,7 @@ impl<M: LbMaps> Reconciler<M> {
             .map_err(Error::Restore)?
             .into_iter()
             .collect();
-        let backends: BTreeMap<_, _> = maps
+        let backends: HashMap<_, _> = maps
             .dump_backends()
             .map_err(Error::Restore)?
             .into_iter()
@@ -475,14 +478,22 @@ impl<M: LbMaps> Reconciler<M> {
             });
         }
         let cap = self.maps.capacity();
+        let members = desired.member_count();
+        // Distinct backends never outnumber memberships: count them (a sort
+        // of every address) only when that bound does not fit.
+        let backends = if members <= cap.backends as usize {
+            members
+        } else {
+            desired.backend_count()
+        };
         let checks = [
             (
                 names::LB4_SERVICES,
                 desired.frontends.len() + desired.slot_count(),
                 cap.services,
             ),
-            (names::LB4_BACKENDS, desired.backend_count(), cap.backends),
-            (names::LB4_MEMBERS, desired.member_count(), cap.members),
+            (names::LB4_BACKENDS, backends, cap.backends),
+            (names::LB4_MEMBERS, members, cap.members),
             (
                 names::LB4_SOURCE_RANGES,
                 desired.source_range_count(),
@@ -522,10 +533,17 @@ impl<M: LbMaps> Reconciler<M> {
         desired: &DesiredTable,
     ) -> Result<Plan, MapError> {
         let exhausted = |map| MapError::IdsExhausted { map };
+        // A key the IDs do not know has no slots (restore registers every
+        // key the services map holds; a key is released only after its
+        // entries are deleted), but its new ID may have leftovers.
+        let known = self.ids.frontend(key).is_some();
         let frontend_id = self
             .ids
             .frontend_or_allocate(*key)
             .ok_or_else(|| exhausted(proxy_common::map_names::LB4_SERVICES))?;
+        let fresh = !known
+            && self.members_of(frontend_id).next().is_none()
+            && self.ranges_of(frontend_id).next().is_none();
         let local = spec.local_backends.as_deref().unwrap_or_default();
         let mut ids_of = |backends: &[BackendAddr]| -> Result<Vec<BackendId>, MapError> {
             backends
@@ -595,6 +613,7 @@ impl<M: LbMaps> Reconciler<M> {
             slots,
             master,
             made: false,
+            fresh,
         })
     }
 
@@ -623,7 +642,7 @@ impl<M: LbMaps> Reconciler<M> {
         // New entries come before stale ones go, for every frontend at
         // once: batch only what fits beside what is there (a table that
         // changes much of a full map is written frontend by frontend).
-        let mut backends: BTreeMap<BackendId, Lb4Backend> = BTreeMap::new();
+        let mut backends: HashMap<BackendId, Lb4Backend> = HashMap::new();
         let (mut members, mut slots) = (Vec::new(), Vec::new());
         let (mut new_backends, mut new_members, mut new_slots) = (0, 0, 0);
         for (_, _, plan) in plans.iter() {
@@ -636,27 +655,27 @@ impl<M: LbMaps> Reconciler<M> {
                     }
                 }
             }
+            // A fresh frontend has no memberships or slots to look up.
+            let o = &self.observed;
             for (id, bits) in &plan.ranges {
-                let bits = self.member_bits_before(plan.frontend_id, *id, *bits);
-                match self.observed.members.get(&(plan.frontend_id, *id)) {
-                    Some(old) if *old == bits => {}
-                    old => {
-                        new_members += usize::from(old.is_none());
-                        let key = Lb4MemberKey {
-                            backend_id: id.0,
-                            frontend_id: plan.frontend_id.0,
-                        };
-                        members.push((key, bits));
-                    }
+                let key = (plan.frontend_id, *id);
+                let old = (!plan.fresh).then(|| o.members.get(&key)).flatten();
+                // `member_bits_before`: old bits stay until the master moves.
+                let bits = bits | old.copied().unwrap_or(0);
+                if old != Some(&bits) {
+                    new_members += usize::from(old.is_none());
+                    let key = Lb4MemberKey {
+                        backend_id: id.0,
+                        frontend_id: plan.frontend_id.0,
+                    };
+                    members.push((key, bits));
                 }
             }
             for (k, v) in &plan.slots {
-                match self.observed.services.get(k) {
-                    Some(old) if old == v => {}
-                    old => {
-                        new_slots += usize::from(old.is_none());
-                        slots.push((*k, *v));
-                    }
+                let old = (!plan.fresh).then(|| o.services.get(k)).flatten();
+                if old != Some(v) {
+                    new_slots += usize::from(old.is_none());
+                    slots.push((*k, *v));
                 }
             }
         }
@@ -743,6 +762,9 @@ impl<M: LbMaps> Reconciler<M> {
                 self.write_source_range((frontend_id, *cidr), report)?;
             }
             self.write_service(key.lb4_key(MASTER_SLOT), plan.master, report)?;
+        }
+        if plan.fresh {
+            return Ok(());
         }
 
         // Break only after make: stale slots, memberships and ranges go last.
@@ -874,6 +896,14 @@ impl<M: LbMaps> Reconciler<M> {
             })
     }
 
+    /// The backends the memberships map holds for `frontend_id`.
+    fn members_of(&self, frontend_id: FrontendId) -> impl Iterator<Item = BackendId> + '_ {
+        self.observed
+            .members
+            .range((frontend_id, BackendId(0))..=(frontend_id, BackendId(u32::MAX)))
+            .map(|((_, backend_id), _)| *backend_id)
+    }
+
     fn ranges_of(&self, frontend_id: FrontendId) -> impl Iterator<Item = SourceRange> + '_ {
         let lowest = Ipv4Cidr {
             addr: std::net::Ipv4Addr::UNSPECIFIED,
@@ -918,10 +948,7 @@ impl<M: LbMaps> Reconciler<M> {
         report: &mut Report,
     ) -> Result<(), MapError> {
         let members: Vec<BackendId> = self
-            .observed
-            .members
-            .range((frontend_id, BackendId(0))..=(frontend_id, BackendId(u32::MAX)))
-            .map(|((_, backend_id), _)| *backend_id)
+            .members_of(frontend_id)
             .filter(|b| doomed(*b))
             .collect();
         for backend_id in members {

@@ -20,8 +20,8 @@ enum Cmd {
     /// Build in release mode and run the side-by-side benchmark (root):
     /// Switchyard against kube-proxy's iptables (legacy, nft) and nftables
     /// modes with N Services (bench-services), a NodePort from outside
-    /// (bench-nodeport), and the TC path's per-packet cost
-    /// (bench-dataplane). Writes CSVs and PNGs under docs/bench/ and the
+    /// (bench-nodeport), the TC path's per-packet cost (bench-dataplane)
+    /// and one reconcile pass against raw batch writes (bench-reconcile). Writes CSVs and PNGs under docs/bench/ and the
     /// tables into docs/benchmarks.md.
     Bench {
         /// Add 50,000 Services.
@@ -125,8 +125,9 @@ fn bench(full: bool, extra: &[String]) -> Result<()> {
     let services = output(&mut services)?;
     let dataplane = output(Command::new(bin("bench-dataplane")).args(["--rounds", "5"]))?;
     let nodeport = output(&mut Command::new(bin("bench-nodeport")))?;
+    let reconcile = output(&mut Command::new(bin("bench-reconcile")))?;
     let section = format!(
-        "{BEGIN}\n## Side by side: `cargo xtask bench`\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine and run: {}.\nCSVs and plots: `docs/bench/`.\n\n![New connections/s against the number of Services](bench/services-conns-per-s.png)\n\n![connect() p99](bench/services-connect-p99.png)\n\n![Pod-to-pod connections/s with N Services](bench/services-pod-to-pod.png)\n\n{services}\n#### NodePort from an external client (bench-nodeport: one Service, a two-node box)\n\n{nodeport}\n#### TC path and socket hook (bench-dataplane, medians of 5 rounds)\n\n{dataplane}{END}\n",
+        "{BEGIN}\n## Side by side: `cargo xtask bench`\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine and run: {}.\nCSVs and plots: `docs/bench/`.\n\n![New connections/s against the number of Services](bench/services-conns-per-s.png)\n\n![connect() p99](bench/services-connect-p99.png)\n\n![Pod-to-pod connections/s with N Services](bench/services-pod-to-pod.png)\n\n{services}\n#### NodePort from an external client (bench-nodeport: one Service, a two-node box)\n\n{nodeport}\n#### TC path and socket hook (bench-dataplane, medians of 5 rounds)\n\n{dataplane}\n#### One reconcile pass on the kernel's maps (bench-reconcile, medians of 7)\n\n{reconcile}{END}\n",
         machine()
     );
     let path = "docs/benchmarks.md";

@@ -500,6 +500,10 @@ pub(super) async fn watch<S: Store>(
                 return;
             }
         }
+        // JSON without a selector or a Table: every event is in the
+        // selection, and its frame is the stored bytes with the revision
+        // spliced in — no parse and no re-encoding per watcher.
+        let raw = filter.is_empty() && !as_table && framing == Framing::JsonLines;
         let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
         let mut last = start;
         let mut stream = stream;
@@ -535,6 +539,12 @@ pub(super) async fn watch<S: Store>(
                 Some(Err(_)) | None => return,
             };
             last = event.revision();
+            if let Some(frame) = raw.then(|| raw_frame(&event)).flatten() {
+                if tx.send(Ok(frame)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let Some(out) = translate(&event, &filter) else {
                 continue;
             };
@@ -554,6 +564,26 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// `{"type":…,"object":…}` and a newline, straight from the stored bytes,
+/// for a watch whose selection is everything; `None` when the revision
+/// cannot be spliced in (the caller then parses the object).
+fn raw_frame(event: &crate::store::Event) -> Option<Bytes> {
+    let kind = match event.kind {
+        EventKind::Delete => "DELETED",
+        EventKind::Put if event.is_create() => "ADDED",
+        EventKind::Put => "MODIFIED",
+    };
+    let mut out = Vec::with_capacity(event.kv.value.len() + 64);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    if !objects::splice_revision(&event.kv.value, event.revision(), &mut out) {
+        return None;
+    }
+    out.extend_from_slice(b"}\n");
+    Some(Bytes::from(out))
+}
+
 /// The watch event a store event becomes under `filter`: an update that
 /// moves an object into the selection is ADDED, out of it DELETED.
 fn translate(event: &crate::store::Event, filter: &Filter) -> Option<(&'static str, Value)> {
@@ -563,11 +593,14 @@ fn translate(event: &crate::store::Event, filter: &Filter) -> Option<(&'static s
         EventKind::Delete => now.then_some(("DELETED", obj)),
         EventKind::Put if event.is_create() => now.then_some(("ADDED", obj)),
         EventKind::Put => {
-            let before = event
-                .prev_value
-                .as_deref()
-                .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-                .is_some_and(|p| filter.matches(&p));
+            // Every object is in an unfiltered watch's selection: no need
+            // to parse what the object was.
+            let before = filter.is_empty()
+                || event
+                    .prev_value
+                    .as_deref()
+                    .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+                    .is_some_and(|p| filter.matches(&p));
             match (before, now) {
                 (true, true) => Some(("MODIFIED", obj)),
                 (false, true) => Some(("ADDED", obj)),

@@ -75,7 +75,9 @@ where
             let mut relist: Vec<K> = Vec::new();
             while let Some(event) = events.next().await {
                 let event = match event {
-                    Ok(e) => e,
+                    // No controller reads managedFields; they are about half
+                    // of an object's allocations in every clone below.
+                    Ok(e) => e.modify(|o| o.meta_mut().managed_fields = None),
                     Err(e) => {
                         warn!(kind = %kind, error = %e, "watch failed; retrying");
                         continue;

@@ -270,7 +270,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action> {
     // Our pods by node (claimed by controller reference and selector).
     let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
     for p in ctx.pods.state_filter(|p| {
-        p.namespace().as_deref() == Some(ns.as_str())
+        p.metadata.namespace.as_deref() == Some(ns.as_str())
             && pods::controller_of(p).is_some_and(|r| r.uid == uid)
             && selector.matches(pods::labels(p))
             && p.metadata.deletion_timestamp.is_none()

@@ -249,7 +249,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
     let name = svc.name_any();
     let selector = pods::map_selector(selector);
     let selected = ctx.pods.state_filter(|p| {
-        p.namespace().as_deref() == Some(ns.as_str()) && selector.matches(pods::labels(p))
+        p.metadata.namespace.as_deref() == Some(ns.as_str()) && selector.matches(pods::labels(p))
     });
     let (subsets, truncated) = desired_subsets(&svc, &selected);
     let labels = labels_for(&svc);

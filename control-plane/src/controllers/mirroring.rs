@@ -346,7 +346,7 @@ async fn sync(ep: &Endpoints, ctx: &Ctx, key: &ObjectRef<Endpoints>) -> Result<A
         Vec::new()
     };
     let mut existing: Vec<Arc<EndpointSlice>> = ctx.slices.state_filter(|s| {
-        s.namespace().as_deref() == Some(ns.as_str())
+        s.metadata.namespace.as_deref() == Some(ns.as_str())
             && mirrored_by(s).is_some_and(|r| r.name == name)
     });
     existing.sort_by_key(|s| s.name_any());

@@ -87,7 +87,7 @@ pub async fn run(shared: Arc<Shared>, workers: u16) -> anyhow::Result<()> {
         dstore
             .state()
             .into_iter()
-            .filter(|d| d.namespace() == ns)
+            .filter(|d| d.metadata.namespace == ns)
             .filter(|d| selector_of(d).is_ok_and(|s| s.matches(pods::labels(&rs))))
             .map(|d| ObjectRef::from_obj(d.as_ref()))
             .collect()
@@ -193,7 +193,7 @@ async fn claim(d: &Deployment, ctx: &Ctx, selector: &Selector) -> Result<Vec<Rep
     let mut owned = Vec::new();
     for rs in ctx
         .replica_sets
-        .state_filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
+        .state_filter(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()))
     {
         let matches = selector.matches(pods::labels(rs.as_ref()));
         let refs: Option<Vec<OwnerReference>> = match pods::controller_of(rs.as_ref()) {
@@ -289,10 +289,12 @@ async fn sync(d: &Deployment, ctx: &Ctx) -> Result<Action> {
                 scaled = true;
             }
             let old_uids: Vec<String> = olds.iter().filter_map(|o| o.uid()).collect();
-            let old_pods_left = ctx.pods.state().iter().any(|p| {
-                pods::is_active(p)
-                    && pods::controller_of(p.as_ref()).is_some_and(|r| old_uids.contains(&r.uid))
-            });
+            let old_pods_left = !old_uids.is_empty()
+                && ctx.pods.state().iter().any(|p| {
+                    pods::is_active(p)
+                        && pods::controller_of(p.as_ref())
+                            .is_some_and(|r| old_uids.contains(&r.uid))
+                });
             if !scaled && !old_pods_left {
                 let n = match new.take() {
                     Some(n) => n,

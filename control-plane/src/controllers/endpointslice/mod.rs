@@ -101,7 +101,7 @@ fn services_selecting(services: &Store<Service>, pod: &Pod) -> Vec<ObjectRef<Ser
     services
         .state()
         .into_iter()
-        .filter(|s| s.namespace() == ns)
+        .filter(|s| s.metadata.namespace == ns)
         .filter(|s| {
             s.spec
                 .as_ref()
@@ -112,13 +112,52 @@ fn services_selecting(services: &Store<Service>, pod: &Pod) -> Vec<ObjectRef<Ser
         .collect()
 }
 
+/// What of a pod its endpoints are made of, beyond its immutable spec (the
+/// inputs upstream's `podEndpointsChanged` compares): IPs, readiness,
+/// deletion, phase, node, hostname and subdomain.
+#[derive(Clone, PartialEq)]
+struct EndpointInputs {
+    ips: Vec<String>,
+    ready: bool,
+    deleting: bool,
+    terminal: bool,
+    node: Option<String>,
+    hostname: Option<String>,
+    subdomain: Option<String>,
+}
+
+impl EndpointInputs {
+    fn of(pod: &Pod) -> Self {
+        let status = pod.status.as_ref();
+        let mut ips: Vec<String> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|l| l.iter().map(|p| p.ip.clone()).collect())
+            .unwrap_or_default();
+        ips.extend(status.and_then(|s| s.pod_ip.clone()));
+        let spec = pod.spec.as_ref();
+        Self {
+            ips,
+            ready: pods::is_ready(pod),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            terminal: pods::is_terminal(pod),
+            node: pods::node_name(pod).map(str::to_owned),
+            hostname: spec.and_then(|s| s.hostname.clone()),
+            subdomain: spec.and_then(|s| s.subdomain.clone()),
+        }
+    }
+}
+
 /// Maps pod events to Services, remembering each pod's last set so that a
-/// label change also wakes the Services the pod left.
+/// label change also wakes the Services the pod left. An event that changes
+/// neither the set nor the pod's [`EndpointInputs`] (a scheduling or an
+/// unrelated status write) wakes none: each wake costs a Service's full
+/// reconcile over its pods.
 pub(crate) fn pod_to_services(
     services: Store<Service>,
     pods: Store<Pod>,
 ) -> impl Fn(Pod) -> Vec<ObjectRef<Service>> + Send + Sync + 'static {
-    let last: Mutex<HashMap<ObjectRef<Pod>, Vec<ObjectRef<Service>>>> = Mutex::default();
+    type Seen = (Vec<ObjectRef<Service>>, EndpointInputs);
+    let last: Mutex<HashMap<ObjectRef<Pod>, Seen>> = Mutex::default();
     move |pod: Pod| {
         let key = ObjectRef::from_obj(&pod);
         let gone = pods.get(&key).is_none();
@@ -127,13 +166,20 @@ pub(crate) fn pod_to_services(
         } else {
             services_selecting(&services, &pod)
         };
+        let inputs = EndpointInputs::of(&pod);
         let mut last = last.lock().expect("pod index");
         let before = if gone {
             last.remove(&key)
         } else {
-            last.insert(key, now.clone())
+            last.insert(key, (now.clone(), inputs.clone()))
         };
-        let mut all: Vec<ObjectRef<Service>> = before.into_iter().flatten().collect();
+        if !gone && before.as_ref() == Some(&(now.clone(), inputs)) {
+            return Vec::new();
+        }
+        let mut all: Vec<ObjectRef<Service>> = before
+            .into_iter()
+            .flat_map(|(services, _)| services)
+            .collect();
         all.extend(now);
         if gone {
             all.extend(services_selecting(&services, &pod));
@@ -267,7 +313,7 @@ async fn sync(svc: &Service, ctx: &Ctx) -> Result<Action> {
         .slices
         .state()
         .into_iter()
-        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
         .filter(|s| {
             s.labels().get(LABEL_SERVICE_NAME) == Some(&name)
                 && s.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(CONTROLLER_NAME)
@@ -279,7 +325,7 @@ async fn sync(svc: &Service, ctx: &Ctx) -> Result<Action> {
 
     let selector = pods::map_selector(selector);
     let selected: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| {
-        p.namespace().as_deref() == Some(ns.as_str()) && selector.matches(pods::labels(p))
+        p.metadata.namespace.as_deref() == Some(ns.as_str()) && selector.matches(pods::labels(p))
     });
     let families = endpoint::address_types(svc);
     let mut desired = Desired::default();

@@ -229,7 +229,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action> {
     };
     let satisfied = ctx.satisfied(&uid, &ns);
     let owned: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| {
-        p.namespace().as_deref() == Some(ns.as_str())
+        p.metadata.namespace.as_deref() == Some(ns.as_str())
             && pods::controller_of(p).is_some_and(|r| r.uid == uid)
     });
 

@@ -201,7 +201,7 @@ async fn run<K: ReplicaKind>(
         owner_store
             .state()
             .into_iter()
-            .filter(|o| o.namespace() == ns)
+            .filter(|o| o.meta().namespace == ns)
             .filter(|o| o.selector().is_ok_and(|s| s.matches(pods::labels(&pod))))
             .map(|o| ObjectRef::from_obj(o.as_ref()))
             .collect()
@@ -288,9 +288,9 @@ async fn sync<K: ReplicaKind>(owner: &K, ctx: &Ctx<K>) -> Result<Action> {
         }
     };
     let satisfied = ctx.satisfied(&uid, &ns);
-    let active: Vec<Arc<Pod>> = ctx
-        .pods
-        .state_filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && pods::is_active(p));
+    let active: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| {
+        p.metadata.namespace.as_deref() == Some(ns.as_str()) && pods::is_active(p)
+    });
     let owned = claim(owner, ctx, &selector, &active).await?;
     let mut failure: Option<(String, String)> = None;
     if satisfied && owner.meta().deletion_timestamp.is_none() {

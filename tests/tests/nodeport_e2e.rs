@@ -108,6 +108,22 @@ fn tcp(target: &str, count: usize) -> Vec<String> {
         .to_vec()
 }
 
+/// netprobe `cmd` (`tcp`: one connection; `hold`: one held open) to
+/// `target` from source port `port`.
+fn one_from_port(cmd: &str, target: &str, port: &str) -> Vec<String> {
+    [
+        cmd,
+        "--target",
+        target,
+        "--count",
+        "1",
+        "--source-port",
+        port,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -838,41 +854,11 @@ fn a_direct_connection_after_a_translated_one_from_the_same_port_is_not_hijacked
         // Per-packet path (outside the cgroup), closed normally, then the
         // same source port straight to the backend's pod IP.
         let port = (40_100 + round).to_string();
-        let out = c
-            .net
-            .from_pod(
-                1,
-                0,
-                false,
-                &[
-                    "tcp",
-                    "--target",
-                    &vip,
-                    "--count",
-                    "1",
-                    "--source-port",
-                    &port,
-                ],
-            )
-            .unwrap();
+        let through = one_from_port("tcp", &vip, &port);
+        let out = c.net.from_pod(1, 0, false, &args(&through)).unwrap();
         ok(&out, "through the ClusterIP");
-        let out = c
-            .net
-            .from_pod(
-                1,
-                0,
-                false,
-                &[
-                    "tcp",
-                    "--target",
-                    &direct,
-                    "--count",
-                    "1",
-                    "--source-port",
-                    &port,
-                ],
-            )
-            .unwrap();
+        let straight = one_from_port("tcp", &direct, &port);
+        let out = c.net.from_pod(1, 0, false, &args(&straight)).unwrap();
         ok(&out, "directly, same source port");
         assert_eq!(names(&out), set(&["n1b1"]));
     }
@@ -894,25 +880,16 @@ fn share_a_wire_tuple(name: &str, port: u16, held_in_cgroup: bool, attempts: usi
     let vip = format!("{}:80", jsonpath(&c, name, ".spec.clusterIP"));
     programmed(&c, 1, &format!("{vip}/TCP"), &[backend(&c, 1, 1, "TCP")]);
     let port = port.to_string();
-    let args = |cmd| {
-        [
-            cmd,
-            "--target",
-            &vip,
-            "--count",
-            "1",
-            "--source-port",
-            &port,
-        ]
-    };
+    let hold = one_from_port("hold", &vip, &port);
     let mut held = c
         .net
-        .spawn_in_pod(1, 0, held_in_cgroup, &args("hold"))
+        .spawn_in_pod(1, 0, held_in_cgroup, &args(&hold))
         .unwrap();
     let first: Outcome = serde_json::from_str(&held.read_line().unwrap()).unwrap();
     ok(&first, "held connection");
     for _ in 0..attempts {
-        let out = c.net.from_pod(1, 0, !held_in_cgroup, &args("tcp")).unwrap();
+        let tcp = one_from_port("tcp", &vip, &port);
+        let out = c.net.from_pod(1, 0, !held_in_cgroup, &args(&tcp)).unwrap();
         ok(&out, "the other datapath's flow on the held flow's tuple");
     }
     held.write_line("check").unwrap();

@@ -220,12 +220,8 @@ async fn serve(
             }
         };
         // kube-proxy's pacing: at once if a token is left, else every
-        // change until the next token shares one recompute.
-        let wait = pacer.delay(Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        pacer.take(Instant::now());
+        // change until the next token shares one sync.
+        pacer::wait_for_token(&mut pacer).await;
         let node_obj = stores.node.state().into_iter().next();
         let snapshot = ifaces.borrow_and_update().clone();
         let now = node::select(

@@ -64,6 +64,16 @@ impl SyncPacer {
     }
 }
 
+/// Sleeps until `pacer` has a token for a sync, and takes it: the daemon
+/// loops' one use of the clock.
+pub async fn wait_for_token(pacer: &mut SyncPacer) {
+    let wait = pacer.delay(Instant::now());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    pacer.take(Instant::now());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,13 +88,9 @@ async fn serve(settings: Settings, mut rules: Rules) -> Result<()> {
                 return Ok(());
             }
         };
-        // kube-proxy's minSyncPeriod pacing (burst 2): changes that wait
-        // for a token share one sync.
-        let wait = pacer.delay(Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        pacer.take(Instant::now());
+        // kube-proxy's pacing: at once if a token is left, else every
+        // change until the next token shares one sync.
+        pacer::wait_for_token(&mut pacer).await;
         let node_obj = stores.node.state().into_iter().next();
         let snapshot = ifaces.borrow_and_update().clone();
         let addressing = node::select(

@@ -173,7 +173,8 @@ pub(crate) fn pod_to_services(
         } else {
             last.insert(key, (now.clone(), inputs.clone()))
         };
-        if !gone && before.as_ref() == Some(&(now.clone(), inputs)) {
+        let unchanged = |(services, was): &Seen| *services == now && *was == inputs;
+        if !gone && before.as_ref().is_some_and(unchanged) {
             return Vec::new();
         }
         let mut all: Vec<ObjectRef<Service>> = before

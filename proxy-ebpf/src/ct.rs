@@ -4,16 +4,17 @@
 //! TCP state follows the flags each direction sends, with lifetimes like
 //! Cilium's and netfilter's (`DatapathConfig`): a SYN retransmission keeps
 //! its backend; a SYN on a closed flow, or toward a backend that has left,
-//! starts a new flow; an expired entry translates nothing. A new flow never
-//! takes over the wire tuple of a live one: its source port is remapped.
+//! starts a new flow, and a SYN-ACK on one ends it; an expired entry
+//! translates nothing. A new flow never takes over the wire tuple of a live
+//! one: its source port is remapped.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use proxy_common::{
     ct::{
-        CT_FLAG_NAT, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_FIN_ORIG, CT_STATE_FIN_REPLY,
-        CT_STATE_REPLIED, CT_STATE_RST, Ct4Key, Ct4Value,
+        CT_FLAG_NAT, CT_FLAG_NODE_PATH, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_FIN_ORIG,
+        CT_STATE_FIN_REPLY, CT_STATE_REPLIED, CT_STATE_RST, Ct4Key, Ct4Value,
     },
     proto,
     stats::STAT_NO_FREE_TUPLE,
@@ -125,9 +126,11 @@ pub fn on_packet(key: &Ct4Key, entry: *mut Ct4Value, ports: &Ports, has_l4: bool
                 return Hit::Stale(e);
             }
         } else if f & TCP_SYN != 0 {
-            // A SYN-ACK on a closed flow answers a connection this entry
-            // knows nothing of.
+            // A SYN-ACK on a closed flow answers a new connection on the
+            // closed flow's tuple: the old flow is over, and translating
+            // the new one's later packets as it would break them.
             if e.tcp_closed() {
+                forget(key, &e);
                 return Hit::Pass;
             }
             if reply {
@@ -245,6 +248,46 @@ pub fn track(
     Err(())
 }
 
+/// Whether the flow of entry `e` (of L4 protocol `l4_proto`) is over: its
+/// lifetime has passed, or it is a closed TCP flow. Its tuples are free.
+#[inline(always)]
+pub fn is_dead(e: &Ct4Value, l4_proto: u8, now: u32) -> bool {
+    now > e.expires_s || (l4_proto == proto::TCP && e.tcp_closed())
+}
+
+/// For the first packet (a TCP SYN, a UDP datagram) of a flow from outside
+/// the node that is no Service's, keyed `key`: whether its reply tuple is
+/// the reply key of a live flow translated on a node-facing hook, so the new flow must be tracked
+/// with a remapped source port (as netfilter's NAT does for a tuple in
+/// use). A dead flow there (closed, expired) is forgotten instead, so it
+/// cannot translate the new flow's replies. Another node's socket-path
+/// connection to a pod here, from the port its earlier NodePort connection
+/// to this node used, is such a flow. Only first packets pay the lookup.
+#[inline(always)]
+pub fn reply_tuple_held(key: &Ct4Key, now: u32) -> bool {
+    let reply_key = Ct4Key {
+        saddr_be: key.daddr_be,
+        daddr_be: key.saddr_be,
+        sport_be: key.dport_be,
+        dport_be: key.sport_be,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let Some(held) = SY_CT4_V2.get_ptr(&reply_key) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, read at once.
+    let held = unsafe { *held };
+    if !is_dead(&held, key.proto, now) {
+        // Only a flow that came from outside too: a local pod's flow whose
+        // tuple a node-facing hook sees again (a bridge holding the pods'
+        // gateway) is that very flow, already translated.
+        return held.flags & CT_FLAG_NODE_PATH != 0;
+    }
+    forget(&reply_key, &held);
+    false
+}
+
 /// Inserts the reply entry `value` at `key` for the flow whose original
 /// entry is keyed `fwd_key`, unless another live flow holds the key. A dead
 /// entry (expired, or a closed TCP flow) is forgotten first; an entry of
@@ -260,8 +303,7 @@ fn claim(key: &Ct4Key, value: &Ct4Value, fwd_key: &Ct4Key, now: u32) -> bool {
         if old.partner_key(key.proto) == *fwd_key {
             return SY_CT4_V2.insert(key, value, 0).is_ok();
         }
-        let dead = now > old.expires_s || (key.proto == proto::TCP && old.tcp_closed());
-        if !dead {
+        if !is_dead(&old, key.proto, now) {
             return false;
         }
         forget(key, &old);

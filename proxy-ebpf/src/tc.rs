@@ -120,7 +120,11 @@ fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, i32> {
     if let Some(fe) = lb::lookup_frontend(ip.daddr_be, ports.dport_be, ip.proto) {
         return service_flow(ctx, &ip, &ports, &key, &fe, hook == Hook::NodeIn, now);
     }
-    if hook == Hook::NodeIn {
+    // From outside, a flow that is no Service's is left alone unless its
+    // reply tuple is held by a translated flow (`ct::reply_tuple_held`).
+    if hook == Hook::NodeIn
+        && !((ip.proto != proto::TCP || ports.syn_only()) && ct::reply_tuple_held(&key, now))
+    {
         return Ok(PASS);
     }
     untranslated_flow(ctx, &ip, &ports, &key, now)
@@ -271,9 +275,10 @@ fn service_flow(
 /// The first packet of a flow from a local pod that is no Service's:
 /// tracked untranslated, unless its reply tuple belongs to a live
 /// translated flow, in which case its source port is remapped. Traffic from
-/// outside the node that is no Service's is left alone: tracking it would
-/// let anyone on the network fill the conntrack map, and translated flows
-/// only ever need tuples that lead to this node's pods or the node.
+/// outside the node that is no Service's is tracked only on such a clash
+/// (`ct::reply_tuple_held`): tracking it all would let anyone on the network fill
+/// the conntrack map, and translated flows only ever need tuples that lead
+/// to this node's pods or the node.
 #[inline(always)]
 fn untranslated_flow(
     ctx: &TcContext,

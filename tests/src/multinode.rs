@@ -258,14 +258,15 @@ impl Network {
     /// Runs `netprobe args…` as a process of node `i` itself (its
     /// namespace and cgroup: the socket path).
     pub fn from_node(&self, i: usize, args: &[&str]) -> Result<Outcome> {
+        outcome(self.spawn_in_node(i, args)?)
+    }
+
+    /// Starts `netprobe args…` as a process of node `i`, as
+    /// [`Self::from_node`].
+    pub fn spawn_in_node(&self, i: usize, args: &[&str]) -> Result<Proc> {
         let node = self.node(i);
         let procs = node.cgroup.procs_file();
-        outcome(Proc::spawn_in(
-            node.netns.name(),
-            Some(&procs),
-            &netprobe()?,
-            args,
-        )?)
+        Proc::spawn_in(node.netns.name(), Some(&procs), &netprobe()?, args)
     }
 }
 

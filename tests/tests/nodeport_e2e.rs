@@ -913,6 +913,65 @@ fn a_per_packet_flow_and_a_later_socket_path_flow_sharing_a_wire_tuple_both_work
     share_a_wire_tuple("two", 40310, false, 3);
 }
 
+/// Node-1's own process reaches node-2's NodePort from `port` (node-2
+/// translates it, to its own pod n2b1), then node-1's NodePort from the
+/// same port (node-1's socket hooks translate it, straight to n2b1). On
+/// the wire the second flow's replies have the first flow's reply tuple,
+/// which node-2 tracks: that entry must not translate them, whether the
+/// first flow is over (`closed`) or still open (then node-2 remaps the
+/// second flow's source port, as netfilter's NAT does).
+fn a_flow_on_a_node_port_flows_reply_tuple(name: &str, port: u16, closed: bool) {
+    let c = cluster();
+    service(
+        &c,
+        name,
+        "  type: NodePort\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    );
+    endpoints(&c, name, "http", "TCP", &ready(&[(2, 1)]));
+    let np = jsonpath(&c, name, ".spec.ports[0].nodePort");
+    nodeport_programmed(&c, &np, "TCP", &[backend(&c, 2, 1, "TCP")]);
+    let (via_node2, via_node1) = (format!("{NODE2}:{np}"), format!("{NODE1}:{np}"));
+    for round in 0..3u16 {
+        let port = (port + round).to_string();
+        let mut held = None;
+        if closed {
+            let out = c
+                .net
+                .from_node(1, &args(&one_from_port("tcp", &via_node2, &port)))
+                .unwrap();
+            ok(&out, "node-1 → node-2's NodePort");
+        } else {
+            let hold = one_from_port("hold", &via_node2, &port);
+            let mut p = c.net.spawn_in_node(1, &args(&hold)).unwrap();
+            let first: Outcome = serde_json::from_str(&p.read_line().unwrap()).unwrap();
+            ok(&first, "node-1 → node-2's NodePort, held");
+            held = Some(p);
+        }
+        let out = c
+            .net
+            .from_node(1, &args(&one_from_port("tcp", &via_node1, &port)))
+            .unwrap();
+        ok(&out, &format!("node-1 → its own NodePort from port {port}"));
+        assert_eq!(names(&out), set(&["n2b1"]));
+        if let Some(mut p) = held {
+            p.write_line("check").unwrap();
+            let check: Outcome = serde_json::from_str(&p.read_line().unwrap()).unwrap();
+            ok(&check, "the held connection is unharmed");
+            assert_eq!(names(&check), set(&["n2b1"]));
+        }
+    }
+}
+
+#[test]
+fn a_closed_node_port_flow_does_not_translate_a_later_flow_on_its_reply_tuple() {
+    a_flow_on_a_node_port_flows_reply_tuple("closed", 40400, true);
+}
+
+#[test]
+fn a_live_node_port_flow_and_a_later_flow_on_its_reply_tuple_both_work() {
+    a_flow_on_a_node_port_flows_reply_tuple("live", 40410, false);
+}
+
 #[test]
 fn a_connected_udp_socket_leaves_a_departed_backend() {
     let c = cluster();

@@ -3,12 +3,15 @@
 //! keep the client's address, `externalTrafficPolicy: Local`,
 //! `loadBalancerSourceRanges`, hairpin, host-network backends (egress of
 //! node- and pod-facing interfaces),
-//! ICMP errors about source-NATed flows, and fragmented datagrams.
+//! ICMP errors about source-NATed flows, fragmented datagrams, and flows
+//! from outside on a NodePort flow's reply tuple.
 use std::collections::BTreeSet;
 
 use switchyard::inspect;
 use testbed::{
-    packet::{Builder, ICMP, TCP_ACK, TCP_SYN, View, fragments, ipv4, reassembled_checksum_ok},
+    packet::{
+        Builder, ICMP, TCP_ACK, TCP_RST, TCP_SYN, View, fragments, ipv4, reassembled_checksum_ok,
+    },
     prog_test::{
         Harness, Hook, NODE_ADDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_checksums, sa,
     },
@@ -135,6 +138,58 @@ fn nodeport_to_a_local_backend_keeps_the_client_address() {
     let r = View::new(&out);
     assert_eq!((r.src(), r.dst()), (sa(&node_port(30081)), sa(CLIENT)));
     assert_checksums(&out);
+}
+
+/// A NodePort flow to a local backend, then a flow from the same client
+/// port straight to that backend (another node's socket-path connection
+/// from the port of its NodePort connection): on the backend's side both
+/// have the same tuple. Once the NodePort flow is closed its entries must
+/// not translate the new flow's replies; while it is live, the new flow's
+/// source port is remapped and its replies translated back, and the
+/// NodePort flow keeps its own.
+#[test]
+fn a_flow_from_outside_on_a_node_port_flows_reply_tuple_gets_its_own_replies() {
+    let mut h = Harness::new(TABLE);
+    let node_port_flow = |h: &mut Harness, client: &str| {
+        let syn = Builder::tcp(sa(client), sa(&node_port(30081)), TCP_SYN).build();
+        h.run_on(Hook::NodeIn, &syn);
+        let syn_ack = Builder::tcp(sa(LOCAL_BE), sa(client), TCP_SYN | TCP_ACK).build();
+        h.run_on(Hook::Pod, &syn_ack);
+    };
+    // Closed (a reset): a direct flow from the port is no one's to
+    // translate, and neither are its replies, the SYN-ACK nor what follows.
+    node_port_flow(&mut h, CLIENT);
+    let rst = Builder::tcp(sa(CLIENT), sa(&node_port(30081)), TCP_RST | TCP_ACK).build();
+    h.run_on(Hook::NodeIn, &rst);
+    let direct = Builder::tcp(sa(CLIENT), sa(LOCAL_BE), TCP_SYN).build();
+    let (verdict, out) = h.run_on(Hook::NodeIn, &direct);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, direct, "nothing holds its reply tuple any more");
+    for flags in [TCP_SYN | TCP_ACK, TCP_ACK] {
+        let reply = Builder::tcp(sa(LOCAL_BE), sa(CLIENT), flags).build();
+        let (verdict, out) = h.run_on(Hook::Pod, &reply);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, reply, "a reply of the direct flow was translated");
+    }
+    // Live: the direct flow is remapped, both get their own replies.
+    let client = "192.168.0.200:40001";
+    node_port_flow(&mut h, client);
+    let direct = Builder::tcp(sa(client), sa(LOCAL_BE), TCP_SYN).build();
+    let (verdict, out) = h.run_on(Hook::NodeIn, &direct);
+    assert_eq!(verdict, TC_ACT_OK);
+    let remapped = View::new(&out).src();
+    assert_eq!(remapped.ip(), sa(client).ip(), "only the port is remapped");
+    assert!(snat_port_ok(remapped.port()), "remapped to {remapped}");
+    assert_checksums(&out);
+    let reply = Builder::tcp(sa(LOCAL_BE), remapped, TCP_SYN | TCP_ACK).build();
+    let (verdict, out) = h.run_on(Hook::Pod, &reply);
+    assert_eq!(verdict, TC_ACT_OK, "routed back to the client as it is");
+    let r = View::new(&out);
+    assert_eq!((r.src(), r.dst()), (sa(LOCAL_BE), sa(client)));
+    assert_checksums(&out);
+    let node_port_reply = Builder::tcp(sa(LOCAL_BE), sa(client), TCP_ACK).build();
+    let (_, out) = h.run_on(Hook::Pod, &node_port_reply);
+    assert_eq!(View::new(&out).src(), sa(&node_port(30081)));
 }
 
 #[test]

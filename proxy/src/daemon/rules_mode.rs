@@ -27,6 +27,10 @@ use crate::{
     node::{self, NodePortAddresses},
 };
 
+/// How often a sync is a full one at the latest (kube-proxy's
+/// `FullSyncPeriod`).
+const FULL_SYNC_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 enum Rules {
     Iptables(IptablesRules),
     Nftables(NftablesRules),
@@ -77,17 +81,21 @@ async fn serve(settings: Settings, mut rules: Rules) -> Result<()> {
     let mut resync = tokio::time::interval(settings.sync_period);
     let mut pacer = pacer::SyncPacer::new(settings.min_sync_period, pacer::BURST, Instant::now());
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_full: Option<Instant> = None;
     loop {
-        let full = tokio::select! {
+        tokio::select! {
             biased;
-            _ = resync.tick() => true,
-            _ = changed.notified() => false,
-            Ok(()) = ifaces.changed() => false,
+            _ = resync.tick() => {}
+            _ = changed.notified() => {}
+            Ok(()) = ifaces.changed() => {}
             signal = &mut stop => {
                 info!(signal, mode, "stopping; the rules stay in place");
                 return Ok(());
             }
-        };
+        }
+        // kube-proxy: a full sync at start, after a failure (the rule sets
+        // see to both) and once an hour; every other sync is partial.
+        let full = last_full.is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD);
         // kube-proxy's pacing: at once if a token is left, else every
         // change until the next token shares one sync.
         pacer::wait_for_token(&mut pacer).await;
@@ -121,16 +129,19 @@ async fn serve(settings: Settings, mut rules: Rules) -> Result<()> {
         };
         let result = tokio::task::block_in_place(|| match &mut rules {
             Rules::Iptables(r) => r.sync(&outcome.service_ports, &cfg, full),
-            Rules::Nftables(r) => r.sync(&outcome.service_ports, &cfg),
+            Rules::Nftables(r) => r.sync(&outcome.service_ports, &cfg, full),
         });
         let ok = result.is_ok();
+        if ok && full {
+            last_full = Some(Instant::now());
+        }
         match &result {
             Ok(applied) => info!(
                 mode,
                 service_ports = outcome.service_ports.len(),
                 rules = applied.objects,
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                full,
+                partial = applied.partial,
                 "rules synced"
             ),
             Err(e) => warn!(mode, error = %format!("{e:#}"), "sync failed; will retry"),

@@ -2,7 +2,6 @@
 //! `iptables` and `nft`, inside the node's network namespace when one is
 //! named (`ip netns exec`), and remembers what it wrote.
 use std::{
-    collections::BTreeSet,
     io::Write as _,
     process::{Command, Stdio},
 };
@@ -92,11 +91,12 @@ fn run(netns: Option<&str>, program: &str, args: &[&str], stdin: Option<&str>) -
 /// lines around it (kube-proxy logs the same).
 fn with_failing_line(err: anyhow::Error, payload: &str) -> anyhow::Error {
     let msg = format!("{err:#}");
+    // iptables-legacy-restore says "line 12", iptables-nft-restore "line: 12".
     let line = msg
-        .split("line ")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse::<usize>().ok());
+        .split("line")
+        .skip(1)
+        .map(|s| s.trim_start_matches([':', ' ']))
+        .find_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok());
     match line {
         Some(n) if n > 0 => {
             let lines: Vec<&str> = payload.lines().collect();
@@ -113,16 +113,20 @@ fn with_failing_line(err: anyhow::Error, payload: &str) -> anyhow::Error {
 /// Outcome of one sync.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
-    /// Rules (and, for nftables, map elements) written.
+    /// Rules (and, for nftables, map elements) in kube-proxy's chains
+    /// once the sync is applied.
     pub objects: usize,
+    /// Whether it was a partial sync (unchanged Services' chains left as
+    /// they were).
+    pub partial: bool,
 }
 
 /// kube-proxy's iptables mode, applied.
 pub struct IptablesRules {
     netns: Option<String>,
     variant: IptablesVariant,
-    /// Service chains in the kernel from earlier syncs.
-    chains: BTreeSet<String>,
+    /// What earlier syncs left in the kernel.
+    previous: iptables::Previous,
     /// Jump rules verified since start.
     jumps_ensured: bool,
 }
@@ -138,7 +142,7 @@ impl IptablesRules {
             None,
         )?;
         Ok(Self {
-            chains: iptables::service_chains_in(&save),
+            previous: iptables::Previous::chains_in_kernel(iptables::service_chains_in(&save)),
             netns,
             variant,
             jumps_ensured: false,
@@ -177,23 +181,33 @@ impl IptablesRules {
     }
 
     /// One sync: jumps ensured (`full`, or never yet), then one
-    /// `iptables-restore --noflush --counters` of both tables.
+    /// `iptables-restore --noflush --counters` of both tables — a full
+    /// sync when `full` is asked for, at the first sync and after a
+    /// failed one, else a partial one (kube-proxy's `needFullSync`).
     pub fn sync(&mut self, ports: &[ServicePort], cfg: &RuleConfig, full: bool) -> Result<Applied> {
         if full || !self.jumps_ensured {
             self.ensure_jumps()?;
             self.jumps_ensured = true;
         }
-        let payload = iptables::render(ports, cfg, &self.chains);
-        run(
+        if full {
+            self.previous = std::mem::take(&mut self.previous).for_full_sync();
+        }
+        let payload = iptables::render(ports, cfg, &self.previous);
+        if let Err(e) = run(
             self.netns.as_deref(),
             &self.variant.binary("iptables-restore"),
             &["-w", "5", "--noflush", "--counters"],
             Some(&payload.text),
-        )
-        .map_err(|e| with_failing_line(e, &payload.text))?;
-        self.chains = payload.nat_chains;
+        ) {
+            // A failed restore changed nothing; what it was meant to
+            // change is rewritten by the full sync that follows.
+            self.previous = std::mem::take(&mut self.previous).for_full_sync();
+            return Err(with_failing_line(e, &payload.text));
+        }
+        self.previous = payload.next;
         Ok(Applied {
             objects: payload.rules,
+            partial: payload.partial,
         })
     }
 }
@@ -213,9 +227,13 @@ impl NftablesRules {
         }
     }
 
-    /// One sync: one atomic `nft -f -` transaction. After a failure the
-    /// next one rebuilds the table from scratch.
-    pub fn sync(&mut self, ports: &[ServicePort], cfg: &RuleConfig) -> Result<Applied> {
+    /// One sync: one atomic `nft -f -` transaction — a full sync when
+    /// `full` is asked for, at the first sync and after a failed one (which
+    /// also rebuilds the table from scratch), else a partial one.
+    pub fn sync(&mut self, ports: &[ServicePort], cfg: &RuleConfig, full: bool) -> Result<Applied> {
+        if full {
+            self.previous = std::mem::take(&mut self.previous).for_full_sync();
+        }
         let script = nftables::render(ports, cfg, &self.previous);
         if let Err(e) = run(
             self.netns.as_deref(),
@@ -226,13 +244,10 @@ impl NftablesRules {
             self.previous = nftables::Previous::default();
             return Err(with_failing_line(e, &script.text));
         }
-        self.previous = nftables::Previous {
-            table_written: true,
-            chains: script.chains,
-            sets: script.sets,
-        };
+        self.previous = script.next;
         Ok(Applied {
             objects: script.objects,
+            partial: script.partial,
         })
     }
 }

@@ -12,10 +12,17 @@
 //! endpoints in total kube-proxy is in large-cluster mode and leaves the
 //! comments out of endpoint rules; so does this.
 //!
-//! Every sync here is what kube-proxy calls a full sync: every chain in
-//! use is rewritten. Chains no longer used are flushed and deleted
-//! (`-X`) in the same payload.
-use std::{collections::BTreeSet, fmt::Write as _};
+//! Syncs are full or partial, as kube-proxy's: a full sync rewrites every
+//! chain in use; a partial one (the config and large-cluster mode
+//! unchanged) rewrites the top-level chains completely, with every
+//! Service's capture rules, but leaves out the SVC/SVL/EXT/FW/SEP chains of
+//! ServicePorts that are the same as at the last sync, so the kernel keeps
+//! them (kube-proxy's `MinimizeIPTablesRestore`). Chains no longer used
+//! are flushed and deleted (`-X`) in the same payload.
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt::Write as _,
+};
 
 use super::{
     RuleConfig,
@@ -61,14 +68,53 @@ const NODEPORTS_TAIL_COMMENT: &str =
     "\"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
 
 /// One restore payload and what it leaves in use.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Payload {
     /// `*filter … COMMIT *nat … COMMIT`, for `iptables-restore --noflush`.
     pub text: String,
-    /// nat chains with a service prefix that the payload writes.
-    pub nat_chains: BTreeSet<String>,
-    /// Rules written (filter + nat), kube-proxy's `sync_proxy_rules_iptables_total`.
+    /// Rules in kube-proxy's chains once it is applied (filter + nat,
+    /// written or kept), kube-proxy's `sync_proxy_rules_iptables_total`.
     pub rules: usize,
+    /// Whether Service chains unchanged since the last sync were left out.
+    pub partial: bool,
+    /// What the kernel holds once the payload is applied: the `previous`
+    /// of the next sync.
+    pub next: Previous,
+}
+
+/// What earlier syncs left in the kernel, as the next sync needs it.
+#[derive(Clone, Debug, Default)]
+pub struct Previous {
+    /// nat chains with a service prefix (deleted unless still in use).
+    pub chains: BTreeSet<String>,
+    /// The rendering those chains came from; `None` (a start, a failed
+    /// restore, a periodic full sync): the next sync is a full one.
+    written: Option<Written>,
+}
+
+#[derive(Clone, Debug)]
+struct Written {
+    cfg: RuleConfig,
+    large: bool,
+    /// By service chain hash.
+    ports: HashMap<String, ServicePort>,
+}
+
+impl Previous {
+    /// Chains found in the kernel (`iptables-save`), of unknown content:
+    /// the next sync is a full one.
+    pub fn chains_in_kernel(chains: BTreeSet<String>) -> Self {
+        Self {
+            chains,
+            written: None,
+        }
+    }
+
+    /// The same chains, but the next sync is a full one.
+    #[must_use]
+    pub fn for_full_sync(self) -> Self {
+        Self::chains_in_kernel(self.chains)
+    }
 }
 
 /// A jump from a built-in chain into kube-proxy's chains, kept outside the
@@ -192,11 +238,14 @@ pub fn jumps() -> Vec<Jump> {
     ]
 }
 
-/// Line buffer counting rules (`-A` lines).
+/// Line buffer counting rules (`-A` lines). While `keep_own` is set, a
+/// Service's own chains and rules ([`Self::own_chain`], [`Self::own`]) are
+/// counted but left out: the kernel keeps them from the last sync.
 #[derive(Default)]
 struct Lines {
     text: String,
     rules: usize,
+    keep_own: bool,
 }
 
 impl Lines {
@@ -207,6 +256,20 @@ impl Lines {
     }
     fn chain(&mut self, name: &str) {
         let _ = writeln!(self.text, ":{name} - [0:0]");
+    }
+    /// A rule in one of the Service's own chains.
+    fn own(&mut self, line: impl AsRef<str>) {
+        if self.keep_own {
+            self.rules += 1;
+        } else {
+            self.rule(line);
+        }
+    }
+    /// One of the Service's own chains.
+    fn own_chain(&mut self, name: &str) {
+        if !self.keep_own {
+            self.chain(name);
+        }
     }
 }
 
@@ -221,12 +284,17 @@ fn proto_match(sp: &ServicePort) -> String {
     format!("-m {p} -p {p}")
 }
 
-/// Renders the payload for `ports`; `stale` are service chains in the
-/// kernel from earlier syncs (deleted unless still in use).
-pub fn render(ports: &[ServicePort], cfg: &RuleConfig, stale: &BTreeSet<String>) -> Payload {
+/// Renders the payload for `ports` after `previous`: a partial sync when
+/// `previous` knows what it rendered with the same `cfg` and large-cluster
+/// mode, else a full one.
+pub fn render(ports: &[ServicePort], cfg: &RuleConfig, previous: &Previous) -> Payload {
     let mark = format!("{:#x}", 1u32 << cfg.masquerade_bit);
     let total_endpoints: usize = ports.iter().map(|sp| sp.reachable_endpoints().len()).sum();
     let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
+    let kept = previous
+        .written
+        .as_ref()
+        .filter(|w| w.large == large && w.cfg == *cfg);
     let (mut filter_chains, mut filter) = (Lines::default(), Lines::default());
     let (mut nat_chains, mut nat) = (Lines::default(), Lines::default());
     for c in FILTER_CHAINS {
@@ -250,9 +318,15 @@ pub fn render(ports: &[ServicePort], cfg: &RuleConfig, stale: &BTreeSet<String>)
         );
     }
     let mut in_use = BTreeSet::new();
+    let mut written = HashMap::with_capacity(ports.len());
     for sp in ports {
+        let h = iptables_service_hash(sp);
+        let unchanged = kept.is_some_and(|w| w.ports.get(&h) == Some(sp));
+        nat_chains.keep_own = unchanged;
+        nat.keep_own = unchanged;
         service_port(
             sp,
+            &h,
             cfg,
             large,
             &mut filter,
@@ -260,7 +334,10 @@ pub fn render(ports: &[ServicePort], cfg: &RuleConfig, stale: &BTreeSet<String>)
             &mut nat,
             &mut in_use,
         );
+        written.insert(h, sp.clone());
     }
+    nat_chains.keep_own = false;
+    nat.keep_own = false;
     // The tail: NodePorts on local addresses (or the chosen ones).
     match &cfg.nodeport_addresses {
         None => nat.rule(format!(
@@ -291,7 +368,7 @@ pub fn render(ports: &[ServicePort], cfg: &RuleConfig, stale: &BTreeSet<String>)
     );
     // Stale chains: declared (flushed), then deleted.
     let mut deletes = String::new();
-    for c in stale.difference(&in_use) {
+    for c in previous.chains.difference(&in_use) {
         nat_chains.chain(c);
         let _ = writeln!(deletes, "-X {c}");
     }
@@ -301,8 +378,16 @@ pub fn render(ports: &[ServicePort], cfg: &RuleConfig, stale: &BTreeSet<String>)
     );
     Payload {
         text,
-        nat_chains: in_use,
         rules: filter.rules + nat.rules,
+        partial: kept.is_some(),
+        next: Previous {
+            chains: in_use,
+            written: Some(Written {
+                cfg: cfg.clone(),
+                large,
+                ports: written,
+            }),
+        },
     }
 }
 
@@ -329,8 +414,12 @@ fn no_endpoints(sp: &ServicePort) -> NoEndpoints {
 }
 
 #[allow(clippy::too_many_lines)]
+/// The rules of one ServicePort (chain hash `h`): capture rules in the
+/// top-level chains (`rule`), its own chains (`own_chain`, `own`).
+#[allow(clippy::too_many_arguments)]
 fn service_port(
     sp: &ServicePort,
+    h: &str,
     cfg: &RuleConfig,
     large: bool,
     filter: &mut Lines,
@@ -338,7 +427,6 @@ fn service_port(
     nat: &mut Lines,
     in_use: &mut BTreeSet<String>,
 ) {
-    let h = iptables_service_hash(sp);
     let (svc, svl, ext, fw) = (
         format!("KUBE-SVC-{h}"),
         format!("KUBE-SVL-{h}"),
@@ -435,37 +523,37 @@ fn service_port(
             quoted(&format!("{name} cluster IP"))
         );
         if cfg.masquerade_all {
-            nat.rule(format!("-A {internal_chain} {args} -j KUBE-MARK-MASQ"));
+            nat.own(format!("-A {internal_chain} {args} -j KUBE-MARK-MASQ"));
         } else if let Some(local) = &cfg.local_detector {
-            nat.rule(format!(
+            nat.own(format!(
                 "-A {internal_chain} {args} ! -s {local} -j KUBE-MARK-MASQ"
             ));
         }
     }
     if uses_ext_chain {
-        nat_chains.chain(&ext);
+        nat_chains.own_chain(&ext);
         in_use.insert(ext.clone());
         if sp.external_local {
             if let Some(local) = &cfg.local_detector {
-                nat.rule(format!(
+                nat.own(format!(
                     "-A {ext} -m comment --comment {} -s {local} -j {svc}",
                     quoted(&format!("pod traffic for {name} external destinations"))
                 ));
             }
-            nat.rule(format!(
+            nat.own(format!(
                 "-A {ext} -m comment --comment {} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ",
                 quoted(&format!(
                     "masquerade LOCAL traffic for {name} external destinations"
                 ))
             ));
-            nat.rule(format!(
+            nat.own(format!(
                 "-A {ext} -m comment --comment {} -m addrtype --src-type LOCAL -j {svc}",
                 quoted(&format!(
                     "route LOCAL traffic for {name} external destinations"
                 ))
             ));
         } else {
-            nat.rule(format!(
+            nat.own(format!(
                 "-A {ext} -m comment --comment {} -j KUBE-MARK-MASQ",
                 quoted(&format!(
                     "masquerade traffic for {name} external destinations"
@@ -473,11 +561,11 @@ fn service_port(
             ));
         }
         if has_external {
-            nat.rule(format!("-A {ext} -j {external_policy_chain}"));
+            nat.own(format!("-A {ext} -j {external_policy_chain}"));
         }
     }
     if uses_fw_chain {
-        nat_chains.chain(&fw);
+        nat_chains.own_chain(&fw);
         in_use.insert(fw.clone());
         let args = format!(
             "-A {fw} -m comment --comment {}",
@@ -485,15 +573,15 @@ fn service_port(
         );
         let mut allow_from_node = false;
         for cidr in &sp.source_ranges {
-            nat.rule(format!("{args} -s {cidr} -j {ext}"));
+            nat.own(format!("{args} -s {cidr} -j {ext}"));
             allow_from_node |= cfg.node_ip.is_some_and(|ip| cidr.contains(ip));
         }
         if allow_from_node {
             for lb in &sp.load_balancer_ips {
-                nat.rule(format!("{args} -s {lb} -j {ext}"));
+                nat.own(format!("{args} -s {lb} -j {ext}"));
             }
         }
-        nat.rule(format!(
+        nat.own(format!(
             "-A {fw} -m comment --comment {}",
             quoted(&format!(
                 "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"
@@ -511,7 +599,7 @@ fn service_port(
         if let Some(timeout) = sp.affinity_timeout_s {
             for ep in eps {
                 let sep = iptables_endpoint_chain(sp, ep);
-                nat.rule(format!(
+                nat.own(format!(
                     "-A {chain} {}-m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
                     comment(quoted(&format!("{name} -> {}:{}", ep.addr, ep.port)))
                 ));
@@ -528,34 +616,34 @@ fn service_port(
             } else {
                 String::new()
             };
-            nat.rule(format!(
+            nat.own(format!(
                 "-A {chain} {}{pick}-j {sep}",
                 comment(quoted(&format!("{name} -> {}:{}", ep.addr, ep.port)))
             ));
         }
     };
     if uses_cluster_chain {
-        nat_chains.chain(&svc);
+        nat_chains.own_chain(&svc);
         in_use.insert(svc.clone());
         endpoint_rules(nat, &svc, &sp.cluster);
     }
     if uses_local_chain {
-        nat_chains.chain(&svl);
+        nat_chains.own_chain(&svl);
         in_use.insert(svl.clone());
         endpoint_rules(nat, &svl, &sp.local);
     }
     for ep in sp.reachable_endpoints() {
         let sep = iptables_endpoint_chain(sp, &ep);
-        nat_chains.chain(&sep);
+        nat_chains.own_chain(&sep);
         in_use.insert(sep.clone());
         let c = comment(name.clone());
-        nat.rule(format!("-A {sep} {c}-s {} -j KUBE-MARK-MASQ", ep.addr));
+        nat.own(format!("-A {sep} {c}-s {} -j KUBE-MARK-MASQ", ep.addr));
         let recent = if sp.affinity_timeout_s.is_some() {
             format!("-m recent --name {sep} --set ")
         } else {
             String::new()
         };
-        nat.rule(format!(
+        nat.own(format!(
             "-A {sep} {c}{recent}{p} -j DNAT --to-destination {}:{}",
             ep.addr, ep.port
         ));

@@ -13,11 +13,18 @@
 //! picks an endpoint chain in O(1) with `numgen random mod N vmap`;
 //! ClientIP affinity is a dynamic set with a timeout per endpoint.
 //!
-//! Every sync re-declares and flushes every chain and map it uses (a full
-//! sync in kube-proxy's words), deletes chains no longer used, and keeps
-//! the affinity sets of endpoints still in use: their elements are the
-//! clients' affinity and survive the sync.
-use std::{collections::BTreeSet, fmt::Write as _};
+//! A full sync (the first, one after a failure or a config change, or one
+//! asked for) re-declares and flushes every chain and map it uses; a
+//! partial one, as kube-proxy's, leaves the base chains and maps as they
+//! are, writes only the map and set elements that changed (deleted by key,
+//! then added) and re-declares and refills only the chains of
+//! ServicePorts that changed since the last sync. Both delete chains no
+//! longer used and keep the affinity sets of endpoints still in use: their
+//! elements are the clients' affinity and survive the sync.
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    fmt::Write as _,
+};
 
 use super::{
     RuleConfig,
@@ -29,30 +36,55 @@ use crate::{desired::ServicePort, model::BackendAddr};
 pub const TABLE: &str = "kube-proxy";
 
 /// One transaction and what it leaves in the table.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Script {
     /// The `nft -f` input.
     pub text: String,
-    /// Per-Service chains the table holds after it.
-    pub chains: BTreeSet<String>,
-    /// Affinity sets it holds after it.
-    pub sets: BTreeSet<String>,
-    /// Rules and map elements written.
+    /// Rules and map and set elements in the table once it is applied
+    /// (written or kept).
     pub objects: usize,
+    /// Whether it is a partial sync.
+    pub partial: bool,
+    /// What the table holds after it: the `previous` of the next sync.
+    pub next: Previous,
 }
 
 /// What earlier transactions left in the table (empty at start: the first
 /// transaction deletes and recreates the table).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Previous {
-    /// Whether the table is known to be ours and current.
+    /// Whether the table is known to be ours.
     pub table_written: bool,
     /// Per-Service chains it holds.
     pub chains: BTreeSet<String>,
     /// Affinity sets it holds.
     pub sets: BTreeSet<String>,
+    /// What the last transaction rendered; `None`: the next one is a full
+    /// sync.
+    written: Option<Written>,
 }
 
+#[derive(Clone, Debug)]
+struct Written {
+    cfg: RuleConfig,
+    /// By chain base name.
+    ports: HashMap<String, ServicePort>,
+    /// Every map and set element of the Services: (map, element).
+    elements: HashSet<(&'static str, String)>,
+}
+
+impl Previous {
+    /// The same table, but the next sync is a full one.
+    #[must_use]
+    pub fn for_full_sync(self) -> Self {
+        Self {
+            written: None,
+            ..self
+        }
+    }
+}
+
+#[derive(Default)]
 struct Out {
     text: String,
     objects: usize,
@@ -80,6 +112,16 @@ impl Out {
         let _ = writeln!(self.text, "add chain ip {TABLE} {name}");
         let _ = writeln!(self.text, "flush chain ip {TABLE} {name}");
     }
+    /// Takes `other`'s text and objects, leaving it empty.
+    fn append(&mut self, other: &mut Out) {
+        self.text.push_str(&other.text);
+        self.objects += other.objects;
+        other.clear();
+    }
+    fn clear(&mut self) {
+        self.text.clear();
+        self.objects = 0;
+    }
 }
 
 /// The base chains: (name, type, hook, priority).
@@ -94,14 +136,12 @@ const BASE_CHAINS: [(&str, &str, &str, i32); 8] = [
     ("nat-postrouting", "nat", "postrouting", 100),
 ];
 
-/// Renders the transaction for `ports`.
-pub fn render(ports: &[ServicePort], cfg: &RuleConfig, previous: &Previous) -> Script {
+/// The table, its base and fixed chains, maps and sets (flushed), and
+/// their fixed rules: what a full sync writes before the Services. An
+/// unknown table (`!table_written`) is deleted first.
+fn header(o: &mut Out, cfg: &RuleConfig, table_written: bool) {
     let mark = format!("{:#x}", 1u32 << cfg.masquerade_bit);
-    let mut o = Out {
-        text: String::new(),
-        objects: 0,
-    };
-    if !previous.table_written {
+    if !table_written {
         // Start clean: whatever an earlier run left goes, atomically.
         o.line(format!("add table ip {TABLE}"));
         o.line(format!("delete table ip {TABLE}"));
@@ -218,13 +258,72 @@ pub fn render(ports: &[ServicePort], cfg: &RuleConfig, previous: &Previous) -> S
             }
         }
     }
+}
+
+/// Renders the transaction for `ports` after `previous`: a partial sync
+/// when `previous` knows what it rendered with the same `cfg`, else a
+/// full one.
+pub fn render(ports: &[ServicePort], cfg: &RuleConfig, previous: &Previous) -> Script {
+    let kept = previous
+        .written
+        .as_ref()
+        .filter(|w| previous.table_written && w.cfg == *cfg);
+    let mut head = Out::default();
+    header(&mut head, cfg, previous.table_written);
+    // Rules and elements in the table once applied, written or kept.
+    let mut objects = head.objects;
+    let mut o = Out::default();
+    if kept.is_none() {
+        o.append(&mut head);
+    }
     let mut chains = BTreeSet::new();
     let mut sets = BTreeSet::new();
+    let mut written = HashMap::with_capacity(ports.len());
+    let mut elements = HashSet::new();
+    let (mut decl, mut rules, mut own) = (Out::default(), Out::default(), Vec::new());
+    let mut body = Out::default();
     for sp in ports {
-        service_port(sp, cfg, &mut o, &mut chains, &mut sets);
+        let base = nft_service_base(sp);
+        service_port(
+            sp,
+            &base,
+            cfg,
+            &mut decl,
+            &mut rules,
+            &mut own,
+            &mut chains,
+            &mut sets,
+        );
+        let unchanged = kept.is_some_and(|w| w.ports.get(&base) == Some(sp));
+        objects += rules.objects + own.len();
+        if unchanged {
+            decl.clear();
+            rules.clear();
+        } else {
+            body.append(&mut decl);
+            for (map, element) in &own {
+                // A partial sync adds only what the maps do not hold yet.
+                if kept.is_none_or(|w| !w.elements.contains(&(*map, element.clone()))) {
+                    body.element(map, element);
+                }
+            }
+            body.append(&mut rules);
+        }
+        elements.extend(own.drain(..));
+        written.insert(base, sp.clone());
     }
+    // Elements no Service has any more (or with another verdict now),
+    // deleted by key before anything is added.
+    if let Some(w) = kept {
+        for (map, element) in w.elements.difference(&elements) {
+            let key = element.split(" : ").next().unwrap_or(element);
+            o.line(format!("delete element ip {TABLE} {map} {{ {key} }}"));
+        }
+    }
+    o.append(&mut body);
     // Chains and sets no longer used: their map elements are gone (the
-    // maps were flushed above), so they can go in the same transaction.
+    // maps were flushed, or the elements deleted, above), so they can go in
+    // the same transaction.
     // Flushed first, all of them: a stale chain may jump to another.
     for c in previous.chains.difference(&chains) {
         o.line(format!("flush chain ip {TABLE} {c}"));
@@ -237,20 +336,35 @@ pub fn render(ports: &[ServicePort], cfg: &RuleConfig, previous: &Previous) -> S
     }
     Script {
         text: o.text,
-        chains,
-        sets,
-        objects: o.objects,
+        objects,
+        partial: kept.is_some(),
+        next: Previous {
+            table_written: true,
+            chains,
+            sets,
+            written: Some(Written {
+                cfg: cfg.clone(),
+                ports: written,
+                elements,
+            }),
+        },
     }
 }
 
+/// One ServicePort (chain base name `base`): its chain and set
+/// declarations into `decl`, its map and set elements into `els` as (map,
+/// element), the rules of its chains into `o`.
+#[allow(clippy::too_many_arguments)]
 fn service_port(
     sp: &ServicePort,
+    base: &str,
     cfg: &RuleConfig,
+    decl: &mut Out,
     o: &mut Out,
+    els: &mut Vec<(&'static str, String)>,
     chains: &mut BTreeSet<String>,
     sets: &mut BTreeSet<String>,
 ) {
-    let base = nft_service_base(sp);
     let (svc, local, ext, fw) = (
         format!("service-{base}"),
         format!("local-{base}"),
@@ -286,70 +400,70 @@ fn service_port(
         chains.insert(name.to_owned());
     };
     if uses_cluster_chain {
-        declare(o, chains, &svc);
+        declare(decl, chains, &svc);
     }
     if uses_local_chain {
-        declare(o, chains, &local);
+        declare(decl, chains, &local);
     }
     if uses_ext_chain {
-        declare(o, chains, &ext);
+        declare(decl, chains, &ext);
     }
     if uses_fw {
-        declare(o, chains, &fw);
+        declare(decl, chains, &fw);
     }
     for ep in &reachable {
         let eb = nft_endpoint_base(sp, ep);
-        declare(o, chains, &format!("endpoint-{eb}"));
+        declare(decl, chains, &format!("endpoint-{eb}"));
         if let Some(timeout) = sp.affinity_timeout_s {
             let set = format!("affinity-{eb}");
             // Not flushed: its elements are the clients' affinity.
-            o.line(format!(
+            decl.line(format!(
                 "add set ip {TABLE} {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}"
             ));
             sets.insert(set);
         }
     }
 
-    o.element("cluster-ips", cip.to_string());
+    els.push(("cluster-ips", cip.to_string()));
     if has_internal {
-        o.element(
+        els.push((
             "service-ips",
             format!("{cip} . {proto} . {port} : goto {internal_chain}"),
-        );
+        ));
     } else if let Some(v) = verdict(has_internal) {
-        o.element(
+        els.push((
             "no-endpoint-services",
             format!("{cip} . {proto} . {port} : {v}"),
-        );
+        ));
     }
     for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
         if uses_ext_chain {
-            o.element(
+            els.push((
                 "service-ips",
                 format!("{ip} . {proto} . {port} : goto {ext}"),
-            );
+            ));
         }
         if let Some(v) = verdict(has_external) {
-            o.element(
+            els.push((
                 "no-endpoint-services",
                 format!("{ip} . {proto} . {port} : {v}"),
-            );
+            ));
         }
     }
     if uses_fw {
         for ip in &sp.load_balancer_ips {
-            o.element(
+            els.push((
                 "firewall-ips",
                 format!("{ip} . {proto} . {port} : goto {fw}"),
-            );
+            ));
         }
     }
     if let Some(np) = sp.node_port {
         if uses_ext_chain {
-            o.element("service-nodeports", format!("{proto} . {np} : goto {ext}"));
+            els.push(("service-nodeports", format!("{proto} . {np} : goto {ext}")));
         }
         if let Some(v) = verdict(has_external) {
-            o.element("no-endpoint-nodeports", format!("{proto} . {np} : {v}"));
+            els.push(("no-endpoint-nodeports", format!("{proto} . {np} : {v}")));
         }
     }
 

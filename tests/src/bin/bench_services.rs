@@ -16,9 +16,11 @@
 //!   per-packet path; the client outside the hooked cgroup), from one set
 //!   of maps written by the reconciler.
 //!
-//! Per N: time to program from empty and to apply one endpoint change
-//! (each a full restore/transaction for kube-proxy's modes, which is what
-//! they cost on a full sync; the maps' change is the reconciler's diff),
+//! Per N: time to program from empty (a full restore/transaction for
+//! kube-proxy's modes) and to apply one endpoint change (their partial
+//! sync: the top-level chains and the changed Service's chains for
+//! iptables, the changed elements and chains for nftables; the maps'
+//! change is the reconciler's diff),
 //! then `--rounds` rounds of `--connects` connections per mode and target:
 //! the ClusterIP of a Service last in iptables' list, of one at a random
 //! position, and a pod directly (pod-to-pod traffic with N Services
@@ -445,10 +447,11 @@ fn program_iptables(
     let kmem_bytes = program_s.map(|_| memcg.kernel_bytes()).transpose()?;
     let change_s = match program_s {
         Some(_) => {
-            let next = iptables::render(changed, cfg, &payload.nat_chains);
+            // A partial sync, as kube-proxy's for one changed Service.
+            let next = iptables::render(changed, cfg, &payload.next);
             let s = timed(ns, tool, &args, &next.text, timeout, None)?;
             // Back to the full table for the traffic measurements.
-            let back = iptables::render(ports, cfg, &next.nat_chains);
+            let back = iptables::render(ports, cfg, &next.next);
             timed(ns, tool, &args, &back.text, timeout, None)?;
             s
         }
@@ -474,23 +477,14 @@ fn program_nftables(
     let kmem_bytes = program_s.map(|_| memcg.kernel_bytes()).transpose()?;
     let change_s = match program_s {
         Some(_) => {
-            let prev = nftables::Previous {
-                table_written: true,
-                chains: first.chains.clone(),
-                sets: first.sets.clone(),
-            };
-            let next = nftables::render(changed, cfg, &prev);
+            // A partial sync, as kube-proxy's for one changed Service.
+            let next = nftables::render(changed, cfg, &first.next);
             let s = timed(ns, "nft", &["-f", "-"], &next.text, timeout, None)?;
-            let prev = nftables::Previous {
-                table_written: true,
-                chains: next.chains,
-                sets: next.sets,
-            };
             timed(
                 ns,
                 "nft",
                 &["-f", "-"],
-                &nftables::render(ports, cfg, &prev).text,
+                &nftables::render(ports, cfg, &next.next).text,
                 timeout,
                 None,
             )?;

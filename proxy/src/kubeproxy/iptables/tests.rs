@@ -30,17 +30,17 @@ fn rules_of(payload: &Payload, chain_prefix: &str) -> Vec<String> {
 #[test]
 fn the_worked_example_payload_is_kube_proxys() {
     let ports = ports("kube-proxy/nodeport-example.yaml", None);
-    let payload = render(&ports, &example_config(), &BTreeSet::new());
+    let payload = render(&ports, &example_config(), &Previous::default());
     assert_eq!(payload.text, golden("kube-proxy/nodeport-example.iptables"));
     assert_eq!(payload.rules, 20);
-    assert_eq!(payload.nat_chains.len(), 4);
+    assert_eq!(payload.next.chains.len(), 4);
 }
 
 #[test]
 fn client_ip_affinity_checks_recent_lists_before_the_probabilities() {
     let mut ports = ports("kube-proxy/nodeport-example.yaml", None);
     ports[0].affinity_timeout_s = Some(10800);
-    let payload = render(&ports, &example_config(), &BTreeSet::new());
+    let payload = render(&ports, &example_config(), &Previous::default());
     let svc = rules_of(&payload, "KUBE-SVC-XPGD46QRK7WJZT7O");
     assert_eq!(
         svc[1],
@@ -57,7 +57,7 @@ fn client_ip_affinity_checks_recent_lists_before_the_probabilities() {
 #[test]
 fn internal_traffic_policy_local_uses_svl_or_drops() {
     let ports = ports("internal-local.yaml", Some("node-a"));
-    let payload = render(&ports, &RuleConfig::default(), &BTreeSet::new());
+    let payload = render(&ports, &RuleConfig::default(), &Previous::default());
     let logs = ports.iter().find(|p| p.name == "obs/logs").unwrap();
     let h = crate::kubeproxy::names::iptables_service_hash(logs);
     assert!(payload.text.contains(&format!(
@@ -81,7 +81,7 @@ fn external_policies_firewall_and_reject() {
         node_ip: Some("192.168.0.11".parse().unwrap()),
         ..RuleConfig::default()
     };
-    let payload = render(&ports, &cfg, &BTreeSet::new());
+    let payload = render(&ports, &cfg, &Previous::default());
     let edge = ports.iter().find(|p| p.name == "shop/edge").unwrap();
     let h = crate::kubeproxy::names::iptables_service_hash(edge);
     let ext = rules_of(&payload, &format!("KUBE-EXT-{h}"));
@@ -124,7 +124,11 @@ fn large_clusters_drop_endpoint_comments_and_stale_chains_are_deleted() {
         "KUBE-SVC-XPGD46QRK7WJZT7O".to_owned(),
     ]
     .into();
-    let payload = render(&ports, &RuleConfig::default(), &stale);
+    let payload = render(
+        &ports,
+        &RuleConfig::default(),
+        &Previous::chains_in_kernel(stale),
+    );
     assert!(!payload.text.contains("-> 10.180"));
     let seps = rules_of(&payload, "KUBE-SEP-");
     assert_eq!(seps.len(), 2002);
@@ -133,7 +137,7 @@ fn large_clusters_drop_endpoint_comments_and_stale_chains_are_deleted() {
     assert!(payload.text.contains("-X KUBE-SEP-GONE\n"));
     assert!(!payload.text.contains("-X KUBE-SVC-XPGD46QRK7WJZT7O"));
     // Below the threshold the comments come back.
-    let small = render(&[template], &RuleConfig::default(), &BTreeSet::new());
+    let small = render(&[template], &RuleConfig::default(), &Previous::default());
     assert!(
         small
             .text
@@ -151,7 +155,7 @@ fn nodeport_addresses_restrict_the_tail_rule() {
         ]),
         ..RuleConfig::default()
     };
-    let payload = render(&ports, &cfg, &BTreeSet::new());
+    let payload = render(&ports, &cfg, &Previous::default());
     let tail: Vec<&str> = payload
         .text
         .lines()
@@ -163,7 +167,7 @@ fn nodeport_addresses_restrict_the_tail_rule() {
         "loopback skipped without localhost NodePorts: {tail:?}"
     );
     assert!(tail[0].ends_with("-d 192.168.0.11 -j KUBE-NODEPORTS"));
-    let all = render(&ports, &RuleConfig::default(), &BTreeSet::new());
+    let all = render(&ports, &RuleConfig::default(), &Previous::default());
     assert!(
         all.text
             .contains("-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS")
@@ -189,4 +193,58 @@ fn cleanup_flushes_every_chain_before_deleting_any() {
         "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-X - [0:0]\n-X KUBE-SERVICES\n-X KUBE-SVC-X\nCOMMIT\n\
          *filter\n:KUBE-FORWARD - [0:0]\n-X KUBE-FORWARD\nCOMMIT\n"
     );
+}
+
+/// Two Services, then one endpoint of the first leaves: the partial sync
+/// rewrites the top-level chains with both Services' capture rules, the
+/// first Service's chains, and deletes the departed endpoint's chain; the
+/// second Service's chains are left out (the kernel keeps them). The rule
+/// count is the full sync's.
+#[test]
+fn a_partial_sync_rewrites_only_the_changed_services_chains() {
+    let mut ports = ports("kube-proxy/nodeport-example.yaml", None);
+    let mut other = ports[0].clone();
+    other.name = "ns2/svc2:p80".to_owned();
+    other.cluster_ip = "172.30.0.42".parse().unwrap();
+    other.node_port = Some(30081);
+    ports.push(other);
+    let cfg = example_config();
+    let first = render(&ports, &cfg, &Previous::default());
+    assert!(!first.partial);
+    let [changed, kept] =
+        [&ports[0], &ports[1]].map(crate::kubeproxy::names::iptables_service_hash);
+    let gone = crate::kubeproxy::names::iptables_endpoint_chain(&ports[0], &ports[0].cluster[1]);
+    ports[0].cluster.truncate(1);
+    let second = render(&ports, &cfg, &first.next);
+    assert!(second.partial);
+    let text = &second.text;
+    assert!(text.contains(&format!(":KUBE-SVC-{changed} - [0:0]")));
+    assert!(text.contains(&format!("-A KUBE-SVC-{changed} ")));
+    assert!(!text.contains(&format!(
+        "KUBE-SVC-{changed} -m comment --comment \"ns1/svc1:p80 -> 10.180.0.2:80\""
+    )));
+    assert!(text.contains(&format!(":{gone} - [0:0]\n")) && text.contains(&format!("-X {gone}\n")));
+    assert!(!text.contains(&format!(":KUBE-SVC-{kept}")), "{text}");
+    assert!(!text.contains(&format!("-A KUBE-SVC-{kept}")));
+    assert!(!text.contains(&format!(":KUBE-EXT-{kept}")));
+    assert!(
+        text.contains(&format!("--dport 80 -j KUBE-SVC-{kept}")),
+        "capture rules stay"
+    );
+    assert!(text.contains(&format!("--dport 30081 -j KUBE-EXT-{kept}")));
+    assert!(second.next.chains.contains(&format!("KUBE-SVC-{kept}")));
+    let full = render(&ports, &cfg, &Previous::default());
+    assert_eq!(second.rules, full.rules);
+    assert_eq!(second.next.chains, full.next.chains);
+    // Nothing changed: only the top-level chains.
+    let third = render(&ports, &cfg, &second.next);
+    assert!(third.partial && !third.text.contains(":KUBE-SVC-"));
+    // Another config, or a full sync asked for: everything again.
+    let other_cfg = RuleConfig {
+        masquerade_all: true,
+        ..cfg.clone()
+    };
+    assert!(!render(&ports, &other_cfg, &second.next).partial);
+    let again = render(&ports, &cfg, &second.next.clone().for_full_sync());
+    assert!(!again.partial && again.text.contains(&format!(":KUBE-SVC-{kept}")));
 }

@@ -17,7 +17,7 @@ fn the_worked_example_transaction_is_kube_proxys_layout() {
     let ports = ports("kube-proxy/nodeport-example.yaml", None);
     let script = render(&ports, &config(), &Previous::default());
     assert_eq!(script.text, golden("kube-proxy/nodeport-example.nft"));
-    assert_eq!(script.chains.len(), 4);
+    assert_eq!(script.next.chains.len(), 4);
 }
 
 #[test]
@@ -25,7 +25,7 @@ fn a_later_sync_keeps_affinity_sets_and_deletes_stale_chains() {
     let mut ports = ports("kube-proxy/nodeport-example.yaml", None);
     ports[0].affinity_timeout_s = Some(60);
     let first = render(&ports, &config(), &Previous::default());
-    assert_eq!(first.sets.len(), 2);
+    assert_eq!(first.next.sets.len(), 2);
     assert!(first.text.contains("add set ip kube-proxy affinity-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 { type ipv4_addr ; flags dynamic,timeout ; timeout 60s ; }"));
     assert!(first.text.contains("ip saddr @affinity-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"));
     assert!(
@@ -35,12 +35,8 @@ fn a_later_sync_keeps_affinity_sets_and_deletes_stale_chains() {
     );
     // One endpoint leaves.
     ports[0].cluster.truncate(1);
-    let previous = Previous {
-        table_written: true,
-        chains: first.chains.clone(),
-        sets: first.sets.clone(),
-    };
-    let second = render(&ports, &config(), &previous);
+    let second = render(&ports, &config(), &first.next);
+    assert!(second.partial);
     assert!(!second.text.contains("delete table"));
     assert!(!second.text.contains("flush set ip kube-proxy affinity-"));
     let gone = "endpoint-2ZNDXFAB-ns1/svc1/tcp/p80__10.180.0.2/80";
@@ -98,4 +94,62 @@ fn no_endpoints_reject_and_local_policies_drop() {
     assert!(s.text.contains(
         "add element ip kube-proxy no-endpoint-services { 10.96.1.3 . tcp . 80 : drop }"
     ));
+}
+
+/// Two Services, then one endpoint of the first leaves and the second
+/// Service goes: the partial sync leaves the base chains and maps alone,
+/// deletes the second Service's elements by key and its chains, rewrites
+/// the first Service's chains, and adds no element the maps still hold.
+#[test]
+fn a_partial_sync_writes_only_changed_elements_and_chains() {
+    let mut ports = ports("kube-proxy/nodeport-example.yaml", None);
+    let mut other = ports[0].clone();
+    other.name = "ns2/svc2:p80".to_owned();
+    other.cluster_ip = "172.30.0.42".parse().unwrap();
+    other.node_port = Some(30081);
+    ports.push(other);
+    let first = render(&ports, &config(), &Previous::default());
+    assert!(!first.partial);
+    let kept_base = crate::kubeproxy::names::nft_service_base(&ports[0]);
+    let gone_base = crate::kubeproxy::names::nft_service_base(&ports[1]);
+    // Nothing changed: nothing but an empty transaction.
+    let same = render(&ports, &config(), &first.next);
+    assert!(same.partial);
+    assert_eq!(same.text, "", "{}", same.text);
+    assert_eq!(same.objects, first.objects);
+    ports[0].cluster.truncate(1);
+    ports.pop();
+    let second = render(&ports, &config(), &first.next);
+    assert!(second.partial);
+    let text = &second.text;
+    assert!(
+        !text.contains("flush map") && !text.contains("add table"),
+        "{text}"
+    );
+    assert!(text.contains("delete element ip kube-proxy service-ips { 172.30.0.42 . tcp . 80 }\n"));
+    assert!(text.contains("delete element ip kube-proxy cluster-ips { 172.30.0.42 }\n"));
+    assert!(text.contains("delete element ip kube-proxy service-nodeports { tcp . 30081 }\n"));
+    assert!(text.contains(&format!("delete chain ip kube-proxy service-{gone_base}\n")));
+    assert!(text.contains(&format!("flush chain ip kube-proxy service-{kept_base}\n")));
+    assert!(text.contains("numgen random mod 1 vmap"));
+    assert!(
+        !text.contains("add element"),
+        "the kept Service's elements are unchanged: {text}"
+    );
+    let full = render(&ports, &config(), &Previous::default());
+    assert_eq!(second.objects, full.objects);
+    assert_eq!(second.next.chains, full.next.chains);
+    // A verdict that changes: deleted by key, then added.
+    ports[0].cluster.clear();
+    ports[0].has_any_endpoints = false;
+    let third = render(&ports, &config(), &second.next);
+    let del = third
+        .text
+        .find("delete element ip kube-proxy service-ips { 172.30.0.41 . tcp . 80 }")
+        .unwrap();
+    let add = third
+        .text
+        .find("add element ip kube-proxy no-endpoint-services { 172.30.0.41 . tcp . 80 : goto reject-chain }")
+        .unwrap();
+    assert!(del < add);
 }

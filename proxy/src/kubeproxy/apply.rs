@@ -96,7 +96,12 @@ fn with_failing_line(err: anyhow::Error, payload: &str) -> anyhow::Error {
         .split("line")
         .skip(1)
         .map(|s| s.trim_start_matches([':', ' ']))
-        .find_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok());
+        .find_map(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<usize>()
+                .ok()
+        });
     match line {
         Some(n) if n > 0 => {
             let lines: Vec<&str> = payload.lines().collect();

@@ -147,13 +147,15 @@ impl Attacher {
         let attached = &mut self.attached;
         let mut attach_all = || -> anyhow::Result<()> {
             for ((role, name), index) in &plan.attach {
+                let started = std::time::Instant::now();
                 let r = match role {
                     Role::Pod => dp.attach_tc(name),
                     Role::Node => dp.attach_node_iface(name),
                 };
                 match r {
                     Ok(()) => {
-                        info!(iface = %name, index, ?role, "tc programs attached");
+                        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                        info!(iface = %name, index, ?role, elapsed_ms, "tc programs attached");
                         attached.insert((*role, name.clone()), *index);
                     }
                     Err(e) => failed.push(format!("{name}: {:#}", anyhow::Error::from(e))),

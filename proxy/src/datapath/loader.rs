@@ -358,8 +358,13 @@ impl Dataplane {
             target: format!("{hook:?} of `{iface}`"),
             source,
         };
-        // Kernels before 6.6 need the clsact qdisc; it may already exist.
-        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        // Kernels before 6.6 need the clsact qdisc (it may already exist);
+        // tcx needs none, and creating one costs a netlink round trip and
+        // an RCU grace period per interface, which a burst of new pods
+        // waits for before their endpoints are written.
+        if !tcx_supported() {
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        }
         let id = prog.attach(iface, hook).map_err(&failed)?;
         if self.pin_root.is_some() {
             let link = prog.take_link(id).map_err(&failed)?;
@@ -644,4 +649,14 @@ pub fn cleanup(pin_root: &Path) -> Result<Removed> {
         fs::remove_dir(pin_root).map_err(dir_err(pin_root))?;
     }
     Ok(removed)
+}
+
+/// Whether the running kernel attaches TC programs with tcx (6.6+), which
+/// is what aya picks there.
+fn tcx_supported() -> bool {
+    static TCX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TCX.get_or_init(|| {
+        aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+    })
 }

@@ -191,6 +191,12 @@ async fn main() -> Result<()> {
     names.dedup();
     let pki =
         Pki::ensure(&args.data_dir, &names, &args.node_names).context("preparing certificates")?;
+    let settings = Settings {
+        kubelet_client_token: pki
+            .token_of(control_plane::pki::KUBELET_CLIENT)
+            .map(str::to_owned),
+        ..settings
+    };
     let auth = Auth::Required {
         tokens: pki.tokens.clone(),
         signer: Arc::new(tokens::Signer::from_pkcs8(&pki.service_account_key)?),

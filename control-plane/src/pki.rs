@@ -33,6 +33,11 @@ pub struct Identity {
 pub const MASTERS: &str = "system:masters";
 pub const READERS: &str = "switchyard:readers";
 pub const NODES: &str = "system:nodes";
+/// The identity the API server presents to node agents when it proxies
+/// `pods/log` and `pods/exec` (kubeadm's `apiserver-kubelet-client`), by
+/// bearer token; the agents check it with a TokenReview and a
+/// SubjectAccessReview on `nodes/proxy`, as a kubelet in webhook mode does.
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 
 pub struct Pki {
     pub dir: PathBuf,
@@ -115,13 +120,24 @@ impl Pki {
         let tokens_file = dir.join("tokens.csv");
         if !tokens_file.exists() {
             let rows = format!(
-                "{},admin,{MASTERS}\n{},reader,{READERS}\n",
+                "{},admin,{MASTERS}\n{},reader,{READERS}\n{},{KUBELET_CLIENT},{MASTERS}\n",
+                random_token(),
                 random_token(),
                 random_token()
             );
             write_private(&tokens_file, &rows)?;
         }
-        let tokens = parse_tokens(&fs::read_to_string(&tokens_file)?)?;
+        let mut tokens = parse_tokens(&fs::read_to_string(&tokens_file)?)?;
+        if !tokens.values().any(|id| id.user == KUBELET_CLIENT) {
+            // Data directories from before the agents checked who calls them.
+            let mut rows = fs::read_to_string(&tokens_file)?;
+            if !rows.is_empty() && !rows.ends_with('\n') {
+                rows.push('\n');
+            }
+            rows.push_str(&format!("{},{KUBELET_CLIENT},{MASTERS}\n", random_token()));
+            write_private(&tokens_file, &rows)?;
+            tokens = parse_tokens(&rows)?;
+        }
 
         let sa_key = dir.join("sa.key");
         if !sa_key.exists() {

@@ -401,9 +401,24 @@ fn down_after_a_crash_removes_everything_and_spares_reused_pids() {
     for p in st["processes"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
         if name == "sy-apiserver" || name == "sy-node-agent node-1" {
+            let pid = p["pid"].as_i64().unwrap();
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p["pid"].as_i64().unwrap() as i32),
+                nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
+            );
+            // SIGKILL takes effect when the process next runs: until then
+            // it still looks alive to `status`.
+            wait(
+                &format!("{name} gone"),
+                || b.logs(),
+                || {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let state = stat
+                        .rfind(')')
+                        .and_then(|i| stat[i + 1..].split_whitespace().next());
+                    matches!(state, None | Some("Z" | "X")).then_some(())
+                },
             );
         }
     }

@@ -892,6 +892,61 @@ spec:
         );
     }
 
+    // The agent's own endpoint answers only a user the API server vouches
+    // for (TokenReview) and allows `nodes/proxy` on that node
+    // (SubjectAccessReview), as a kubelet in webhook mode: not a pod that
+    // reaches the node's address, with or without its ServiceAccount token.
+    let node = bx
+        .plane
+        .kubectl
+        .ok(&["get", "pod", "talker", "-o", "jsonpath={.spec.nodeName}"]);
+    let endpoint = bx.plane.kubectl.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        r"jsonpath={.metadata.annotations.node\.switchyard\.io/agent-endpoint}",
+    ]);
+    let tokens = std::fs::read_to_string(bx.plane.server.data_dir.join("pki/tokens.csv")).unwrap();
+    let token_of = |user: &str| {
+        tokens
+            .lines()
+            .find(|l| l.split(',').nth(1) == Some(user))
+            .and_then(|l| l.split(',').next())
+            .unwrap_or_else(|| panic!("no {user} token in {tokens}"))
+            .to_owned()
+    };
+    let status_with = |token: Option<&str>| {
+        let mut args = vec![
+            "-s".to_owned(),
+            "-o".to_owned(),
+            "/dev/null".to_owned(),
+            "-w".to_owned(),
+            "%{http_code}".to_owned(),
+        ];
+        if let Some(t) = token {
+            args.extend(["-H".to_owned(), format!("Authorization: Bearer {t}")]);
+        }
+        args.push(format!(
+            "http://{endpoint}/containerLogs/default/talker/side"
+        ));
+        let out = Command::new("curl").args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status_with(None), "401", "no token");
+    assert_eq!(status_with(Some("not-a-token")), "401", "an unknown token");
+    // A ServiceAccount with no role (a reader may: its role allows `get` on
+    // every resource and subresource, `nodes/proxy` included, as RBAC's
+    // `*` does upstream).
+    let pod_identity = bx.plane.kubectl.ok(&["create", "token", "default"]);
+    assert_eq!(
+        status_with(Some(pod_identity.trim())),
+        "403",
+        "the default ServiceAccount"
+    );
+    assert_eq!(status_with(Some(&token_of("reader"))), "200", "a reader");
+    assert_eq!(status_with(Some(&token_of("admin"))), "200", "an admin");
+
     // The raw API: no container named on a two-container pod.
     let (code, status) =
         bx.plane

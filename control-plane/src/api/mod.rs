@@ -70,6 +70,10 @@ pub struct Settings {
     /// Where in-cluster clients reach this server: the endpoints of the
     /// `default/kubernetes` Service (none without it).
     pub advertise: Option<std::net::SocketAddr>,
+    /// The bearer token presented to node agents for `pods/log` and
+    /// `pods/exec` (identity [`crate::pki::KUBELET_CLIENT`]); none: no
+    /// `Authorization` header.
+    pub kubelet_client_token: Option<String>,
 }
 
 impl Default for Settings {
@@ -80,6 +84,7 @@ impl Default for Settings {
             service_cidr: (std::net::Ipv4Addr::new(10, 96, 0, 0), 12),
             node_ports: 30_000..=32_767,
             advertise: None,
+            kubelet_client_token: None,
         }
     }
 }

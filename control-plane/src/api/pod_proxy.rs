@@ -1,7 +1,8 @@
 //! `pods/log` and `pods/exec`: the API server checks the pod and the
 //! container (upstream's `LogLocation`/`streamLocation`, with their
 //! messages) and proxies the request to the node agent running the pod,
-//! whose address the Node carries in [`AGENT_ENDPOINT`]. Logs stream back
+//! whose address the Node carries in [`AGENT_ENDPOINT`], with its own
+//! bearer token ([`crate::pki::KUBELET_CLIENT`]). Logs stream back
 //! as the agent sends them (`follow`); exec is a WebSocket upgrade
 //! (`v5.channel.k8s.io`/`v4.channel.k8s.io`, as kubectl ≥ 1.31 speaks it)
 //! whose bytes are relayed both ways once both sides switched protocols,
@@ -214,6 +215,19 @@ async fn dial(endpoint: &str) -> ApiResult<hyper::client::conn::http1::SendReque
     Ok(send)
 }
 
+/// The API server's credentials for the agent (a bearer token of
+/// [`crate::pki::KUBELET_CLIENT`]), which it checks as a kubelet in webhook
+/// mode does.
+fn with_credentials<S: Store>(
+    out: http::request::Builder,
+    api: &ApiServer<S>,
+) -> http::request::Builder {
+    match &api.settings.kubelet_client_token {
+        Some(token) => out.header(header::AUTHORIZATION, format!("Bearer {token}")),
+        None => out,
+    }
+}
+
 /// An agent's refusal as upstream passes a kubelet's on: the status code
 /// with the body as the message.
 async fn refusal(resp: http::Response<hyper::body::Incoming>) -> ApiError {
@@ -265,10 +279,12 @@ pub(super) async fn log<S: Store>(
         LOG_PARAMS,
     );
     let mut send = dial(&endpoint).await?;
-    let out = http::Request::get(&uri)
-        .header(header::HOST, &endpoint)
-        .body(Body::empty())
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let out = with_credentials(
+        http::Request::get(&uri).header(header::HOST, &endpoint),
+        api,
+    )
+    .body(Body::empty())
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     let resp = send
         .send_request(out)
         .await
@@ -336,7 +352,10 @@ pub(super) async fn exec<S: Store>(
         req,
         EXEC_PARAMS,
     );
-    let mut out = http::Request::get(&uri).header(header::HOST, &endpoint);
+    let mut out = with_credentials(
+        http::Request::get(&uri).header(header::HOST, &endpoint),
+        api,
+    );
     // The WebSocket handshake is the client's, passed through whole: the
     // agent's Sec-WebSocket-Accept answers the client's key.
     for (k, v) in &req.headers {

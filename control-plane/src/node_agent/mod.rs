@@ -16,6 +16,7 @@
 //! The agent's own threads stay in the namespace it was started in (where
 //! the API server is reachable); `--node-netns` names the node's network
 //! namespace, where pod veths, routes and host-network pods live.
+pub mod authn;
 pub mod env;
 pub mod image;
 pub mod ipam;
@@ -110,6 +111,8 @@ pub struct Agent {
     services_synced: AtomicBool,
     /// `(namespace, name)` → the pod's containers, for logs and exec.
     pub pods: Mutex<HashMap<(String, String), PodView>>,
+    /// Who may use the log/exec endpoint.
+    pub gate: authn::Gate,
 }
 
 impl Agent {
@@ -258,6 +261,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         services,
         services_synced: AtomicBool::new(false),
         pods: Mutex::new(HashMap::new()),
+        gate: authn::Gate::default(),
     });
     {
         let a = Arc::clone(&agent);

@@ -8,8 +8,10 @@
 //! 2 stderr, 3 the final `Status`, 4 resize, and in v5 `[255, n]` closes
 //! channel n).
 //!
-//! It has no authentication of its own: it listens where only the API
-//! server should reach it (loopback by default).
+//! Every request but `/healthz` must carry a bearer token the API server
+//! vouches for, of a user allowed `nodes/proxy` on this node ([`authn`]):
+//! the API server presents its own (`kube-apiserver-kubelet-client`); a pod
+//! that reaches the node's address gets 401.
 use std::{
     path::PathBuf,
     process::Stdio,
@@ -35,17 +37,42 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{Agent, ContainerView, runtime::parse_cri_line};
+use super::{Agent, ContainerView, authn, runtime::parse_cri_line};
 
 /// Serves the endpoint on `listener` until the process ends.
 pub async fn serve(agent: Arc<Agent>, listener: tokio::net::TcpListener) {
     let app = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&agent),
+            authorize,
+        ))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(agent);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "agent endpoint stopped");
+    }
+}
+
+/// Lets a request through only for a user the API server allows
+/// `nodes/proxy` on this node.
+async fn authorize(
+    State(agent): State<Arc<Agent>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = authn::bearer(req.headers()) else {
+        return bad(StatusCode::UNAUTHORIZED, "Unauthorized".to_owned());
+    };
+    let verb = authn::verb(req.method());
+    match agent
+        .gate
+        .check(&agent.client, token, verb, &agent.opts.node_name)
+        .await
+    {
+        Ok(()) => next.run(req).await,
+        Err((code, msg)) => bad(code, msg),
     }
 }
 

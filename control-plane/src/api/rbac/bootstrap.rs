@@ -10,7 +10,7 @@
 //! | `system:public-info-viewer` | `/healthz`, `/livez`, `/readyz`, `/version` | groups `system:authenticated`, `system:unauthenticated` |
 //! | `system:basic-user` | self-subject access, rules and identity reviews | group `system:authenticated` |
 //! | `switchyard:reader` | get, list, watch anything | group `switchyard:readers` |
-//! | `system:node` | what a node agent writes (its Node, pod status, Events, its Lease) and reading everything | group `system:nodes` |
+//! | `system:node` | what a node agent writes (its Node, pod status, Events, its Lease), reading everything, and the TokenReviews and SubjectAccessReviews that check who calls its endpoint | group `system:nodes` |
 //!
 //! Upstream's `system:masters` is also a superuser group that no binding can
 //! take away; so is it here. A node's writes are further kept to its own
@@ -78,7 +78,9 @@ pub fn cluster_roles() -> Vec<Value> {
                 {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["update", "patch"]},
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]},
                 {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "update", "patch"]}
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "update", "patch"]},
+                {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+                {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews", "localsubjectaccessreviews"], "verbs": ["create"]}
             ]),
         ),
     ]

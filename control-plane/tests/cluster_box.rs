@@ -5,8 +5,9 @@
 //! by DNS name, Service variables, ClusterIP and NodePort from the
 //! external namespace; then `down` must leave nothing: no namespace with
 //! the cluster's prefix, no pod namespace, cgroup, mount, process or
-//! state file. Each test uses a prefix of its own, so tests run side by
-//! side. Needs root, runc, busybox-static, dig, and every binary built
+//! state file. Upstream's e2e behaviours on the box: Services up, down and
+//! recreated; session affinity through a ClusterIP and a NodePort. Each
+//! test uses a prefix of its own, so tests run side by side. Needs root, runc, busybox-static, dig, and every binary built
 //! (`cargo build --bins`).
 use std::{
     path::{Path, PathBuf},
@@ -105,6 +106,34 @@ impl Box {
         assert!(
             out.status.success(),
             "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// kubectl with `input` on its stdin.
+    fn kubectl_stdin(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write as _;
+        let mut child = Command::new(kubectl_bin())
+            .env("KUBECONFIG", self.state().join("kubeconfig"))
+            .env("HOME", self.home.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}
+{input}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -445,4 +474,212 @@ fn down_after_a_crash_removes_everything_and_spares_reused_pids() {
     );
     let _ = bystander.kill();
     let _ = bystander.wait();
+}
+
+/// A Deployment `name` of `replicas` pods answering with their own names
+/// on 8080, and a Service `name` (port 80) over it; `service_extra` goes
+/// under the Service's `spec`.
+fn serve(b: &Box, name: &str, replicas: u32, service_extra: &str) {
+    b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: serve
+        image: switchyard/testbed:1
+        command: [/bin/netprobe, serve, --name, $(POD_NAME), --port, "8080"]
+        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+---
+{}"#,
+            service_yaml(name, service_extra)
+        ),
+    );
+    wait(
+        &format!("{replicas} {name} pods Running and Ready"),
+        || b.logs(),
+        || {
+            let out = b.kubectl(&[
+                "get", "pods", "-l", &format!("app={name}"), "-o",
+                r#"jsonpath={range .items[*]}{.status.phase}/{.status.conditions[?(@.type=="Ready")].status} {end}"#,
+            ]);
+            (out.split_whitespace()
+                .filter(|s| *s == "Running/True")
+                .count()
+                == replicas as usize)
+                .then_some(())
+        },
+    );
+}
+
+fn service_yaml(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n{extra}"
+    )
+}
+
+/// The names of pods `app=name`.
+fn pod_names(b: &Box, name: &str) -> std::collections::BTreeSet<String> {
+    b.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={name}"),
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// `count` connections to `target` with netprobe from namespace `ns` (and
+/// cgroup `cgroup`): who answered each, and how many failed.
+fn connect(
+    b: &Box,
+    ns: &str,
+    cgroup: Option<&Path>,
+    target: &str,
+    count: usize,
+) -> (Vec<String>, u64) {
+    let out = b.run_in(
+        ns,
+        cgroup,
+        &format!(
+            "{} tcp --target {target} --count {count}",
+            bin_dir().join("netprobe").display()
+        ),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let answers = v["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let failed = v["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    (answers, failed)
+}
+
+fn cluster_ip(b: &Box, svc: &str) -> String {
+    b.kubectl(&["get", "svc", svc, "-o", "jsonpath={.spec.clusterIP}"])
+}
+
+/// Upstream's "should be able to up and down services" and "should work
+/// after the service has been recreated" (test/e2e/network/service.go), on
+/// the box: two Services answer from node-1's own processes (socket path)
+/// with their own pods; one deleted stops answering while the other goes
+/// on; recreated, it answers again.
+#[test]
+fn should_be_able_to_up_and_down_services_and_work_after_the_service_has_been_recreated() {
+    let b = Box::up("u", &[]);
+    let st = b.state_json();
+    let node1_cg = PathBuf::from(st["nodes"][0]["cgroup"].as_str().unwrap());
+    let n1 = format!("{}-n1", b.prefix);
+    serve(&b, "up-a", 2, "");
+    serve(&b, "up-b", 2, "");
+    let answered_by_its_pods = |svc: &str| {
+        let pods = pod_names(&b, svc);
+        let target = format!("{}:80", cluster_ip(&b, svc));
+        wait(
+            &format!("{svc} answered by its 2 pods"),
+            || b.logs(),
+            || {
+                let (answers, failed) = connect(&b, &n1, Some(&node1_cg), &target, 20);
+                let seen: std::collections::BTreeSet<String> = answers.into_iter().collect();
+                (failed == 0 && seen == pods).then_some(())
+            },
+        );
+    };
+    answered_by_its_pods("up-a");
+    answered_by_its_pods("up-b");
+    // Down: up-a's ClusterIP answers no more; up-b still does.
+    let gone = format!("{}:80", cluster_ip(&b, "up-a"));
+    b.kubectl(&["delete", "svc", "up-a"]);
+    wait(
+        "up-a's ClusterIP unanswered",
+        || b.logs(),
+        || {
+            let (answers, _) = connect(&b, &n1, Some(&node1_cg), &gone, 3);
+            answers.is_empty().then_some(())
+        },
+    );
+    answered_by_its_pods("up-b");
+    // Recreated (a new ClusterIP): answered again by the same pods.
+    b.kubectl_stdin(&["apply", "-f", "-"], &service_yaml("up-a", ""));
+    answered_by_its_pods("up-a");
+    answered_by_its_pods("up-b");
+}
+
+/// Upstream's "should have session affinity work for service with type
+/// clusterIP" and "… for NodePort service": with `sessionAffinity:
+/// ClientIP` over 3 pods, every connection from one client reaches one
+/// pod — from node-1's own processes to the ClusterIP (socket path) and
+/// from outside to the NodePort (per-packet path); switched off, the
+/// connections spread again.
+#[test]
+fn should_have_session_affinity_work_for_cluster_ip_and_node_port_services() {
+    let b = Box::up("s", &[]);
+    let st = b.state_json();
+    let node1_cg = PathBuf::from(st["nodes"][0]["cgroup"].as_str().unwrap());
+    let (n1, ext) = (format!("{}-n1", b.prefix), format!("{}-ext", b.prefix));
+    serve(
+        &b,
+        "sticky",
+        3,
+        "  type: NodePort\n  sessionAffinity: ClientIP\n",
+    );
+    let pods = pod_names(&b, "sticky");
+    let vip = format!("{}:80", cluster_ip(&b, "sticky"));
+    let node_port = b.kubectl(&[
+        "get",
+        "svc",
+        "sticky",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let via_node_port = format!("192.168.0.11:{node_port}");
+    let one_pod = |ns: &str, cg: Option<&Path>, target: &str| {
+        wait(
+            &format!("every connection to {target} from {ns} on one pod"),
+            || b.logs(),
+            || {
+                let (answers, failed) = connect(&b, ns, cg, target, 20);
+                let seen: std::collections::BTreeSet<String> = answers.iter().cloned().collect();
+                (failed == 0 && answers.len() == 20 && seen.len() == 1 && seen.is_subset(&pods))
+                    .then_some(())
+            },
+        );
+    };
+    one_pod(&n1, Some(&node1_cg), &vip);
+    one_pod(&ext, None, &via_node_port);
+    b.kubectl(&[
+        "patch",
+        "svc",
+        "sticky",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"None"}}"#,
+    ]);
+    wait(
+        "connections spread over the pods without affinity",
+        || b.logs(),
+        || {
+            let (answers, failed) = connect(&b, &n1, Some(&node1_cg), &vip, 30);
+            let seen: std::collections::BTreeSet<String> = answers.into_iter().collect();
+            (failed == 0 && seen.len() > 1).then_some(())
+        },
+    );
 }

@@ -6,8 +6,10 @@
 //! external namespace; then `down` must leave nothing: no namespace with
 //! the cluster's prefix, no pod namespace, cgroup, mount, process or
 //! state file. Upstream's e2e behaviours on the box: Services up, down and
-//! recreated; session affinity through a ClusterIP and a NodePort. Each
-//! test uses a prefix of its own, so tests run side by side. Needs root, runc, busybox-static, dig, and every binary built
+//! recreated; session affinity through a ClusterIP and a NodePort;
+//! multiport endpoints; readiness failure leaving traffic; graceful
+//! termination keeping established connections. Each test uses a prefix
+//! of its own, so tests run side by side. Needs root, runc, busybox-static, dig, and every binary built
 //! (`cargo build --bins`).
 use std::{
     path::{Path, PathBuf},
@@ -682,4 +684,208 @@ fn should_have_session_affinity_work_for_cluster_ip_and_node_port_services() {
             (failed == 0 && seen.len() > 1).then_some(())
         },
     );
+}
+
+/// A pod template's `spec` lines for one container `serve` running
+/// `netprobe serve` on `port`, answering `$(POD_NAME)<suffix>`; `pre` runs
+/// first in the same shell (`exec` keeps what it sets, ignored signals
+/// included).
+fn serve_container(name: &str, port: u16, suffix: &str, pre: &str) -> String {
+    format!(
+        r#"      - name: {name}
+        image: switchyard/testbed:1
+        command: [sh, -c, '{pre}exec /bin/netprobe serve --name "$POD_NAME{suffix}" --port {port}']
+        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+"#
+    )
+}
+
+/// Applies Deployment `name` (`replicas` pods labelled `app: name`, pod
+/// `spec` lines `pod_spec`) and waits until every pod is Running and Ready.
+fn deploy(b: &Box, name: &str, replicas: u32, pod_spec: &str) {
+    b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n{pod_spec}"
+        ),
+    );
+    wait(
+        &format!("{replicas} {name} pods Running and Ready"),
+        || b.logs(),
+        || {
+            let out = b.kubectl(&[
+                "get", "pods", "-l", &format!("app={name}"), "-o",
+                r#"jsonpath={range .items[*]}{.status.phase}/{.status.conditions[?(@.type=="Ready")].status} {end}"#,
+            ]);
+            (out.split_whitespace()
+                .filter(|s| *s == "Running/True")
+                .count()
+                == replicas as usize)
+                .then_some(())
+        },
+    );
+}
+
+/// Waits until `count` connections to `target` from node-1's own processes
+/// all succeed and are answered by exactly `want`.
+fn answered_by(b: &Box, target: &str, want: &std::collections::BTreeSet<String>, count: usize) {
+    let st = b.state_json();
+    let node1_cg = PathBuf::from(st["nodes"][0]["cgroup"].as_str().unwrap());
+    let n1 = format!("{}-n1", b.prefix);
+    wait(
+        &format!("{target} answered by {want:?}"),
+        || b.logs(),
+        || {
+            let (answers, failed) = connect(b, &n1, Some(&node1_cg), target, count);
+            let seen: std::collections::BTreeSet<String> = answers.into_iter().collect();
+            (failed == 0 && seen == *want).then_some(())
+        },
+    );
+}
+
+/// Upstream's "should serve multiport endpoints from pods": a Service with
+/// two ports whose target ports are two containers of each pod; each
+/// Service port reaches its own container, on every pod, and the
+/// EndpointSlice names both ports.
+#[test]
+fn should_serve_multiport_endpoints_from_pods() {
+    let b = Box::up("m", &[]);
+    let containers = format!(
+        "{}{}",
+        serve_container("a", 8080, "-a", ""),
+        serve_container("b", 8081, "-b", "")
+    );
+    deploy(&b, "multi", 2, &format!("      containers:\n{containers}"));
+    b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: multi}\nspec:\n  selector: {app: multi}\n  ports: [{name: a, port: 80, targetPort: 8080}, {name: b, port: 81, targetPort: 8081}]\n",
+    );
+    let pods = pod_names(&b, "multi");
+    let vip = cluster_ip(&b, "multi");
+    for (port, suffix) in [(80, "-a"), (81, "-b")] {
+        let want = pods.iter().map(|p| format!("{p}{suffix}")).collect();
+        answered_by(&b, &format!("{vip}:{port}"), &want, 20);
+    }
+    let ports = b.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=multi",
+        "-o",
+        "jsonpath={range .items[*].ports[*]}{.name}={.port} {end}",
+    ]);
+    let mut ports: Vec<&str> = ports.split_whitespace().collect();
+    ports.sort_unstable();
+    assert_eq!(ports, ["a=8080", "b=8081"]);
+}
+
+/// Upstream's "should be able to update a Service's endpoints on readiness
+/// failure" in the box: a pod whose readiness probe starts failing leaves
+/// the Service's traffic without a restart, and comes back when it passes.
+#[test]
+fn readiness_probe_failure_removes_a_pod_from_endpoints_and_traffic() {
+    let b = Box::up("r", &[]);
+    let mut spec = String::from("      containers:\n");
+    spec.push_str(&serve_container("serve", 8080, "", "touch /tmp/ready; "));
+    spec.push_str(
+        "        readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}\n",
+    );
+    deploy(&b, "ready", 3, &spec);
+    b.kubectl_stdin(&["apply", "-f", "-"], &service_yaml("ready", ""));
+    let pods = pod_names(&b, "ready");
+    let target = format!("{}:80", cluster_ip(&b, "ready"));
+    answered_by(&b, &target, &pods, 30);
+    let victim = pods.iter().next().unwrap().clone();
+    b.kubectl(&["exec", &victim, "--", "rm", "/tmp/ready"]);
+    let rest = pods.iter().filter(|p| **p != victim).cloned().collect();
+    answered_by(&b, &target, &rest, 30);
+    let restarts = b.kubectl(&[
+        "get",
+        "pod",
+        &victim,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(restarts, "0", "readiness alone never restarts");
+    b.kubectl(&["exec", &victim, "--", "touch", "/tmp/ready"]);
+    answered_by(&b, &target, &pods, 30);
+}
+
+/// Upstream's "should keep established connections to a terminating pod
+/// while new ones go elsewhere" in the box (its pods ignore SIGTERM, so
+/// they serve through their grace period): a connection held from node-1
+/// to the Service's pod goes on answering after that pod is deleted, while
+/// every new connection reaches the other pod.
+#[test]
+fn graceful_termination_keeps_established_connections_while_new_ones_go_elsewhere() {
+    let b = Box::up("g", &[]);
+    let mut spec = String::from("      terminationGracePeriodSeconds: 60\n      containers:\n");
+    spec.push_str(&serve_container("serve", 8080, "", "trap \"\" TERM; "));
+    deploy(&b, "grace", 2, &spec);
+    b.kubectl_stdin(&["apply", "-f", "-"], &service_yaml("grace", ""));
+    let pods = pod_names(&b, "grace");
+    let target = format!("{}:80", cluster_ip(&b, "grace"));
+    answered_by(&b, &target, &pods, 20);
+    // One connection held open from node-1's own processes.
+    let st = b.state_json();
+    let node1_cg = st["nodes"][0]["cgroup"].as_str().unwrap().to_owned();
+    let mut held = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {node1_cg}/cgroup.procs && exec ip netns exec {}-n1 {} hold --target {target} --count 1",
+                b.prefix,
+                bin_dir().join("netprobe").display()
+            ),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(held.stdout.take().unwrap()));
+    let mut stdin = held.stdin.take().unwrap();
+    let mut outcome =
+        || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let first = outcome();
+    let victim = first["answers"][0].as_str().unwrap().to_owned();
+    assert!(pods.contains(&victim), "{first}");
+    b.kubectl(&["delete", "pod", &victim, "--wait=false"]);
+    wait(
+        &format!("{victim} terminating"),
+        || b.logs(),
+        || {
+            let out = b.kubectl(&[
+                "get",
+                "pod",
+                &victim,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ]);
+            (!out.is_empty()).then_some(())
+        },
+    );
+    // New connections: never the terminating pod (the Deployment's new pod
+    // may answer too once it is ready).
+    let st2 = b.state_json();
+    let n1 = format!("{}-n1", b.prefix);
+    let cg = PathBuf::from(st2["nodes"][0]["cgroup"].as_str().unwrap());
+    wait(
+        "new connections avoid the terminating pod",
+        || b.logs(),
+        || {
+            let (answers, failed) = connect(&b, &n1, Some(&cg), &target, 20);
+            (failed == 0 && !answers.is_empty() && !answers.contains(&victim)).then_some(())
+        },
+    );
+    // The established one still answers, from the terminating pod.
+    use std::io::Write as _;
+    writeln!(stdin, "check").unwrap();
+    let check = outcome();
+    assert_eq!(check["answers"], serde_json::json!([victim]), "{check}");
+    assert!(
+        check["errors"].as_object().unwrap().is_empty(),
+        "the established connection broke: {check}"
+    );
+    drop(stdin);
+    let _ = held.wait();
 }

@@ -8,7 +8,8 @@
 //! state file. Upstream's e2e behaviours on the box: Services up, down and
 //! recreated; session affinity through a ClusterIP and a NodePort;
 //! multiport endpoints; readiness failure leaving traffic; graceful
-//! termination keeping established connections. Each test uses a prefix
+//! termination keeping established connections; the proxy and the API
+//! server restarted. Each test uses a prefix
 //! of its own, so tests run side by side. Needs root, runc, busybox-static, dig, and every binary built
 //! (`cargo build --bins`).
 use std::{
@@ -888,4 +889,138 @@ fn graceful_termination_keeps_established_connections_while_new_ones_go_elsewher
     );
     drop(stdin);
     let _ = held.wait();
+}
+
+/// Kills component `name` of the box (SIGKILL) and starts it again as
+/// `sy-cluster` started it: the same command line, network namespace,
+/// cgroup and log; the state file then records the new process, so `down`
+/// stops it.
+fn restart(b: &Box, name: &str) {
+    let mut st = b.state_json();
+    let rec = st["processes"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in the state file"));
+    let pid = rec["pid"].as_i64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // cgroup v2: "0::/<path>" under the cgroup2 mount.
+    let rel = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .unwrap();
+    let mount = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .unwrap();
+    let cgroup = format!("{mount}{rel}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait(
+        &format!("{name} gone"),
+        || b.logs(),
+        || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
+            matches!(state, None | Some("Z" | "X")).then_some(())
+        },
+    );
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(rec["log"].as_str().unwrap())
+        .unwrap();
+    let netns = rec["netns"].as_str().unwrap().to_owned();
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            // nsenter, not `ip netns exec`: that remounts /sys, and the
+            // daemon opens its cgroup there.
+            r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec nsenter --net=/run/netns/"$ns" "$@""#,
+            "sh",
+            &cgroup,
+            &netns,
+        ])
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let new_pid = child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{new_pid}/stat")).unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    rec["pid"] = serde_json::json!(new_pid);
+    rec["start_time"] = serde_json::json!(start);
+    std::fs::write(
+        b.state().join("state.json"),
+        serde_json::to_vec_pretty(&st).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Upstream's "should work after restarting kube-proxy" and "should work
+/// after restarting apiserver", in the box: node-1's `switchyard` daemon,
+/// then the API server, killed and started again; the Services made before
+/// go on answering, and one made after each restart is served.
+#[test]
+fn should_work_after_restarting_the_proxy_and_the_api_server() {
+    let b = Box::up("p", &[]);
+    serve(&b, "before", 2, "");
+    let before = (
+        pod_names(&b, "before"),
+        format!("{}:80", cluster_ip(&b, "before")),
+    );
+    answered_by(&b, &before.1, &before.0, 20);
+
+    restart(&b, "switchyard node-1");
+    answered_by(&b, &before.1, &before.0, 20);
+    serve(&b, "after-proxy", 2, "");
+    let after_proxy = (
+        pod_names(&b, "after-proxy"),
+        format!("{}:80", cluster_ip(&b, "after-proxy")),
+    );
+    answered_by(&b, &after_proxy.1, &after_proxy.0, 20);
+
+    restart(&b, "sy-apiserver");
+    wait(
+        "the API server answering again",
+        || b.logs(),
+        || {
+            Command::new(kubectl_bin())
+                .env("KUBECONFIG", b.state().join("kubeconfig"))
+                .env("HOME", b.home.path())
+                .args(["get", "ns", "default"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ())
+        },
+    );
+    answered_by(&b, &before.1, &before.0, 20);
+    answered_by(&b, &after_proxy.1, &after_proxy.0, 20);
+    serve(&b, "after-api", 1, "");
+    let after_api = (
+        pod_names(&b, "after-api"),
+        format!("{}:80", cluster_ip(&b, "after-api")),
+    );
+    answered_by(&b, &after_api.1, &after_api.0, 20);
+    b.down_and_check(&[]);
 }

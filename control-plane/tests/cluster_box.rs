@@ -9,7 +9,7 @@
 //! recreated; session affinity through a ClusterIP and a NodePort;
 //! multiport endpoints; readiness failure leaving traffic; graceful
 //! termination keeping established connections; the proxy and the API
-//! server restarted. Each test uses a prefix
+//! server restarted; DNS asked from a real pod. Each test uses a prefix
 //! of its own, so tests run side by side. Needs root, runc, busybox-static, dig, and every binary built
 //! (`cargo build --bins`).
 use std::{
@@ -1023,4 +1023,81 @@ fn should_work_after_restarting_the_proxy_and_the_api_server() {
     );
     answered_by(&b, &after_api.1, &after_api.0, 20);
     b.down_and_check(&[]);
+}
+
+/// `nslookup name` run in pod `pod` (busybox's, through the pod's
+/// resolv.conf: the cluster DNS Service, the search list, `ndots:5`).
+fn lookup(b: &Box, pod: &str, name: &str) -> String {
+    let out = Command::new(kubectl_bin())
+        .env("KUBECONFIG", b.state().join("kubeconfig"))
+        .env("HOME", b.home.path())
+        .args(["exec", pod, "--", "nslookup", name])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Upstream's DNS conformance behaviours (test/e2e/network/dns.go), asked
+/// from a real pod of the box: a headless Service's name gives its ready
+/// pods' addresses, also as a partial name through the search list; a pod
+/// with `hostname` and `subdomain` gets its own record; an ExternalName
+/// Service is a CNAME to its target; a ClusterIP Service's name gives its
+/// ClusterIP.
+#[test]
+fn should_provide_dns_for_services_headless_pods_external_names_and_partial_names() {
+    let b = Box::up("d", &[]);
+    serve(&b, "web", 2, "  clusterIP: None\n");
+    serve(&b, "plain", 1, "");
+    b.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: named, labels: {{app: web}}}}\nspec:\n  hostname: h1\n  subdomain: web\n  containers:\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: alias}}\nspec: {{type: ExternalName, externalName: plain.default.svc.cluster.local}}\n",
+            serve_container("serve", 8080, "", "")
+        ),
+    );
+    wait(
+        "pod named Running",
+        || b.logs(),
+        || {
+            let phase = b.kubectl(&["get", "pod", "named", "-o", "jsonpath={.status.phase}"]);
+            (phase == "Running").then_some(())
+        },
+    );
+    let ip_of = |pod: &str| b.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
+    let asker = pod_names(&b, "plain").into_iter().next().unwrap();
+    let web_ips: Vec<String> = pod_names(&b, "web").iter().map(|p| ip_of(p)).collect();
+    let plain_ip = cluster_ip(&b, "plain");
+    for name in ["web.default.svc.cluster.local", "web"] {
+        wait(
+            &format!("{name} → every ready web pod"),
+            || b.logs(),
+            || {
+                let out = lookup(&b, &asker, name);
+                web_ips
+                    .iter()
+                    .all(|ip| out.contains(ip.as_str()))
+                    .then_some(())
+            },
+        );
+    }
+    let named_ip = ip_of("named");
+    wait(
+        "h1.web → the named pod",
+        || b.logs(),
+        || {
+            let out = lookup(&b, &asker, "h1.web.default.svc.cluster.local");
+            out.contains(named_ip.as_str()).then_some(())
+        },
+    );
+    let out = lookup(&b, &asker, "alias");
+    assert!(
+        out.contains("plain.default.svc.cluster.local") && out.contains(plain_ip.as_str()),
+        "alias: {out}"
+    );
+    let out = lookup(&b, &asker, "plain");
+    assert!(out.contains(plain_ip.as_str()), "plain: {out}");
 }

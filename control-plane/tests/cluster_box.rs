@@ -9,7 +9,8 @@
 //! recreated; session affinity through a ClusterIP and a NodePort;
 //! multiport endpoints; readiness failure leaving traffic; graceful
 //! termination keeping established connections; the proxy and the API
-//! server restarted; DNS asked from a real pod. Each test uses a prefix
+//! server restarted; DNS asked from a real pod; a stopped node's pods
+//! recreated elsewhere. Each test uses a prefix
 //! of its own, so tests run side by side. Needs root, runc, busybox-static, dig, and every binary built
 //! (`cargo build --bins`).
 use std::{
@@ -892,10 +893,10 @@ fn graceful_termination_keeps_established_connections_while_new_ones_go_elsewher
 }
 
 /// Kills component `name` of the box (SIGKILL) and starts it again as
-/// `sy-cluster` started it: the same command line, network namespace,
-/// cgroup and log; the state file then records the new process, so `down`
-/// stops it.
-fn restart(b: &Box, name: &str) {
+/// `sy-cluster` started it: the same command line (plus `extra`), network
+/// namespace, cgroup and log; the state file then records the new process,
+/// so `down` stops it.
+fn restart(b: &Box, name: &str, extra: &[&str]) {
     let mut st = b.state_json();
     let rec = st["processes"]
         .as_array_mut()
@@ -954,6 +955,7 @@ fn restart(b: &Box, name: &str) {
             &netns,
         ])
         .args(&argv)
+        .args(extra)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -990,7 +992,7 @@ fn should_work_after_restarting_the_proxy_and_the_api_server() {
     );
     answered_by(&b, &before.1, &before.0, 20);
 
-    restart(&b, "switchyard node-1");
+    restart(&b, "switchyard node-1", &[]);
     answered_by(&b, &before.1, &before.0, 20);
     serve(&b, "after-proxy", 2, "");
     let after_proxy = (
@@ -999,7 +1001,7 @@ fn should_work_after_restarting_the_proxy_and_the_api_server() {
     );
     answered_by(&b, &after_proxy.1, &after_proxy.0, 20);
 
-    restart(&b, "sy-apiserver");
+    restart(&b, "sy-apiserver", &[]);
     wait(
         "the API server answering again",
         || b.logs(),
@@ -1100,4 +1102,91 @@ fn should_provide_dns_for_services_headless_pods_external_names_and_partial_name
     );
     let out = lookup(&b, &asker, "plain");
     assert!(out.contains(plain_ip.as_str()), "plain: {out}");
+}
+
+/// Upstream's "a node stopped → its pods are recreated on another node and
+/// the Service keeps answering", in the box: node-2's agent killed (its
+/// Lease stops); the node lifecycle controller (grace period shortened to
+/// 6 s for the test) marks the Node unreachable, its pods not ready and
+/// then evicts them (they tolerate `unreachable` for 2 s); the Deployment
+/// recreates them on node-1, and the Service is answered by node-1's pods
+/// alone.
+#[test]
+fn a_stopped_node_s_pods_are_recreated_elsewhere_and_the_service_keeps_answering() {
+    let b = Box::up("n", &[]);
+    restart(
+        &b,
+        "sy-controller-manager",
+        &[
+            "--node-monitor-grace-period",
+            "6s",
+            "--node-monitor-period",
+            "1s",
+        ],
+    );
+    let mut spec = String::from(
+        "      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}]\n      containers:\n",
+    );
+    spec.push_str(&serve_container("serve", 8080, "", ""));
+    deploy(&b, "survivor", 4, &spec);
+    b.kubectl_stdin(&["apply", "-f", "-"], &service_yaml("survivor", ""));
+    let on_node = |node: &str| -> std::collections::BTreeSet<String> {
+        b.kubectl(&[
+            "get", "pods", "-l", "app=survivor", "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}/{.spec.nodeName}/{.status.conditions[?(@.type=="Ready")].status}/{.metadata.deletionTimestamp} {end}"#,
+        ])
+        .split_whitespace()
+        .filter_map(|row| {
+            let f: Vec<&str> = row.split('/').collect();
+            (f.len() >= 3 && f[1] == node && f[2] == "True" && f.get(3).is_none_or(|d| d.is_empty()))
+                .then(|| f[0].to_owned())
+        })
+        .collect()
+    };
+    let target = format!("{}:80", cluster_ip(&b, "survivor"));
+    wait(
+        "pods on both nodes",
+        || b.logs(),
+        || (!on_node("node-1").is_empty() && !on_node("node-2").is_empty()).then_some(()),
+    );
+    let all = pod_names(&b, "survivor");
+    answered_by(&b, &target, &all, 30);
+    // node-2 stops: its agent dies (its pods' containers go on running).
+    let st = b.state_json();
+    let agent = st["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "sy-node-agent node-2")
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait(
+        "node-2 not Ready",
+        || b.logs(),
+        || {
+            let ready = b.kubectl(&[
+                "get",
+                "node",
+                "node-2",
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+            ]);
+            (ready == "Unknown").then_some(())
+        },
+    );
+    // Four ready pods again, all on node-1, and only they answer.
+    let survivors = wait(
+        "4 ready pods on node-1",
+        || b.logs(),
+        || {
+            let pods = on_node("node-1");
+            (pods.len() == 4).then_some(pods)
+        },
+    );
+    answered_by(&b, &target, &survivors, 30);
 }

@@ -434,25 +434,7 @@ fn down_after_a_crash_removes_everything_and_spares_reused_pids() {
     for p in st["processes"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
         if name == "sy-apiserver" || name == "sy-node-agent node-1" {
-            let pid = p["pid"].as_i64().unwrap();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            // SIGKILL takes effect when the process next runs: until then
-            // it still looks alive to `status`.
-            wait(
-                &format!("{name} gone"),
-                || b.logs(),
-                || {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    let state = stat
-                        .rfind(')')
-                        .and_then(|i| stat[i + 1..].split_whitespace().next());
-                    matches!(state, None | Some("Z" | "X")).then_some(())
-                },
-            );
+            kill_and_wait(&b, name, p["pid"].as_i64().unwrap());
         }
     }
     let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
@@ -484,41 +466,31 @@ fn down_after_a_crash_removes_everything_and_spares_reused_pids() {
 /// on 8080, and a Service `name` (port 80) over it; `service_extra` goes
 /// under the Service's `spec`.
 fn serve(b: &Box, name: &str, replicas: u32, service_extra: &str) {
-    b.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &format!(
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers:
-      - name: serve
-        image: switchyard/testbed:1
-        command: [/bin/netprobe, serve, --name, $(POD_NAME), --port, "8080"]
-        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
----
-{}"#,
-            service_yaml(name, service_extra)
-        ),
+    let spec = format!(
+        "      containers:\n{}",
+        serve_container("serve", 8080, "", "")
+    );
+    deploy(b, name, replicas, &spec);
+    b.kubectl_stdin(&["apply", "-f", "-"], &service_yaml(name, service_extra));
+}
+
+/// SIGKILLs process `pid` (component `name` of the box) and waits until it
+/// is gone: SIGKILL takes effect when the process next runs, and until
+/// then it still looks alive to `status`.
+fn kill_and_wait(b: &Box, name: &str, pid: i64) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
     );
     wait(
-        &format!("{replicas} {name} pods Running and Ready"),
+        &format!("{name} gone"),
         || b.logs(),
         || {
-            let out = b.kubectl(&[
-                "get", "pods", "-l", &format!("app={name}"), "-o",
-                r#"jsonpath={range .items[*]}{.status.phase}/{.status.conditions[?(@.type=="Ready")].status} {end}"#,
-            ]);
-            (out.split_whitespace()
-                .filter(|s| *s == "Running/True")
-                .count()
-                == replicas as usize)
-                .then_some(())
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
+            matches!(state, None | Some("Z" | "X")).then_some(())
         },
     );
 }
@@ -596,17 +568,8 @@ fn should_be_able_to_up_and_down_services_and_work_after_the_service_has_been_re
     serve(&b, "up-a", 2, "");
     serve(&b, "up-b", 2, "");
     let answered_by_its_pods = |svc: &str| {
-        let pods = pod_names(&b, svc);
         let target = format!("{}:80", cluster_ip(&b, svc));
-        wait(
-            &format!("{svc} answered by its 2 pods"),
-            || b.logs(),
-            || {
-                let (answers, failed) = connect(&b, &n1, Some(&node1_cg), &target, 20);
-                let seen: std::collections::BTreeSet<String> = answers.into_iter().collect();
-                (failed == 0 && seen == pods).then_some(())
-            },
-        );
+        answered_by(&b, &target, &pod_names(&b, svc), 20);
     };
     answered_by_its_pods("up-a");
     answered_by_its_pods("up-b");
@@ -924,21 +887,7 @@ fn restart(b: &Box, name: &str, extra: &[&str]) {
         .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
         .unwrap();
     let cgroup = format!("{mount}{rel}");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    wait(
-        &format!("{name} gone"),
-        || b.logs(),
-        || {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next());
-            matches!(state, None | Some("Z" | "X")).then_some(())
-        },
-    );
+    kill_and_wait(b, name, pid);
     let log = std::fs::OpenOptions::new()
         .append(true)
         .open(rec["log"].as_str().unwrap())
@@ -1161,10 +1110,7 @@ fn a_stopped_node_s_pods_are_recreated_elsewhere_and_the_service_keeps_answering
         .unwrap()["pid"]
         .as_i64()
         .unwrap();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    kill_and_wait(&b, "sy-node-agent node-2", agent);
     wait(
         "node-2 not Ready",
         || b.logs(),

@@ -91,6 +91,20 @@ pub struct Ct4Value {
 }
 const _: () = assert!(size_of::<Ct4Value>() == 32);
 
+impl Ct4Key {
+    /// The tuple of the other direction: what a reply to this packet carries.
+    pub const fn reversed(&self) -> Ct4Key {
+        Ct4Key {
+            saddr_be: self.daddr_be,
+            daddr_be: self.saddr_be,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 impl Ct4Value {
     /// The key of the flow's other entry: the reverse of this entry's
     /// translated tuple.

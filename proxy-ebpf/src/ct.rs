@@ -265,14 +265,7 @@ pub fn is_dead(e: &Ct4Value, l4_proto: u8, now: u32) -> bool {
 /// to this node used, is such a flow. Only first packets pay the lookup.
 #[inline(always)]
 pub fn reply_tuple_held(key: &Ct4Key, now: u32) -> bool {
-    let reply_key = Ct4Key {
-        saddr_be: key.daddr_be,
-        daddr_be: key.saddr_be,
-        sport_be: key.dport_be,
-        dport_be: key.sport_be,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
+    let reply_key = key.reversed();
     let Some(held) = SY_CT4_V2.get_ptr(&reply_key) else {
         return false;
     };

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use super::*;
 use crate::{
-    kubeproxy::testing::{golden, ports},
+    kubeproxy::testing::{golden, ports, two_example_services},
     model::Ipv4Cidr,
 };
 
@@ -202,12 +202,7 @@ fn cleanup_flushes_every_chain_before_deleting_any() {
 /// count is the full sync's.
 #[test]
 fn a_partial_sync_rewrites_only_the_changed_services_chains() {
-    let mut ports = ports("kube-proxy/nodeport-example.yaml", None);
-    let mut other = ports[0].clone();
-    other.name = "ns2/svc2:p80".to_owned();
-    other.cluster_ip = "172.30.0.42".parse().unwrap();
-    other.node_port = Some(30081);
-    ports.push(other);
+    let mut ports = two_example_services();
     let cfg = example_config();
     let first = render(&ports, &cfg, &Previous::default());
     assert!(!first.partial);

@@ -1,7 +1,7 @@
 //! The nftables renderer against kube-proxy's layout.
 use super::*;
 use crate::{
-    kubeproxy::testing::{golden, ports},
+    kubeproxy::testing::{golden, ports, two_example_services},
     model::Ipv4Cidr,
 };
 
@@ -102,12 +102,7 @@ fn no_endpoints_reject_and_local_policies_drop() {
 /// the first Service's chains, and adds no element the maps still hold.
 #[test]
 fn a_partial_sync_writes_only_changed_elements_and_chains() {
-    let mut ports = ports("kube-proxy/nodeport-example.yaml", None);
-    let mut other = ports[0].clone();
-    other.name = "ns2/svc2:p80".to_owned();
-    other.cluster_ip = "172.30.0.42".parse().unwrap();
-    other.node_port = Some(30081);
-    ports.push(other);
+    let mut ports = two_example_services();
     let first = render(&ports, &config(), &Previous::default());
     assert!(!first.partial);
     let kept_base = crate::kubeproxy::names::nft_service_base(&ports[0]);

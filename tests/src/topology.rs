@@ -22,6 +22,12 @@ use crate::{
 /// The node's own address (on its loopback), source of its ARP requests.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 const GATEWAY: &str = "169.254.1.1";
+/// The node's address on its link to the outside: NodePorts are dialled on it.
+pub const NODE_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+/// The external client's address.
+pub const EXTERNAL_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
+/// The node's interface to the external client's namespace.
+pub const NODE_EXTERNAL_IF: &str = "ext0";
 
 pub struct Pod {
     pub name: String,
@@ -103,5 +109,62 @@ impl NodeTopology {
     pub fn host_ifs(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.client.host_if.as_str())
             .chain(self.backends.iter().map(|p| p.host_if.as_str()))
+    }
+
+    /// A namespace outside the cluster, linked to the node by a veth
+    /// (`ext0` 192.168.100.1/24 on the node, `eth0` 192.168.100.2/24 with a
+    /// default route via the node): a client there reaches NodePorts on
+    /// [`NODE_EXTERNAL_IP`], and pods directly (routing only) for a floor.
+    pub fn add_external(&self, prefix: &str) -> Result<Netns> {
+        let ext = Netns::new(&format!("{prefix}-ext"))?;
+        let (nn, en) = (self.node.name(), ext.name());
+        ip_in(
+            nn,
+            &[
+                "link",
+                "add",
+                NODE_EXTERNAL_IF,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                en,
+            ],
+        )?;
+        ip_in(
+            nn,
+            &[
+                "addr",
+                "add",
+                &format!("{NODE_EXTERNAL_IP}/24"),
+                "dev",
+                NODE_EXTERNAL_IF,
+            ],
+        )?;
+        ip_in(nn, &["link", "set", NODE_EXTERNAL_IF, "up"])?;
+        ip_in(
+            en,
+            &[
+                "addr",
+                "add",
+                &format!("{EXTERNAL_CLIENT_IP}/24"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        ip_in(en, &["link", "set", "eth0", "up"])?;
+        ip_in(
+            en,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                &NODE_EXTERNAL_IP.to_string(),
+            ],
+        )?;
+        Ok(ext)
     }
 }

@@ -127,7 +127,7 @@ fn bench(full: bool, extra: &[String]) -> Result<()> {
     let nodeport = output(&mut Command::new(bin("bench-nodeport")))?;
     let reconcile = output(&mut Command::new(bin("bench-reconcile")))?;
     let section = format!(
-        "{BEGIN}\n## Side by side: `cargo xtask bench`\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine and run: {}.\nCSVs and plots: `docs/bench/`.\n\n![New connections/s against the number of Services](bench/services-conns-per-s.png)\n\n![connect() p99](bench/services-connect-p99.png)\n\n![Pod-to-pod connections/s with N Services](bench/services-pod-to-pod.png)\n\n{services}\n#### NodePort from an external client (bench-nodeport: one Service, a two-node box)\n\n{nodeport}\n#### TC path and socket hook (bench-dataplane, medians of 5 rounds)\n\n{dataplane}\n#### One reconcile pass on the kernel's maps (bench-reconcile, medians of 7)\n\n{reconcile}{END}\n",
+        "{BEGIN}\n## Side by side: `cargo xtask bench`\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine and run: {}.\nCSVs and plots: `docs/bench/`.\n\n![New connections/s against the number of Services](bench/services-conns-per-s.png)\n\n![connect() p99](bench/services-connect-p99.png)\n\n![Pod-to-pod connections/s with N Services](bench/services-pod-to-pod.png)\n\n![NodePort connections/s from outside with N Services](bench/services-nodeport.png)\n\n{services}\n#### NodePort across nodes and throughput (bench-nodeport: one Service, a two-node box)\n\n{nodeport}\n#### TC path and socket hook (bench-dataplane, medians of 5 rounds)\n\n{dataplane}\n#### One reconcile pass on the kernel's maps (bench-reconcile, medians of 7)\n\n{reconcile}{END}\n",
         machine()
     );
     let path = "docs/benchmarks.md";

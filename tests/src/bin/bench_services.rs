@@ -23,12 +23,19 @@
 //! change is the reconciler's diff),
 //! then `--rounds` rounds of `--connects` connections per mode and target:
 //! the ClusterIP of a Service last in iptables' list, of one at a random
-//! position, and a pod directly (pod-to-pod traffic with N Services
-//! programmed). Connection rate (connections/s, each waits for the server's
-//! greeting) and connect() latency p50/p99.
+//! position, a pod directly (pod-to-pod traffic with N Services
+//! programmed), and the last Service's NodePort from a client outside the
+//! node (one Service in [`NODEPORT_EVERY`] is `type: NodePort`). Connection
+//! rate (connections/s, each waits for the server's greeting) and connect()
+//! latency p50/p99.
+//!
+//! Kernel memory: what each mode holds for N Services × 10 endpoints, and,
+//! from a second load of N Services × 1 endpoint, split into a per-Service
+//! and a per-endpoint share.
 //!
 //! Writes `<out>/services-connections.csv`, `<out>/services-programming.csv`,
-//! PNG plots, and a Markdown table to stdout (and to `--table-out`).
+//! `<out>/services-memory.csv`, PNG plots, and a Markdown table to stdout
+//! (and to `--table-out`).
 //!
 //! Run as root: `cargo run --release -p switchyard-tests --bin bench-services`.
 use std::{
@@ -53,9 +60,11 @@ use switchyard::{
 };
 use testbed::{
     kmem::{self, MapMemory, MemCgroup},
-    lab::{ClientPlacement, Testbed},
-    netns::InNetns,
+    lab::{self, ClientPlacement, Testbed},
+    netns::{InNetns, Netns},
     plot, privileges,
+    proc::Proc,
+    topology::{NODE_EXTERNAL_IF, NODE_EXTERNAL_IP},
 };
 
 #[derive(Parser)]
@@ -90,6 +99,12 @@ const PROGRAM_ROUNDS: usize = 3;
 const VIP_LAST: &str = "10.100.0.1";
 const VIP_MID: &str = "10.100.0.2";
 const PORT: u16 = 80;
+/// One Service in this many is `type: NodePort` (besides the last and the
+/// random-position one): the default NodePort range, 30000–32767, holds
+/// 2,768 ports, so a cluster cannot give each of 50,000 Services one.
+const NODEPORT_EVERY: usize = 20;
+const NODE_PORT_LAST: u16 = 32700;
+const NODE_PORT_RANDOM: u16 = 32701;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
@@ -134,14 +149,40 @@ enum Target {
     Last,
     Random,
     Pod,
+    /// The last Service's NodePort from the external namespace; the floor
+    /// dials the pod from there (routing only).
+    NodePort,
 }
 
 impl Target {
+    const ALL: [Target; 4] = [Target::Last, Target::Random, Target::Pod, Target::NodePort];
     fn name(self) -> &'static str {
         match self {
             Target::Last => "ClusterIP, last Service",
             Target::Random => "ClusterIP, random position",
             Target::Pod => "pod to pod",
+            Target::NodePort => "NodePort from outside, last Service",
+        }
+    }
+    /// Whether `mode` is measured on this target with `n` Services: the
+    /// floor has no Service to dial (only pods, from inside and outside),
+    /// one Service has no random position, and NodePorts are served by
+    /// Switchyard's per-packet path alone (the socket hooks see only the
+    /// node's own sockets).
+    fn applies(self, mode: Mode, n: usize) -> bool {
+        match (self, mode) {
+            (Target::Last | Target::Random, Mode::Floor) => false,
+            (Target::Random, _) => n >= 3,
+            (Target::NodePort, Mode::SwitchyardSocket) => false,
+            _ => true,
+        }
+    }
+    /// The floor this target is compared with: a pod dialled from the same
+    /// client, with no Service rules in the path.
+    fn floor(self) -> Target {
+        match self {
+            Target::NodePort => Target::NodePort,
+            _ => Target::Pod,
         }
     }
 }
@@ -173,6 +214,10 @@ struct Programming {
     /// Kernel memory the rules hold after programming from empty (bytes,
     /// memcg-charged; see `testbed::kmem`); `None` where not measured.
     kmem_bytes: Option<u64>,
+    /// The same for N Services × 1 endpoint (loaded after the traffic
+    /// rounds, from empty), which splits the figure above into a share per
+    /// Service and per endpoint.
+    kmem_one_endpoint: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -186,10 +231,15 @@ fn main() -> Result<()> {
         .iter()
         .map(|m| Ok((*m, Testbed::new(ENDPOINTS as u8)?)))
         .collect::<Result<_>>()?;
+    // Every node has a link to a client outside the cluster.
+    let externals: BTreeMap<Mode, Netns> = beds
+        .iter()
+        .map(|(m, b)| Ok((*m, b.topo.add_external(&b.prefix)?)))
+        .collect::<Result<_>>()?;
     // One set of maps: socket hooks on one node's cgroup, TC on another's
-    // pod interfaces.
+    // pod interfaces and its external link.
     let sizes = MapSizes {
-        frontends: (max_n as u32 + 16).max(1024),
+        frontends: (max_n as u32 + max_n as u32 / NODEPORT_EVERY as u32 + 16).max(1024),
         backends: (max_n * ENDPOINTS) as u32 + 1024,
         backend_slots: (max_n * ENDPOINTS) as u32 + 1024,
         ..MapSizes::default()
@@ -202,6 +252,7 @@ fn main() -> Result<()> {
         for iface in tc.topo.host_ifs() {
             dp.attach_tc(iface)?;
         }
+        dp.attach_node_iface(NODE_EXTERNAL_IF)?;
     }
     let mut reconciler = Reconciler::restore(dp.lb_maps()?)?;
     let maps = kmem::bpf_maps()?;
@@ -217,27 +268,23 @@ fn main() -> Result<()> {
     let mut conns: BTreeMap<(usize, Mode, Target), Conns> = BTreeMap::new();
     let mut programming: BTreeMap<(usize, Mode), Programming> = BTreeMap::new();
     let mut entries: BTreeMap<usize, EntryCounts> = BTreeMap::new();
+    let mut entries_one: BTreeMap<usize, EntryCounts> = BTreeMap::new();
     let cfg = RuleConfig {
         local_detector: Some("10.244.0.0/16".parse()?),
         ..RuleConfig::default()
     };
     for &n in &args.services {
         eprintln!("N = {n}: computing the table");
-        let (table, ports) = compute(n, &backends, ENDPOINTS)?;
+        let (table, ports) = compute(n, &backends, ENDPOINTS, ENDPOINTS)?;
         // One endpoint change: the last Service loses one of its endpoints.
-        let (changed_table, changed_ports) = compute(n, &backends, ENDPOINTS - 1)?;
+        let (changed_table, changed_ports) = compute(n, &backends, ENDPOINTS, ENDPOINTS - 1)?;
         let timeout = Duration::from_secs(args.program_timeout);
         let mut programmed: Vec<Mode> = vec![Mode::Floor];
         for mode in Mode::ALL.iter().copied().skip(1) {
             let ns = beds[&mode].topo.node.name().to_owned();
             let p = match mode {
                 Mode::IptablesLegacy | Mode::IptablesNft => {
-                    let variant = if mode == Mode::IptablesLegacy {
-                        IptablesVariant::Legacy
-                    } else {
-                        IptablesVariant::Nft
-                    };
-                    program_iptables(&ns, variant, &ports, &changed_ports, &cfg, timeout)?
+                    program_iptables(&ns, variant(mode), &ports, &changed_ports, &cfg, timeout)?
                 }
                 Mode::Nftables => program_nftables(&ns, &ports, &changed_ports, &cfg, timeout)?,
                 Mode::SwitchyardSocket => {
@@ -265,6 +312,7 @@ fn main() -> Result<()> {
                         // Preallocated maps: by capacity, in the table's
                         // memory section.
                         kmem_bytes: None,
+                        kmem_one_endpoint: None,
                     }
                 }
                 // The same maps serve both eBPF paths.
@@ -285,18 +333,24 @@ fn main() -> Result<()> {
         for round in 0..args.rounds {
             eprintln!("N = {n}: round {}", round + 1);
             for &mode in &programmed {
-                for target in [Target::Last, Target::Random, Target::Pod] {
-                    if target == Target::Random && n < 3 {
-                        continue; // one Service: no other position
+                for target in Target::ALL {
+                    if !target.applies(mode, n) {
+                        continue;
                     }
                     let dest = match (mode, target) {
                         (_, Target::Pod) | (Mode::Floor, _) => pod_target.clone(),
                         (_, Target::Last) => format!("{VIP_LAST}:{PORT}"),
                         (_, Target::Random) => format!("{VIP_MID}:{PORT}"),
+                        (_, Target::NodePort) => format!("{NODE_EXTERNAL_IP}:{NODE_PORT_LAST}"),
+                    };
+                    let from = if target == Target::NodePort {
+                        Client::External(&externals[&mode])
+                    } else {
+                        Client::Pod(&beds[&mode], mode.placement())
                     };
                     // One warm-up connection (neighbour entries, caches).
-                    connect(&beds[&mode], mode.placement(), &dest, 1)?;
-                    let got = connect(&beds[&mode], mode.placement(), &dest, args.connects)
+                    connect(&from, &dest, 1)?;
+                    let got = connect(&from, &dest, args.connects)
                         .with_context(|| format!("N = {n}, {}, {}", mode.name(), target.name()))?;
                     let cell = conns.entry((n, mode, target)).or_default();
                     cell.connect_ns.extend(got.connect_ns);
@@ -304,28 +358,36 @@ fn main() -> Result<()> {
                 }
             }
         }
-        // Empty every mode before the next N.
-        for mode in [Mode::IptablesLegacy, Mode::IptablesNft] {
-            let v = if mode == Mode::IptablesLegacy {
-                IptablesVariant::Legacy
-            } else {
-                IptablesVariant::Nft
+        // Empty every mode; then N Services × 1 endpoint from empty, for
+        // the memory each endpoint holds; and empty again for the next N.
+        for mode in [Mode::IptablesLegacy, Mode::IptablesNft, Mode::Nftables] {
+            let ns = beds[&mode].topo.node.name().to_owned();
+            cleanup(&ns, mode)?;
+            if !programmed.contains(&mode) {
+                continue;
+            }
+            let (_, one_ports) = compute(n, &backends, 1, 1)?;
+            let kmem = match mode {
+                Mode::Nftables => load_nftables(&ns, &one_ports, &cfg, timeout)?.0,
+                _ => load_iptables(&ns, variant(mode), &one_ports, &cfg, timeout)?.0,
             };
-            switchyard::kubeproxy::apply::cleanup(
-                Some(beds[&mode].topo.node.name()),
-                switchyard::kubeproxy::ProxyMode::Iptables,
-                v,
-            )?;
+            cleanup(&ns, mode)?;
+            if let Some(p) = programming.get_mut(&(n, mode)) {
+                p.kmem_one_endpoint = kmem.map(|(_, bytes)| bytes);
+            }
         }
-        switchyard::kubeproxy::apply::cleanup(
-            Some(beds[&Mode::Nftables].topo.node.name()),
-            switchyard::kubeproxy::ProxyMode::Nftables,
-            IptablesVariant::Auto,
-        )?;
+        let (one_table, _) = compute(n, &backends, 1, 1)?;
+        reconciler.apply(&one_table)?;
+        entries_one.insert(n, reconciler.entry_counts());
         reconciler.apply(&DesiredTable::default())?;
     }
     let mut table = report(&args, &conns, &programming)?;
-    table.push_str(&memory_report(&args, &maps, &entries, &programming)?);
+    table.push_str(&memory_report(
+        &args,
+        &maps,
+        [&entries, &entries_one],
+        &programming,
+    )?);
     print!("{table}");
     if let Some(path) = &args.table_out {
         std::fs::write(path, &table)?;
@@ -334,14 +396,17 @@ fn main() -> Result<()> {
 }
 
 /// N Services (two of them with the real backends: one sorting last, one at
-/// a random position) × `ENDPOINTS` endpoints, except that the last one has
-/// `last_per` (fewer: one endpoint change), through `desired::compute`.
+/// a random position) × `per` endpoints, except that the last one has
+/// `last_per` (fewer: one endpoint change), through `desired::compute` for a
+/// node whose NodePorts are on [`NODE_EXTERNAL_IP`]. The last, the random
+/// one and one in [`NODEPORT_EVERY`] are `type: NodePort`
+/// (`externalTrafficPolicy: Cluster`).
 fn compute(
     n: usize,
     backends: &[String],
+    per: usize,
     last_per: usize,
 ) -> Result<(DesiredTable, Vec<ServicePort>)> {
-    let per = ENDPOINTS;
     let mut services = Vec::with_capacity(n);
     let mut slices = Vec::with_capacity(n);
     let random = if n > 2 { (n * 7919) % (n - 1) } else { 0 };
@@ -368,10 +433,26 @@ fn compute(
                 .collect();
             (format!("svc-{i:06}"), vip.to_string(), eps)
         };
-        services.push(Arc::new(serde_json::from_value::<Service>(serde_json::json!({
-            "metadata": {"namespace": "bench", "name": name},
-            "spec": {"clusterIP": vip, "ports": [{"name": "http", "port": PORT, "protocol": "TCP", "targetPort": 8080}]}
-        }))?));
+        let node_port = if i + 1 == n {
+            Some(NODE_PORT_LAST)
+        } else if i == random && n > 1 {
+            Some(NODE_PORT_RANDOM)
+        } else {
+            (i % NODEPORT_EVERY == 0).then(|| 30000 + (i / NODEPORT_EVERY) as u16)
+        };
+        let mut port = serde_json::json!({"name": "http", "port": PORT, "protocol": "TCP", "targetPort": 8080});
+        let mut spec = serde_json::json!({"clusterIP": vip});
+        if let Some(np) = node_port {
+            port["nodePort"] = np.into();
+            spec["type"] = "NodePort".into();
+        }
+        spec["ports"] = serde_json::json!([port]);
+        services.push(Arc::new(serde_json::from_value::<Service>(
+            serde_json::json!({
+                "metadata": {"namespace": "bench", "name": name},
+                "spec": spec
+            }),
+        )?));
         let endpoints: Vec<serde_json::Value> = eps
             .iter()
             .map(|a| serde_json::json!({"addresses": [a], "conditions": {"ready": true}}))
@@ -383,7 +464,12 @@ fn compute(
             "endpoints": endpoints
         }))?));
     }
-    let out = desired::compute(&services, &slices, &NodeContext::default());
+    let node = NodeContext {
+        nodeport_addresses: vec![NODE_EXTERNAL_IP],
+        address: Some(NODE_EXTERNAL_IP),
+        ..NodeContext::default()
+    };
+    let out = desired::compute(&services, &slices, &node);
     if !out.skipped.is_empty() {
         bail!("invalid bench objects: {:?}", &out.skipped[..1]);
     }
@@ -443,24 +529,12 @@ fn program_iptables(
     cfg: &RuleConfig,
     timeout: Duration,
 ) -> Result<Programming> {
-    // The jumps and top-level chains first (what kube-proxy's first sync
-    // also ensures), untimed.
-    let mut rules = switchyard::kubeproxy::apply::IptablesRules::new(Some(ns.to_owned()), variant)?;
-    rules.sync(&[], cfg, true)?;
-    let tool = match variant {
-        IptablesVariant::Legacy => "iptables-legacy-restore",
-        _ => "iptables-nft-restore",
-    };
-    let args = ["-w", "5", "--noflush", "--counters"];
-    let payload = iptables::render(ports, cfg, &Default::default());
-    let memcg = MemCgroup::new(&format!("{ns}-kmem"))?;
-    let program_s = timed(ns, tool, &args, &payload.text, timeout, Some(&memcg))?;
-    // A restore killed at the time-out left nothing worth counting.
-    let kmem_bytes = program_s.map(|_| memcg.kernel_bytes()).transpose()?;
-    let change_s = match program_s {
+    let (loaded, previous) = load_iptables(ns, variant, ports, cfg, timeout)?;
+    let (tool, args) = iptables_restore(variant);
+    let change_s = match loaded {
         Some(_) => {
             // A partial sync, as kube-proxy's for one changed Service.
-            let next = iptables::render(changed, cfg, &payload.next);
+            let next = iptables::render(changed, cfg, &previous);
             let s = timed(ns, tool, &args, &next.text, timeout, None)?;
             // Back to the full table for the traffic measurements.
             let back = iptables::render(ports, cfg, &next.next);
@@ -470,10 +544,87 @@ fn program_iptables(
         None => None,
     };
     Ok(Programming {
-        program_s,
+        program_s: loaded.map(|(s, _)| s),
         change_s,
-        kmem_bytes,
+        kmem_bytes: loaded.map(|(_, b)| b),
+        kmem_one_endpoint: None,
     })
+}
+
+/// kube-proxy's restore command for `variant`: `--noflush` (chains it
+/// does not name are kept), `--counters`, waiting 5 s for the xtables lock.
+fn iptables_restore(variant: IptablesVariant) -> (&'static str, [&'static str; 4]) {
+    let tool = match variant {
+        IptablesVariant::Legacy => "iptables-legacy-restore",
+        _ => "iptables-nft-restore",
+    };
+    (tool, ["-w", "5", "--noflush", "--counters"])
+}
+
+/// Runs `tool args` in `ns` with `stdin` inside a fresh memory cgroup:
+/// the elapsed seconds and the kernel memory still charged when the tool
+/// has exited, or `None` on timeout (a load killed half way is not worth
+/// counting).
+fn timed_in_memcg(
+    ns: &str,
+    tool: &str,
+    args: &[&str],
+    stdin: &str,
+    timeout: Duration,
+) -> Result<Option<(f64, u64)>> {
+    let memcg = MemCgroup::new(&format!("{ns}-kmem"))?;
+    match timed(ns, tool, args, stdin, timeout, Some(&memcg))? {
+        Some(s) => Ok(Some((s, memcg.kernel_bytes()?))),
+        None => Ok(None),
+    }
+}
+
+/// kube-proxy's first sync of `ports` into an empty `ns`: the jumps and
+/// top-level chains (untimed), then one restore of everything. Seconds and
+/// kernel bytes (`None`: timed out), and what the next partial sync starts
+/// from.
+fn load_iptables(
+    ns: &str,
+    variant: IptablesVariant,
+    ports: &[ServicePort],
+    cfg: &RuleConfig,
+    timeout: Duration,
+) -> Result<(Option<(f64, u64)>, iptables::Previous)> {
+    let mut rules = switchyard::kubeproxy::apply::IptablesRules::new(Some(ns.to_owned()), variant)?;
+    rules.sync(&[], cfg, true)?;
+    let (tool, args) = iptables_restore(variant);
+    let payload = iptables::render(ports, cfg, &Default::default());
+    let loaded = timed_in_memcg(ns, tool, &args, &payload.text, timeout)?;
+    Ok((loaded, payload.next))
+}
+
+/// kube-proxy's first nftables transaction of `ports` into an empty `ns`;
+/// as [`load_iptables`].
+fn load_nftables(
+    ns: &str,
+    ports: &[ServicePort],
+    cfg: &RuleConfig,
+    timeout: Duration,
+) -> Result<(Option<(f64, u64)>, nftables::Previous)> {
+    let first = nftables::render(ports, cfg, &nftables::Previous::default());
+    let loaded = timed_in_memcg(ns, "nft", &["-f", "-"], &first.text, timeout)?;
+    Ok((loaded, first.next))
+}
+
+fn variant(mode: Mode) -> IptablesVariant {
+    match mode {
+        Mode::IptablesLegacy => IptablesVariant::Legacy,
+        _ => IptablesVariant::Nft,
+    }
+}
+
+/// Removes every rule `mode` (one of kube-proxy's) left in `ns`.
+fn cleanup(ns: &str, mode: Mode) -> Result<()> {
+    use switchyard::kubeproxy::{ProxyMode, apply};
+    match mode {
+        Mode::Nftables => apply::cleanup(Some(ns), ProxyMode::Nftables, IptablesVariant::Auto),
+        _ => apply::cleanup(Some(ns), ProxyMode::Iptables, variant(mode)),
+    }
 }
 
 fn program_nftables(
@@ -483,14 +634,11 @@ fn program_nftables(
     cfg: &RuleConfig,
     timeout: Duration,
 ) -> Result<Programming> {
-    let first = nftables::render(ports, cfg, &nftables::Previous::default());
-    let memcg = MemCgroup::new(&format!("{ns}-kmem"))?;
-    let program_s = timed(ns, "nft", &["-f", "-"], &first.text, timeout, Some(&memcg))?;
-    let kmem_bytes = program_s.map(|_| memcg.kernel_bytes()).transpose()?;
-    let change_s = match program_s {
+    let (loaded, previous) = load_nftables(ns, ports, cfg, timeout)?;
+    let change_s = match loaded {
         Some(_) => {
             // A partial sync, as kube-proxy's for one changed Service.
-            let next = nftables::render(changed, cfg, &first.next);
+            let next = nftables::render(changed, cfg, &previous);
             let s = timed(ns, "nft", &["-f", "-"], &next.text, timeout, None)?;
             timed(
                 ns,
@@ -505,25 +653,29 @@ fn program_nftables(
         None => None,
     };
     Ok(Programming {
-        program_s,
+        program_s: loaded.map(|(s, _)| s),
         change_s,
-        kmem_bytes,
+        kmem_bytes: loaded.map(|(_, b)| b),
+        kmem_one_endpoint: None,
     })
 }
 
-fn connect(bed: &Testbed, placement: ClientPlacement, target: &str, count: usize) -> Result<Conns> {
-    let out = bed
-        .spawn_client(
-            placement,
-            &[
-                "connect-latency",
-                "--target",
-                target,
-                "--count",
-                &count.to_string(),
-            ],
-        )?
-        .finish()?;
+/// Where a measuring client runs.
+enum Client<'a> {
+    /// The node's client pod, inside or outside the hooked cgroup.
+    Pod(&'a Testbed, ClientPlacement),
+    /// The namespace outside the node.
+    External(&'a Netns),
+}
+
+fn connect(from: &Client, target: &str, count: usize) -> Result<Conns> {
+    let count = count.to_string();
+    let args = ["connect-latency", "--target", target, "--count", &count];
+    let client = match from {
+        Client::Pod(bed, placement) => bed.spawn_client(*placement, &args)?,
+        Client::External(ns) => Proc::spawn_in(ns.name(), None, &lab::netprobe()?, &args)?,
+    };
+    let out = client.finish()?;
     let v: serde_json::Value =
         serde_json::from_str(out.trim()).with_context(|| format!("netprobe printed `{out}`"))?;
     Ok(Conns {
@@ -606,6 +758,13 @@ fn report(
         "connections/s",
         &series(Target::Pod, Conns::rate),
     )?;
+    plot::lines(
+        &args.out.join("services-nodeport.png"),
+        "New connections/s to a NodePort from outside (last Service)",
+        "Services (x10 endpoints)",
+        "connections/s",
+        &series(Target::NodePort, Conns::rate),
+    )?;
 
     let mut t = String::new();
     let _ = writeln!(
@@ -619,28 +778,25 @@ fn report(
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
     for &n in &args.services {
-        for target in [Target::Last, Target::Random, Target::Pod] {
-            if target == Target::Random && n < 3 {
-                continue;
-            }
-            let floor = conns.get(&(n, Mode::Floor, Target::Pod)).map(Conns::rate);
+        for target in Target::ALL {
+            let floor = conns
+                .get(&(n, Mode::Floor, target.floor()))
+                .map(Conns::rate);
             let base = |m: Mode| conns.get(&(n, m, target)).map(Conns::rate);
             for mode in Mode::ALL {
-                let Some(c) = conns.get(&(n, mode, target)) else {
-                    if mode != Mode::Floor {
-                        let _ = writeln!(
-                            t,
-                            "| {n} | {} | {} | not programmed within {} s | | | | | |",
-                            target.name(),
-                            mode.name(),
-                            args.program_timeout
-                        );
-                    }
-                    continue;
-                };
-                if mode == Mode::Floor && target != Target::Pod {
+                if !target.applies(mode, n) {
                     continue;
                 }
+                let Some(c) = conns.get(&(n, mode, target)) else {
+                    let _ = writeln!(
+                        t,
+                        "| {n} | {} | {} | not programmed within {} s | | | | | |",
+                        target.name(),
+                        mode.name(),
+                        args.program_timeout
+                    );
+                    continue;
+                };
                 let ratio = |b: Option<f64>| {
                     b.map_or_else(|| "–".to_owned(), |b| format!("{:.2}x", c.rate() / b))
                 };
@@ -707,10 +863,15 @@ fn report(
 /// capacity; the maps are preallocated, so a daemon holds its capacity
 /// whatever it uses, and that total is stated too); for kube-proxy's
 /// modes, the memcg kernel charge left by the restore from empty.
+///
+/// `entries` holds the map entry counts at `[10 endpoints, 1 endpoint]` per
+/// Service; with the one-endpoint charges in `programming`, each total
+/// m(E) ≈ N·(s + E·e) splits into a share per endpoint, e = (m(10) −
+/// m(1)) / 9N, and one per Service, s = m(1)/N − e.
 fn memory_report(
     args: &Args,
     maps: &[MapMemory],
-    entries: &BTreeMap<usize, EntryCounts>,
+    entries: [&BTreeMap<usize, EntryCounts>; 2],
     programming: &BTreeMap<(usize, Mode), Programming>,
 ) -> Result<String> {
     use proxy_common::map_names::{LB4_BACKENDS, LB4_MEMBERS, LB4_SERVICES};
@@ -730,50 +891,69 @@ fn memory_report(
         c.services as f64 * svc + c.backends as f64 * be + c.members as f64 * member
     };
     let capacity: u64 = maps.iter().map(|m| m.memlock).sum();
-    let mut csv = String::from("services,mode,kernel_bytes\n");
+    let mut csv = String::from(
+        "services,mode,kernel_bytes,kernel_bytes_one_endpoint,bytes_per_service,bytes_per_endpoint\n",
+    );
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\n#### Kernel memory held for N Services × {ENDPOINTS} endpoints (MiB; per Service in KiB)\n"
+        "\n#### Kernel memory held for N Services × {ENDPOINTS} endpoints (MiB), and its share per Service and per endpoint\n"
     );
     let _ = writeln!(
         t,
-        "Maps: entries in use × the kernel's `memlock` per entry of capacity ({svc:.0} B per frontend or slot, {be:.0} B per backend, {member:.0} B per membership). This run's maps are preallocated for its largest N: {:.1} MiB for every map the dataplane holds, conntrack included. kube-proxy's modes: the kernel memory charged to a fresh memory cgroup by the restore from empty (iptables-legacy's per-CPU rule counters are not charged, so its figure is a lower bound).\n",
+        "Maps: entries in use × the kernel's `memlock` per entry of capacity ({svc:.0} B per frontend or slot, {be:.0} B per backend, {member:.0} B per membership). This run's maps are preallocated for its largest N: {:.1} MiB for every map the dataplane holds, conntrack included. kube-proxy's modes: the kernel memory charged to a fresh memory cgroup by the restore from empty (iptables-legacy's per-CPU rule counters are not charged, so its figure is a lower bound). The shares come from a second load of N Services × 1 endpoint: per endpoint (m(10) − m(1)) / 9N, per Service m(1)/N less one endpoint; below 1,000 Services the charges are too few pages to split.\n",
         capacity as f64 / 1048576.0
     );
     let _ = writeln!(
         t,
-        "| Services | mode | kernel memory | per Service | vs switchyard |"
+        "| Services | mode | kernel memory | all-in per Service (KiB) | per Service, alone (B) | per endpoint (B) | vs switchyard |"
     );
-    let _ = writeln!(t, "|---|---|---|---|---|");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
     for &n in &args.services {
-        let sy = entries.get(&n).map(maps_bytes);
+        let sy = |i: usize| entries[i].get(&n).map(maps_bytes);
         let rules = |mode: Mode| {
-            let bytes = programming.get(&(n, mode)).and_then(|p| p.kmem_bytes);
-            (mode.name(), bytes.map(|b| b as f64))
+            let p = programming.get(&(n, mode));
+            (
+                mode.name(),
+                p.and_then(|p| p.kmem_bytes).map(|b| b as f64),
+                p.and_then(|p| p.kmem_one_endpoint).map(|b| b as f64),
+            )
         };
         let rows = [
-            ("switchyard (maps)", sy),
+            ("switchyard (maps)", sy(0), sy(1)),
             rules(Mode::IptablesLegacy),
             rules(Mode::IptablesNft),
             rules(Mode::Nftables),
         ];
-        for (name, bytes) in rows {
+        let sy_bytes = sy(0);
+        for (name, bytes, one) in rows {
             let Some(bytes) = bytes else {
                 let _ = writeln!(
                     t,
-                    "| {n} | {name} | not programmed within {} s | – | – |",
+                    "| {n} | {name} | not programmed within {} s | – | – | – | – |",
                     args.program_timeout
                 );
                 continue;
             };
-            let _ = writeln!(csv, "{n},{name},{bytes:.0}");
-            let ratio = sy
+            // The split: per endpoint, then what a Service holds besides.
+            let split = one.filter(|_| n >= 1000).map(|one| {
+                let e = (bytes - one) / ((ENDPOINTS - 1) * n) as f64;
+                (one / n as f64 - e, e)
+            });
+            let (s_csv, e_csv) = split.map_or((String::new(), String::new()), |(s, e)| {
+                (format!("{s:.0}"), format!("{e:.0}"))
+            });
+            let one_csv = one.map_or_else(String::new, |b| format!("{b:.0}"));
+            let _ = writeln!(csv, "{n},{name},{bytes:.0},{one_csv},{s_csv},{e_csv}");
+            let ratio = sy_bytes
                 .filter(|s| *s > 0.0)
                 .map_or_else(|| "–".to_owned(), |s| format!("{:.1}x", bytes / s));
+            let (s_md, e_md) = split.map_or(("–".to_owned(), "–".to_owned()), |(s, e)| {
+                (format!("{s:.0}"), format!("{e:.0}"))
+            });
             let _ = writeln!(
                 t,
-                "| {n} | {name} | {:.2} | {:.2} | {ratio} |",
+                "| {n} | {name} | {:.2} | {:.2} | {s_md} | {e_md} | {ratio} |",
                 bytes / 1048576.0,
                 bytes / n as f64 / 1024.0,
             );

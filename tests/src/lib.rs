@@ -7,7 +7,6 @@
 pub mod cluster;
 pub mod cmd;
 pub mod fs;
-pub mod iptables_baseline;
 pub mod kmem;
 pub mod lab;
 pub mod multinode;

@@ -13,7 +13,8 @@
 //!    created first, then the daemon starts from empty pins; time until all
 //!    frontends are in the maps (and the single sync's share of it).
 //!    Baseline: kube-proxy's iptables-mode restore payload for the same
-//!    table, loaded with one `iptables-restore` into a fresh namespace.
+//!    objects (rendered by `switchyard::kubeproxy`), loaded with one
+//!    `iptables-restore --noflush` into a fresh namespace.
 //!
 //! Run as root: `cargo run --release -p switchyard-tests --bin bench-daemon`.
 use std::{
@@ -35,11 +36,14 @@ use kube::{
     runtime::watcher,
 };
 use nix::sys::signal::Signal;
-use switchyard::datapath::MapSizes;
+use switchyard::{
+    datapath::MapSizes,
+    desired::{self, NodeContext},
+    kubeproxy::{RuleConfig, iptables},
+};
 use testbed::{
     cluster::{ApiServer, Daemon, TempDir},
     fs::PrivateBpffs,
-    iptables_baseline::{endpoint_ip, restore_payload, service_ip},
     netns::Netns,
     privileges, unique_prefix,
 };
@@ -62,6 +66,28 @@ struct Args {
 }
 
 const NS: &str = "bench";
+
+/// ClusterIP of Service `i`: from 10.96.1.0 up, clear of 10.96.0.1 (the
+/// `kubernetes` Service's, which the API server allocates itself).
+fn service_ip(i: usize) -> std::net::Ipv4Addr {
+    (0x0a60_0100u32 + i as u32).into()
+}
+
+/// Address of endpoint `j` of Service `i` (`per_service` each): unique
+/// across the table, in 10.128.0.0/10.
+fn endpoint_ip(i: usize, j: usize, per_service: usize) -> std::net::Ipv4Addr {
+    (0x0a80_0000u32 + 1 + (i * per_service + j) as u32).into()
+}
+
+/// Service `i` and its slice, as `create_table` sends them.
+fn table_objects(i: usize, m: usize) -> Result<(Service, EndpointSlice)> {
+    let name = format!("svc-{i}");
+    let ips: Vec<_> = (0..m).map(|j| endpoint_ip(i, j, m)).collect();
+    Ok((
+        service_obj(&name, service_ip(i), "TCP")?,
+        slice_obj(&format!("{name}-1"), &name, &ips, "TCP")?,
+    ))
+}
 
 fn main() -> Result<()> {
     privileges::require();
@@ -365,20 +391,9 @@ async fn create_table(client: &Client, n: usize, m: usize) -> Result<()> {
         .map(|i| {
             let (services, slices) = (services.clone(), slices.clone());
             async move {
-                let name = format!("svc-{i}");
-                services
-                    .create(
-                        &PostParams::default(),
-                        &service_obj(&name, service_ip(i), "TCP")?,
-                    )
-                    .await?;
-                let ips: Vec<_> = (0..m).map(|j| endpoint_ip(i, j, m)).collect();
-                slices
-                    .create(
-                        &PostParams::default(),
-                        &slice_obj(&format!("{name}-1"), &name, &ips, "TCP")?,
-                    )
-                    .await?;
+                let (service, slice) = table_objects(i, m)?;
+                services.create(&PostParams::default(), &service).await?;
+                slices.create(&PostParams::default(), &slice).await?;
                 anyhow::Ok(())
             }
         })
@@ -425,6 +440,27 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
         .context("VmHWM")
 }
 
+/// kube-proxy's iptables-mode restore payload for the objects
+/// `create_table(n, m)` makes, as its first (full) sync writes it.
+fn kube_proxy_payload(n: usize, m: usize) -> Result<String> {
+    let mut services = Vec::with_capacity(n);
+    let mut slices = Vec::with_capacity(n);
+    for i in 0..n {
+        let (service, slice) = table_objects(i, m)?;
+        services.push(Arc::new(service));
+        slices.push(Arc::new(slice));
+    }
+    let out = desired::compute(&services, &slices, &NodeContext::default());
+    if !out.skipped.is_empty() {
+        bail!("invalid bench objects: {:?}", &out.skipped[..1]);
+    }
+    let cfg = RuleConfig {
+        local_detector: Some("10.128.0.0/10".parse()?),
+        ..RuleConfig::default()
+    };
+    Ok(iptables::render(&out.service_ports, &cfg, &Default::default()).text)
+}
+
 /// One `iptables-restore --noflush` of kube-proxy's payload for the same
 /// table, in a fresh network namespace.
 /// Returns the time taken and whether it finished within `limit` (if not,
@@ -436,7 +472,7 @@ fn iptables_restore_time(
     limit: Duration,
 ) -> Result<(Duration, bool)> {
     let ns = Netns::new(&format!("{prefix}-ipt"))?;
-    let payload = restore_payload(n, m, 80, 8080);
+    let payload = kube_proxy_payload(n, m)?;
     let started = Instant::now();
     let mut child = Command::new("ip")
         .args([

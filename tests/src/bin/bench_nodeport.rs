@@ -17,18 +17,23 @@
 //! machine's CPU time per Gbit transferred (all cores, from /proc/stat).
 //!
 //! Run as root: `cargo run --release -p switchyard-tests --bin bench-nodeport`.
-use std::{net::Ipv4Addr, process::Command, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Parser;
 use switchyard::{
     datapath::{AyaLbMaps, MapSizes, loader::Dataplane},
+    desired::ServicePort,
+    kubeproxy::{
+        ProxyMode, RuleConfig,
+        apply::{self, IptablesRules, IptablesVariant},
+    },
+    model::{BackendAddr, Protocol},
     reconcile::Reconciler,
     table_file,
 };
 use testbed::{
     cmd::{ip_in, run},
-    iptables_baseline::nodeport_payload,
     lab::netprobe,
     multinode::{Network, Node},
     netns::InNetns,
@@ -213,22 +218,17 @@ impl Setup {
         match mode {
             Mode::Floor => Ok(Self::Floor),
             Mode::Iptables => {
+                // kube-proxy's first sync on node-1: its jumps, then one
+                // restore of the rules it renders for these Services.
                 let node = net.node(1).netns.name().to_owned();
-                let payload = nodeport_payload(
-                    &[(NODE_PORT, 8080), (IPERF_NODE_PORT, IPERF_PORT)],
-                    backend,
-                    local,
-                );
-                restore(&node, &payload)?;
-                for hook in [
-                    ["-t", "nat", "-I", "PREROUTING", "-j", "KUBE-SERVICES"],
-                    ["-t", "nat", "-I", "OUTPUT", "-j", "KUBE-SERVICES"],
-                    ["-t", "nat", "-I", "POSTROUTING", "-j", "KUBE-POSTROUTING"],
-                ] {
-                    let mut a = vec!["netns", "exec", &node, "iptables"];
-                    a.extend(hook);
-                    run("ip", &a)?;
-                }
+                let on_node_1 = net.node(1).pods.iter().any(|p| p.ip == backend);
+                let ports = nodeport_services(backend, on_node_1, local);
+                let cfg = RuleConfig {
+                    local_detector: Some("10.244.0.0/16".parse()?),
+                    ..RuleConfig::default()
+                };
+                IptablesRules::new(Some(node.clone()), IptablesVariant::Auto)?
+                    .sync(&ports, &cfg, true)?;
                 Ok(Self::Iptables(node))
             }
             Mode::Switchyard => {
@@ -245,8 +245,8 @@ impl Setup {
 impl Drop for Setup {
     fn drop(&mut self) {
         if let Self::Iptables(node) = self {
-            // An empty nat table, and no flow left behind for the next mode.
-            let _ = restore(node, "*nat\nCOMMIT\n");
+            // No rule and no flow left behind for the next mode.
+            let _ = apply::cleanup(Some(node), ProxyMode::Iptables, IptablesVariant::Auto);
             let _ = run("ip", &["netns", "exec", node, "conntrack", "-F"]);
         }
     }
@@ -296,21 +296,33 @@ fn switchyard_on(
     Ok((dp, reconciler))
 }
 
-fn restore(netns: &str, payload: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "iptables-restore", "-w", "5"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(payload.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("iptables-restore failed");
-    }
-    Ok(())
+/// The benchmark's two NodePort Services (connections and iperf3), each
+/// with the one endpoint `backend` (`on_node_1`: local to the node the
+/// client dials), under `externalTrafficPolicy: Local` (`local`) or
+/// `Cluster`, as kube-proxy's proxier sees them.
+fn nodeport_services(backend: Ipv4Addr, on_node_1: bool, local: bool) -> Vec<ServicePort> {
+    [(NODE_PORT, 8080), (IPERF_NODE_PORT, IPERF_PORT)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (node_port, target))| {
+            let endpoint = BackendAddr {
+                addr: backend,
+                port: target,
+                proto: Protocol::Tcp,
+            };
+            ServicePort {
+                name: format!("bench/np-{i}:http"),
+                cluster_ip: Ipv4Addr::new(10, 96, 0, 10 + i as u8),
+                port: 80,
+                node_port: Some(node_port),
+                external_local: local,
+                cluster: vec![endpoint],
+                local: if on_node_1 { vec![endpoint] } else { vec![] },
+                has_any_endpoints: true,
+                ..ServicePort::default()
+            }
+        })
+        .collect()
 }
 
 fn iptables_version() -> Result<String> {

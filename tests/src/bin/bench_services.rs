@@ -923,7 +923,7 @@ fn report(
             };
             let _ = writeln!(
                 t,
-                "| {n} | {name} | {} | {} | {} | {} |",
+                "| {n} | {name} | {} | {} | {} | {} | {} |",
                 match (p.program_s, p.workaround_s) {
                     (None, Some(w)) => format!(
                         "{}; {w:.3} with `-S` first",

@@ -82,15 +82,24 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     connects: usize,
     /// Give up programming a mode after this many seconds (its row then
-    /// says so and it is not measured at that N).
-    #[arg(long, default_value_t = 120)]
-    program_timeout: u64,
+    /// says so, it is not measured at that N and not tried at larger N)
+    /// [default: 120, 300 with `--full`].
+    #[arg(long)]
+    program_timeout: Option<u64>,
     /// Where CSVs and plots go.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
     /// Also write the Markdown table here.
     #[arg(long)]
     table_out: Option<PathBuf>,
+}
+
+impl Args {
+    /// `--program-timeout`, or its default for this size.
+    fn program_timeout_s(&self) -> u64 {
+        self.program_timeout
+            .unwrap_or(if self.full { 300 } else { 120 })
+    }
 }
 
 const ENDPOINTS: usize = 10;
@@ -241,10 +250,13 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     // One set of maps: socket hooks on one node's cgroup, TC on another's
     // pod interfaces and its external link.
+    // Frontends: every ClusterIP, and the NodePorts (one Service in
+    // NODEPORT_EVERY, and the two measured ones); a slot per endpoint each.
+    let frontends = max_n + max_n / NODEPORT_EVERY + 16;
     let sizes = MapSizes {
-        frontends: (max_n as u32 + max_n as u32 / NODEPORT_EVERY as u32 + 16).max(1024),
+        frontends: (frontends as u32).max(1024),
         backends: (max_n * ENDPOINTS) as u32 + 1024,
-        backend_slots: (max_n * ENDPOINTS) as u32 + 1024,
+        backend_slots: (frontends * ENDPOINTS) as u32 + 1024,
         ..MapSizes::default()
     };
     let mut dp = Dataplane::load(None, &sizes)?;
@@ -272,6 +284,8 @@ fn main() -> Result<()> {
     let mut programming: BTreeMap<(usize, Mode), Programming> = BTreeMap::new();
     let mut entries: BTreeMap<usize, EntryCounts> = BTreeMap::new();
     let mut entries_one: BTreeMap<usize, EntryCounts> = BTreeMap::new();
+    // The smallest N at which each mode's own programming gave up.
+    let mut gave_up: BTreeMap<Mode, usize> = BTreeMap::new();
     let cfg = RuleConfig {
         local_detector: Some("10.244.0.0/16".parse()?),
         ..RuleConfig::default()
@@ -281,14 +295,38 @@ fn main() -> Result<()> {
         let (table, ports) = compute(n, &backends, ENDPOINTS, ENDPOINTS)?;
         // One endpoint change: the last Service loses one of its endpoints.
         let (changed_table, changed_ports) = compute(n, &backends, ENDPOINTS, ENDPOINTS - 1)?;
-        let timeout = Duration::from_secs(args.program_timeout);
+        let timeout = Duration::from_secs(args.program_timeout_s());
         let mut programmed: Vec<Mode> = vec![Mode::Floor];
         for mode in Mode::ALL.iter().copied().skip(1) {
             let ns = beds[&mode].topo.node.name().to_owned();
+            // A mode that gave up at a smaller N would give up again: its
+            // own way is not tried (iptables-nft still loads the fast way).
+            let earlier = gave_up.get(&mode).copied();
             let p = match mode {
-                Mode::IptablesLegacy | Mode::IptablesNft => {
-                    program_iptables(&ns, variant(mode), &ports, &changed_ports, &cfg, timeout)?
+                Mode::IptablesNft => {
+                    let how = earlier.map_or(Restore::AsKubeProxy, |_| Restore::ListFirst);
+                    program_iptables(
+                        &ns,
+                        variant(mode),
+                        &ports,
+                        &changed_ports,
+                        &cfg,
+                        timeout,
+                        how,
+                    )?
                 }
+                Mode::IptablesLegacy | Mode::Nftables if earlier.is_some() => {
+                    Programming::default()
+                }
+                Mode::IptablesLegacy => program_iptables(
+                    &ns,
+                    variant(mode),
+                    &ports,
+                    &changed_ports,
+                    &cfg,
+                    timeout,
+                    Restore::AsKubeProxy,
+                )?,
                 Mode::Nftables => program_nftables(&ns, &ports, &changed_ports, &cfg, timeout)?,
                 Mode::SwitchyardSocket => {
                     // From empty, the median of PROGRAM_ROUNDS (a pass of
@@ -329,6 +367,9 @@ fn main() -> Result<()> {
                 p.program_s,
                 p.change_s
             );
+            if p.program_s.is_none() && mode != Mode::SwitchyardTc {
+                gave_up.entry(mode).or_insert(n);
+            }
             if p.program_s.is_some() || p.workaround_s.is_some() {
                 programmed.push(mode);
             }
@@ -408,7 +449,7 @@ fn main() -> Result<()> {
         entries_one.insert(n, reconciler.entry_counts());
         reconciler.apply(&DesiredTable::default())?;
     }
-    let mut table = report(&args, &conns, &programming)?;
+    let mut table = report(&args, &conns, &programming, &gave_up)?;
     table.push_str(&memory_report(
         &args,
         &maps,
@@ -555,8 +596,13 @@ fn program_iptables(
     changed: &[ServicePort],
     cfg: &RuleConfig,
     timeout: Duration,
+    how: Restore,
 ) -> Result<Programming> {
-    let (loaded, previous) = load_iptables(ns, variant, ports, cfg, timeout, Restore::AsKubeProxy)?;
+    let (loaded, previous) = match how {
+        Restore::AsKubeProxy => load_iptables(ns, variant, ports, cfg, timeout, how)?,
+        // Known to give up: straight to the fast way below.
+        Restore::ListFirst => (None, iptables::render(ports, cfg, &Default::default()).next),
+    };
     // Where kube-proxy's own restore did not finish (iptables-nft), the
     // same rules loaded the fast way, so that their traffic can still be
     // measured.
@@ -768,6 +814,7 @@ fn report(
     args: &Args,
     conns: &BTreeMap<(usize, Mode, Target), Conns>,
     programming: &BTreeMap<(usize, Mode), Programming>,
+    gave_up: &BTreeMap<Mode, usize>,
 ) -> Result<String> {
     let mut csv = String::from(
         "services,mode,target,connections,conns_per_s,connect_p50_us,connect_p99_us\n",
@@ -813,34 +860,52 @@ fn report(
             })
             .collect()
     };
-    plot::lines(
-        &args.out.join("services-conns-per-s.png"),
-        "New connections/s to a ClusterIP (last Service)",
-        "Services (x10 endpoints)",
-        "connections/s",
-        &series(Target::Last, Conns::rate),
-    )?;
-    plot::lines(
-        &args.out.join("services-connect-p99.png"),
-        "connect() p99 to a ClusterIP (last Service), µs",
-        "Services (x10 endpoints)",
-        "µs",
-        &series(Target::Last, |c| c.pct(0.99)),
-    )?;
-    plot::lines(
-        &args.out.join("services-pod-to-pod.png"),
-        "Pod-to-pod new connections/s with N Services programmed",
-        "Services (x10 endpoints)",
-        "connections/s",
-        &series(Target::Pod, Conns::rate),
-    )?;
-    plot::lines(
-        &args.out.join("services-nodeport.png"),
-        "New connections/s to a NodePort from outside (last Service)",
-        "Services (x10 endpoints)",
-        "connections/s",
-        &series(Target::NodePort, Conns::rate),
-    )?;
+    type Plot = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Target,
+        fn(&Conns) -> f64,
+    );
+    let plots: [Plot; 4] = [
+        (
+            "services-conns-per-s.png",
+            "New connections/s to a ClusterIP (last Service)",
+            "connections/s",
+            Target::Last,
+            Conns::rate,
+        ),
+        (
+            "services-connect-p99.png",
+            "connect() p99 to a ClusterIP (last Service), µs",
+            "µs",
+            Target::Last,
+            |c| c.pct(0.99),
+        ),
+        (
+            "services-pod-to-pod.png",
+            "Pod-to-pod new connections/s with N Services programmed",
+            "connections/s",
+            Target::Pod,
+            Conns::rate,
+        ),
+        (
+            "services-nodeport.png",
+            "New connections/s to a NodePort from outside (last Service)",
+            "connections/s",
+            Target::NodePort,
+            Conns::rate,
+        ),
+    ];
+    for (file, title, y, target, value) in plots {
+        plot::lines(
+            &args.out.join(file),
+            title,
+            "Services (x10 endpoints)",
+            y,
+            &series(target, value),
+        )?;
+    }
 
     let mut t = String::new();
     let _ = writeln!(
@@ -869,7 +934,7 @@ fn report(
                         "| {n} | {} | {} | not programmed within {} s | | | | | |",
                         target.name(),
                         mode.name(),
-                        args.program_timeout
+                        args.program_timeout_s()
                     );
                     continue;
                 };
@@ -924,19 +989,24 @@ fn report(
             let _ = writeln!(
                 t,
                 "| {n} | {name} | {} | {} | {} | {} | {} |",
-                match (p.program_s, p.workaround_s) {
-                    (None, Some(w)) => format!(
-                        "{}; {w:.3} with `-S` first",
-                        fmt_s(None, args.program_timeout)
+                match (p.program_s, p.workaround_s, gave_up.get(&mode)) {
+                    (None, w, Some(&at)) if at < n => format!(
+                        "> {} (gave up at {at}, not tried again){}",
+                        args.program_timeout_s(),
+                        w.map_or_else(String::new, |w| format!("; {w:.3} with `-S` first"))
                     ),
-                    (s, _) => fmt_s(s, args.program_timeout),
+                    (None, Some(w), _) => format!(
+                        "{}; {w:.3} with `-S` first",
+                        fmt_s(None, args.program_timeout_s())
+                    ),
+                    (s, _, _) => fmt_s(s, args.program_timeout_s()),
                 },
                 match (p.program_s, sy.program_s) {
                     (None, Some(sy)) if p.workaround_s.is_some() && sy > 0.0 =>
-                        format!("> {:.0}x", args.program_timeout as f64 / sy),
+                        format!("> {:.0}x", args.program_timeout_s() as f64 / sy),
                     (a, b) => ratio(a, b),
                 },
-                fmt_s(p.change_s, args.program_timeout),
+                fmt_s(p.change_s, args.program_timeout_s()),
                 ratio(p.change_s, sy.change_s),
                 p.change_s.map_or_else(
                     || "–".to_owned(),
@@ -1027,7 +1097,7 @@ fn memory_report(
                 let _ = writeln!(
                     t,
                     "| {n} | {name} | not programmed within {} s | – | – | – | – |",
-                    args.program_timeout
+                    args.program_timeout_s()
                 );
                 continue;
             };

@@ -78,8 +78,9 @@ struct Args {
     /// Measurement rounds per N (each visits every mode).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Connections per mode, target and round.
-    #[arg(long, default_value_t = 300)]
+    /// Connections per mode, target and round (2,000 take about 0.2 s: a
+    /// scheduling hiccup of a few ms is lost in it).
+    #[arg(long, default_value_t = 2000)]
     connects: usize,
     /// Give up programming a mode after this many seconds (its row then
     /// says so, it is not measured at that N and not tried at larger N)
@@ -993,7 +994,12 @@ fn report(
                     (None, w, Some(&at)) if at < n => format!(
                         "> {} (gave up at {at}, not tried again){}",
                         args.program_timeout_s(),
-                        w.map_or_else(String::new, |w| format!("; {w:.3} with `-S` first"))
+                        match (mode, w) {
+                            (_, Some(w)) => format!("; {w:.3} with `-S` first"),
+                            (Mode::IptablesNft, None) =>
+                                "; with `-S` first, gave up too".to_owned(),
+                            _ => String::new(),
+                        }
                     ),
                     (None, Some(w), _) => format!(
                         "{}; {w:.3} with `-S` first",

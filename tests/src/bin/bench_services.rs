@@ -239,6 +239,19 @@ fn main() -> Result<()> {
     if args.full && !args.services.contains(&50_000) {
         args.services.push(50_000);
     }
+    // Ascending: a mode that gives up is not tried at larger N.
+    args.services.sort_unstable();
+    args.services.dedup();
+    if args
+        .services
+        .iter()
+        .any(|&n| n / NODEPORT_EVERY >= usize::from(NODE_PORT_LAST - 30000))
+    {
+        bail!(
+            "at most {} Services: one in {NODEPORT_EVERY} gets a NodePort below {NODE_PORT_LAST}",
+            usize::from(NODE_PORT_LAST - 30000) * NODEPORT_EVERY - 1
+        );
+    }
     let max_n = *args.services.iter().max().context("--services")?;
     let beds: BTreeMap<Mode, Testbed> = Mode::ALL
         .iter()
@@ -456,6 +469,7 @@ fn main() -> Result<()> {
         &maps,
         [&entries, &entries_one],
         &programming,
+        &gave_up,
     )?);
     print!("{table}");
     if let Some(path) = &args.table_out {
@@ -623,7 +637,9 @@ fn program_iptables(
             let s = timed(ns, tool, &args, &next.text, timeout, None)?;
             // Back to the full table for the traffic measurements.
             let back = iptables::render(ports, cfg, &next.next);
-            timed(ns, tool, &args, &back.text, timeout, None)?;
+            if timed(ns, tool, &args, &back.text, timeout, None)?.is_none() {
+                bail!("{tool} in {ns}: restoring the full table took over {timeout:?}");
+            }
             s
         }
         None => None,
@@ -747,14 +763,10 @@ fn program_nftables(
             // A partial sync, as kube-proxy's for one changed Service.
             let next = nftables::render(changed, cfg, &previous);
             let s = timed(ns, "nft", &["-f", "-"], &next.text, timeout, None)?;
-            timed(
-                ns,
-                "nft",
-                &["-f", "-"],
-                &nftables::render(ports, cfg, &next.next).text,
-                timeout,
-                None,
-            )?;
+            let back = nftables::render(ports, cfg, &next.next);
+            if timed(ns, "nft", &["-f", "-"], &back.text, timeout, None)?.is_none() {
+                bail!("nft in {ns}: restoring the full table took over {timeout:?}");
+            }
             s
         }
         None => None,
@@ -792,12 +804,23 @@ fn connect(from: &Client, target: &str, count: usize) -> Result<Conns> {
     })
 }
 
+/// Why a mode has no figure at `n`: it gave up there, or at a smaller N and
+/// was not tried again.
+fn not_programmed(args: &Args, gave_up: &BTreeMap<Mode, usize>, mode: Mode, n: usize) -> String {
+    match gave_up.get(&mode) {
+        Some(&at) if at < n => format!("not tried (gave up at {at})"),
+        _ => format!("not programmed within {} s", args.program_timeout_s()),
+    }
+}
+
 fn fmt_s(v: Option<f64>, timeout: u64) -> String {
     v.map_or_else(|| format!("> {timeout} (gave up)"), |s| format!("{s:.3}"))
 }
 
-/// The minimum spacing of syncs once a burst is spent, in seconds: a change
-/// arriving right after a sync waits this long. kube-proxy's
+/// The minimum spacing of sync starts once a burst is spent, in seconds. A
+/// change arriving just after a sync started waits for the next one, which
+/// starts this long after it or when it ends, whichever is later: with a
+/// sync of c seconds, up to max(c, period) + c from change to rules. kube-proxy's
 /// `minSyncPeriod` defaults to 1 s (its `BoundedFrequencyRunner` lets a burst
 /// of 2 through at once, so a lone change does not wait); Switchyard's
 /// daemon paces the same way with its own default.
@@ -855,7 +878,15 @@ fn report(
                 let pts = args
                     .services
                     .iter()
-                    .filter_map(|n| conns.get(&(*n, *m, target)).map(|c| (*n as f64, value(c))))
+                    .filter_map(|n| {
+                        // The floor's line is its own target's (a pod).
+                        let t = if *m == Mode::Floor {
+                            target.floor()
+                        } else {
+                            target
+                        };
+                        conns.get(&(*n, *m, t)).map(|c| (*n as f64, value(c)))
+                    })
                     .collect();
                 (m.name().to_owned(), pts)
             })
@@ -932,10 +963,10 @@ fn report(
                 let Some(c) = conns.get(&(n, mode, target)) else {
                     let _ = writeln!(
                         t,
-                        "| {n} | {} | {} | not programmed within {} s | | | | | |",
+                        "| {n} | {} | {} | {} | | | | | |",
                         target.name(),
                         mode.name(),
-                        args.program_timeout_s()
+                        not_programmed(args, gave_up, mode, n)
                     );
                     continue;
                 };
@@ -1005,6 +1036,10 @@ fn report(
                         "{}; {w:.3} with `-S` first",
                         fmt_s(None, args.program_timeout_s())
                     ),
+                    (None, None, _) if mode == Mode::IptablesNft => format!(
+                        "{}; with `-S` first, gave up too",
+                        fmt_s(None, args.program_timeout_s())
+                    ),
                     (s, _, _) => fmt_s(s, args.program_timeout_s()),
                 },
                 match (p.program_s, sy.program_s) {
@@ -1016,7 +1051,7 @@ fn report(
                 ratio(p.change_s, sy.change_s),
                 p.change_s.map_or_else(
                     || "–".to_owned(),
-                    |c| format!("up to {:.3}", c + min_sync_period(mode))
+                    |c| format!("up to {:.3}", c.max(min_sync_period(mode)) + c)
                 ),
             );
         }
@@ -1024,7 +1059,7 @@ fn report(
     if programming.values().any(|p| p.workaround_s.is_some()) {
         let _ = writeln!(
             t,
-            "\nWhere iptables-nft gave up, the same rules were loaded with a `-S` line first in `*nat` so that their traffic could be measured: with `--noflush`, iptables-nft 1.8.9 queues every chain the input names in a sorted list, a walk per command (quadratic: 3.4 s at 1,000 Services × 10, 247 s at 4,000); a command that names no chain makes it fetch all chains at once instead, and `iptables-nft-save` then prints the same rules. kube-proxy sends its payload as it is."
+            "\nWhere iptables-nft gave up, the same rules were loaded with a `-S` line first in `*nat` so that their traffic could be measured: with `--noflush`, iptables-nft 1.8.9 queues every chain the input names in a sorted list, a walk per command (quadratic: 247 s at 4,000 Services × 10, measured apart from this run); a command that names no chain makes it fetch all chains at once instead, and `iptables-nft-save` then prints the same rules. kube-proxy sends its payload as it is."
         );
     }
     Ok(t)
@@ -1045,6 +1080,7 @@ fn memory_report(
     maps: &[MapMemory],
     entries: [&BTreeMap<usize, EntryCounts>; 2],
     programming: &BTreeMap<(usize, Mode), Programming>,
+    gave_up: &BTreeMap<Mode, usize>,
 ) -> Result<String> {
     use proxy_common::map_names::{LB4_BACKENDS, LB4_MEMBERS, LB4_SERVICES};
     let per_entry = |name: &str| -> Result<f64> {
@@ -1073,7 +1109,7 @@ fn memory_report(
     );
     let _ = writeln!(
         t,
-        "Maps: entries in use × the kernel's `memlock` per entry of capacity ({svc:.0} B per frontend or slot, {be:.0} B per backend, {member:.0} B per membership). This run's maps are preallocated for its largest N: {:.1} MiB for every map the dataplane holds, conntrack included. kube-proxy's modes: the kernel memory charged to a fresh memory cgroup by the restore from empty (iptables-legacy's per-CPU rule counters are not charged, so its figure is a lower bound). The shares come from a second load of N Services × 1 endpoint: per endpoint (m(10) − m(1)) / 9N, per Service m(1)/N less one endpoint; below 1,000 Services the charges are too few pages to split.\n",
+        "Maps: entries in use × the kernel's `memlock` per entry of capacity ({svc:.0} B per frontend or slot, {be:.0} B per backend, {member:.0} B per membership). This run's maps are preallocated for its largest N: {:.1} MiB for every map the dataplane holds, conntrack included. kube-proxy's modes: the kernel memory charged to a fresh memory cgroup by the restore from empty (iptables-legacy's per-CPU rule counters are not charged, so its figure is a lower bound). The shares come from a second load of N Services × 1 endpoint: per endpoint (m(10) − m(1)) / 9N, per Service m(1)/N less one endpoint, so the Service's share also carries the ruleset's fixed cost spread over N (it shrinks as N grows); below 1,000 Services the charges are too few pages to split.\n",
         capacity as f64 / 1048576.0
     );
     let _ = writeln!(
@@ -1086,24 +1122,29 @@ fn memory_report(
         let rules = |mode: Mode| {
             let p = programming.get(&(n, mode));
             (
-                mode.name(),
+                mode,
                 p.and_then(|p| p.kmem_bytes).map(|b| b as f64),
                 p.and_then(|p| p.kmem_one_endpoint).map(|b| b as f64),
             )
         };
         let rows = [
-            ("switchyard (maps)", sy(0), sy(1)),
+            (Mode::SwitchyardSocket, sy(0), sy(1)),
             rules(Mode::IptablesLegacy),
             rules(Mode::IptablesNft),
             rules(Mode::Nftables),
         ];
         let sy_bytes = sy(0);
-        for (name, bytes, one) in rows {
+        for (mode, bytes, one) in rows {
+            let name = if mode == Mode::SwitchyardSocket {
+                "switchyard (maps)"
+            } else {
+                mode.name()
+            };
             let Some(bytes) = bytes else {
                 let _ = writeln!(
                     t,
-                    "| {n} | {name} | not programmed within {} s | – | – | – | – |",
-                    args.program_timeout_s()
+                    "| {n} | {name} | {} | – | – | – | – |",
+                    not_programmed(args, gave_up, mode, n)
                 );
                 continue;
             };

@@ -317,7 +317,10 @@ fn main() -> Result<()> {
             // own way is not tried (iptables-nft still loads the fast way).
             let earlier = gave_up.get(&mode).copied();
             let p = match mode {
-                Mode::IptablesNft => {
+                Mode::IptablesLegacy | Mode::Nftables if earlier.is_some() => {
+                    Programming::default()
+                }
+                Mode::IptablesLegacy | Mode::IptablesNft => {
                     let how = earlier.map_or(Restore::AsKubeProxy, |_| Restore::ListFirst);
                     program_iptables(
                         &ns,
@@ -329,18 +332,6 @@ fn main() -> Result<()> {
                         how,
                     )?
                 }
-                Mode::IptablesLegacy | Mode::Nftables if earlier.is_some() => {
-                    Programming::default()
-                }
-                Mode::IptablesLegacy => program_iptables(
-                    &ns,
-                    variant(mode),
-                    &ports,
-                    &changed_ports,
-                    &cfg,
-                    timeout,
-                    Restore::AsKubeProxy,
-                )?,
                 Mode::Nftables => program_nftables(&ns, &ports, &changed_ports, &cfg, timeout)?,
                 Mode::SwitchyardSocket => {
                     // From empty, the median of PROGRAM_ROUNDS (a pass of

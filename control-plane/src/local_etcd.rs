@@ -17,12 +17,31 @@ pub struct LocalEtcd {
     dir: PathBuf,
 }
 
-/// Two distinct free loopback ports (both held while choosing, so they
-/// differ).
+/// Two distinct free loopback ports.
 fn free_ports() -> Result<(u16, u16)> {
-    let a = TcpListener::bind("127.0.0.1:0")?;
-    let b = TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+    Ok((free_loopback_port()?, free_loopback_port()?))
+}
+
+/// A TCP port free on 127.0.0.1 right now, distinct from every port this
+/// process was handed before, and below the ephemeral range
+/// (`net.ipv4.ip_local_port_range` starts at 32768) so that no outgoing
+/// connection can take it between this check and a server binding it.
+/// Test processes start at different places (by PID) and walk the range.
+///
+/// # Errors
+/// When none of 1,000 candidates in 20000..32000 is free.
+pub fn free_loopback_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    for _ in 0..1000 {
+        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed) * 13);
+        let port = 20_000 + (n % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in 20000..32000 on 127.0.0.1")
 }
 
 impl LocalEtcd {

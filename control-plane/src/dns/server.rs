@@ -315,20 +315,92 @@ pub async fn exchange(upstream: SocketAddr, raw: &[u8]) -> Result<Message> {
 
 /// Binds UDP and TCP on `listen` and serves `handler` until the future is
 /// dropped. Returns the bound address (useful with port 0) and the server.
+///
+/// With port 0 the kernel picks the UDP port, and TCP must then take the
+/// same number; that number may already be held by a TCP socket (any
+/// process's outgoing connection uses the same ephemeral range), so a
+/// refused TCP bind retries with a new UDP port, up to
+/// [`PORT_0_ATTEMPTS`] times, holding the refused UDP sockets until the end
+/// so the kernel cannot hand the same number out again. An explicit port is
+/// tried once.
+///
+/// # Errors
+/// The failing bind, naming the protocol and address.
 pub async fn bind(
     listen: SocketAddr,
     handler: ClusterDnsHandler,
 ) -> Result<(SocketAddr, Server<ClusterDnsHandler>)> {
-    let udp = UdpSocket::bind(listen)
-        .await
-        .with_context(|| format!("binding UDP {listen}"))?;
-    let addr = udp.local_addr()?;
-    // TCP on the same port as UDP (when the port was chosen by the kernel too).
-    let tcp = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding TCP {addr}"))?;
+    let attempts = if listen.port() == 0 {
+        PORT_0_ATTEMPTS as usize
+    } else {
+        1
+    };
+    let mut refused = Vec::new();
+    let (udp, tcp, addr) = loop {
+        let udp = UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("binding UDP {listen}"))?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, tcp, addr),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && refused.len() + 1 < attempts => {
+                debug!(%addr, "TCP port taken; choosing another UDP port");
+                refused.push(udp);
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding TCP {addr}")),
+        }
+    };
+    drop(refused);
     let mut server = Server::new(handler);
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE, 64);
     Ok((addr, server))
+}
+
+/// How many kernel-chosen UDP ports [`bind`] tries before giving up on
+/// finding the same number free for TCP.
+pub const PORT_0_ATTEMPTS: u32 = 64;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use super::*;
+    use crate::dns::{lookup::Zone, snapshot::Snapshot};
+
+    /// With a two-port ephemeral range and TCP holding one of the two, a
+    /// port-0 bind must still come up (on the other port) every time: the
+    /// kernel hands UDP the taken number about half the time. Runs in a
+    /// network namespace of its own (needs root), so the range and the
+    /// sockets touch nothing else.
+    #[test]
+    fn port_0_retries_when_the_udp_port_is_taken_over_tcp() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET) needs root: run the test suite as root");
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40001")
+                .expect("set this namespace's ephemeral range");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _held = TcpListener::bind("0.0.0.0:40000").await.unwrap();
+                for _ in 0..20 {
+                    let handler = ClusterDnsHandler::new(
+                        Zone::new("cluster.local", 30).unwrap(),
+                        Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
+                        vec![],
+                    );
+                    let (addr, mut server) = bind("0.0.0.0:0".parse().unwrap(), handler)
+                        .await
+                        .expect("bind with port 0");
+                    assert_eq!(addr.port(), 40001);
+                    server.shutdown_gracefully().await.unwrap();
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
 }

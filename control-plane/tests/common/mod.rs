@@ -146,13 +146,10 @@ pub fn etcd() -> EtcdProcess {
     EtcdProcess::start().expect("a local etcd")
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, distinct from the others
+/// this test process was given, outside the ephemeral range.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    control_plane::local_etcd::free_loopback_port().unwrap()
 }
 
 /// A running API server on a free loopback port; killed (by PID) on drop.

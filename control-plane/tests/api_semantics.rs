@@ -386,25 +386,38 @@ fn acknowledged_writes_survive_kill_9() {
     let server = Server::start(&data);
     let (mut acked, mut last_rv) = (Vec::new(), 0);
     let probe = server.probe();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = std::sync::Arc::clone(&stop);
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    let (stop2, written2) = (Arc::clone(&stop), Arc::clone(&written));
     // Writes stream in on one thread while the server is killed.
     let writer = std::thread::spawn(move || {
         let mut out = Vec::new();
         for i in 0.. {
-            if stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if stop2.load(Ordering::Relaxed) {
                 break;
             }
             match probe.try_json("POST", CMS, &cm(&format!("w{i}"), json!({}))) {
                 Some((201, obj)) => out.push((format!("w{i}"), rv(&obj))),
                 _ => break,
             }
+            written2.fetch_add(1, Ordering::Relaxed);
         }
         out
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed mid-stream, once the writer got going (however slow the
+    // machine), and at least 1.5 s in.
+    let started = std::time::Instant::now();
+    while (written.load(Ordering::Relaxed) <= 20 || started.elapsed() < Duration::from_millis(1500))
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     server.kill();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     for (name, rev) in writer.join().unwrap() {
         acked.push(name);
         last_rv = last_rv.max(rev);

@@ -26,7 +26,7 @@ use kube::{Api, ResourceExt as _};
 
 const T: Duration = Duration::from_secs(20);
 
-const RC_TOLERATING_4S: &str = r#"
+const RC_TOLERATING_10S: &str = r#"
 apiVersion: v1
 kind: ReplicationController
 metadata: {name: web}
@@ -37,7 +37,7 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       tolerations:
-      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 4}
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 10}
       containers:
       - name: web
         image: registry.example/web:1
@@ -85,7 +85,7 @@ fn node_lease_stops(backend: Backend) {
     }
     plane.start_manager(&[
         "--node-monitor-period=500ms",
-        "--node-monitor-grace-period=3s",
+        "--node-monitor-grace-period=8s",
         "--allocate-node-cidrs=true",
         "--cluster-cidr=10.244.0.0/16",
         "--service-cluster-ip-range=10.96.0.0/12",
@@ -110,7 +110,7 @@ fn node_lease_stops(backend: Backend) {
 
     plane
         .kubectl
-        .ok_stdin(&["create", "-f", "-"], RC_TOLERATING_4S);
+        .ok_stdin(&["create", "-f", "-"], RC_TOLERATING_10S);
     let pods = plane.wait("3 running pods", T, || {
         let p = plane.live_pods("default", "app=web");
         (p.len() == 3 && p.iter().all(running)).then_some(p)
@@ -161,7 +161,7 @@ fn node_lease_stops(backend: Backend) {
     let still: Vec<Pod> = plane.live_pods("default", "app=web");
     assert!(
         still.iter().any(|p| p.name_any() == victim.name_any()),
-        "evicted before its 4 s toleration ran out"
+        "evicted before its 10 s toleration ran out"
     );
     // Then it is evicted and replaced elsewhere.
     let replaced = plane.wait("a replacement on a live node", T, || {
@@ -290,9 +290,11 @@ fn leader_election(backend: Backend) {
     let le = |id: &'static str| {
         [
             "--leader-elect=true",
-            "--leader-elect-lease-duration=3s",
-            "--leader-elect-renew-deadline=2s",
-            "--leader-elect-retry-period=500ms",
+            // Wide enough that a renewal slowed by a loaded CI machine
+            // (an fsync behind a dozen servers) does not hand over.
+            "--leader-elect-lease-duration=10s",
+            "--leader-elect-renew-deadline=7s",
+            "--leader-elect-retry-period=1s",
             id,
             "--controllers=replicationcontroller",
         ]
@@ -327,7 +329,7 @@ fn leader_election(backend: Backend) {
 
     // a dies without releasing; b takes over once the lease runs out.
     plane.procs[a].kill();
-    plane.wait("manager-b leads", T, || {
+    plane.wait("manager-b leads", T + Duration::from_secs(10), || {
         (holder(&plane).as_deref() == Some("manager-b")).then_some(())
     });
     let after = lease(&plane)

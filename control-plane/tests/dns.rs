@@ -86,6 +86,17 @@ impl Dig {
 }
 
 fn dig_at(addr: SocketAddr, transport: &str, name: &str, rtype: &str) -> Dig {
+    let (dig, said) = query(addr, transport, name, rtype);
+    assert!(
+        !dig.status.is_empty(),
+        "dig {name} {rtype} {transport} gave no answer:\n{said}"
+    );
+    dig
+}
+
+/// One `dig` run: the parsed answer (an empty status when none came within
+/// its 2 s) and what dig printed.
+fn query(addr: SocketAddr, transport: &str, name: &str, rtype: &str) -> (Dig, String) {
     let out = Command::new("dig")
         .arg(format!("@{}", addr.ip()))
         .args(["-p", &addr.port().to_string()])
@@ -139,12 +150,8 @@ fn dig_at(addr: SocketAddr, transport: &str, name: &str, rtype: &str) -> Dig {
             }
         }
     }
-    assert!(
-        !dig.status.is_empty(),
-        "dig {name} {rtype} {transport} gave no answer:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dig
+    let said = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    (dig, said)
 }
 
 /// Both transports must agree (upstream's tests query with `+notcp` and
@@ -171,8 +178,10 @@ fn wait_dig(
 ) -> Dig {
     let start = Instant::now();
     loop {
-        let d = dig_at(dns.addr, "+notcp", name, rtype);
-        if check(&d) {
+        // A datagram lost or late under load is "not yet", as for a stub
+        // resolver that retries.
+        let (d, _) = query(dns.addr, "+notcp", name, rtype);
+        if !d.status.is_empty() && check(&d) {
             return d;
         }
         assert!(
@@ -182,6 +191,12 @@ fn wait_dig(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// How long a change may take to show in answers before a test fails: far
+/// above the watch's usual delay (tens of milliseconds, printed by
+/// `answers_follow_changes`), for a loaded 2-core CI machine running a
+/// dozen API servers at once. Speed is `bench-dns`' business.
+const PROPAGATION: Duration = Duration::from_secs(15);
 
 fn fqdn(rel: &str) -> String {
     format!("{rel}.cluster.local.")
@@ -254,9 +269,7 @@ fn should_provide_dns_for_services() {
         create_services(&c);
         let dns = Dns::start(&c.server, &[]);
         let headless = fqdn("dns-test-service.dns-e2e.svc");
-        let d = wait_dig(&dns, &headless, "A", Duration::from_secs(5), |d| {
-            d.status == "NOERROR"
-        });
+        let d = wait_dig(&dns, &headless, "A", PROPAGATION, |d| d.status == "NOERROR");
         let d2 = dig(&dns, &headless, "A");
         assert_eq!(
             d2.data("A"),
@@ -349,9 +362,7 @@ endpoints:
     );
     let dns = Dns::start(&c.server, &[]);
     let pod_fqdn = fqdn("dns-querier-2.dns-test-service-2.dns-e2e.svc");
-    wait_dig(&dns, &pod_fqdn, "A", Duration::from_secs(5), |d| {
-        d.status == "NOERROR"
-    });
+    wait_dig(&dns, &pod_fqdn, "A", PROPAGATION, |d| d.status == "NOERROR");
     assert_eq!(dig(&dns, &pod_fqdn, "A").data("A"), ["10.244.2.21"]);
     assert_eq!(
         dig(&dns, &fqdn("dns-test-service-2.dns-e2e.svc"), "A").data("A"),
@@ -392,9 +403,7 @@ fn should_provide_dns_for_external_name_services() {
     ]);
     let dns = Dns::start(&c.server, &[]);
     let name = fqdn("dns-test-service-3.dns-e2e.svc");
-    wait_dig(&dns, &name, "CNAME", Duration::from_secs(5), |d| {
-        d.status == "NOERROR"
-    });
+    wait_dig(&dns, &name, "CNAME", PROPAGATION, |d| d.status == "NOERROR");
     assert_eq!(
         dig(&dns, &name, "CNAME").data("CNAME"),
         ["foo.example.com."]
@@ -411,7 +420,7 @@ fn should_provide_dns_for_external_name_services() {
         "-p",
         r#"{"spec":{"externalName":"bar.example.com"}}"#,
     ]);
-    wait_dig(&dns, &name, "CNAME", Duration::from_secs(3), |d| {
+    wait_dig(&dns, &name, "CNAME", PROPAGATION, |d| {
         d.data("CNAME") == ["bar.example.com."]
     });
     // Switched to ClusterIP: an A record.
@@ -419,9 +428,7 @@ fn should_provide_dns_for_external_name_services() {
         "patch", "service", "dns-test-service-3", "-n", NS, "--type=merge", "-p",
         r#"{"spec":{"type":"ClusterIP","externalName":null,"clusterIP":"10.96.100.3","ports":[{"name":"http","port":80}]}}"#,
     ]);
-    let d = wait_dig(&dns, &name, "A", Duration::from_secs(3), |d| {
-        !d.data("A").is_empty()
-    });
+    let d = wait_dig(&dns, &name, "A", PROPAGATION, |d| !d.data("A").is_empty());
     assert_eq!(d.data("A"), ["10.96.100.3"]);
     assert!(d.data("CNAME").is_empty());
 }
@@ -435,7 +442,7 @@ fn nxdomain_for_missing_names_nodata_for_missing_types() {
         &dns,
         &fqdn("test-service-2.dns-e2e.svc"),
         "A",
-        Duration::from_secs(5),
+        PROPAGATION,
         |d| d.status == "NOERROR",
     );
     let cases = [
@@ -488,8 +495,8 @@ fn nxdomain_for_missing_names_nodata_for_missing_types() {
     );
 }
 
-/// Deleting a Service and changing endpoints show in answers within
-/// about a second (the watch's delay), on both stores.
+/// Deleting a Service and changing endpoints show in answers (the watch's
+/// delay, printed), on both stores.
 #[test]
 fn answers_follow_changes() {
     for backend in [Backend::Embedded, Backend::Etcd] {
@@ -497,15 +504,11 @@ fn answers_follow_changes() {
         create_services(&c);
         let dns = Dns::start(&c.server, &[]);
         let name = fqdn("test-service-2.dns-e2e.svc");
-        wait_dig(&dns, &name, "A", Duration::from_secs(5), |d| {
-            d.status == "NOERROR"
-        });
+        wait_dig(&dns, &name, "A", PROPAGATION, |d| d.status == "NOERROR");
         c.kubectl
             .ok(&["delete", "service", "test-service-2", "-n", NS]);
         let start = Instant::now();
-        wait_dig(&dns, &name, "A", Duration::from_secs(2), |d| {
-            d.status == "NXDOMAIN"
-        });
+        wait_dig(&dns, &name, "A", PROPAGATION, |d| d.status == "NXDOMAIN");
         let deleted_after = start.elapsed();
         c.kubectl.ok(&[
             "create",
@@ -517,7 +520,7 @@ fn answers_follow_changes() {
             "--tcp=80:8080",
         ]);
         let start = Instant::now();
-        wait_dig(&dns, &name, "A", Duration::from_secs(2), |d| {
+        wait_dig(&dns, &name, "A", PROPAGATION, |d| {
             d.status == "NOERROR" && d.data("A").len() == 1
         });
         let created_after = start.elapsed();
@@ -536,7 +539,7 @@ fn answers_follow_changes() {
             &dns,
             &fqdn("dns-test-service.dns-e2e.svc"),
             "A",
-            Duration::from_secs(2),
+            PROPAGATION,
             |d| d.data("A") == ["10.244.1.11", "10.244.1.12", "10.244.1.13"],
         );
         // The slice deleted: a headless Service without endpoints is NXDOMAIN.
@@ -546,7 +549,7 @@ fn answers_follow_changes() {
             &dns,
             &fqdn("dns-test-service.dns-e2e.svc"),
             "A",
-            Duration::from_secs(2),
+            PROPAGATION,
             |d| d.status == "NXDOMAIN",
         );
         eprintln!(
@@ -575,7 +578,7 @@ fn should_resolve_dns_of_partial_qualified_names_for_services() {
         &dns,
         &fqdn("test-service-2.dns-e2e.svc"),
         "A",
-        Duration::from_secs(5),
+        PROPAGATION,
         |d| d.status == "NOERROR",
     );
 
@@ -669,9 +672,7 @@ fn other_names_are_forwarded_to_the_upstream() {
     let up = upstream.addr.to_string();
     let dns = Dns::start(&c.server, &["--upstream", &up]);
     let outside = "test-service-2.dns-e2e.svc.upstream.test.";
-    let d = wait_dig(&dns, outside, "A", Duration::from_secs(5), |d| {
-        d.status == "NOERROR"
-    });
+    let d = wait_dig(&dns, outside, "A", PROPAGATION, |d| d.status == "NOERROR");
     assert_eq!(d.data("A"), ["10.96.100.2"]);
     // Relayed as the upstream answered (CoreDNS' forward does the same):
     // authoritative there, and recursion is available here.
@@ -719,7 +720,19 @@ fn health_and_readiness_endpoints() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let _dns = Dns::start(&c.server, &["--health-listen", &h, "--ready-listen", &r]);
+    // Started only once synced (not after the default 5 s wait), so
+    // /ready must say 200 on a loaded machine too.
+    let _dns = Dns::start(
+        &c.server,
+        &[
+            "--health-listen",
+            &h,
+            "--ready-listen",
+            &r,
+            "--startup-timeout",
+            "60s",
+        ],
+    );
     assert_eq!(http_get(&h, "/health"), Some(200));
     assert_eq!(http_get(&r, "/ready"), Some(200));
     assert_eq!(http_get(&r, "/nope"), Some(404));
@@ -845,7 +858,7 @@ fn deploy_manifest_applies_and_grants_the_watches() {
         &dns,
         "kube-dns.kube-system.svc.cluster.local.",
         "A",
-        Duration::from_secs(5),
+        PROPAGATION,
         |d| d.status == "NOERROR",
     );
     assert_eq!(d.data("A"), ["10.96.0.10"]);
@@ -866,9 +879,7 @@ fn should_provide_dns_for_the_cluster() {
     let c = cluster(Backend::Embedded);
     let dns = Dns::start(&c.server, &[]);
     let name = "kubernetes.default.svc.cluster.local.";
-    let d = wait_dig(&dns, name, "A", Duration::from_secs(5), |d| {
-        d.status == "NOERROR"
-    });
+    let d = wait_dig(&dns, name, "A", PROPAGATION, |d| d.status == "NOERROR");
     assert_eq!(d.data("A"), ["10.96.0.1"]);
     assert_eq!(dig(&dns, name, "A").data("A"), ["10.96.0.1"]);
     assert_eq!(
@@ -907,9 +918,7 @@ fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
     );
     let dns = Dns::start(&c.server, &[]);
     let name = fqdn("big.dns-e2e.svc");
-    wait_dig(&dns, &name, "A", Duration::from_secs(5), |d| {
-        d.status == "NOERROR"
-    });
+    wait_dig(&dns, &name, "A", PROPAGATION, |d| d.status == "NOERROR");
     let udp = dig_at(dns.addr, "+notcp +noedns +ignore", &name, "A");
     assert!(udp.flags.contains(&"tc".to_owned()), "{:?}", udp.flags);
     assert!(udp.answer.len() < 60, "{}", udp.answer.len());

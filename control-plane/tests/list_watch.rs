@@ -287,7 +287,7 @@ impl Watch {
     fn open(server: &Server, path: &str) -> Result<Self, (u16, Value)> {
         let mut s = common::tls_connect(&server.addr, &server.data_dir).unwrap();
         s.sock
-            .set_read_timeout(Some(Duration::from_secs(3)))
+            .set_read_timeout(Some(Duration::from_secs(15)))
             .unwrap();
         let token = common::admin_token(&server.data_dir);
         write!(

@@ -635,7 +635,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: stubborn, labels: {app: stubborn}}
 spec:
-  terminationGracePeriodSeconds: 4
+  terminationGracePeriodSeconds: 10
   containers:
   - name: main
     image: switchyard/testbed:1
@@ -681,7 +681,7 @@ spec:
         .pod("default", "stubborn")
         .expect("kept while terminating");
     assert!(marked.metadata.deletion_timestamp.is_some());
-    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(4));
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(10));
     // Its endpoint: not ready, still serving (the pod is Ready), terminating.
     bx.wait("stubborn's endpoint terminating", T, || {
         let eps = endpoints(&bx.plane.slices("default", "stubborn"));
@@ -692,13 +692,15 @@ spec:
         bx.pod("default", "stubborn").is_none().then_some(())
     });
     let took = t0.elapsed();
+    // The grace period is long enough for the terminating endpoint to be
+    // seen under load, and the upper bound loose for the same reason.
     assert!(
-        took >= Duration::from_secs(4),
+        took >= Duration::from_secs(10),
         "killed before the grace period ended: {took:?}\n{}",
         bx.logs()
     );
     assert!(
-        took < Duration::from_secs(12),
+        took < Duration::from_secs(30),
         "not killed at the end of the grace period: {took:?}"
     );
     bx.wait("the endpoint gone", T, || {

@@ -23,8 +23,12 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay on 127.0.0.1, on a port below the ephemeral range: after a
+    /// [`Relay::cut`], [`Relay::restore`] binds the same number again, and
+    /// no outgoing connection may have taken it meanwhile.
     pub fn start(upstream: SocketAddr) -> Result<Self> {
-        Self::listen(TcpListener::bind("127.0.0.1:0")?, upstream)
+        let port = crate::cluster::free_port()?;
+        Self::listen(TcpListener::bind(("127.0.0.1", port))?, upstream)
     }
 
     /// A relay listening on `listen` inside network namespace `netns`,

@@ -74,9 +74,9 @@ fn udp_spreads(hooks: Hooks) {
         .unwrap();
     assert_balanced(&out, 300);
     let out = lab
-        .client(&["udp", "--target", VIP_UDP, "--count", "150", "--connected"])
+        .client(&["udp", "--target", VIP_UDP, "--count", "300", "--connected"])
         .unwrap();
-    assert_balanced(&out, 150);
+    assert_balanced(&out, 300);
     assert_datapath(&mut lab, hooks);
 }
 
@@ -99,15 +99,15 @@ fn affinity_sticks_then_expires(hooks: Hooks) {
         out.counts()
     );
     // Each connection after more than the timeout without traffic chooses
-    // afresh; eight such choices landing on one backend of three would
-    // happen by chance once in 2,187 runs.
+    // afresh; twelve such choices landing on one backend of three would
+    // happen by chance once in 177,147 runs.
     let spaced = lab
         .client(&[
             "tcp",
             "--target",
             VIP,
             "--count",
-            "8",
+            "12",
             "--interval-ms",
             "1300",
         ])

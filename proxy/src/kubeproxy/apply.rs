@@ -43,6 +43,24 @@ impl IptablesVariant {
             Self::Nft => tool.replacen("iptables", "iptables-nft", 1),
         }
     }
+
+    /// Whether this variant's `iptables-restore` is iptables-nft (for
+    /// `Auto`, what `iptables-restore --version` says: `(nf_tables)` or
+    /// `(legacy)`), whose large restores go faster with a listing first
+    /// ([`iptables::listing_first`]).
+    ///
+    /// # Errors
+    /// When `iptables-restore --version` cannot be run.
+    pub fn is_nft(self, netns: Option<&str>) -> Result<bool> {
+        match self {
+            Self::Legacy => Ok(false),
+            Self::Nft => Ok(true),
+            Self::Auto => {
+                let version = run(netns, "iptables-restore", &["--version"], None)?;
+                Ok(version.contains("nf_tables"))
+            }
+        }
+    }
 }
 
 /// Runs `program args…` (in `netns` if set) with `stdin`; its stdout, or
@@ -134,6 +152,8 @@ pub struct IptablesRules {
     previous: iptables::Previous,
     /// Jump rules verified since start.
     jumps_ensured: bool,
+    /// Full syncs go with a listing first (iptables-nft).
+    lists_first: bool,
 }
 
 impl IptablesRules {
@@ -148,10 +168,19 @@ impl IptablesRules {
         )?;
         Ok(Self {
             previous: iptables::Previous::chains_in_kernel(iptables::service_chains_in(&save)),
+            lists_first: variant.is_nft(netns.as_deref())?,
             netns,
             variant,
             jumps_ensured: false,
         })
+    }
+
+    /// Whether full syncs are sent with a `-S` line first in `*nat`
+    /// ([`iptables::listing_first`]): on iptables-nft, where kube-proxy's
+    /// payload as it is takes minutes from 2,000 Services up. The rules
+    /// are the same; partial syncs, which name few chains, go as they are.
+    pub fn lists_first(&self) -> bool {
+        self.lists_first
     }
 
     fn iptables(&self, args: &[&str]) -> Result<String> {
@@ -198,16 +227,23 @@ impl IptablesRules {
             self.previous = std::mem::take(&mut self.previous).for_full_sync();
         }
         let payload = iptables::render(ports, cfg, &self.previous);
+        let listed;
+        let text = if self.lists_first && !payload.partial {
+            listed = iptables::listing_first(&payload.text);
+            &listed
+        } else {
+            &payload.text
+        };
         if let Err(e) = run(
             self.netns.as_deref(),
             &self.variant.binary("iptables-restore"),
             &["-w", "5", "--noflush", "--counters"],
-            Some(&payload.text),
+            Some(text),
         ) {
             // A failed restore changed nothing; what it was meant to
             // change is rewritten by the full sync that follows.
             self.previous = std::mem::take(&mut self.previous).for_full_sync();
-            return Err(with_failing_line(e, &payload.text));
+            return Err(with_failing_line(e, text));
         }
         self.previous = payload.next;
         Ok(Applied {
@@ -296,7 +332,10 @@ pub fn cleanup(
             filter.push(iptables::FIREWALL_CHAIN.to_owned());
             // One transaction (tens of thousands of chains at 10,000
             // Services: one `iptables` run per chain took minutes).
-            let payload = iptables::cleanup_payload(&[("nat", &nat), ("filter", &filter)]);
+            let mut payload = iptables::cleanup_payload(&[("nat", &nat), ("filter", &filter)]);
+            if variant.is_nft(netns)? {
+                payload = iptables::listing_first(&payload);
+            }
             run(
                 netns,
                 &variant.binary("iptables-restore"),

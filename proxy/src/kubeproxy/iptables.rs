@@ -661,6 +661,20 @@ pub fn service_chains_in(save: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// `payload` with one `-S` line first in its `*nat` table (unchanged
+/// when it has none): the same rules, loaded fast by iptables-nft.
+///
+/// With `--noflush`, iptables-nft 1.8.9 records every chain its input
+/// names in a sorted linked list (a walk per command) and then fetches
+/// each chain from the kernel alone: quadratic in the chains, 247 s for
+/// kube-proxy's full payload at 4,000 Services × 10 endpoints on a 2-core
+/// machine. A command that names no chain, such as `-S`, makes it fetch
+/// the whole table in one dump instead (2.5 s there). iptables-legacy
+/// gains nothing from it. The listing goes to the restore's stdout.
+pub fn listing_first(payload: &str) -> String {
+    payload.replacen("*nat\n", "*nat\n-S\n", 1)
+}
+
 /// One `iptables-restore --noflush` payload that removes `chains` per
 /// table (`(table, chains)`): each chain declared (which flushes it, so no
 /// chain in the set still jumps to another) and then deleted, as

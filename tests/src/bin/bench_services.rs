@@ -649,8 +649,10 @@ fn program_iptables(
 enum Restore {
     /// kube-proxy's payload as it is.
     AsKubeProxy,
-    /// The same payload with a `-S` line first in `*nat` (its listing goes
-    /// to /dev/null): the same rules, loaded fast by iptables-nft. With
+    /// The same payload with a `-S` line first in `*nat`
+    /// ([`iptables::listing_first`], as Switchyard's own iptables mode
+    /// sends full syncs on iptables-nft; the listing goes to /dev/null):
+    /// the same rules, loaded fast by iptables-nft. With
     /// `--noflush`, iptables-nft 1.8.9 puts every chain the input names
     /// into a sorted linked list before it fetches them one by one — a walk
     /// per command over some 110,000 chains at 10,000 Services × 10
@@ -706,7 +708,7 @@ fn load_iptables(
     let (tool, args) = iptables_restore(variant);
     let mut payload = iptables::render(ports, cfg, &Default::default());
     if how == Restore::ListFirst {
-        payload.text = payload.text.replacen("*nat\n", "*nat\n-S\n", 1);
+        payload.text = iptables::listing_first(&payload.text);
     }
     let loaded = timed_in_memcg(ns, tool, &args, &payload.text, timeout)?;
     Ok((loaded, payload.next))

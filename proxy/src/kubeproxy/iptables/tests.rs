@@ -195,6 +195,30 @@ fn cleanup_flushes_every_chain_before_deleting_any() {
     );
 }
 
+/// The listing goes first in `*nat` only, once, and the payload is
+/// otherwise the same; a payload without `*nat` is left as it is.
+#[test]
+fn listing_first_lists_the_nat_table_before_its_first_command() {
+    let nat = ["KUBE-SVC-X".to_owned()];
+    let filter = ["KUBE-FORWARD".to_owned()];
+    let both = cleanup_payload(&[("filter", &filter), ("nat", &nat)]);
+    assert_eq!(
+        listing_first(&both),
+        "*filter\n:KUBE-FORWARD - [0:0]\n-X KUBE-FORWARD\nCOMMIT\n\
+         *nat\n-S\n:KUBE-SVC-X - [0:0]\n-X KUBE-SVC-X\nCOMMIT\n"
+    );
+    let filter_only = cleanup_payload(&[("filter", &filter)]);
+    assert_eq!(listing_first(&filter_only), filter_only);
+    let full = render(
+        &two_example_services(),
+        &example_config(),
+        &Previous::default(),
+    );
+    let listed = listing_first(&full.text);
+    assert_eq!(listed.matches("\n-S\n").count(), 1);
+    assert_eq!(listed.replacen("*nat\n-S\n", "*nat\n", 1), full.text);
+}
+
 /// Two Services, then one endpoint of the first leaves: the partial sync
 /// rewrites the top-level chains with both Services' capture rules, the
 /// first Service's chains, and deletes the departed endpoint's chain; the

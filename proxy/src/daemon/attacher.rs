@@ -11,7 +11,10 @@
 //! address: pod traffic crosses it after its pod interface, and must not
 //! be taken for traffic from outside. Name it with `--node-iface` to
 //! override.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+};
 
 use tracing::{info, warn};
 
@@ -53,7 +56,7 @@ pub fn plan(
     snap: &Snapshot,
     hooks: &HookArgs,
     node_ifaces: &BTreeSet<String>,
-    attached: &BTreeMap<(Role, String), u32>,
+    attached: &Attached,
 ) -> Plan {
     let mut wanted: BTreeMap<(Role, String), u32> = BTreeMap::new();
     let mut plan = Plan::default();
@@ -101,11 +104,17 @@ pub fn plan(
     plan
 }
 
+/// What is attached, by role and interface name: the interface's index.
+pub type Attached = BTreeMap<(Role, String), u32>;
+
 /// The loaded programs and what they are attached to.
 pub struct Attacher {
     dataplane: Dataplane,
     hooks: HookArgs,
-    attached: BTreeMap<(Role, String), u32>,
+    attached: Attached,
+    /// A copy of `attached`, updated after every attachment, for readers
+    /// that must not wait for a batch of attachments to finish.
+    view: Arc<Mutex<Attached>>,
 }
 
 impl Attacher {
@@ -115,13 +124,26 @@ impl Attacher {
             dataplane,
             hooks,
             attached: BTreeMap::new(),
+            view: Arc::default(),
         }
     }
 
-    /// Brings the attachments in line with `snap`. Returns one line per
-    /// interface that failed (it is retried on the next change); the others
-    /// proceed.
-    pub fn reconcile(&mut self, snap: &Snapshot, node_ifaces: &BTreeSet<String>) -> Vec<String> {
+    /// What is attached, as of the last finished attachment (shared; read
+    /// it while a reconcile runs).
+    pub fn view(&self) -> Arc<Mutex<Attached>> {
+        Arc::clone(&self.view)
+    }
+
+    /// Brings the attachments in line with `snap`, calling `on_attached`
+    /// after each new attachment (the view is updated by then). Returns one
+    /// line per interface that failed (it is retried on the next change);
+    /// the others proceed.
+    pub fn reconcile(
+        &mut self,
+        snap: &Snapshot,
+        node_ifaces: &BTreeSet<String>,
+        on_attached: &dyn Fn(),
+    ) -> Vec<String> {
         let plan = plan(snap, &self.hooks, node_ifaces, &self.attached);
         let mut failed: Vec<String> = plan
             .refused
@@ -133,6 +155,7 @@ impl Attacher {
                 Ok(()) => {
                     info!(iface = %name, ?role, "tc programs detached (interface gone or no longer wanted)");
                     self.attached.remove(&(role, name));
+                    publish(&self.view, &self.attached);
                 }
                 Err(e) => failed.push(format!("{name}: {e:#}")),
             }
@@ -145,6 +168,7 @@ impl Attacher {
         }
         let dp = &mut self.dataplane;
         let attached = &mut self.attached;
+        let view = &self.view;
         let mut attach_all = || -> anyhow::Result<()> {
             for ((role, name), index) in &plan.attach {
                 let started = std::time::Instant::now();
@@ -157,6 +181,8 @@ impl Attacher {
                         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
                         info!(iface = %name, index, ?role, elapsed_ms, "tc programs attached");
                         attached.insert((*role, name.clone()), *index);
+                        publish(view, attached);
+                        on_attached();
                     }
                     Err(e) => failed.push(format!("{name}: {:#}", anyhow::Error::from(e))),
                 }
@@ -171,7 +197,7 @@ impl Attacher {
             failed.push(format!("{e:#}"));
         }
         for f in &failed {
-            warn!(failure = %f, "tc attachment failed; retried on the next interface change");
+            warn!(failure = %f, "tc attachment failed; retried in a second and on every interface change");
         }
         failed
     }
@@ -180,6 +206,14 @@ impl Attacher {
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
         &mut self.dataplane
     }
+}
+
+fn publish(view: &Mutex<Attached>, attached: &Attached) {
+    attached.clone_into(
+        &mut view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
 }
 
 #[cfg(test)]
@@ -201,7 +235,7 @@ mod tests {
                     (*i, link)
                 })
                 .collect(),
-            addrs: Vec::new(),
+            ..Snapshot::default()
         }
     }
 

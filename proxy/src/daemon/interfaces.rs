@@ -1,11 +1,16 @@
-//! The node's interfaces and IPv4 addresses, from the kernel through
-//! rtnetlink: dumped at start, then dumped again after every link or
-//! address notification (or a lost one), so the daemon follows pods'
-//! interfaces appearing and going, and addresses changing.
+//! The node's interfaces, IPv4 addresses and main-table IPv4 routes, from
+//! the kernel through rtnetlink: dumped at start, then dumped again after
+//! every link, address or route notification (or a lost one), so the
+//! daemon follows pods' interfaces appearing and going, addresses
+//! changing, and which interface each pod is behind.
 //!
 //! Both netlink sockets are opened inside the node's network namespace
 //! (`--node-netns`) and stay bound to it, wherever the daemon runs.
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -14,6 +19,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::AddressAttribute,
     link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteType},
 };
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::watch;
@@ -37,6 +43,16 @@ pub struct Link {
     pub master: Option<u32>,
 }
 
+/// One IPv4 unicast route of the main table that leaves through an
+/// interface: `dst/prefix_len dev oif`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The outgoing interface's index.
+    pub oif: u32,
+}
+
 /// What the kernel says the node has.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -44,6 +60,28 @@ pub struct Snapshot {
     pub links: BTreeMap<u32, Link>,
     /// Every IPv4 address, with its interface.
     pub addrs: Vec<NodeAddress>,
+    /// The main table's IPv4 unicast routes with an outgoing interface,
+    /// sorted (a pod's `/32 dev veth…`, a bridge's subnet, the default).
+    pub routes: Vec<Route>,
+}
+
+impl Snapshot {
+    /// The interface the main table sends `ip` out of (longest prefix;
+    /// among equal prefixes the first, as sorted), or `None` when no route
+    /// matches. Policy routing and metrics are not considered: this answers
+    /// which pod interface a local endpoint is behind.
+    pub fn route_oif(&self, ip: Ipv4Addr) -> Option<u32> {
+        self.routes
+            .iter()
+            .filter(|r| {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(r.prefix_len.min(32)))
+                    .unwrap_or(0);
+                u32::from(ip) & mask == u32::from(r.dst) & mask
+            })
+            .max_by_key(|r| (r.prefix_len, std::cmp::Reverse(*r)))
+            .map(|r| r.oif)
+    }
 }
 
 /// Notifications often come in bursts (a veth pair is two links, each
@@ -58,6 +96,7 @@ pub async fn watch(netns: Option<&str>) -> Result<watch::Receiver<Snapshot>> {
         let events = rtnetlink::new_multicast_connection(&[
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv4Route,
         ])
         .context("rtnetlink notifications")?;
         Ok((requests, events))
@@ -80,7 +119,9 @@ pub async fn watch(netns: Option<&str>) -> Result<watch::Receiver<Snapshot>> {
                     RouteNetlinkMessage::NewLink(_)
                     | RouteNetlinkMessage::DelLink(_)
                     | RouteNetlinkMessage::NewAddress(_)
-                    | RouteNetlinkMessage::DelAddress(_),
+                    | RouteNetlinkMessage::DelAddress(_)
+                    | RouteNetlinkMessage::NewRoute(_)
+                    | RouteNetlinkMessage::DelRoute(_),
                 )
                 | NetlinkPayload::Overrun(_) => {}
                 _ => continue,
@@ -115,7 +156,7 @@ pub async fn watch(netns: Option<&str>) -> Result<watch::Receiver<Snapshot>> {
     Ok(rx)
 }
 
-/// Every link and IPv4 address.
+/// Every link, IPv4 address and main-table IPv4 route.
 async fn dump(handle: &Handle) -> Result<Snapshot> {
     let mut snap = Snapshot::default();
     let mut links = handle.link().get().execute();
@@ -167,5 +208,87 @@ async fn dump(handle: &Handle) -> Result<Snapshot> {
         });
     }
     snap.addrs.sort();
+    let mut routes = handle
+        .route()
+        .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(r) = routes.try_next().await? {
+        let table = r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(r.header.table));
+        if table != u32::from(RouteHeader::RT_TABLE_MAIN) || r.header.kind != RouteType::Unicast {
+            continue;
+        }
+        let dst = r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(v)) => Some(*v),
+                _ => None,
+            })
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let oif = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if let Some(oif) = oif {
+            snap.routes.push(Route {
+                dst,
+                prefix_len: r.header.destination_prefix_length,
+                oif,
+            });
+        }
+    }
+    snap.routes.sort();
     Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(dst: [u8; 4], prefix_len: u8, oif: u32) -> Route {
+        Route {
+            dst: dst.into(),
+            prefix_len,
+            oif,
+        }
+    }
+
+    #[test]
+    fn route_oif_takes_the_longest_matching_prefix() {
+        let snap = Snapshot {
+            routes: vec![
+                route([0, 0, 0, 0], 0, 2),
+                route([10, 244, 1, 0], 24, 3),
+                route([10, 244, 1, 7], 32, 9),
+            ],
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            snap.route_oif([10, 244, 1, 7].into()),
+            Some(9),
+            "a pod's /32"
+        );
+        assert_eq!(
+            snap.route_oif([10, 244, 1, 8].into()),
+            Some(3),
+            "the bridge's subnet"
+        );
+        assert_eq!(
+            snap.route_oif([192, 0, 2, 1].into()),
+            Some(2),
+            "the default route"
+        );
+        let no_default = Snapshot {
+            routes: vec![route([10, 244, 1, 0], 24, 3)],
+            ..Snapshot::default()
+        };
+        assert_eq!(no_default.route_oif([10, 244, 2, 1].into()), None);
+    }
 }

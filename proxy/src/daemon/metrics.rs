@@ -73,6 +73,7 @@ pub struct Metrics {
     udp_flows_flushed: Counter,
     conntrack_expired: Counter,
     interfaces_not_attached: Gauge<i64, AtomicI64>,
+    endpoints_held_back: Gauge<i64, AtomicI64>,
     socket_close_failures: Counter,
     map_entries: Family<MapName, Gauge<i64, AtomicI64>>,
     map_max_entries: Family<MapName, Gauge<i64, AtomicI64>>,
@@ -98,6 +99,7 @@ impl Default for Metrics {
             udp_flows_flushed: Counter::default(),
             conntrack_expired: Counter::default(),
             interfaces_not_attached: Gauge::default(),
+            endpoints_held_back: Gauge::default(),
             socket_close_failures: Counter::default(),
             map_entries: Family::default(),
             map_max_entries: Family::default(),
@@ -207,6 +209,11 @@ impl Metrics {
             self.interfaces_not_attached.clone(),
         );
         r.register(
+            "switchyard_endpoints_held_back",
+            "Endpoints left out of the maps at the last sync because the per-packet program is not yet on their pod's interface",
+            self.endpoints_held_back.clone(),
+        );
+        r.register(
             "switchyard_udp_socket_close_failures",
             "Network namespaces whose sockets connected to a departed UDP backend could not be closed",
             self.socket_close_failures.clone(),
@@ -295,6 +302,12 @@ impl Metrics {
     /// attempt.
     pub fn set_interfaces_not_attached(&self, n: usize) {
         self.interfaces_not_attached.set(n as i64);
+    }
+
+    /// Endpoints the last sync left out, waiting for their pod interface's
+    /// program (`holdback`).
+    pub fn set_endpoints_held_back(&self, n: usize) {
+        self.endpoints_held_back.set(n as i64);
     }
 
     /// Network namespaces whose departed UDP sockets could not be closed.

@@ -3,10 +3,14 @@
 //!
 //! ```text
 //!  API server ─watch─▶ reflector stores (Service, EndpointSlice, Node)
-//!  rtnetlink ─notify─▶ the node's interfaces and addresses ─▶ Attacher (TC programs)
+//!  rtnetlink ─notify─▶ the node's interfaces, addresses, routes
+//!                         │           └─▶ Attacher (TC programs; own task,
+//!                         │                 wakes a sync after each attachment)
 //!                         │ change → paced (min sync period, burst 2)
 //!                         ▼
-//!                  desired::compute (pure) → fit_to_capacity → Reconciler ─▶ maps
+//!                  endpoints behind a pod interface still waiting for its
+//!                  program held back (holdback) → desired::compute (pure)
+//!                  → fit_to_capacity → Reconciler ─▶ maps
 //!                         │
 //!                         ├─▶ health-check servers (healthCheckNodePort)
 //!                         └─▶ connected UDP sockets of departed backends closed
@@ -40,6 +44,7 @@ mod conntrack_worker;
 mod events;
 pub mod health;
 mod healthcheck;
+mod holdback;
 mod http;
 mod interfaces;
 pub mod metrics;
@@ -149,7 +154,14 @@ async fn serve(
     // there is a mistake worth stopping for.
     let snapshot = ifaces.borrow_and_update().clone();
     let mut addressing = node::select(&settings.nodeport_addresses, &snapshot.addrs, &[]);
-    let failed = reattach(&attacher, &snapshot, &addressing.node_ifaces, &metrics).await;
+    let failed = reattach(
+        &attacher,
+        &snapshot,
+        &addressing.node_ifaces,
+        &metrics,
+        || {},
+    )
+    .await;
     let missing: Vec<&String> = settings
         .hooks
         .tc_ifaces
@@ -180,6 +192,16 @@ async fn serve(
 
     let client = client(&settings).await?;
     let changed = Arc::new(Notify::new());
+    // From here on, attachments follow the interfaces in a task of their
+    // own, so that a burst of new pod interfaces (each attachment 20–150 ms
+    // under load) does not hold up the syncs; see `holdback`.
+    let attached = lock(&attacher).view();
+    let attach_requests = spawn_attacher(
+        &attacher,
+        (snapshot, addressing.node_ifaces.clone()),
+        &changed,
+        &metrics,
+    );
     let stores = watch::start(&client, &settings.node_name, &changed, &health, &metrics);
     let events = NodeEvents::new(client, &settings.node_name);
     let mut syncer = Syncer::new(reconciler, Arc::clone(&metrics));
@@ -235,7 +257,24 @@ async fn serve(
             }
             addressing = now;
         }
-        reattach(&attacher, &snapshot, &addressing.node_ifaces, &metrics).await;
+        let request = (snapshot.clone(), addressing.node_ifaces.clone());
+        attach_requests.send_if_modified(|r| {
+            let new = *r != request;
+            if new {
+                *r = request;
+            }
+            new
+        });
+        let waiting = holdback::waiting_pod_ifaces(
+            &snapshot,
+            &settings.hooks,
+            &addressing.node_ifaces,
+            &lock_view(&attached),
+        );
+        let (slices, held) = holdback::without_held(&stores.slices.state(), |ip| {
+            holdback::is_held(&snapshot, &waiting, ip)
+        });
+        metrics.set_endpoints_held_back(held);
         health.set_node_ineligible(sync::node_ineligible(node_obj.as_deref()));
         health.sync_started();
         let node_ctx = NodeContext {
@@ -243,7 +282,7 @@ async fn serve(
             nodeport_addresses: addressing.nodeport.clone(),
             address: addressing.snat,
         };
-        let (services, slices) = (stores.services.state(), stores.slices.state());
+        let services = stores.services.state();
         let done = tokio::task::block_in_place(|| syncer.sync(&services, &slices, &node_ctx, full));
         health.sync_finished(done.ok);
         let departed = syncer.take_departed();
@@ -307,6 +346,53 @@ fn lock(a: &Mutex<Attacher>) -> std::sync::MutexGuard<'_, Attacher> {
     a.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+fn lock_view(v: &Mutex<attacher::Attached>) -> attacher::Attached {
+    v.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// What the attacher task is asked to follow: the interfaces and the
+/// node-facing interface names.
+type AttachRequest = (interfaces::Snapshot, BTreeSet<String>);
+
+/// Starts the attacher task: it brings the attachments in line with the
+/// latest request (`first` is already done; failures are retried every
+/// [`RETRY_AFTER`]), and wakes a sync through `changed` after every new
+/// attachment, for the endpoints held back until then.
+fn spawn_attacher(
+    attacher: &Arc<Mutex<Attacher>>,
+    first: AttachRequest,
+    changed: &Arc<Notify>,
+    metrics: &Arc<Metrics>,
+) -> tokio::sync::watch::Sender<AttachRequest> {
+    let (tx, mut rx) = tokio::sync::watch::channel(first);
+    let (attacher, changed, metrics) = (
+        Arc::clone(attacher),
+        Arc::clone(changed),
+        Arc::clone(metrics),
+    );
+    tokio::spawn(async move {
+        let mut failed = false;
+        loop {
+            // A failed attachment is retried after a while even if nothing
+            // changes: its pod's endpoints are held back meanwhile.
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(RETRY_AFTER), if failed => {}
+            }
+            let (snapshot, node_ifaces) = rx.borrow_and_update().clone();
+            let wake = Arc::clone(&changed);
+            failed = !reattach(&attacher, &snapshot, &node_ifaces, &metrics, move || {
+                wake.notify_one();
+            })
+            .await
+            .is_empty();
+        }
+    });
+    tx
+}
+
 /// The daemon's runtime: two workers (syncs block one of them).
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -329,15 +415,17 @@ fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
 }
 
 /// Brings the TC attachments in line with the interfaces (off the async
-/// threads: attaching enters the node's namespace).
+/// threads: attaching enters the node's namespace), calling `on_attached`
+/// after each new attachment.
 async fn reattach(
     attacher: &Arc<Mutex<Attacher>>,
     snapshot: &interfaces::Snapshot,
     node_ifaces: &BTreeSet<String>,
     metrics: &Metrics,
+    on_attached: impl Fn() + Send + 'static,
 ) -> Vec<String> {
     let (a, s, n) = (Arc::clone(attacher), snapshot.clone(), node_ifaces.clone());
-    let failed = tokio::task::spawn_blocking(move || lock(&a).reconcile(&s, &n))
+    let failed = tokio::task::spawn_blocking(move || lock(&a).reconcile(&s, &n, &on_attached))
         .await
         .unwrap_or_else(|e| vec![format!("attacher task: {e}")]);
     metrics.set_interfaces_not_attached(failed.len());

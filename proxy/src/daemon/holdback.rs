@@ -1,0 +1,201 @@
+//! Endpoints held back from the maps until the per-packet program is on
+//! their pod's interface.
+//!
+//! A local endpoint's replies to a translated flow are reverse-translated
+//! by the pod-facing program on its own interface. Written to the maps
+//! before that program is attached, the endpoint would take connections
+//! whose replies leave with the pod's address, and the clients would drop
+//! them. Attaching is slow under load (a tcx attachment waits for RCU
+//! grace periods under the RTNL lock: 20–150 ms each with pods starting),
+//! so the daemon attaches in the background and, at each sync, leaves out
+//! only the endpoints whose interface still waits — found through the
+//! main routing table (a pod's `/32 dev veth…`, or a bridge whose ports
+//! include a waiting one). A later sync, woken when an attachment is done,
+//! writes them. Every other change goes to the maps at once.
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{
+    attacher::{self, Role},
+    interfaces::Snapshot,
+};
+use crate::attach::HookArgs;
+
+/// Pod-facing interfaces (by index) that want the per-packet program and
+/// do not have it yet: new, recreated under a new index, or failed.
+pub fn waiting_pod_ifaces(
+    snap: &Snapshot,
+    hooks: &HookArgs,
+    node_ifaces: &BTreeSet<String>,
+    attached: &attacher::Attached,
+) -> BTreeSet<u32> {
+    attacher::plan(snap, hooks, node_ifaces, attached)
+        .attach
+        .into_iter()
+        .filter(|((role, _), _)| *role == Role::Pod)
+        .map(|(_, index)| index)
+        .collect()
+}
+
+/// Whether `ip` is behind a waiting pod interface: the route to it leaves
+/// through one, or through a bridge one of whose ports is waiting (which
+/// port is not known from routes).
+pub fn is_held(snap: &Snapshot, waiting: &BTreeSet<u32>, ip: Ipv4Addr) -> bool {
+    if waiting.is_empty() {
+        return false;
+    }
+    let Some(oif) = snap.route_oif(ip) else {
+        return false;
+    };
+    waiting.contains(&oif)
+        || waiting
+            .iter()
+            .any(|w| snap.links.get(w).and_then(|l| l.master) == Some(oif))
+}
+
+/// `slices` without the endpoints `held` says to leave out (an endpoint
+/// goes when any of its addresses is held; slices without such an
+/// endpoint are shared, not copied), and how many endpoints were left out.
+pub fn without_held(
+    slices: &[Arc<EndpointSlice>],
+    held: impl Fn(Ipv4Addr) -> bool,
+) -> (Vec<Arc<EndpointSlice>>, usize) {
+    let is_held = |e: &k8s_openapi::api::discovery::v1::Endpoint| {
+        e.addresses
+            .iter()
+            .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+            .any(&held)
+    };
+    let mut left_out = 0;
+    let kept = slices
+        .iter()
+        .map(|s| {
+            let n = s.endpoints.iter().filter(|e| is_held(e)).count();
+            if n == 0 {
+                return Arc::clone(s);
+            }
+            left_out += n;
+            let mut s = EndpointSlice::clone(s);
+            s.endpoints.retain(|e| !is_held(e));
+            Arc::new(s)
+        })
+        .collect();
+    (kept, left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::discovery::v1::Endpoint;
+
+    use super::*;
+    use crate::daemon::interfaces::{Link, Route};
+
+    fn link(name: &str) -> Link {
+        Link {
+            name: name.to_owned(),
+            ethernet: true,
+            ..Link::default()
+        }
+    }
+
+    /// eth0 (2) with the default route; veth1 (4) and veth2 (5) with a
+    /// pod's /32 each; cni0 (6), a bridge with port veth3 (7), holding
+    /// 10.244.9.0/24.
+    fn node() -> Snapshot {
+        let mut links = BTreeMap::from([
+            (2, link("eth0")),
+            (4, link("veth1")),
+            (5, link("veth2")),
+            (6, link("cni0")),
+            (7, link("veth3")),
+        ]);
+        links.get_mut(&6).unwrap().bridge = true;
+        links.get_mut(&7).unwrap().master = Some(6);
+        let route = |dst: [u8; 4], prefix_len, oif| Route {
+            dst: dst.into(),
+            prefix_len,
+            oif,
+        };
+        Snapshot {
+            links,
+            addrs: Vec::new(),
+            routes: vec![
+                route([0, 0, 0, 0], 0, 2),
+                route([10, 244, 0, 4], 32, 4),
+                route([10, 244, 0, 5], 32, 5),
+                route([10, 244, 9, 0], 24, 6),
+            ],
+        }
+    }
+
+    fn hooks() -> HookArgs {
+        HookArgs {
+            pod_interface_name_prefix: Some("veth".into()),
+            ..HookArgs::default()
+        }
+    }
+
+    #[test]
+    fn only_endpoints_behind_a_waiting_pod_interface_are_held() {
+        let snap = node();
+        // veth1 attached; veth2 and veth3 (a bridge port) waiting.
+        let attached = BTreeMap::from([((Role::Pod, "veth1".to_owned()), 4)]);
+        let waiting = waiting_pod_ifaces(&snap, &hooks(), &BTreeSet::new(), &attached);
+        assert_eq!(waiting, BTreeSet::from([5, 7]));
+        let held = |ip: [u8; 4]| is_held(&snap, &waiting, ip.into());
+        assert!(!held([10, 244, 0, 4]), "its interface has the program");
+        assert!(held([10, 244, 0, 5]), "its interface waits");
+        assert!(held([10, 244, 9, 3]), "behind a bridge with a waiting port");
+        assert!(!held([10, 244, 1, 8]), "another node's pod, via eth0");
+        // veth1 recreated under a new index: waiting again.
+        let mut recreated = snap.clone();
+        let l = recreated.links.remove(&4).unwrap();
+        recreated.links.insert(8, l);
+        recreated.routes[1].oif = 8;
+        let waiting = waiting_pod_ifaces(&recreated, &hooks(), &BTreeSet::new(), &attached);
+        assert!(is_held(&recreated, &waiting, [10, 244, 0, 4].into()));
+        // Nothing waits: nothing is held, whatever the routes.
+        assert!(!is_held(&snap, &BTreeSet::new(), [10, 244, 0, 5].into()));
+    }
+
+    fn slice(name: &str, addrs: &[&str]) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            address_type: "IPv4".to_owned(),
+            endpoints: addrs
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![(*a).to_owned()],
+                    ..Endpoint::default()
+                })
+                .collect(),
+            ports: None,
+        })
+    }
+
+    #[test]
+    fn held_endpoints_leave_their_slice_and_the_others_stay_shared() {
+        let a = slice("a", &["10.244.0.4", "10.244.0.5"]);
+        let b = slice("b", &["10.244.1.8"]);
+        let held: Ipv4Addr = [10, 244, 0, 5].into();
+        let (kept, left_out) = without_held(&[Arc::clone(&a), Arc::clone(&b)], |ip| ip == held);
+        assert_eq!(left_out, 1);
+        let addrs: Vec<&str> = kept[0]
+            .endpoints
+            .iter()
+            .map(|e| e.addresses[0].as_str())
+            .collect();
+        assert_eq!(addrs, ["10.244.0.4"]);
+        assert!(
+            Arc::ptr_eq(&kept[1], &b),
+            "an untouched slice is not copied"
+        );
+        assert_eq!(a.endpoints.len(), 2, "the store's copy is not changed");
+    }
+}

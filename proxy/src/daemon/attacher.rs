@@ -40,7 +40,8 @@ pub struct Plan {
     /// Pod interfaces that are bridge ports → their bridge: where the
     /// programs send what they redirect to such an interface.
     pub redirects: BTreeMap<u32, u32>,
-    /// To attach (new interfaces, or recreated ones with a new index).
+    /// To attach (new interfaces, or recreated ones with a new index): pod
+    /// interfaces first, each role in the order the interfaces were made.
     pub attach: Vec<Attachment>,
     /// To detach and forget.
     pub detach: Vec<(Role, String)>,
@@ -96,12 +97,34 @@ pub fn plan(
             plan.attach.push((key.clone(), *index));
         }
     }
+    // Oldest interface first (indexes grow as interfaces are made): in a
+    // burst of new pods, the first pods made are the first to be Ready,
+    // and their endpoints wait for these attachments.
+    plan.attach
+        .sort_by_key(|((role, _), index)| (*role, *index));
     for key in attached.keys() {
         if !wanted.contains_key(key) {
             plan.detach.push(key.clone());
         }
     }
     plan
+}
+
+/// What a reconcile could not do, one line per interface.
+#[derive(Debug, Default)]
+pub struct Failures {
+    /// Named by a flag, but unable to take programs (not Ethernet): a
+    /// configuration mistake, not retried.
+    pub refused: Vec<String>,
+    /// Attachments, detachments or redirect writes that failed: retried.
+    pub failed: Vec<String>,
+}
+
+impl Failures {
+    /// Every line, refused first.
+    pub fn all(&self) -> Vec<String> {
+        self.refused.iter().chain(&self.failed).cloned().collect()
+    }
 }
 
 /// What is attached, by role and interface name: the interface's index.
@@ -136,20 +159,22 @@ impl Attacher {
 
     /// Brings the attachments in line with `snap`, calling `on_attached`
     /// after each new attachment (the view is updated by then). Returns one
-    /// line per interface that failed (it is retried on the next change);
-    /// the others proceed.
+    /// line per interface that failed, the refused ones (named by a flag,
+    /// but no Ethernet device) first; the others proceed. The first
+    /// `refused` lines are for the caller to stop on, not to retry.
     pub fn reconcile(
         &mut self,
         snap: &Snapshot,
         node_ifaces: &BTreeSet<String>,
         on_attached: &dyn Fn(),
-    ) -> Vec<String> {
+    ) -> Failures {
         let plan = plan(snap, &self.hooks, node_ifaces, &self.attached);
-        let mut failed: Vec<String> = plan
+        let refused: Vec<String> = plan
             .refused
             .iter()
             .map(|(name, why)| format!("{name}: {why}"))
             .collect();
+        let mut failed = Vec::new();
         for (role, name) in plan.detach {
             match self.dataplane.detach_iface(&name, role == Role::Node) {
                 Ok(()) => {
@@ -164,7 +189,7 @@ impl Attacher {
             failed.push(format!("redirect targets of bridged pod interfaces: {e:#}"));
         }
         if plan.attach.is_empty() {
-            return failed;
+            return Failures { refused, failed };
         }
         let dp = &mut self.dataplane;
         let attached = &mut self.attached;
@@ -199,7 +224,7 @@ impl Attacher {
         for f in &failed {
             warn!(failure = %f, "tc attachment failed; retried in a second and on every interface change");
         }
-        failed
+        Failures { refused, failed }
     }
 
     /// The loaded object (for the reconciler's maps).
@@ -303,8 +328,8 @@ mod tests {
             got,
             [
                 (Role::Pod, "veth1"),
-                (Role::Node, "br0"),
                 (Role::Node, "eth0"),
+                (Role::Node, "br0"),
                 (Role::Node, "eth1"),
             ],
             "cni0 bridges pods; br0 bridges the node's own port; wg0 has no Ethernet header"

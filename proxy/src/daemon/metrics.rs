@@ -205,7 +205,7 @@ impl Metrics {
         );
         r.register(
             "switchyard_interfaces_not_attached",
-            "Pod- or node-facing interfaces the TC programs could not be attached to (retried on every interface change)",
+            "Pod- or node-facing interfaces the TC programs could not be attached to (retried every second and on every interface change)",
             self.interfaces_not_attached.clone(),
         );
         r.register(

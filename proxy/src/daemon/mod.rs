@@ -154,7 +154,7 @@ async fn serve(
     // there is a mistake worth stopping for.
     let snapshot = ifaces.borrow_and_update().clone();
     let mut addressing = node::select(&settings.nodeport_addresses, &snapshot.addrs, &[]);
-    let failed = reattach(
+    let failures = reattach(
         &attacher,
         &snapshot,
         &addressing.node_ifaces,
@@ -162,6 +162,7 @@ async fn serve(
         || {},
     )
     .await;
+    let failed = failures.all();
     let missing: Vec<&String> = settings
         .hooks
         .tc_ifaces
@@ -199,6 +200,7 @@ async fn serve(
     let attach_requests = spawn_attacher(
         &attacher,
         (snapshot, addressing.node_ifaces.clone()),
+        !failures.failed.is_empty(),
         &changed,
         &metrics,
     );
@@ -257,12 +259,12 @@ async fn serve(
             }
             addressing = now;
         }
+        // A full resync reconciles the attachments too (the redirect map is
+        // rewritten, and failures get another try).
         let request = (snapshot.clone(), addressing.node_ifaces.clone());
         attach_requests.send_if_modified(|r| {
-            let new = *r != request;
-            if new {
-                *r = request;
-            }
+            let new = full || *r != request;
+            *r = request;
             new
         });
         let waiting = holdback::waiting_pod_ifaces(
@@ -271,9 +273,19 @@ async fn serve(
             &addressing.node_ifaces,
             &lock_view(&attached),
         );
-        let (slices, held) = holdback::without_held(&stores.slices.state(), |ip| {
-            holdback::is_held(&snapshot, &waiting, ip)
-        });
+        let slices = stores.slices.state();
+        let (slices, held) = if waiting.is_empty() {
+            (slices, 0)
+        } else {
+            let programmed = std::cell::OnceCell::new();
+            holdback::without_held(&slices, &settings.node_name, |ip| {
+                holdback::is_held(&snapshot, &waiting, ip, || {
+                    programmed
+                        .get_or_init(|| syncer.backend_ips())
+                        .contains(&ip)
+                })
+            })
+        };
         metrics.set_endpoints_held_back(held);
         health.set_node_ineligible(sync::node_ineligible(node_obj.as_deref()));
         health.sync_started();
@@ -357,12 +369,13 @@ fn lock_view(v: &Mutex<attacher::Attached>) -> attacher::Attached {
 type AttachRequest = (interfaces::Snapshot, BTreeSet<String>);
 
 /// Starts the attacher task: it brings the attachments in line with the
-/// latest request (`first` is already done; failures are retried every
-/// [`RETRY_AFTER`]), and wakes a sync through `changed` after every new
+/// latest request (`first` is already done, `first_failed` if partly;
+/// failures are retried every [`RETRY_AFTER`]), and wakes a sync through `changed` after every new
 /// attachment, for the endpoints held back until then.
 fn spawn_attacher(
     attacher: &Arc<Mutex<Attacher>>,
     first: AttachRequest,
+    first_failed: bool,
     changed: &Arc<Notify>,
     metrics: &Arc<Metrics>,
 ) -> tokio::sync::watch::Sender<AttachRequest> {
@@ -373,7 +386,7 @@ fn spawn_attacher(
         Arc::clone(metrics),
     );
     tokio::spawn(async move {
-        let mut failed = false;
+        let mut failed = first_failed;
         loop {
             // A failed attachment is retried after a while even if nothing
             // changes: its pod's endpoints are held back meanwhile.
@@ -387,6 +400,7 @@ fn spawn_attacher(
                 wake.notify_one();
             })
             .await
+            .failed
             .is_empty();
         }
     });
@@ -423,11 +437,14 @@ async fn reattach(
     node_ifaces: &BTreeSet<String>,
     metrics: &Metrics,
     on_attached: impl Fn() + Send + 'static,
-) -> Vec<String> {
+) -> attacher::Failures {
     let (a, s, n) = (Arc::clone(attacher), snapshot.clone(), node_ifaces.clone());
-    let failed = tokio::task::spawn_blocking(move || lock(&a).reconcile(&s, &n, &on_attached))
+    let failures = tokio::task::spawn_blocking(move || lock(&a).reconcile(&s, &n, &on_attached))
         .await
-        .unwrap_or_else(|e| vec![format!("attacher task: {e}")]);
-    metrics.set_interfaces_not_attached(failed.len());
-    failed
+        .unwrap_or_else(|e| attacher::Failures {
+            failed: vec![format!("attacher task: {e}")],
+            ..Default::default()
+        });
+    metrics.set_interfaces_not_attached(failures.refused.len() + failures.failed.len());
+    failures
 }

@@ -67,6 +67,11 @@ impl Syncer {
         self.reconciler.take_departed()
     }
 
+    /// The addresses of the backends the maps hold now.
+    pub fn backend_ips(&self) -> std::collections::HashSet<std::net::Ipv4Addr> {
+        self.reconciler.backend_ips()
+    }
+
     /// Frontends the maps hold now.
     pub fn programmed_frontends(&self) -> usize {
         self.reconciler.frontend_count()

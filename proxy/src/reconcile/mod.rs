@@ -328,6 +328,16 @@ impl<M: LbMaps> Reconciler<M> {
         self.observed.backends.len()
     }
 
+    /// The addresses of the backends programmed (any port and protocol).
+    pub fn backend_ips(&self) -> std::collections::HashSet<std::net::Ipv4Addr> {
+        self.observed
+            .backends
+            .values()
+            .filter_map(BackendAddr::from_lb4_backend)
+            .map(|b| b.addr)
+            .collect()
+    }
+
     /// Entries of the maps the reconciler writes, as last read or written.
     pub fn entry_counts(&self) -> EntryCounts {
         EntryCounts {

@@ -859,6 +859,9 @@ fn graceful_termination_keeps_established_connections_while_new_ones_go_elsewher
 /// `sy-cluster` started it: the same command line (plus `extra`), network
 /// namespace, cgroup and log; the state file then records the new process,
 /// so `down` stops it.
+// The new process is the box's from here (`down` ends it by PID), so it is
+// not waited for here.
+#[allow(clippy::zombie_processes)]
 fn restart(b: &Box, name: &str, extra: &[&str]) {
     let mut st = b.state_json();
     let rec = st["processes"]

@@ -53,8 +53,11 @@ pub struct Recorder {
     component: String,
     host: Option<String>,
     /// (involved uid, type, reason, message) → (event name, count, first seen).
-    seen: Arc<Mutex<HashMap<(String, String, String, String), Folded>>>,
+    seen: Arc<Mutex<HashMap<FoldKey, Folded>>>,
 }
+
+/// What folds events into one: (involved uid, type, reason, message).
+type FoldKey = (String, String, String, String);
 
 #[derive(Clone)]
 struct Folded {

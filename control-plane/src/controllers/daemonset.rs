@@ -201,10 +201,10 @@ pub fn should_run(ds: &DaemonSet, node: &Node) -> (bool, bool) {
         spec: template.spec.clone(),
         status: None,
     };
-    if let Some(n) = probe.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-        if Some(n) != node.metadata.name.as_deref() {
-            return (false, false);
-        }
+    if let Some(n) = probe.spec.as_ref().and_then(|s| s.node_name.as_deref())
+        && Some(n) != node.metadata.name.as_deref()
+    {
+        return (false, false);
     }
     let spec = probe.spec.get_or_insert_with(Default::default);
     let host_network = spec.host_network == Some(true);

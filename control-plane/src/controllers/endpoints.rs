@@ -73,8 +73,9 @@ pub fn desired_subsets<P: std::borrow::Borrow<Pod>>(
         .unwrap_or_default();
     // (sorted port list) → (ready addresses, not-ready addresses)
     type Group = (Vec<EndpointAddress>, Vec<EndpointAddress>);
-    let mut groups: BTreeMap<Vec<(String, i32, String)>, (Vec<EndpointPort>, Group)> =
-        BTreeMap::new();
+    /// Sorted (name, port, protocol) of a subset's ports.
+    type PortsKey = Vec<(String, i32, String)>;
+    let mut groups: BTreeMap<PortsKey, (Vec<EndpointPort>, Group)> = BTreeMap::new();
     for pod in pods {
         let pod: &Pod = pod.borrow();
         if pods::is_terminal(pod) || (!publish && pod.metadata.deletion_timestamp.is_some()) {

@@ -120,7 +120,7 @@ pub async fn run(shared: Arc<Shared>, settings: Settings) -> anyhow::Result<()> 
     // Pods landing on a tainted node are checked too.
     let pod_nodes = pods.subscribe().filter_map(|p| async move {
         p.ok()
-            .and_then(|p| pods::node_name(&p).map(|n| ObjectRef::<Node>::new(n)))
+            .and_then(|p| pods::node_name(&p).map(ObjectRef::<Node>::new))
     });
     let results = Controller::for_stream(nodes.subscribe(), nodes.store())
         .watches_stream(leases.subscribe(), |l: Lease| {

@@ -29,8 +29,11 @@ pub type Refusal = (StatusCode, String);
 /// Decisions by (token, verb), with when they were made.
 #[derive(Default)]
 pub struct Gate {
-    decisions: Mutex<HashMap<(String, &'static str), (Result<(), Refusal>, Instant)>>,
+    decisions: Mutex<HashMap<(String, &'static str), Decision>>,
 }
+
+/// A decision and when it was made.
+type Decision = (Result<(), Refusal>, Instant);
 
 /// The token of an `Authorization: Bearer …` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -64,10 +67,10 @@ impl Gate {
         node: &str,
     ) -> Result<(), Refusal> {
         let key = (token.to_owned(), verb);
-        if let Some((decision, at)) = self.decisions.lock().expect("gate lock").get(&key) {
-            if at.elapsed() < TTL {
-                return decision.clone();
-            }
+        if let Some((decision, at)) = self.decisions.lock().expect("gate lock").get(&key)
+            && at.elapsed() < TTL
+        {
+            return decision.clone();
         }
         let decision = decide(client, token, verb, node).await?;
         self.decisions

@@ -225,9 +225,9 @@ impl ImageStore {
             };
             copy(&mdigest)?;
             let m = ImageManifest::from_file(self.blob(&mdigest)?)?;
-            copy(&m.config().digest().to_string())?;
+            copy(m.config().digest().as_ref())?;
             for l in m.layers() {
-                copy(&l.digest().to_string())?;
+                copy(l.digest().as_ref())?;
             }
             self.tag(&name, serde_json::to_value(desc)?)?;
             names.push(name);
@@ -297,7 +297,7 @@ impl ImageStore {
             .context("descriptor without digest")?
             .to_owned();
         let m = ImageManifest::from_file(self.blob(&mdigest)?)?;
-        let cfg = ImageConfiguration::from_file(self.blob(&m.config().digest().to_string())?)?;
+        let cfg = ImageConfiguration::from_file(self.blob(m.config().digest().as_ref())?)?;
         let c = cfg.config().clone().unwrap_or_default();
         let config = ImageConfig {
             entrypoint: c.entrypoint().clone().unwrap_or_default(),
@@ -312,7 +312,7 @@ impl ImageStore {
             let tmp = tempdir_in(&self.root)?;
             for l in m.layers() {
                 if let Err(e) = self
-                    .blob(&l.digest().to_string())
+                    .blob(l.digest().as_ref())
                     .and_then(|b| apply_layer(&b, &tmp))
                 {
                     let _ = std::fs::remove_dir_all(&tmp);

@@ -115,7 +115,7 @@ pub fn create_netns(name: &str) -> Result<PathBuf> {
 
 fn is_netns(f: &File) -> bool {
     // A bind-mounted nsfs file, not the empty placeholder of a failed add.
-    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type().0 as i64 == 0x6e73_6673)
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type().0 == 0x6e73_6673)
 }
 
 /// Removes the named namespace (its links go with it).

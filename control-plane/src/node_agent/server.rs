@@ -80,10 +80,17 @@ fn bad(code: StatusCode, msg: String) -> Response {
     (code, msg).into_response()
 }
 
-fn find(agent: &Agent, ns: &str, pod: &str, container: &str) -> Result<ContainerView, Response> {
+/// The container `ns/pod/container` on this node, or a 404 (status and
+/// message, kept small: the `Result` stays cheap to return).
+fn find(
+    agent: &Agent,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<ContainerView, (StatusCode, String)> {
     let pods = agent.pods.lock().expect("pods lock");
     let Some(p) = pods.get(&(ns.to_owned(), pod.to_owned())) else {
-        return Err(bad(
+        return Err((
             StatusCode::NOT_FOUND,
             format!("pod \"{pod}\" not found on this node"),
         ));
@@ -93,7 +100,7 @@ fn find(agent: &Agent, ns: &str, pod: &str, container: &str) -> Result<Container
         .find(|c| c.name == container)
         .cloned()
         .ok_or_else(|| {
-            bad(
+            (
                 StatusCode::NOT_FOUND,
                 format!("container \"{container}\" in pod \"{pod}\" not found"),
             )
@@ -154,7 +161,7 @@ async fn logs(
 ) -> Response {
     let c = match find(&agent, &ns, &pod, &container) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err((code, msg)) => return bad(code, msg),
     };
     let ps = params(q.as_deref());
     let (follow, timestamps) = (flag(&ps, "follow"), flag(&ps, "timestamps"));
@@ -173,13 +180,13 @@ async fn logs(
     } else {
         c.log.clone()
     };
-    if !path.exists() {
-        if let Some(r) = c.waiting_reason {
-            return bad(
-                StatusCode::BAD_REQUEST,
-                format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {r}"),
-            );
-        }
+    if !path.exists()
+        && let Some(r) = c.waiting_reason
+    {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {r}"),
+        );
     }
     let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
     let since = since(&ps);
@@ -256,7 +263,7 @@ async fn exec(
 ) -> Response {
     let c = match find(&agent, &ns, &pod, &container) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err((code, msg)) => return bad(code, msg),
     };
     let Ok(ws) = ws else {
         return bad(StatusCode::BAD_REQUEST, "exec needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported".into());

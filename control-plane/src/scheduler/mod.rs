@@ -381,10 +381,9 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action> {
                 if let Err(e) = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                     .await
+                    && !client::is_not_found(&e)
                 {
-                    if !client::is_not_found(&e) {
-                        warn!(pod = %format!("{ns}/{name}"), error = %e, "could not report unschedulable");
-                    }
+                    warn!(pod = %format!("{ns}/{name}"), error = %e, "could not report unschedulable");
                 }
             }
             ctx.recorder.publish(

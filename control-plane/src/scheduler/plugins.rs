@@ -55,12 +55,12 @@ impl NodeInfo {
                     self.host_ports.remove(i);
                 }
             }
-            if let Some(o) = owner {
-                if let Some(n) = self.owners.get_mut(&o) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.owners.remove(&o);
-                    }
+            if let Some(o) = owner
+                && let Some(n) = self.owners.get_mut(&o)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.owners.remove(&o);
                 }
             }
             let labels = pods::labels(pod);
@@ -98,10 +98,10 @@ pub fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
 /// A toleration tolerates a taint: equal or empty effect, and `Exists`
 /// with an equal or empty key, or `Equal` with equal key and value.
 pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty()) {
-        if e != taint.effect {
-            return false;
-        }
+    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty())
+        && e != taint.effect
+    {
+        return false;
     }
     let key = t.key.as_deref().unwrap_or("");
     if !key.is_empty() && key != taint.key {
@@ -187,10 +187,10 @@ pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
         return true;
     };
     let labels = pods::labels(node);
-    if let Some(sel) = spec.node_selector.as_ref() {
-        if !sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            return false;
-        }
+    if let Some(sel) = spec.node_selector.as_ref()
+        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return false;
     }
     let required = spec
         .affinity
@@ -270,11 +270,11 @@ pub fn filter(
         }
     }
     // NodeName
-    if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
-        if Some(n) != node.metadata.name.as_deref() {
-            reasons.push("node(s) didn't match the requested node name".to_owned());
-            return reasons;
-        }
+    if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty())
+        && Some(n) != node.metadata.name.as_deref()
+    {
+        reasons.push("node(s) didn't match the requested node name".to_owned());
+        return reasons;
     }
     // TaintToleration
     if let Some(t) = untolerated(pod, node, &["NoSchedule", "NoExecute"]) {

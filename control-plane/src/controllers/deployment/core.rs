@@ -65,10 +65,10 @@ pub fn without_hash(template: &Value) -> Value {
         .and_then(Value::as_object_mut)
     {
         labels.remove(HASH_LABEL);
-        if labels.is_empty() {
-            if let Some(m) = t.pointer_mut("/metadata").and_then(Value::as_object_mut) {
-                m.remove("labels");
-            }
+        if labels.is_empty()
+            && let Some(m) = t.pointer_mut("/metadata").and_then(Value::as_object_mut)
+        {
+            m.remove("labels");
         }
     }
     t

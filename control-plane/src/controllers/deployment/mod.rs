@@ -277,10 +277,11 @@ async fn sync(d: &Deployment, ctx: &Ctx) -> Result<Action> {
         if paused {
             // Only scaling while paused: the new set follows `replicas` when
             // nothing else runs.
-            if let Some(n) = new.as_ref() {
-                if olds.iter().all(|o| rs_spec(o) == 0) && rs_spec(n) != replicas {
-                    new = Some(scale(ctx, d, n, replicas, surge).await?);
-                }
+            if let Some(n) = new.as_ref()
+                && olds.iter().all(|o| rs_spec(o) == 0)
+                && rs_spec(n) != replicas
+            {
+                new = Some(scale(ctx, d, n, replicas, surge).await?);
             }
         } else if spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate") {
             let mut scaled = false;
@@ -347,14 +348,13 @@ async fn sync(d: &Deployment, ctx: &Ctx) -> Result<Action> {
     if let Some(rev) = new
         .as_ref()
         .and_then(|n| n.annotations().get(REVISION).cloned())
+        && d.annotations().get(REVISION) != Some(&rev)
     {
-        if d.annotations().get(REVISION) != Some(&rev) {
-            let api: Api<Deployment> = Api::namespaced(ctx.shared.client.clone(), &ns);
-            let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(Error::api(format!("annotating Deployment {ns}/{name}")))?;
-        }
+        let api: Api<Deployment> = Api::namespaced(ctx.shared.client.clone(), &ns);
+        let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::api(format!("annotating Deployment {ns}/{name}")))?;
     }
     let status = write_status(d, ctx, new.as_ref(), &olds, created_new, unavailable).await?;
     let complete = core::complete(

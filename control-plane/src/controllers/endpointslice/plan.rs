@@ -229,7 +229,7 @@ pub fn plan(
             .collect::<Vec<_>>();
         left.reverse(); // popped from the back in the original order
         // 2. Top up the slices being written anyway, fullest first.
-        to_update.sort_by(|a, b| b.endpoints.len().cmp(&a.endpoints.len()));
+        to_update.sort_by_key(|s| std::cmp::Reverse(s.endpoints.len()));
         for slice in &mut to_update {
             while slice.endpoints.len() < max {
                 let Some(ep) = left.pop() else { break };

@@ -34,10 +34,8 @@ impl TriggerTimes {
         let state = self.services.entry(key).or_default();
         let mut min: Option<Timestamp> = None;
         let mut keep = |t: Timestamp| min = Some(min.map_or(t, |m| m.min(t)));
-        if !known {
-            if let Some(t) = svc.metadata.creation_timestamp.as_ref() {
-                keep(t.0);
-            }
+        if !known && let Some(t) = svc.metadata.creation_timestamp.as_ref() {
+            keep(t.0);
         }
         let mut now = HashMap::new();
         for pod in pods {

@@ -346,13 +346,14 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action> {
                 "Reached expected number of succeeded pods",
             );
         }
-        Some(End::Failed { reason, message }) => {
-            if set_condition(&mut conds, &now, "FailureTarget", reason, message) {
-                ctx.recorder
-                    .publish(&job, EventType::Warning, reason, message.to_string());
-            }
+        // An event only when the condition is new (set_condition says so).
+        Some(End::Failed { reason, message })
+            if set_condition(&mut conds, &now, "FailureTarget", reason, message) =>
+        {
+            ctx.recorder
+                .publish(&job, EventType::Warning, reason, message.to_string());
         }
-        None => {}
+        Some(End::Failed { .. }) | None => {}
     }
     let suspended = spec.suspend && !finished;
     if suspended {

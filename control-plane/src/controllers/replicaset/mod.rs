@@ -293,10 +293,11 @@ async fn sync<K: ReplicaKind>(owner: &K, ctx: &Ctx<K>) -> Result<Action> {
     });
     let owned = claim(owner, ctx, &selector, &active).await?;
     let mut failure: Option<(String, String)> = None;
-    if satisfied && owner.meta().deletion_timestamp.is_none() {
-        if let Err(f) = manage(owner, ctx, &owned).await {
-            failure = Some(f);
-        }
+    if satisfied
+        && owner.meta().deletion_timestamp.is_none()
+        && let Err(f) = manage(owner, ctx, &owned).await
+    {
+        failure = Some(f);
     }
     let now = Timestamp::now();
     let refs: Vec<&Pod> = owned.iter().map(Arc::as_ref).collect();

@@ -165,7 +165,14 @@ impl Box {
         if let Ok(d) = std::fs::read_dir(self.state().join("logs")) {
             for e in d.flatten() {
                 let l = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let lines: Vec<&str> = l.lines().collect();
+                // Backtrace frames would crowd the error out of the tail.
+                let frame = |l: &&str| {
+                    let t = l.trim_start();
+                    t.starts_with("at ")
+                        || t.split_once(": ")
+                            .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+                };
+                let lines: Vec<&str> = l.lines().filter(|l| !frame(l)).collect();
                 s.push_str(&format!(
                     "\n--- {} ---\n{}",
                     e.path().display(),
@@ -490,7 +497,10 @@ fn kill_and_wait(b: &Box, name: &str, pid: i64) {
             let state = stat
                 .rfind(')')
                 .and_then(|i| stat[i + 1..].split_whitespace().next());
-            matches!(state, None | Some("Z" | "X")).then_some(())
+            // A zombie leader's other threads may still be exiting, holding
+            // its sockets and locks (a restart would find its port taken).
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+            (matches!(state, None | Some("Z" | "X")) && threads <= 1).then_some(())
         },
     );
 }

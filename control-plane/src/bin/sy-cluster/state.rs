@@ -122,10 +122,20 @@ pub fn is_dead_stat(stat: &str) -> bool {
         .is_some_and(|s| s == "Z" || s == "X")
 }
 
-/// Whether the recorded process still runs and is the same process.
+/// Whether the recorded process still runs and is the same process. A
+/// thread-group leader that has exited shows as a zombie while its other
+/// threads are still exiting, and those still hold the process's files
+/// (listening sockets, store locks): it runs until they are gone too.
 pub fn is_same_running(p: &ProcRec) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
-        .is_ok_and(|s| !is_dead_stat(&s) && start_time_of_stat(&s) == Some(p.start_time))
+    std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).is_ok_and(|s| {
+        (!is_dead_stat(&s) || has_other_threads(p.pid))
+            && start_time_of_stat(&s) == Some(p.start_time)
+    })
+}
+
+/// Whether `/proc/<pid>/task` lists threads besides the leader.
+pub fn has_other_threads(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1)
 }
 
 /// `pid`'s start time, if it runs.

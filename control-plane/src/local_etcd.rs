@@ -27,6 +27,9 @@ fn free_ports() -> Result<(u16, u16)> {
 /// (`net.ipv4.ip_local_port_range` starts at 32768) so that no outgoing
 /// connection can take it between this check and a server binding it.
 /// Test processes start at different places (by PID) and walk the range.
+/// The test bed has the same picker (`testbed::cluster::free_port`): it does
+/// not depend on the control plane, so that `cargo xtask bench` builds only
+/// the proxy and the test bed.
 ///
 /// # Errors
 /// When none of 1,000 candidates in 20000..32000 is free.

@@ -140,9 +140,11 @@ mod tests {
         ]);
         links.get_mut(&6).unwrap().bridge = true;
         links.get_mut(&7).unwrap().master = Some(6);
-        let route = |dst: [u8; 4], prefix_len, oif| Route {
-            dst: dst.into(),
-            prefix_len,
+        let route = |dst: [u8; 4], prefix, oif| Route {
+            dst: crate::model::Ipv4Cidr {
+                addr: dst.into(),
+                prefix,
+            },
             oif,
         };
         Snapshot {

@@ -25,7 +25,7 @@ use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
-use crate::{netns::with_netns, node::NodeAddress};
+use crate::{model::Ipv4Cidr, netns::with_netns, node::NodeAddress};
 
 /// One network interface, as far as attaching programs cares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,11 +44,10 @@ pub struct Link {
 }
 
 /// One IPv4 unicast route of the main table that leaves through an
-/// interface: `dst/prefix_len dev oif`.
+/// interface: `dst dev oif`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
-    pub dst: Ipv4Addr,
-    pub prefix_len: u8,
+    pub dst: Ipv4Cidr,
     /// The outgoing interface's index.
     pub oif: u32,
 }
@@ -73,13 +72,8 @@ impl Snapshot {
     pub fn route_oif(&self, ip: Ipv4Addr) -> Option<u32> {
         self.routes
             .iter()
-            .filter(|r| {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(r.prefix_len.min(32)))
-                    .unwrap_or(0);
-                u32::from(ip) & mask == u32::from(r.dst) & mask
-            })
-            .max_by_key(|r| (r.prefix_len, std::cmp::Reverse(*r)))
+            .filter(|r| r.dst.contains(ip))
+            .max_by_key(|r| (r.dst.prefix, std::cmp::Reverse(*r)))
             .map(|r| r.oif)
     }
 }
@@ -237,11 +231,12 @@ async fn dump(handle: &Handle) -> Result<Snapshot> {
             _ => None,
         });
         if let Some(oif) = oif {
-            snap.routes.push(Route {
-                dst,
-                prefix_len: r.header.destination_prefix_length,
-                oif,
-            });
+            // The kernel keeps a route's host bits zero.
+            let dst = Ipv4Cidr {
+                addr: dst,
+                prefix: r.header.destination_prefix_length.min(32),
+            };
+            snap.routes.push(Route { dst, oif });
         }
     }
     snap.routes.sort();
@@ -252,10 +247,12 @@ async fn dump(handle: &Handle) -> Result<Snapshot> {
 mod tests {
     use super::*;
 
-    fn route(dst: [u8; 4], prefix_len: u8, oif: u32) -> Route {
+    fn route(dst: [u8; 4], prefix: u8, oif: u32) -> Route {
         Route {
-            dst: dst.into(),
-            prefix_len,
+            dst: Ipv4Cidr {
+                addr: dst.into(),
+                prefix,
+            },
             oif,
         }
     }

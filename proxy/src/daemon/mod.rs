@@ -271,7 +271,9 @@ async fn serve(
             &snapshot,
             &settings.hooks,
             &addressing.node_ifaces,
-            &lock_view(&attached),
+            &attached
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let slices = stores.slices.state();
         let (slices, held) = if waiting.is_empty() {
@@ -356,12 +358,6 @@ async fn serve(
 
 fn lock(a: &Mutex<Attacher>) -> std::sync::MutexGuard<'_, Attacher> {
     a.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn lock_view(v: &Mutex<attacher::Attached>) -> attacher::Attached {
-    v.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
 }
 
 /// What the attacher task is asked to follow: the interfaces and the
